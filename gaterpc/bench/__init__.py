@@ -1,0 +1,1 @@
+"""Benchmark harness for gaterpc (``gaterpc bench``) and its helpers."""
