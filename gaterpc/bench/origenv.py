@@ -61,7 +61,7 @@ def ensure_original_env(env_dir: Path | None = None, timeout: float = 600.0) -> 
     if proc.returncode != 0:
         raise OriginalEnvError(
             f"pip could not install gaterpc=={ORIGINAL_VERSION} into {env_dir}: {proc.stderr.strip()[-2000:]}")
-    check = subprocess.run([str(python), "-c", "import gaterpc.core"], capture_output=True, text=True)
+    check = subprocess.run([str(python), "-I", "-c", "import gaterpc.core"], capture_output=True, text=True)
     if check.returncode != 0:
         raise OriginalEnvError(f"the original gaterpc does not import: {check.stderr.strip()[-2000:]}")
     marker.write_text(ORIGINAL_VERSION)
