@@ -1,0 +1,681 @@
+"""The broker: ``AMajordomo`` (API.md §8.1, WIRE.md §4–§5).
+
+A ROUTER frontend for clients and a ROUTER backend for workers, both read
+in batches from event-loop callbacks.  A request is forwarded to a worker
+with spare capacity (round robin, O(1)) by rewriting the received frame
+list in place; a reply goes back to its client the same way.  No task, await,
+log call or string formatting happens per message on that path.  Requests
+that find no capacity wait in a per-service FIFO until a unit is released or
+``Settings.TIMEOUT`` passes (then ``BusyWorkerError``).  A periodic tick sends
+heartbeats, expires silent workers and times out waiting requests.
+
+Differences from the original (API.md §13, WIRE.md §11): capacity is
+released once per completed request, not per reply message (B1); a reply is
+accepted only from the worker the request was given to (B3); callers of a
+worker that disappears get an error reply at once (B2/B9); unknown internal
+functions and malformed requests are answered with an error; internal
+stream and HugeData errors use the right tags (B2/B3 of §13); ``stop()``
+works before ``run()`` (B10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+from collections import deque
+
+import zmq
+from zmq import constants as z_const
+
+from gaterpc.base import Context, current_loop, new_socket, set_ctx
+from gaterpc.cache import KVLRUCache
+from gaterpc.exceptions import BusyWorkerError, ServiceUnAvailableError
+from gaterpc.execute import Runner, collect_interfaces
+from gaterpc.global_settings import Settings
+from gaterpc.helpers import check_socket_addr, interface, name2uuid, to_bytes
+from gaterpc.loopio import LoopSocket
+from gaterpc.protocol import (
+    DISCONNECT, HEARTBEAT, KEEPALIVE_ARG, KEEPALIVE_BAD, KEEPALIVE_OK, READY, REPLY, REQUEST,
+    error_body,
+)
+from gaterpc._speedups.frames import is_terminal
+from gaterpc.serialization import msg_pack, msg_unpack
+from gaterpc.worker import RemoteWorker, Service, _default_process_executor, _default_thread_executor
+
+__all__ = ("AMajordomo",)
+
+Mlogger = logging.getLogger("gaterpc.majordomo")
+
+
+class _BadRequest(Exception):
+    """A malformed request (reported to the caller)."""
+
+
+class _InternalRequests(dict):
+    """``request id -> Future`` of requests the broker sent itself.
+
+    Entries are removed when they resolve; ``pop`` of a missing id returns
+    ``None`` instead of raising, so code written for the original (which
+    pops after awaiting) keeps working.
+    """
+
+    def pop(self, key, *default):
+        return super().pop(key, default[0] if default else None)
+
+
+class AMajordomo:
+    """Asynchronous Majordomo broker with the built-in ``Gate`` service."""
+
+    RemoteServiceClass = Service
+    RemoteWorkerClass = RemoteWorker
+
+    def __init__(self, *, identity=None, context=None, heartbeat=None,
+                 thread_executor=None, process_executor=None):
+        identity = identity or f"gm-{secrets.token_hex(8)}"
+        self.identity = name2uuid(identity).bytes
+        self.ctx = context if context is not None else Context()
+        set_ctx(self.ctx)
+        self.frontend = None
+        self.backend = None
+        self.zap = None
+        self.clients = set()
+        self.services = {}
+        self.workers = {}
+        self.frontend_tasks = set()
+        self.backend_tasks = set()
+        self.zap_tasks = set()
+        self.zap_addr = ""
+        self.zap_domain = b""
+        self.zap_replies = {}
+        self.zap_cache = KVLRUCache(128, 256, debug=bool(Settings.DEBUG))
+        self.heartbeat = heartbeat or Settings.MDP_HEARTBEAT_INTERVAL
+        self._loop = current_loop()
+        self._own_executors = (thread_executor is None, process_executor is None)
+        self.thread_executor = thread_executor or _default_thread_executor()
+        self.process_executor = process_executor or _default_process_executor()
+        self.internal_tasks = {}
+        self.internal_requests = _InternalRequests()
+        self.cache_request = {}
+        self.running = False
+        self._poller = None
+        self._broker_task = None
+        self._lfront = None
+        self._lback = None
+        self._services_b = {}
+        # requester ids whose replies do not go to the frontend (broker, peer gates)
+        self._special_ids = {self.identity}
+        self._zap_checker = None
+        self._closed = False
+        self._read_protocol_settings()
+        self._runner = Runner(self, self._loop, self._send_internal_reply, self._get_lfront,
+                              self.frontend_tasks)
+        self.register_internal_process()
+
+    def _read_protocol_settings(self):
+        self._mdp_client = Settings.MDP_CLIENT
+        self._mdp_worker = Settings.MDP_WORKER
+        self._internal_name = Settings.MDP_INTERNAL_SERVICE
+        self._internal_b = self._internal_name.encode("utf-8")
+
+    def register_internal_process(self):
+        """Collect the broker's ``@interface`` methods into ``internal_func``."""
+        self.internal_func, self._internal_table = collect_interfaces(self)
+
+    # -- sockets --------------------------------------------------------------
+
+    def bind_frontend(self, addr, sock_opt=None):
+        """Bind the client-facing ROUTER socket to ``addr``."""
+        addr = check_socket_addr(addr)
+        if sock_opt is None:
+            sock_opt = {}
+        sock_opt[z_const.IDENTITY] = self.identity
+        if self.frontend is None:
+            self.frontend = new_socket(self.ctx, zmq.ROUTER, sock_opt)
+            if self.running:
+                self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend)
+        self.frontend.bind(addr)
+
+    def unbind_frontend(self, addr):
+        """Unbind the frontend from ``addr``."""
+        if self.frontend is not None:
+            self.frontend.unbind(addr)
+
+    def bind_backend(self, addr=None, sock_opt=None):
+        """Bind the worker-facing ROUTER socket (default ``Settings.WORKER_ADDR``)."""
+        addr = check_socket_addr(addr or Settings.WORKER_ADDR)
+        if sock_opt is None:
+            sock_opt = {}
+        sock_opt[z_const.IDENTITY] = self.identity
+        if self.backend is None:
+            self.backend = new_socket(self.ctx, zmq.ROUTER, sock_opt)
+            if self.running:
+                self._lback = LoopSocket(self._loop, self.backend, self._on_backend)
+        self.backend.bind(addr)
+
+    def unbind_backend(self, addr):
+        """Unbind the backend from ``addr``."""
+        if self.backend is not None:
+            self.backend.unbind(addr)
+
+    def connect_zap(self, zap_addr=None, zap_domain=None):
+        """Authenticate every client, worker (and gate) message with a ZAP service."""
+        from gaterpc.zap import ZapChecker
+
+        self.zap_domain = (zap_domain or Settings.ZAP_DEFAULT_DOMAIN)
+        if isinstance(self.zap_domain, str):
+            self.zap_domain = self.zap_domain.encode("utf-8")
+        self.zap_addr = check_socket_addr(zap_addr or Settings.ZAP_ADDR)
+        self.zap = new_socket(self.ctx, zmq.DEALER)
+        self.zap.connect(self.zap_addr)
+        self._zap_checker = ZapChecker(self)
+        if self.running:
+            self._zap_checker.attach()
+
+    def disconnect_zap(self):
+        """Stop authenticating."""
+        self.zap_domain = b""
+        checker = self._zap_checker
+        self._zap_checker = None
+        if checker is not None:
+            checker.close()
+        elif self.zap is not None:
+            self.zap.close(linger=0)
+        self.zap = None
+
+    def _get_lfront(self):
+        return self._lfront
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def run(self):
+        """Start the broker loop."""
+        if self._broker_task is None:
+            self._broker_task = self._loop.create_task(self._broker_loop())
+
+    def _attach(self):
+        self._read_protocol_settings()
+        if self.frontend is not None and self._lfront is None:
+            self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend)
+        if self.backend is not None and self._lback is None:
+            self._lback = LoopSocket(self._loop, self.backend, self._on_backend)
+        if self._zap_checker is not None:
+            self._zap_checker.attach()
+
+    async def _broker_loop(self):
+        self.running = True
+        self._attach()
+        tick = max(0.01, min(self.heartbeat / 4000, 0.25))
+        interval = self.heartbeat / 1000
+        loop = self._loop
+        next_heartbeat = loop.time() + interval
+        try:
+            while True:
+                await asyncio.sleep(tick)
+                now = loop.time()
+                if now >= next_heartbeat:
+                    next_heartbeat = now + interval
+                    self._send_heartbeats()
+                self._tick(now)
+        finally:
+            self._shutdown()
+
+    def _tick(self, now):
+        """Expire silent workers and time out requests waiting for capacity."""
+        for w in [w for w in self.workers.values() if now >= w.expiry]:
+            Mlogger.warning("worker %s expired", w.identity.hex())
+            self._remove_worker(w, True)
+        for svc in self.services.values():
+            waiting = svc._waiting
+            while waiting and waiting[0][3] <= now:
+                client_id, request_id, body, _ = waiting.popleft()
+                self._reply_error(client_id, svc._name_b, request_id, BusyWorkerError())
+
+    def _send_heartbeats(self):
+        lback = self._lback
+        if lback is None:
+            return
+        frames_tail = (b"", self._mdp_worker, HEARTBEAT)
+        for wid in self.workers:
+            lback.send((wid,) + frames_tail)
+
+    def stop(self):
+        """Stop the broker: cancel its tasks, say DISCONNECT to workers, close the sockets."""
+        for task in list(self.internal_tasks):
+            task.cancel()
+        task = self._broker_task
+        self._broker_task = None
+        if task is not None and not task.done():
+            task.cancel()
+        self._shutdown()
+
+    def _shutdown(self):
+        if self._closed:
+            return
+        self._closed = True
+        lback = self._lback
+        if lback is not None and not lback.closed:
+            for wid in list(self.workers):
+                lback.send((wid, b"", self._mdp_worker, DISCONNECT))
+        for w in list(self.workers.values()):
+            w.ready = False
+        self.workers.clear()
+        for tasks in (self.frontend_tasks, self.backend_tasks):
+            for t in list(tasks):
+                t.cancel()
+        for fut in list(self.internal_requests.values()):
+            if not fut.done():
+                fut.cancel()
+        if self._zap_checker is not None:
+            self._zap_checker.close()
+            self._zap_checker = None
+        elif self.zap is not None:
+            self.zap.close(linger=0)
+        self.zap = None
+        for lsock, sock, linger in ((self._lfront, self.frontend, 0), (self._lback, self.backend, 100)):
+            if lsock is not None:
+                lsock.close(linger)
+            elif sock is not None:
+                sock.close(linger=0)
+        self._lfront = self._lback = None
+        self.frontend = self.backend = None
+        self.close()
+
+    def close(self):
+        """Shut down the executors this broker created."""
+        own_thread, own_process = self._own_executors
+        if own_thread:
+            self.thread_executor.shutdown(wait=False, cancel_futures=True)
+        if own_process:
+            self.process_executor.shutdown(wait=False, cancel_futures=True)
+
+    def create_internal_task(self, coro_func, name=None, reload=False, func_args=None, func_kwargs=None):
+        """Run ``coro_func(*func_args, **func_kwargs)`` as a task owned by the broker."""
+        args = tuple(func_args or ())
+        kwargs = dict(func_kwargs or {})
+        task = self._loop.create_task(coro_func(*args, **kwargs), name=name)
+        self.internal_tasks[task] = (coro_func, name, reload, args, kwargs)
+        task.add_done_callback(self.cleanup_internal_task)
+
+    def cleanup_internal_task(self, task):
+        """Done-callback of internal tasks: log failures, restart ``reload`` tasks."""
+        info = self.internal_tasks.pop(task, None)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            Mlogger.error("internal task %s failed: %r", task.get_name(), exc)
+        if info is not None and info[2] and not self._closed:
+            self.create_internal_task(info[0], name=info[1], reload=True, func_args=info[3],
+                                      func_kwargs=info[4])
+
+    def cleanup_frontend_task(self, task):
+        """Done-callback of frontend tasks."""
+        self.frontend_tasks.discard(task)
+
+    def cleanup_backend_task(self, task):
+        """Done-callback of backend tasks."""
+        self.backend_tasks.discard(task)
+
+    # -- services and workers -------------------------------------------------
+
+    def register_service(self, name, description):
+        """Create the service ``name`` (the first description wins)."""
+        svc = self.services.get(name)
+        if svc is None:
+            svc = self.RemoteServiceClass(name, description)
+            svc._name_b = name.encode("utf-8")
+            self.services[name] = svc
+            self._services_b[svc._name_b] = svc
+        return svc
+
+    def _on_ready(self, worker_id, frames):
+        if len(frames) != 1:
+            return
+        parts = frames[0].decode("utf-8", "replace").split(Settings.MDP_DESCRIPTION_SEP)
+        if len(parts) != 3:
+            Mlogger.warning("READY with a malformed body from %s ignored", worker_id.hex())
+            return
+        name, description, capacity = parts
+        try:
+            capacity = int(capacity)
+        except ValueError:
+            Mlogger.warning("READY with a bad capacity from %s ignored", worker_id.hex())
+            return
+        lback = self._lback
+        if worker_id in self.workers:
+            # A second READY from a registered id bans it (as the original).
+            self._remove_worker(self.workers[worker_id], True)
+            return
+        if not name or capacity < 1:
+            if lback is not None:
+                lback.send((worker_id, b"", self._mdp_worker, DISCONNECT))
+            return
+        capacity = min(capacity, 1 << 30)
+        svc = self.register_service(name, description)
+        w = self.RemoteWorkerClass(worker_id, self.heartbeat, capacity, self.backend,
+                                   Settings.MDP_VERSION, svc)
+        self.workers[worker_id] = w
+        svc.add_worker(w)
+        w.prolong(self._loop.time())
+        if lback is not None:
+            lback.send((worker_id, b"", self._mdp_worker, HEARTBEAT))
+        if svc._waiting:
+            self._dispatch_waiting(svc)
+        self._worker_ready(w, svc)
+
+    def _worker_ready(self, worker, service):
+        """Hook: a worker registered (the Gate tells its peers)."""
+
+    def _remove_worker(self, w, send_disconnect):
+        """Ban a worker: DISCONNECT (if asked), forget it, fail its requests."""
+        if self.workers.get(w.identity) is not w:
+            return
+        del self.workers[w.identity]
+        was_ready = w.ready
+        w.ready = False
+        lback = self._lback
+        if send_disconnect and was_ready and lback is not None:
+            lback.send((w.identity, b"", self._mdp_worker, DISCONNECT))
+        svc = w.service
+        svc.remove_worker(w)
+        inflight = w._inflight
+        w._inflight = {}
+        if inflight:
+            exc = ServiceUnAvailableError(svc.name)
+            exc.args = (f"The worker serving the {svc.name} Service was lost before replying.",)
+            for request_id, client_id in inflight.items():
+                self._reply_error(client_id, svc._name_b, request_id, exc)
+        if not svc.workers:
+            self._service_gone(svc)
+
+    def _service_gone(self, svc):
+        """The last worker of ``svc`` left: fail the requests still waiting."""
+        waiting = svc._waiting
+        while waiting:
+            client_id, request_id, body, _ = waiting.popleft()
+            self._service_unavailable(client_id, svc._name_b, request_id, body)
+
+    # -- frontend ---------------------------------------------------------------
+
+    def _on_frontend(self, msgs):
+        header = self._mdp_client
+        checker = self._zap_checker
+        for msg in msgs:
+            if len(msg) < 5 or msg[1] or msg[2] != header:
+                continue
+            if checker is not None:
+                checker.frontend(msg)
+                continue
+            self._route_request(msg, msg[3])
+
+    def _route_request(self, msg, service_b):
+        """Route ``msg`` = ``[client, '', header, service, request_id, *body]``."""
+        if service_b == self._internal_b:
+            self._internal_request(msg[0], msg[4], msg[5:])
+            return
+        svc = self._services_b.get(service_b)
+        if svc is None or not svc.workers:
+            self._service_unavailable(msg[0], service_b, msg[4], msg[5:])
+            return
+        if len(msg) < 6:
+            self._reply_error(msg[0], service_b, msg[4], _BadRequest("malformed request: no function frame"))
+            return
+        w = svc._take()
+        if w is None:
+            svc._waiting.append((msg[0], msg[4], msg[5:], self._loop.time() + Settings.TIMEOUT))
+            return
+        client_id = msg[0]
+        w._inflight[msg[4]] = client_id
+        # [client, '', MDPC01, service, rid, *body] -> [worker, '', MDPW01, 02, client, '', rid, *body]
+        msg[0:4] = (w.identity, b"", self._mdp_worker, REQUEST, client_id, b"")
+        self._lback.send(msg)
+
+    def _send_request(self, w, client_id, request_id, body):
+        w._inflight[request_id] = client_id
+        frames = [w.identity, b"", self._mdp_worker, REQUEST, client_id, b"", request_id]
+        frames.extend(body)
+        lback = self._lback
+        if lback is not None:
+            lback.send(frames)
+
+    def _dispatch_waiting(self, svc):
+        waiting = svc._waiting
+        while waiting:
+            w = svc._take()
+            if w is None:
+                return
+            client_id, request_id, body, _ = waiting.popleft()
+            self._send_request(w, client_id, request_id, body)
+
+    def _service_unavailable(self, client_id, service_b, request_id, body):
+        """Hook: no local worker for the service (the Gate forwards instead)."""
+        self._reply_error(client_id, service_b, request_id,
+                          ServiceUnAvailableError(service_b.decode("utf-8", "replace")))
+
+    def _reply_error(self, client_id, service_b, request_id, exc):
+        self._deliver(client_id, service_b, request_id, (error_body(msg_pack, exc, False),))
+
+    def _deliver(self, client_id, service_b, request_id, body):
+        """Send a reply body to whoever asked: a client, the broker itself (or a peer gate)."""
+        if client_id in self._special_ids:
+            self._deliver_special(client_id, service_b, request_id, body)
+            return
+        lfront = self._lfront
+        if lfront is not None:
+            lfront.send((client_id, b"", self._mdp_client, service_b, request_id) + tuple(body))
+
+    def _deliver_special(self, client_id, service_b, request_id, body):
+        if client_id == self.identity:
+            fut = self.internal_requests.get(request_id)
+            if fut is not None:
+                dict.pop(self.internal_requests, request_id, None)
+                if not fut.done():
+                    fut.set_result(list(body))
+
+    def _send_internal_reply(self, client_id, request_id, body):
+        self._deliver(client_id, self._internal_b, request_id, body)
+
+    def _internal_request(self, client_id, request_id, body):
+        runner = self._runner
+        try:
+            n = len(body)
+            if n < 1 or n > 3:
+                raise _BadRequest(f"malformed request: {n} body frames (1 to 3 expected)")
+            func_name = msg_unpack(body[0])
+            args = msg_unpack(body[1]) if n > 1 else []
+            kwargs = msg_unpack(body[2]) if n > 2 else {}
+            if not isinstance(args, (list, tuple)) or type(kwargs) is not dict:
+                raise _BadRequest("malformed request: bad arguments frames")
+            for key in kwargs:
+                if type(key) is not str or key.startswith("__"):
+                    raise _BadRequest("keyword argument names must be str and must not start with '__'")
+            entry = self._internal_table.get(func_name) if type(func_name) is str else None
+            if entry is None:
+                if Settings.SECURE:
+                    raise AttributeError("Function not found.")
+                raise AttributeError(f"Function not found: {func_name}")
+        except Exception as exc:
+            runner.reply_error(client_id, request_id, exc, with_traceback=False)
+            return
+        kwargs["__client_id"] = client_id
+        kwargs["__request_id"] = request_id
+        runner.run(client_id, request_id, entry[0], entry[1], args, kwargs)
+
+    # -- backend ----------------------------------------------------------------
+
+    def _on_backend(self, msgs):
+        now = self._loop.time()
+        header = self._mdp_worker
+        workers = self.workers
+        checker = self._zap_checker
+        for msg in msgs:
+            if len(msg) < 4 or msg[1] or msg[2] != header:
+                continue
+            if checker is not None:
+                checker.backend(msg)
+                continue
+            if msg[3] == REPLY:
+                w = workers.get(msg[0])
+                if w is None or len(msg) < 8 or msg[5]:
+                    continue
+                w.expiry = now + w.heartbeat * w.heartbeat_liveness / 1000
+                self._on_reply(w, msg)
+            else:
+                self._backend_command(msg[0], msg[3], msg[4:], now)
+
+    def _backend_checked(self, msg):
+        """Handle one backend message whose ZAP frames were verified and removed.
+
+        ``msg`` = ``[worker, '', MDPW01, command, ...]``; used by the ZAP checker.
+        """
+        now = self._loop.time()
+        if msg[3] == REPLY:
+            w = self.workers.get(msg[0])
+            if w is None or len(msg) < 8 or msg[5]:
+                return
+            w.prolong(now)
+            self._on_reply(w, msg)
+        else:
+            self._backend_command(msg[0], msg[3], msg[4:], now)
+
+    def _on_reply(self, w, msg):
+        """``msg`` = ``[worker, '', MDPW01, 03, client, '', rid, *body]`` from a registered worker."""
+        client_id = msg[4]
+        request_id = msg[6]
+        inflight = w._inflight
+        if inflight.get(request_id) != client_id:
+            return
+        svc = w.service
+        if is_terminal(msg[7:]):
+            del inflight[request_id]
+            svc._give_back(w)
+            if svc._waiting:
+                self._dispatch_waiting(svc)
+        if client_id in self._special_ids:
+            self._deliver_special(client_id, svc._name_b, request_id, msg[7:])
+            return
+        # -> [client, '', MDPC01, service, rid, *body]
+        msg[0:6] = (client_id, b"", self._mdp_client, svc._name_b)
+        self._lfront.send(msg)
+
+    def _backend_command(self, worker_id, command, frames, now):
+        """Non-REPLY backend commands (``frames``: after the command and ZAP frames)."""
+        if command == HEARTBEAT:
+            w = self.workers.get(worker_id)
+            if w is not None and not frames:
+                w.prolong(now)
+        elif command == READY:
+            self._on_ready(worker_id, frames)
+        elif command == DISCONNECT:
+            w = self.workers.get(worker_id)
+            if w is not None and len(frames) == 1:
+                w.ready = False
+                self._remove_worker(w, False)
+        elif command == REPLY:
+            w = self.workers.get(worker_id)
+            if w is not None and len(frames) >= 4 and not frames[1]:
+                w.prolong(now)
+                self._on_reply(w, [worker_id, b"", self._mdp_worker, REPLY, *frames])
+
+    # -- API of the original (overridable hooks, not on the hot path) -----------
+
+    async def request_backend(self, service_name, client_id, request_id, body, cache=False):
+        """Send a request to a worker of ``service_name`` on behalf of ``client_id``.
+
+        With ``client_id == self.identity`` a Future in
+        ``internal_requests[request_id]`` resolves to the body frames of the
+        first reply message.
+        """
+        svc = self.services.get(service_name)
+        service_b = service_name.encode("utf-8")
+        if svc is None or not svc.workers:
+            exc = ServiceUnAvailableError(service_name)
+            if client_id != self.identity:
+                self._reply_error(client_id, service_b, request_id, exc)
+            raise exc
+        try:
+            w = await svc.acquire_idle_worker()
+        except (BusyWorkerError, ServiceUnAvailableError) as exc:
+            if client_id != self.identity:
+                self._reply_error(client_id, service_b, request_id, exc)
+            raise
+        if client_id == self.identity:
+            self.internal_requests[request_id] = self._loop.create_future()
+        self._send_request(w, client_id, request_id, [to_bytes(f) for f in body])
+
+    async def disconnect_all(self):
+        """Send DISCONNECT to every registered worker and forget them."""
+        for w in list(self.workers.values()):
+            self._remove_worker(w, True)
+
+    async def register_worker(self, worker_id, max_allowed_request, sock, service):
+        """Register a worker of ``service`` (normally done by READY)."""
+        self._on_ready(worker_id, [f"{service.name}:{service.description}:{max_allowed_request}".encode()])
+
+    async def ban_worker(self, worker):
+        """Ban ``worker`` now (DISCONNECT if it is still ready)."""
+        self._remove_worker(worker, True)
+
+    async def now_ban(self, worker):
+        """Ban ``worker`` now."""
+        self._remove_worker(worker, True)
+
+    async def send_heartbeat(self, worker):
+        """Send one HEARTBEAT to ``worker``."""
+        if self._lback is not None:
+            self._lback.send((worker.identity, b"", self._mdp_worker, HEARTBEAT))
+
+    async def send_to_backend(self, worker, command, option=None, messages=None):
+        """Send ``[worker, '', MDPW01, command, *option, *messages]``."""
+        wid = worker.identity if hasattr(worker, "identity") else worker
+        if messages is None:
+            messages = ()
+        elif isinstance(messages, (bytes, str)):
+            messages = (messages,)
+        frames = [wid, b"", self._mdp_worker, to_bytes(command)]
+        frames.extend(to_bytes(f) for f in (option or ()))
+        frames.extend(to_bytes(f) for f in messages)
+        if self._lback is not None:
+            self._lback.send(frames)
+
+    async def reply_frontend(self, client_id, service_name, request_id, *body):
+        """Send a reply to a client."""
+        self._deliver(client_id, to_bytes(service_name), request_id, tuple(to_bytes(b) for b in body))
+
+    async def process_messages_from_frontend(self, request):
+        """Handle one frontend message (as received, with the client envelope)."""
+        self._on_frontend([list(request)])
+
+    async def process_messages_from_backend(self, messages):
+        """Handle one backend message (as received, with the worker envelope)."""
+        self._on_backend([list(messages)])
+
+    async def internal_interface(self, client_id, request_id, func_name, args, kwargs):
+        """Run the internal function ``func_name`` for ``client_id``."""
+        self._internal_request(client_id, request_id,
+                               [msg_pack(func_name), msg_pack(tuple(args)), msg_pack(dict(kwargs))])
+
+    # -- the internal service ----------------------------------------------------
+
+    @interface
+    def get_services(self, **kwargs):
+        """Names of the services, then the internal service."""
+        return [*self.services, self._internal_name]
+
+    @interface
+    def info(self, **kwargs):
+        """``{"my_id": <broker identity>, "services": [names]}``."""
+        return {"my_id": self.identity, "services": list(self.services)}
+
+    @interface
+    def keepalive(self, heartbeat, **kwargs):
+        """Client keepalive: ``b"200"`` for ``b"heartbeat"``, else ``b"400"``."""
+        return KEEPALIVE_OK if heartbeat == KEEPALIVE_ARG else KEEPALIVE_BAD
+
+    @interface
+    def query_service(self, service_name, **kwargs):
+        """The description of a service, or ``None``."""
+        svc = self.services.get(service_name) if isinstance(service_name, str) else None
+        return svc.description if svc is not None else None

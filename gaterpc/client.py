@@ -1,0 +1,514 @@
+"""Client side: ``Client``, ``SimpleClient`` and the dot-call proxy (API.md §9).
+
+``Client`` sends each call as one request message and keeps a Future per
+request id.  Replies are read in batches from the socket's event-loop
+callback and resolve their Futures there (no task per reply); a request
+table with deadlines replaces one timer per call, and a single maintenance
+task (``_recv_task``) sweeps it, sends keepalives and watches the broker's
+liveness.
+
+Differences from the original (API.md §13): user keyword arguments named
+``service_name``/``func_name`` pass through (C2); finished, failed and
+abandoned streams leave ``client.replies`` (C3); a client can reconnect after
+the broker went offline or after ``close()`` (C4); a ``connect()`` timeout
+does not poison later calls (C6); a service unknown to the client's list is
+looked up once more before ``AttributeError`` (C1); HugeData transfers have
+a per-chunk timeout (H2); ``SimpleClient`` honours ``reply_timeout`` (SC2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import secrets
+import sys
+import uuid
+
+import zmq
+from zmq import constants as z_const
+
+from gaterpc.base import Context, check_zap_args, current_loop, new_socket, set_ctx, set_sock, zap_frames_of
+from gaterpc.exceptions import RemoteException
+from gaterpc.global_settings import Settings
+from gaterpc.helpers import check_socket_addr, name2uuid
+from gaterpc.hugedata import HugeDataReceiver
+from gaterpc.loopio import LoopSocket
+from gaterpc.protocol import HUGE_END, HUGE_EXC, HUGE_TAG, KEEPALIVE_ARG, STREAM_END, STREAM_EXC, STREAM_TAG
+from gaterpc.serialization import MsgUnpackError, msg_pack, msg_unpack
+from gaterpc.streams import StreamReply
+from gaterpc._speedups.reqtable import RequestTable
+
+__all__ = ("Client", "SimpleClient", "_RemoteMethodProxy")
+
+Clogger = logging.getLogger("gaterpc.client")
+
+_TIMEOUT_MESSAGE = "Timeout while requesting the Majordomo service."
+_EMPTY_MAP = b"\x80"
+_EMPTY_ARRAY = b"\x90"
+
+
+if sys.version_info >= (3, 11):
+    class ReplyTimeout(TimeoutError):
+        """A reply did not arrive in time (builtin ``TimeoutError``)."""
+else:  # pragma: no cover - exercised on 3.10 only
+    class ReplyTimeout(TimeoutError, asyncio.TimeoutError):
+        """A reply did not arrive in time (also an ``asyncio.TimeoutError``)."""
+
+
+def _remote_error(info):
+    """``RemoteException`` from a wire exception triple (or anything else sent)."""
+    if isinstance(info, (list, tuple)) and len(info) == 3:
+        return RemoteException([str(x) for x in info])
+    return RemoteException(str(info))
+
+
+class _RemoteMethodProxy:
+    """``client.Service.method`` / ``client.method``: an immutable call path."""
+
+    __slots__ = ("_client", "_service", "_func")
+
+    def __init__(self, client, service=None, func=None):
+        object.__setattr__(self, "_client", client)
+        object.__setattr__(self, "_service", service)
+        object.__setattr__(self, "_func", func)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        service = self._func if self._service is None else f"{self._service}.{self._func}"
+        return _RemoteMethodProxy(self._client, service, name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("remote method proxies are immutable")
+
+    def __call__(self, *args, **kwargs):
+        return self._client._invoke_remote(self._service, self._func, args, kwargs)
+
+    def __repr__(self):
+        return f"<remote method {self._service or '<default>'}.{self._func}>"
+
+
+class Client:
+    """Asynchronous client of a broker frontend (DEALER socket)."""
+
+    def __init__(self, broker_addr=None, identity=None, context=None, heartbeat=None,
+                 reply_timeout=None, zap_mechanism=None, zap_credentials=None):
+        self._broker_addr = broker_addr
+        identity = identity or f"gc-{secrets.token_hex(8)}"
+        self.identity = name2uuid(identity).bytes
+        self.ready = None
+        self.ctx = context if context is not None else Context()
+        set_ctx(self.ctx)
+        self.socket = None
+        self.heartbeat = heartbeat or Settings.MDP_HEARTBEAT_INTERVAL
+        self.heartbeat_liveness = Settings.MDP_HEARTBEAT_LIVENESS
+        self.last_message_sent_time = 0.0
+        self.reply_timeout = float(reply_timeout or Settings.REPLY_TIMEOUT)
+        self.replies = {}
+        self.stream_reply_maxsize = Settings.STREAM_REPLY_MAXSIZE
+        self.default_service = Settings.SERVICE_DEFAULT_NAME
+        zap_mechanism, zap_credentials = check_zap_args(zap_mechanism, zap_credentials)
+        self.zap_frames, self._zap_frames_bytes = zap_frames_of(zap_mechanism, zap_credentials)
+        self._loop = current_loop()
+        self._recv_task = None
+        self._remote_services = set()
+        self._poller = None
+        self._heartbeat_task = None
+        self._executor = None
+        self._process_replies_tasks = set()
+        self._lsock = None
+        self._is_ready = False
+        self._last_recv = 0.0
+        self._table = RequestTable()
+        self._streams = {}
+        self._huge = {}
+        self._service_cache = {}
+        self._func_cache = {}
+        self._header = Settings.MDP_CLIENT
+        self._internal_name = Settings.MDP_INTERNAL_SERVICE
+
+    # -- the dot-call namespace -------------------------------------------------
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _RemoteMethodProxy(self, None, name)
+
+    def _invoke_remote(self, service, func, args, kwargs):
+        return self._call(service or self.default_service, func, args, kwargs)
+
+    # -- connection -------------------------------------------------------------
+
+    async def connect(self, broker_addr=None):
+        """Connect to the broker and fetch its service list."""
+        task = self._recv_task
+        if task is not None and not task.done():
+            raise RuntimeError("Broker is connected.")
+        if broker_addr:
+            self._broker_addr = broker_addr
+        if not self._broker_addr:
+            raise ValueError("no broker address: give one to Client() or to connect()")
+        addr = check_socket_addr(self._broker_addr)
+        loop = self._loop
+        sock = new_socket(self.ctx, zmq.DEALER, {z_const.IDENTITY: self.identity})
+        sock.connect(addr)
+        self.socket = sock
+        self._header = Settings.MDP_CLIENT
+        self._internal_name = Settings.MDP_INTERNAL_SERVICE
+        self._lsock = LoopSocket(loop, sock, self._on_messages, on_error=self._on_socket_error)
+        self.ready = loop.create_future()
+        self._is_ready = False
+        self._last_recv = loop.time()
+        self._recv_task = loop.create_task(self._recv())
+        await self._fetch_services()
+
+    async def _fetch_services(self):
+        ready = self.ready
+        try:
+            services = await self._request(self._internal_name, "get_services", (), None)
+        except ReplyTimeout:
+            if ready is not None and not ready.done():
+                ready.set_result(False)
+            raise ReplyTimeout(_TIMEOUT_MESSAGE) from None
+        self._remote_services = {s for s in services if isinstance(s, str)} if isinstance(services, list) else set()
+        self._is_ready = True
+        if ready is None or ready.done():
+            ready = self.ready = self._loop.create_future()
+        ready.set_result(True)
+
+    async def _ensure_ready(self):
+        task = self._recv_task
+        if task is None or task.done():
+            if not self._broker_addr:
+                raise RuntimeError("Gate service not yet ready.")
+            await self.connect()
+            return
+        ready = self.ready
+        if ready is None:
+            raise RuntimeError("Gate service not yet ready.")
+        if not ready.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(ready), self.reply_timeout)
+            except asyncio.TimeoutError:
+                raise RuntimeError("waiting for Gate service timed out") from None
+        if not self._is_ready:
+            await self._fetch_services()
+
+    async def disconnect(self):
+        """Close the socket (the maintenance task keeps running)."""
+        lsock = self._lsock
+        self._lsock = None
+        self.socket = None
+        if lsock is not None:
+            lsock.close()
+
+    def close(self):
+        """Stop the client; it can be connected again later."""
+        task = self._recv_task
+        self._recv_task = None
+        if task is not None and not task.done():
+            task.cancel()
+        else:
+            self._teardown("the client was closed")
+        self.ready = None
+        self._is_ready = False
+
+    def _teardown(self, reason):
+        lsock = self._lsock
+        self._lsock = None
+        self.socket = None
+        if lsock is not None:
+            lsock.close()
+        self._is_ready = False
+        self._remote_services = set()
+        err = ReplyTimeout(f"{_TIMEOUT_MESSAGE} ({reason})")
+        for rid in list(self.replies):
+            self._fail(rid, err)
+        self._table.clear()
+
+    def _on_socket_error(self, exc):
+        Clogger.error("client socket failed: %s", exc)
+
+    # -- calls ------------------------------------------------------------------
+
+    async def knock(self, service_name, func_name, *args, **kwargs):
+        """Call ``service_name.func_name(*args, **kwargs)`` remotely."""
+        return await self._call(service_name, func_name, args, kwargs)
+
+    async def _call(self, service_name, func_name, args, kwargs):
+        if not self._is_ready:
+            await self._ensure_ready()
+        if not service_name:
+            service_name = self.default_service
+        if service_name not in self._remote_services:
+            await self._get_services()
+            if service_name not in self._remote_services:
+                raise AttributeError(f'The remote service named "{service_name}" was not found.')
+        if len(self.replies) >= Settings.MESSAGE_MAX:
+            message = (f"The number({len(self.replies)}) of pending requests has exceeded the cache "
+                       f"limit for the requesting task. The limit is {Settings.MESSAGE_MAX} requests.")
+            if Settings.SECURE:
+                raise RuntimeError(message)
+            Clogger.warning(message)
+        return await self._request(service_name, func_name, args, kwargs)
+
+    async def _request(self, service_name, func_name, args, kwargs):
+        """Send one request and wait for its reply (the value, a stream or HugeData)."""
+        lsock = self._lsock
+        if lsock is None:
+            raise RuntimeError("Gate service not yet ready.")
+        service_b = self._service_cache.get(service_name)
+        if service_b is None:
+            service_b = self._service_cache[service_name] = service_name.encode("utf-8")
+        func_b = self._func_cache.get(func_name)
+        if func_b is None:
+            func_b = msg_pack(func_name)
+            if len(self._func_cache) < 4096:
+                self._func_cache[func_name] = func_b
+        args_b = msg_pack(args) if args else _EMPTY_ARRAY
+        kwargs_b = msg_pack(kwargs) if kwargs else _EMPTY_MAP
+        request_id = os.urandom(16)
+        zap = self._zap_frames_bytes
+        if zap:
+            frames = (b"", self._header, service_b, *zap, request_id, func_b, args_b, kwargs_b)
+        else:
+            frames = (b"", self._header, service_b, request_id, func_b, args_b, kwargs_b)
+        loop = self._loop
+        fut = loop.create_future()
+        now = loop.time()
+        self.replies[request_id] = fut
+        self._table.add(request_id, fut, now + self.reply_timeout)
+        self.last_message_sent_time = now
+        lsock.send(frames)
+        try:
+            return await fut
+        finally:
+            if request_id not in self._streams:
+                self._forget(request_id)
+
+    async def _majordomo_service(self, func_name, *args, **kwargs):
+        return await self._request(self._internal_name, func_name, args, kwargs)
+
+    async def _get_services(self):
+        if self._lsock is None:
+            return
+        try:
+            services = await self._request(self._internal_name, "get_services", (), None)
+        except (ReplyTimeout, RemoteException):
+            return
+        if isinstance(services, list):
+            self._remote_services = {s for s in services if isinstance(s, str)}
+
+    async def _query_service(self, service_name):
+        return await self._request(self._internal_name, "query_service", (service_name,), None)
+
+    async def _send_heartbeat(self):
+        await self._request(self._internal_name, "keepalive", (KEEPALIVE_ARG,), None)
+
+    # -- replies ----------------------------------------------------------------
+
+    def _on_messages(self, msgs):
+        self._last_recv = self._loop.time()
+        header = self._header
+        replies = self.replies
+        for msg in msgs:
+            if len(msg) < 5 or msg[0] or msg[1] != header:
+                continue
+            request_id = msg[3]
+            fut = replies.get(request_id)
+            if fut is None:
+                continue
+            if len(msg) == 5:
+                if fut.done():
+                    continue
+                del replies[request_id]
+                self._table.pop(request_id)
+                try:
+                    reply = msg_unpack(msg[4])
+                    if type(reply) is not dict:
+                        raise MsgUnpackError("the reply is not a map")
+                except MsgUnpackError as exc:
+                    fut.set_exception(exc)
+                    continue
+                exc = reply.get("exception")
+                if exc:
+                    fut.set_exception(_remote_error(exc))
+                else:
+                    fut.set_result(reply.get("result"))
+            else:
+                try:
+                    self._on_multi(request_id, fut, msg[4:])
+                except Exception as exc:  # corrupt stream or HugeData
+                    self._fail(request_id, exc)
+
+    def _on_multi(self, request_id, fut, body):
+        tag = body[0]
+        n = len(body)
+        if tag == STREAM_TAG:
+            stream = self._streams.get(request_id)
+            if stream is None:
+                if fut.done():
+                    return
+                stream = StreamReply(STREAM_END, maxsize=self.stream_reply_maxsize, timeout=self.reply_timeout)
+                stream._on_close = functools.partial(self._forget, request_id)
+                self._streams[request_id] = stream
+                fut.set_result(stream)
+            if n == 2:
+                if body[1] == STREAM_END:
+                    stream._put_end()
+                    self._forget(request_id)
+                    return
+                if not stream._put(msg_unpack(body[1])):
+                    self._forget(request_id)
+                    return
+            elif n == 3 and body[1] == STREAM_EXC:
+                stream._put_exception(_remote_error(msg_unpack(body[2])))
+                self._forget(request_id)
+                return
+            self._table.touch(request_id, self._loop.time() + self.reply_timeout)
+        elif tag == HUGE_TAG:
+            receiver = self._huge.get(request_id)
+            if receiver is None:
+                if fut.done():
+                    return
+                receiver = self._huge[request_id] = HugeDataReceiver(
+                    default_module=Settings.HUGE_DATA_COMPRESS_MODULE)
+            if n == 2:
+                if body[1] == HUGE_END:
+                    payload = receiver.finish()
+                    self._forget(request_id)
+                    if not fut.done():
+                        fut.set_result(msg_unpack(payload))
+                    return
+                receiver.feed(body[1])
+            elif n == 3 and (body[1] == STREAM_EXC or body[1] == HUGE_EXC):
+                self._fail(request_id, _remote_error(msg_unpack(body[2])))
+                return
+            self._table.touch(request_id, self._loop.time() + self.reply_timeout)
+
+    def _forget(self, request_id):
+        """Drop every trace of a request (reply, stream, HugeData receiver)."""
+        self.replies.pop(request_id, None)
+        self._table.pop(request_id)
+        self._streams.pop(request_id, None)
+        receiver = self._huge.pop(request_id, None)
+        if receiver is not None:
+            receiver.close()
+
+    def _fail(self, request_id, exc):
+        """End a request with ``exc`` (raised by the call, or inside its stream)."""
+        fut = self.replies.get(request_id)
+        stream = self._streams.get(request_id)
+        self._forget(request_id)
+        if stream is not None:
+            stream._put_exception(exc)
+        elif fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    # -- maintenance --------------------------------------------------------------
+
+    async def _recv(self):
+        loop = self._loop
+        interval = self.heartbeat / 1000
+        liveness_span = interval * self.heartbeat_liveness
+        sweep = max(0.01, min(0.1, self.reply_timeout / 20, interval / 4))
+        reason = "the client was closed"
+        try:
+            while True:
+                await asyncio.sleep(sweep)
+                now = loop.time()
+                expired = self._table.expire(now)
+                if expired:
+                    for request_id, _ in expired:
+                        self._fail(request_id, ReplyTimeout(_TIMEOUT_MESSAGE))
+                if self._lsock is None or self._lsock.closed:
+                    reason = "the connection was closed"
+                    break
+                if now - self._last_recv >= liveness_span:
+                    Clogger.warning("Majordomo offline")
+                    reason = "Majordomo offline"
+                    break
+                if self._is_ready and now - self.last_message_sent_time >= interval:
+                    self._keepalive()
+        finally:
+            self._teardown(reason)
+            self.ready = None
+
+    def _keepalive(self):
+        task = self._loop.create_task(self._send_heartbeat())
+        self._process_replies_tasks.add(task)
+        task.add_done_callback(self._cleanup_process_tasks)
+
+    def _cleanup_process_tasks(self, task):
+        self._process_replies_tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a lost keepalive is not an error
+
+    def _clear_reply(self, request_id):
+        self._forget(request_id)
+
+
+class SimpleClient:
+    """Blocking client on a REQ socket, for tests and small single-value calls.
+
+    Returns the raw reply envelope ``{"result": ..., "exception": ...}``
+    (remote errors are not raised), as the original.
+    """
+
+    def __init__(self, broker_addr, reply_timeout=None, zap_mechanism=None, zap_credentials=None):
+        self.socket = None
+        self.ctx = None
+        self._broker_addr = check_socket_addr(broker_addr)
+        self.identity = name2uuid(f"sgc-{secrets.token_hex(8)}").bytes
+        zap_mechanism, zap_credentials = check_zap_args(zap_mechanism, zap_credentials)
+        self.zap_frames, self._zap_frames_bytes = zap_frames_of(zap_mechanism, zap_credentials)
+        self.reply_timeout = reply_timeout or Settings.REPLY_TIMEOUT
+        self.ctx = zmq.Context()
+        self._open()
+
+    def _open(self):
+        self.socket = self.ctx.socket(zmq.REQ)
+        set_sock(self.socket, {z_const.IDENTITY: self.identity})
+        self.socket.connect(self._broker_addr)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _RemoteMethodProxy(self, None, name)
+
+    def _invoke_remote(self, service, func, args, kwargs):
+        service = service or Settings.SERVICE_DEFAULT_NAME
+        request_id = uuid.uuid4().bytes
+        frames = [Settings.MDP_CLIENT, service.encode("utf-8"), *self._zap_frames_bytes, request_id,
+                  msg_pack(func), msg_pack(args), msg_pack(kwargs)]
+        self.socket.send_multipart(frames)
+        if not self.socket.poll(int(self.reply_timeout * 1000)):
+            # A REQ socket cannot send again before it receives: start afresh.
+            self.socket.close(linger=0)
+            self._open()
+            raise ReplyTimeout(_TIMEOUT_MESSAGE)
+        reply = self.socket.recv_multipart()
+        if len(reply) < 3 or reply[2] != request_id:
+            raise RuntimeError("request_id inconsistent")
+        body = reply[3:]
+        if not body:
+            return None
+        if len(body) > 1:
+            raise RuntimeError("Does not support streaming data.")
+        return msg_unpack(body[0])
+
+    def _close(self):
+        sock = getattr(self, "socket", None)
+        if sock is not None and not sock.closed:
+            sock.close(linger=0)
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None and not ctx.closed:
+            ctx.term()
+
+    def __del__(self):
+        try:
+            self._close()
+        except Exception:
+            pass

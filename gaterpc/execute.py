@@ -1,0 +1,235 @@
+"""Running remotely called functions and sending their results.
+
+Shared by the worker (``Worker``) and the broker's internal service: both
+look a function up in a dispatch table built once from the ``@interface``
+marks, run it the way its kind requires, and send the result -- a single
+reply, a stream, or a HugeData transfer -- through a ``send_body`` callable.
+
+Plain results of synchronous functions are sent from the caller's stack (no
+task).  Coroutine functions run in a task (started eagerly where the Python
+version supports it), executor functions in a future of their executor,
+streams and HugeData transfers in a task that respects the socket's backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import sys
+import types
+from types import AsyncGeneratorType, GeneratorType
+
+from gaterpc.hugedata import HugeData, iter_hugedata_chunks
+from gaterpc.protocol import (
+    HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
+)
+from gaterpc._speedups.frames import singleton_ok
+from gaterpc.serialization import MsgPackError, msg_pack
+
+__all__ = ("KIND_CORO", "KIND_INLINE", "KIND_THREAD", "KIND_PROCESS", "Runner", "collect_interfaces")
+
+logger = logging.getLogger("gaterpc")
+
+KIND_CORO = 0
+KIND_INLINE = 1
+KIND_THREAD = 2
+KIND_PROCESS = 3
+
+_EAGER = sys.version_info >= (3, 12)
+_STREAM_KINDS = (GeneratorType, AsyncGeneratorType, HugeData)
+
+
+def collect_interfaces(obj):
+    """``(interfaces, table)`` of an object's public ``@interface`` methods.
+
+    ``interfaces`` is the original's ``{name: {"doc", "signature"}}``;
+    ``table`` maps a name to ``(bound_method, kind)`` for the dispatcher.
+    """
+    interfaces = {}
+    table = {}
+    for name, member in inspect.getmembers(obj):
+        if name.startswith("_"):
+            continue
+        func = getattr(member, "__func__", member)
+        if not getattr(func, "__interface__", False):
+            continue
+        if not callable(member):
+            continue
+        try:
+            signature = str(inspect.signature(member))
+        except (TypeError, ValueError):
+            signature = "(*args, **kwargs)"
+        interfaces[name] = {"doc": inspect.getdoc(member), "signature": signature}
+        if inspect.iscoroutinefunction(func):
+            kind = KIND_CORO
+        else:
+            executor = getattr(func, "__executor__", "none")
+            kind = KIND_THREAD if executor == "thread" else KIND_PROCESS if executor == "process" else KIND_INLINE
+        table[name] = (member, kind)
+    return interfaces, table
+
+
+class DetachedSelf(types.SimpleNamespace):
+    """What ``self`` is inside an ``@interface("process")`` method.
+
+    The worker itself (sockets, loop, executors) cannot cross a process
+    boundary, so the method's function runs in the process pool with this
+    stand-in carrying the worker's ``identity`` and ``service_name``.
+    """
+
+
+def _call_detached(func, detached, args, kwargs):
+    return func(detached, *args, **kwargs)
+
+
+class Runner:
+    """Runs calls for one owner (a worker or a broker) and sends their replies.
+
+    ``send_body(client_id, request_id, body)`` sends one reply message;
+    ``lsock`` is the :class:`~gaterpc.loopio.LoopSocket` carrying the replies,
+    used to wait for its backlog in long transfers.
+    """
+
+    def __init__(self, owner, loop, send_body, lsock_getter, tasks):
+        self.owner = owner
+        self.loop = loop
+        self.send_body = send_body
+        self._lsock = lsock_getter
+        self.tasks = tasks
+        self.pack = msg_pack
+
+    # -- running --------------------------------------------------------------
+
+    def run(self, client_id, request_id, fn, kind, args, kwargs):
+        """Run ``fn(*args, **kwargs)`` and reply to ``(client_id, request_id)``."""
+        try:
+            if kind == KIND_INLINE:
+                result = fn(*args, **kwargs)
+            elif kind == KIND_CORO:
+                coro = fn(*args, **kwargs)
+                if _EAGER:
+                    task = asyncio.Task(coro, loop=self.loop, eager_start=True)
+                    if task.done():
+                        self._task_done(client_id, request_id, task)
+                        return
+                else:
+                    task = self.loop.create_task(coro)
+                self.tasks.add(task)
+                task.add_done_callback(functools.partial(self._task_done, client_id, request_id))
+                return
+            elif kind == KIND_THREAD:
+                fut = self.loop.run_in_executor(
+                    self.owner.thread_executor, functools.partial(fn, *args, **kwargs))
+                self.tasks.add(fut)
+                fut.add_done_callback(functools.partial(self._task_done, client_id, request_id))
+                return
+            else:
+                func = getattr(fn, "__func__", fn)
+                detached = DetachedSelf(
+                    identity=getattr(self.owner, "identity", None),
+                    service_name=getattr(getattr(self.owner, "service", None), "name", None))
+                fut = self.loop.run_in_executor(
+                    self.owner.process_executor,
+                    functools.partial(_call_detached, func, detached, list(args), dict(kwargs)))
+                self.tasks.add(fut)
+                fut.add_done_callback(functools.partial(self._task_done, client_id, request_id))
+                return
+        except Exception as exc:
+            self.reply_error(client_id, request_id, exc)
+            return
+        self.deliver(client_id, request_id, result)
+
+    def _task_done(self, client_id, request_id, task):
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            if isinstance(exc, Exception):
+                self.reply_error(client_id, request_id, exc)
+            return
+        self.deliver(client_id, request_id, task.result())
+
+    # -- replying -------------------------------------------------------------
+
+    def reply_error(self, client_id, request_id, exc, with_traceback=True):
+        """Send the error reply for ``exc``."""
+        try:
+            body = error_body(self.pack, exc, with_traceback)
+        except Exception:  # an unencodable repr: fall back to plain text
+            body = error_body(self.pack, RuntimeError(str(type(exc).__name__)), False)
+        self.send_body(client_id, request_id, (body,))
+
+    def deliver(self, client_id, request_id, result):
+        """Send ``result`` as a single reply, a stream or a HugeData transfer."""
+        if isinstance(result, _STREAM_KINDS):
+            if isinstance(result, HugeData):
+                coro = self._send_hugedata(client_id, request_id, result)
+            else:
+                coro = self._send_stream(client_id, request_id, result)
+            task = self.loop.create_task(coro)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
+        try:
+            body = singleton_ok(self.pack(result))
+        except MsgPackError as exc:
+            self.reply_error(client_id, request_id, exc, with_traceback=False)
+            return
+        self.send_body(client_id, request_id, (body,))
+
+    async def _wait_backlog(self):
+        lsock = self._lsock()
+        if lsock is not None and lsock.backlog_size():
+            await lsock.drain()
+
+    async def _send_stream(self, client_id, request_id, gen):
+        send = self.send_body
+        pack = self.pack
+        try:
+            if isinstance(gen, GeneratorType):
+                count = 0
+                for item in gen:
+                    send(client_id, request_id, (STREAM_TAG, pack(item)))
+                    count += 1
+                    lsock = self._lsock()
+                    if lsock is not None and lsock.backlog_size():
+                        await lsock.drain()
+                    elif not count & 63:
+                        await asyncio.sleep(0)
+            else:
+                async for item in gen:
+                    send(client_id, request_id, (STREAM_TAG, pack(item)))
+                    lsock = self._lsock()
+                    if lsock is not None and lsock.backlog_size():
+                        await lsock.drain()
+        except asyncio.CancelledError:
+            raise
+        except ConnectionError:
+            return
+        except Exception as exc:
+            send(client_id, request_id, (STREAM_TAG, STREAM_EXC, pack(exception_triple(exc))))
+            return
+        send(client_id, request_id, (STREAM_TAG, STREAM_END))
+
+    async def _send_hugedata(self, client_id, request_id, hd):
+        send = self.send_body
+        try:
+            async for chunk in iter_hugedata_chunks(hd, self.loop):
+                send(client_id, request_id, (HUGE_TAG, chunk))
+                await self._wait_backlog()
+        except asyncio.CancelledError:
+            raise
+        except ConnectionError:
+            return
+        except Exception as exc:
+            send(client_id, request_id, (HUGE_TAG, STREAM_EXC, self.pack(exception_triple(exc))))
+            return
+        finally:
+            try:
+                hd.destroy()
+            except Exception:
+                logger.debug("HugeData.destroy failed", exc_info=True)
+        send(client_id, request_id, (HUGE_TAG, HUGE_END))

@@ -1,0 +1,208 @@
+"""``StreamReply``: the client-side object of a streamed reply (API.md §4.10).
+
+A client gets a ``StreamReply`` as soon as the first stream message of a call
+arrives, and iterates it with ``async for``.  The client feeds it through the
+private, synchronous ``_put*`` methods (no task or await per item); the public
+``asend``/``athrow``/``aclose`` keep the original's semantics.
+
+Differences from the original, all on the receiving side (API.md §13 U1, U2,
+U8, C3):
+
+* ``None`` items fed by the client are delivered (the public ``asend(None)``
+  still ignores ``None``, as documented);
+* the end of the stream is signalled out of band, so an item equal to
+  ``b"GateStreamEnd"`` is delivered as an item;
+* ``athrow(ExcClass)`` raises an instance of the class;
+* buffering is bounded by ``maxsize``: when a consumer falls that far behind,
+  the stream ends with a ``BufferError`` after the buffered items, and the
+  client forgets the stream instead of growing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator
+
+__all__ = ("StreamReply",)
+
+_END = object()
+
+
+class StreamReply(AsyncGenerator):
+    """An asynchronous iterator over the items of a streamed reply."""
+
+    def __init__(self, end_message, maxsize=0, timeout=0):
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = asyncio.get_event_loop_policy().get_event_loop()
+        self.end_message = end_message
+        self.maxsize = maxsize
+        self.timeout = timeout
+        # The original exposes an asyncio.Queue as ``replies``; items live in
+        # ``_items`` and ``replies`` is a small read-only view of them.
+        self.replies = _QueueView(self)
+        self._items = deque()
+        self._waiter = None
+        self._exit = False
+        self._pause = False
+        self._raise = False
+        self._ended = False
+        self._on_close = None
+
+    # -- feeding (client side, synchronous) ---------------------------------
+
+    def _wake(self):
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _put(self, item):
+        """Queue one item; returns False (and ends the stream) on overflow."""
+        if self._ended:
+            return False
+        if self.maxsize and len(self._items) >= self.maxsize:
+            self._items.append(_Raise(BufferError(
+                f"stream buffer overflow: more than {self.maxsize} items were not consumed "
+                "(raise Settings.STREAM_REPLY_MAXSIZE or consume faster)")))
+            self._items.append(_END)
+            self._ended = True
+            self._wake()
+            return False
+        self._items.append(item)
+        self._wake()
+        return True
+
+    def _put_end(self):
+        if not self._ended:
+            self._ended = True
+            self._items.append(_END)
+            self._wake()
+
+    def _put_exception(self, exc):
+        """Deliver ``exc`` to the consumer after the queued items; the stream ends."""
+        if not self._ended:
+            self._ended = True
+            self._items.append(_Raise(exc))
+            self._items.append(_END)
+            self._wake()
+
+    def _finished(self):
+        """True when no more items will be fed."""
+        return self._ended or self._exit
+
+    # -- consuming ------------------------------------------------------------
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while True:
+            if self._exit:
+                raise StopAsyncIteration
+            items = self._items
+            if items:
+                item = items.popleft()
+                if item is _END:
+                    self._mark_exit()
+                    raise StopAsyncIteration
+                if type(item) is _Raise:
+                    raise item.exc
+                if self._raise and isinstance(item, BaseException):
+                    self._raise = False
+                    raise item
+                return item
+            waiter = self._loop.create_future()
+            self._waiter = waiter
+            if self.timeout:
+                handle = self._loop.call_later(self.timeout, _timeout_waiter, waiter)
+                try:
+                    await waiter
+                finally:
+                    handle.cancel()
+                    if self._waiter is waiter:
+                        self._waiter = None
+            else:
+                try:
+                    await waiter
+                finally:
+                    if self._waiter is waiter:
+                        self._waiter = None
+
+    def is_exit(self):
+        """True once the end of the stream was consumed or ``aclose()`` was called."""
+        return self._exit
+
+    def _mark_exit(self):
+        if not self._exit:
+            self._exit = True
+            self._items.clear()
+            self._wake()
+            cb = self._on_close
+            if cb is not None:
+                self._on_close = None
+                cb()
+
+    async def asend(self, value):
+        """Queue ``value`` (``None`` is ignored, as in the original)."""
+        if value is None:
+            return None
+        self._put(value)
+        return None
+
+    async def athrow(self, typ, val=None, tb=None):
+        """Queue an exception that the consumer will raise at that position."""
+        if tb is not None:
+            exc = typ.with_traceback(tb) if isinstance(typ, BaseException) else typ(val).with_traceback(tb)
+        elif isinstance(val, BaseException):
+            exc = val
+        elif val:
+            exc = typ(val)
+        elif isinstance(typ, type) and issubclass(typ, BaseException):
+            exc = typ()
+        else:
+            exc = typ
+        self._items.append(_Raise(exc) if isinstance(exc, BaseException) else exc)
+        self._wake()
+
+    async def aclose(self):
+        """Stop the stream: queued and later items are discarded."""
+        self._mark_exit()
+
+
+class _Raise:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc):
+        self.exc = exc
+
+
+class _QueueView:
+    """Read-only view with the parts of ``asyncio.Queue`` user code may touch."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def qsize(self):
+        return sum(1 for i in self._stream._items if i is not _END)
+
+    def empty(self):
+        return not self.qsize()
+
+    def full(self):
+        m = self._stream.maxsize
+        return bool(m) and self.qsize() >= m
+
+    @property
+    def maxsize(self):
+        return self._stream.maxsize
+
+
+def _timeout_waiter(waiter):
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
