@@ -108,6 +108,7 @@ class AMajordomo:
         self._special_ids = {self.identity}
         self._zap_checker = None
         self._closed = False
+        self._errors = 0
         self._read_protocol_settings()
         self._runner = Runner(self, self._loop, self._send_internal_reply, self._get_lfront,
                               self.frontend_tasks)
@@ -133,6 +134,8 @@ class AMajordomo:
         sock_opt[z_const.IDENTITY] = self.identity
         if self.frontend is None:
             self.frontend = new_socket(self.ctx, zmq.ROUTER, sock_opt)
+            # A client that reconnects with the same identity takes its route over.
+            self.frontend.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if self.running:
                 self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend)
         self.frontend.bind(addr)
@@ -150,6 +153,7 @@ class AMajordomo:
         sock_opt[z_const.IDENTITY] = self.identity
         if self.backend is None:
             self.backend = new_socket(self.ctx, zmq.ROUTER, sock_opt)
+            self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if self.running:
                 self._lback = LoopSocket(self._loop, self.backend, self._on_backend)
         self.backend.bind(addr)
@@ -333,7 +337,10 @@ class AMajordomo:
     def _on_ready(self, worker_id, frames):
         if len(frames) != 1:
             return
-        parts = frames[0].decode("utf-8", "replace").split(Settings.MDP_DESCRIPTION_SEP)
+        try:
+            parts = frames[0].decode("utf-8").split(Settings.MDP_DESCRIPTION_SEP)
+        except UnicodeDecodeError:
+            parts = ()
         if len(parts) != 3:
             Mlogger.warning("READY with a malformed body from %s ignored", worker_id.hex())
             return
@@ -405,10 +412,13 @@ class AMajordomo:
         for msg in msgs:
             if len(msg) < 5 or msg[1] or msg[2] != header:
                 continue
-            if checker is not None:
-                checker.frontend(msg)
-                continue
-            self._route_request(msg, msg[3])
+            try:
+                if checker is not None:
+                    checker.frontend(msg)
+                else:
+                    self._route_request(msg, msg[3])
+            except Exception:
+                self._count_error()
 
     def _route_request(self, msg, service_b):
         """Route ``msg`` = ``[client, '', header, service, request_id, *body]``."""
@@ -424,13 +434,18 @@ class AMajordomo:
             return
         w = svc._take()
         if w is None:
-            svc._waiting.append((msg[0], msg[4], msg[5:], self._loop.time() + Settings.TIMEOUT))
+            if len(svc._waiting) >= Settings.MESSAGE_MAX:
+                self._reply_error(msg[0], service_b, msg[4], BusyWorkerError())
+            else:
+                svc._waiting.append((msg[0], msg[4], msg[5:], self._loop.time() + Settings.TIMEOUT))
             return
         client_id = msg[0]
         w._inflight[msg[4]] = client_id
         # [client, '', MDPC01, service, rid, *body] -> [worker, '', MDPW01, 02, client, '', rid, *body]
         msg[0:4] = (w.identity, b"", self._mdp_worker, REQUEST, client_id, b"")
-        self._lback.send(msg)
+        lback = self._lback
+        if lback is not None:
+            lback.send(msg)
 
     def _send_request(self, w, client_id, request_id, body):
         w._inflight[request_id] = client_id
@@ -513,17 +528,25 @@ class AMajordomo:
         for msg in msgs:
             if len(msg) < 4 or msg[1] or msg[2] != header:
                 continue
-            if checker is not None:
-                checker.backend(msg)
-                continue
-            if msg[3] == REPLY:
-                w = workers.get(msg[0])
-                if w is None or len(msg) < 8 or msg[5]:
-                    continue
-                w.expiry = now + w.heartbeat * w.heartbeat_liveness / 1000
-                self._on_reply(w, msg)
-            else:
-                self._backend_command(msg[0], msg[3], msg[4:], now)
+            try:
+                if checker is not None:
+                    checker.backend(msg)
+                elif msg[3] == REPLY:
+                    w = workers.get(msg[0])
+                    if w is None or len(msg) < 8 or msg[5]:
+                        continue
+                    w.expiry = now + w.heartbeat * w.heartbeat_liveness / 1000
+                    self._on_reply(w, msg)
+                else:
+                    self._backend_command(msg[0], msg[3], msg[4:], now)
+            except Exception:
+                self._count_error()
+
+    def _count_error(self):
+        """A message made the broker fail: count it, log the first ones only."""
+        self._errors += 1
+        if self._errors <= 10 or not self._errors % 10000:
+            Mlogger.exception("error #%d while handling a message (dropped)", self._errors)
 
     def _backend_checked(self, msg):
         """Handle one backend message whose ZAP frames were verified and removed.
@@ -558,7 +581,9 @@ class AMajordomo:
             return
         # -> [client, '', MDPC01, service, rid, *body]
         msg[0:6] = (client_id, b"", self._mdp_client, svc._name_b)
-        self._lfront.send(msg)
+        lfront = self._lfront
+        if lfront is not None:
+            lfront.send(msg)
 
     def _backend_command(self, worker_id, command, frames, now):
         """Non-REPLY backend commands (``frames``: after the command and ZAP frames)."""

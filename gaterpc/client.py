@@ -210,8 +210,7 @@ class Client:
         self._recv_task = None
         if task is not None and not task.done():
             task.cancel()
-        else:
-            self._teardown("the client was closed")
+        self._teardown("the client was closed")
         self.ready = None
         self._is_ready = False
 
@@ -433,8 +432,11 @@ class Client:
                 if self._is_ready and now - self.last_message_sent_time >= interval:
                     self._keepalive()
         finally:
-            self._teardown(reason)
-            self.ready = None
+            # After close() the task is no longer ours to clean: close() did it,
+            # and a new connection may already be in place.
+            if self._recv_task is asyncio.current_task():
+                self._teardown(reason)
+                self.ready = None
 
     def _keepalive(self):
         task = self._loop.create_task(self._send_heartbeat())

@@ -267,7 +267,8 @@ class Worker(ABCWorker):
 
     @interface
     def get_interfaces(self):
-        """The methods this worker exposes: ``{name: {"doc", "signature"}}``."""
+        # No docstring on purpose: the original reports {"doc": None} for it,
+        # and get_interfaces() replies must be byte-identical (WIRE.md §5.10).
         return self.interfaces
 
     def _get_interfaces(self):
