@@ -36,6 +36,9 @@ from .roles import common
 ROLES_DIR = Path(__file__).resolve().parent / "roles"
 REPO = Path(__file__).resolve().parents[2]
 IMPLS = ("orig", "ours")
+# GATERPC_INTEROP_TAP=1 puts a recording relay (roles/tap.py) in front of each
+# broker socket; the wire logs are named in failure messages.
+TAP = os.environ.get("GATERPC_INTEROP_TAP", "") not in ("", "0")
 
 # Service names registered by the long-lived workers, per worker implementation.
 SERVICE = {"orig": "OrigSvc", "ours": "OursSvc"}
@@ -185,6 +188,9 @@ class ProcessRunner:
         if impl == "ours":
             env["PYTHONPATH"] = os.pathsep.join((str(REPO), str(ROLES_DIR)))
             return [sys.executable, str(script)], env
+        if impl == "tap":   # pure pyzmq, no gaterpc at all
+            env["PYTHONPATH"] = str(ROLES_DIR)
+            return [sys.executable, "-s", str(script)], env
         raise ValueError(impl)
 
     def start(self, role: str, impl: str, *args: str, ready_timeout: float = 30.0,
@@ -271,7 +277,16 @@ class Fleet:
         def start():
             front, back = self.broker_addrs(impl)
             proc = self.runner.start("broker", impl, "--front", front, "--back", back)
-            proc.front, proc.back = front, back
+            proc.front, proc.back, proc.taps = front, back, []
+            if TAP:
+                # Clients and workers talk to the broker through recording relays.
+                for side in ("front", "back"):
+                    listen = f"ipc://{self.ipc_dir}/tap-{impl}-{side}"
+                    log = self.runner.workdir / f"wire-{impl}-broker-{side}.jsonl"
+                    self.runner.start("tap", "tap", "--listen", listen,
+                                      "--upstream", getattr(proc, side), "--log", str(log))
+                    setattr(proc, side, listen)
+                    proc.taps.append(log)
             return proc
         return self._get(("broker", impl), start)
 
@@ -322,8 +337,14 @@ class Topology:
     def value(self, method: str, *args, **spec):
         """Call and return the decoded value, failing the test with the error otherwise."""
         r = self.call(method, *args, **spec)
-        assert r["ok"], f"{self}: {method} failed: {r}"
+        assert r["ok"], f"{self}: {method} failed: {r}{self.wire_hint()}"
         return common.decode(r["value"])
+
+    def wire_hint(self) -> str:
+        taps = getattr(self.fleet._procs.get(("broker", self.broker_impl)), "taps", None)
+        if taps:
+            return "\nwire logs: " + ", ".join(map(str, taps))
+        return "\n(run with GATERPC_INTEROP_TAP=1 to record the frames)"
 
 
 def make_topology(fleet, client, broker, worker):
