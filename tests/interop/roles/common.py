@@ -104,8 +104,13 @@ def dumps(obj) -> str:
 
 
 def implementation(gaterpc_module) -> str:
-    """``"orig"`` when the imported gaterpc is the original package, else ``"ours"``."""
-    return "orig" if "site-packages" in str(Path(gaterpc_module.__file__)) else "ours"
+    """``"ours"`` when the imported gaterpc has our compiled-backend package, else ``"orig"``."""
+    import importlib.util
+    try:
+        ours = importlib.util.find_spec(gaterpc_module.__name__ + "._speedups") is not None
+    except (ImportError, ValueError):
+        ours = False
+    return "ours" if ours else "orig"
 
 
 def announce(role: str, gaterpc_module, **extra) -> None:
