@@ -1,0 +1,242 @@
+"""Library-wide msgpack configuration and the pack/unpack helpers.
+
+The encoding is byte-exact with the original's (WIRE.md §1.2): msgpack
+defaults with the bin type for bytes, float64 for every float, tuples and
+lists as arrays.  Decoding uses ``raw=False``, ``strict_map_key=False`` and
+the size limits of :class:`MessagePack` (API.md §4.9).
+
+``message_pack`` is the single global :class:`MessagePack`.  Its settings
+are compiled into module-level state whenever a hook or a limit changes
+(see :meth:`MessagePack.__setattr__`), so :func:`msg_pack` and
+:func:`msg_unpack` do no per-call set-up: packing reuses one
+``msgpack.Packer`` per thread, unpacking passes a prepared keyword dict.
+"""
+
+from __future__ import annotations
+
+import threading
+from multiprocessing.managers import ArrayProxy, BaseProxy, DictProxy, ListProxy, ValueProxy
+from typing import Any
+
+import msgpack
+
+__all__ = (
+    "MessagePack",
+    "message_pack",
+    "msg_pack",
+    "msg_unpack",
+    "pack_fast",
+    "unpack_fast",
+    "MsgPackError",
+    "MsgUnpackError",
+)
+
+
+class MsgPackError(ValueError):
+    """An object could not be serialized with msgpack."""
+
+
+class MsgUnpackError(ValueError):
+    """Bytes could not be deserialized with msgpack."""
+
+
+_HOOKS = frozenset(("prepare_pack", "unpack_object_hook", "unpack_object_pairs_hook", "unpack_list_hook"))
+_LIMITS = {
+    "max_str_len": "DEFAULT_MAX_STR_LEN",
+    "max_bin_len": "DEFAULT_MAX_BIN_LEN",
+    "max_array_len": "DEFAULT_MAX_ARRAY_LEN",
+    "max_map_len": "DEFAULT_MAX_MAP_LEN",
+}
+# README spelling of the list hook (API.md §13 U3); honoured as an alias.
+_ALIASES = {"unpack_object_list_hook": "unpack_list_hook"}
+
+# Types whose instances can never be (or contain at top level) a manager proxy.
+_PLAIN_TYPES = frozenset((bytes, str, int, float, bool, type(None), list, tuple, dict, bytearray, memoryview))
+
+# Compiled state, rebuilt by ``_compile`` when the global MessagePack changes.
+_tls = threading.local()
+_pack_default = None  # the prepare_pack hook, or None
+_unpack_kwargs: dict = {}
+_packb = msgpack.packb
+_unpackb = msgpack.unpackb
+
+
+class MessagePack:
+    """Configures the msgpack behaviour of the whole process.
+
+    Attributes (all settable): ``prepare_pack`` (msgpack ``default``),
+    ``unpack_object_hook``, ``unpack_object_pairs_hook``,
+    ``unpack_list_hook`` (alias ``unpack_object_list_hook``) and the decode
+    limits ``max_str_len``, ``max_bin_len``, ``max_array_len``,
+    ``max_map_len``.  A hook set to a truthy non-callable raises
+    ``TypeError``; a falsy value disables it; ``del`` resets a hook to
+    ``None`` and a limit to its default.
+    """
+
+    DEFAULT_MAX_STR_LEN = 33554432
+    DEFAULT_MAX_BIN_LEN = 33554432
+    DEFAULT_MAX_ARRAY_LEN = 1048576
+    DEFAULT_MAX_MAP_LEN = 1048576
+
+    def __init__(self) -> None:
+        d = self.__dict__
+        for name in _HOOKS:
+            d[name] = None
+        for name, default in _LIMITS.items():
+            d[name] = getattr(self, default)
+        self._changed()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        name = _ALIASES.get(name, name)
+        if name in _HOOKS:
+            if value and not callable(value):
+                raise TypeError(f"`{name}` is not callable")
+        object.__setattr__(self, name, value)
+        if name in _HOOKS or name in _LIMITS:
+            self._changed()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for missing attributes.
+        alias = _ALIASES.get(name)
+        if alias is not None:
+            return getattr(self, alias)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        name = _ALIASES.get(name, name)
+        if name in _HOOKS:
+            self.__setattr__(name, None)
+        elif name in _LIMITS:
+            self.__setattr__(name, getattr(self, _LIMITS[name]))
+        else:
+            object.__delattr__(self, name)
+
+    def _pack_kwargs(self) -> dict:
+        return {"default": self.prepare_pack or None}
+
+    def _unpack_kwargs(self) -> dict:
+        kwargs: dict = {"raw": False, "strict_map_key": False}
+        for hook, key in (
+            ("unpack_object_hook", "object_hook"),
+            ("unpack_object_pairs_hook", "object_pairs_hook"),
+            ("unpack_list_hook", "list_hook"),
+        ):
+            value = getattr(self, hook)
+            if value:
+                kwargs[key] = value
+        for name in _LIMITS:
+            kwargs[name] = getattr(self, name)
+        return kwargs
+
+    def _changed(self) -> None:
+        if globals().get("message_pack") is self:
+            _compile(self)
+
+    def loads(self, data) -> Any:
+        """Decode one msgpack object; trailing bytes are an error."""
+        return msgpack.unpackb(data, **self._unpack_kwargs())
+
+    def dumps(self, obj: Any) -> bytes:
+        """Encode ``obj`` with msgpack defaults and ``prepare_pack``."""
+        return msgpack.packb(obj, **self._pack_kwargs())
+
+
+def _compile(mp: MessagePack) -> None:
+    """Rebuild the module-level fast-path state from ``mp``."""
+    global _tls, _pack_default, _unpack_kwargs
+    _pack_default = mp.prepare_pack or None
+    _unpack_kwargs = mp._unpack_kwargs()
+    # A fresh thread-local object makes every thread build a new Packer.
+    _tls = threading.local()
+
+
+def _new_packer() -> msgpack.Packer:
+    packer = _tls.packer = msgpack.Packer()
+    return packer
+
+
+def _unwrap_proxy(obj: Any) -> Any:
+    if isinstance(obj, BaseProxy):
+        if isinstance(obj, ValueProxy):
+            return obj.get()
+        if isinstance(obj, ArrayProxy):
+            tolist = getattr(obj, "tolist", None)
+            return tolist() if tolist is not None else obj[:]
+        if isinstance(obj, (DictProxy, ListProxy)):
+            return obj._getvalue()
+    return obj
+
+
+def _pack_error(obj: Any) -> MsgPackError:
+    try:
+        text = str(obj)
+    except Exception:  # noqa: BLE001 - an unprintable object still needs an error
+        text = object.__repr__(obj)
+    return MsgPackError(f"{text} pack failed.")
+
+
+def _unpack_error(data: Any) -> MsgUnpackError:
+    try:
+        text = str(data if len(data) <= 4096 else bytes(data[:4096]) + b"...")
+    except Exception:  # noqa: BLE001
+        text = object.__repr__(data)
+    return MsgUnpackError(f"{text} unpack failed.")
+
+
+def msg_pack(obj: Any) -> bytes:
+    """Serialize ``obj`` with the global :data:`message_pack` settings.
+
+    Multiprocessing manager proxies are unwrapped first.  Any failure is
+    raised as :class:`MsgPackError` (the original error is its context).
+    """
+    if type(obj) not in _PLAIN_TYPES:
+        obj = _unwrap_proxy(obj)
+    try:
+        if _pack_default is None:
+            try:
+                packer = _tls.packer
+            except AttributeError:
+                packer = _new_packer()
+            return packer.pack(obj)
+        # A hook may itself call msg_pack: use a private packer per call.
+        return _packb(obj, default=_pack_default)
+    except Exception as e:
+        raise _pack_error(obj).with_traceback(e.__traceback__)
+
+
+def msg_unpack(data) -> Any:
+    """Deserialize one msgpack object with the global :data:`message_pack` settings.
+
+    Any failure (including trailing data) is raised as :class:`MsgUnpackError`.
+    """
+    try:
+        return _unpackb(data, **_unpack_kwargs)
+    except Exception as e:
+        raise _unpack_error(data).with_traceback(e.__traceback__)
+
+
+def pack_fast(obj: Any) -> bytes:
+    """Hot-path :func:`msg_pack`: same result and errors.
+
+    Builtin values (the common case on the wire) go straight to the
+    per-thread packer; anything else takes the full :func:`msg_pack` path.
+    """
+    if _pack_default is None and type(obj) in _PLAIN_TYPES:
+        try:
+            try:
+                packer = _tls.packer
+            except AttributeError:
+                packer = _new_packer()
+            return packer.pack(obj)
+        except Exception as e:
+            raise _pack_error(obj).with_traceback(e.__traceback__)
+    return msg_pack(obj)
+
+
+unpack_fast = msg_unpack
+"""Hot-path :func:`msg_unpack` (the same function: it has no slow path)."""
+
+
+message_pack = MessagePack()
+"""The global :class:`MessagePack` used by :func:`msg_pack`/:func:`msg_unpack`."""
+_compile(message_pack)
