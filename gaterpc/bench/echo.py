@@ -1,0 +1,537 @@
+"""The echo benchmark: N calls of ``echo("hello world", i)`` through a broker.
+
+Run it as ``gaterpc bench``, ``python -m gaterpc bench`` or
+``python bench/echo.py``; ``--help`` lists the options.  The default is
+100,000 calls, 1,000 in flight, client | broker | worker as three processes
+over ipc.
+
+Every role runs in a child process started here (``roles.py`` for gaterpc,
+ours or the original 0.2.11; ``raw.py`` for the raw-pyzmq baseline).  A
+child prints JSON lines on stdout: ``ready`` when serving, then the client
+waits for ``go`` on stdin, runs the calls and prints its ``result``.  The
+harness samples CPU time (``/proc/<pid>/stat``) of every child right before
+``go`` and right after the result, and peak RSS (``VmHWM``) after the run,
+then ends every child by pid (SIGTERM, SIGKILL after a grace period).
+
+The exit status is non-zero when a run fails: an error, a reply that does
+not equal what was sent, fewer replies than calls, or the deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+__all__ = ("main", "run_benchmark", "build_parser", "BenchError")
+
+HERE = Path(__file__).resolve().parent
+ROLES_FILE = HERE / "roles.py"
+LAYOUTS = ("3proc", "2proc", "inproc")
+IMPLS = ("ours", "original", "raw")
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+GRACE = 3.0
+
+
+class BenchError(RuntimeError):
+    """A benchmark run failed (start-up, deadline, or a child died)."""
+
+
+# --------------------------------------------------------------------------- processes
+
+def _proc_cpu(pid: int) -> float | None:
+    """user+sys CPU seconds of a live process (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _proc_hwm_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _parent_death_signal():
+    """In the child: get SIGTERM if the harness dies (Linux only, best effort)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class Child:
+    """A role process: JSON lines from its stdout arrive in ``self.lines``."""
+
+    def __init__(self, role: str, argv: list[str], env: dict, cwd: str, log_path: Path):
+        self.role = role
+        self.log_path = log_path
+        self.lines: queue.Queue = queue.Queue()
+        self.info: dict = {}
+        self.exit_info: dict | None = None
+        self._log = open(log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                env=env, cwd=cwd, text=True, bufsize=1,
+                preexec_fn=_parent_death_signal if sys.platform.startswith("linux") else None,
+            )
+        except OSError:
+            self._log.close()
+            raise
+        self.pid = self.proc.pid
+        self._reader = threading.Thread(target=self._read, name=f"bench-{role}-stdout", daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        try:
+            for line in self.proc.stdout:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    self.lines.put(json.loads(line))
+                except ValueError:
+                    self.lines.put({"noise": line[:500]})
+        finally:
+            self.lines.put(None)
+
+    def expect(self, key: str, deadline: float, on_other=None) -> dict:
+        """Wait for a line containing ``key``; fails on EOF or at the deadline."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.role}: no '{key}' line before the deadline{self.log_tail()}")
+            try:
+                msg = self.lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if msg is None:
+                self.proc.wait(timeout=GRACE)
+                raise BenchError(f"{self.role} (pid {self.pid}) exited with status {self.proc.returncode} "
+                                 f"before '{key}'{self.log_tail()}")
+            if key in msg:
+                return msg
+            if "exit" in msg:
+                self.exit_info = msg
+            if "starting" in msg:
+                self.info.update(msg)
+            if on_other is not None:
+                on_other(msg)
+
+    def send(self, line: str) -> None:
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    def cpu(self) -> float | None:
+        return _proc_cpu(self.pid)
+
+    def hwm_kib(self) -> int | None:
+        return _proc_hwm_kib(self.pid)
+
+    def log_tail(self, limit: int = 2000) -> str:
+        try:
+            self._log.flush()
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        text = text.strip()
+        return f"\n--- {self.role} stderr (tail) ---\n{text[-limit:]}" if text else ""
+
+    def stop(self) -> None:
+        """Close stdin, SIGTERM, then SIGKILL after the grace period; always reaps."""
+        try:
+            if self.proc.stdin and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout=GRACE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=GRACE)
+            except ProcessLookupError:
+                pass
+        self._reader.join(timeout=GRACE)
+        while True:
+            try:
+                msg = self.lines.get_nowait()
+            except queue.Empty:
+                break
+            if msg and "exit" in msg:
+                self.exit_info = msg
+        self._log.close()
+
+
+# --------------------------------------------------------------------------- configuration
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _endpoints(transport: str, tmp: Path, tag: str) -> tuple[str, str]:
+    if transport == "ipc":
+        return f"ipc://{tmp}/{tag}-front", f"ipc://{tmp}/{tag}-back"
+    if transport == "tcp":
+        front = _free_port()
+        back = _free_port()
+        while back == front:
+            back = _free_port()
+        return f"tcp://127.0.0.1:{front}", f"tcp://127.0.0.1:{back}"
+    if transport == "inproc":
+        return f"inproc://{tag}-front", f"inproc://{tag}-back"
+    raise ValueError(transport)
+
+
+def _package_root() -> Path:
+    import gaterpc
+    return Path(gaterpc.__file__).resolve().parent.parent
+
+
+def _base_env(opts) -> dict:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("GATERPC_NO_EXTENSIONS", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    if opts.backend == "pure":
+        env["GATERPC_NO_EXTENSIONS"] = "1"
+    return env
+
+
+def _command(impl: str, role: str, cfg: dict, opts, tmp: Path) -> tuple[list[str], dict, str]:
+    """argv, env and cwd of one role process of implementation ``impl``."""
+    env = _base_env(opts)
+    cfg_json = json.dumps(cfg, separators=(",", ":"))
+    if impl == "ours":
+        env["PYTHONPATH"] = str(_package_root())
+        return [sys.executable, "-m", "gaterpc.bench.roles", role, cfg_json], env, str(tmp)
+    if impl == "raw":
+        env["PYTHONPATH"] = str(_package_root())
+        return [sys.executable, "-m", "gaterpc.bench.raw", role, cfg_json], env, str(tmp)
+    if impl == "original":
+        # A directory holding only the role script: the original never sees our package.
+        role_dir = tmp / "original-roles"
+        if not (role_dir / "roles.py").exists():
+            role_dir.mkdir(exist_ok=True)
+            shutil.copyfile(ROLES_FILE, role_dir / "roles.py")
+        env["PYTHONPATH"] = str(role_dir)
+        return [str(opts.original_python), str(role_dir / "roles.py"), role, cfg_json], env, str(role_dir)
+    raise ValueError(impl)
+
+
+# --------------------------------------------------------------------------- one run
+
+def _progress_printer(total: int):
+    """A progress bar on stderr, only when stderr is a terminal (never in CI)."""
+    if not sys.stderr.isatty() or os.environ.get("CI"):
+        return None, None
+    width = 30
+    start = time.monotonic()
+
+    def show(msg):
+        if "progress" not in msg:
+            return
+        done = int(msg["progress"])
+        frac = min(1.0, done / max(1, total))
+        bar = "#" * int(frac * width)
+        rate = done / max(1e-9, time.monotonic() - start)
+        sys.stderr.write(f"\r  [{bar:<{width}}] {frac * 100:5.1f}%  {done}/{total}  {rate:,.0f}/s ")
+        sys.stderr.flush()
+
+    def clear():
+        sys.stderr.write("\r" + " " * (width + 50) + "\r")
+        sys.stderr.flush()
+
+    return show, clear
+
+
+def run_once(impl: str, opts, run_index: int = 0) -> dict:
+    """Start the roles of ``opts.layout`` for ``impl``, run the workload once, measure, stop."""
+    tmp = Path(tempfile.mkdtemp(prefix="gaterpc-bench-"))
+    deadline = time.monotonic() + opts.timeout
+    transport = opts.transport
+    front, back = _endpoints(transport, tmp, f"b{run_index}")
+    show, clear = _progress_printer(opts.n) if opts.progress else (None, None)
+    workers = max(1, opts.workers)
+    cfg = {
+        "front": front, "back": back, "base_path": str(tmp / "base"), "n": opts.n,
+        "window": opts.window, "payload": opts.payload, "interface": opts.interface,
+        "mode": opts.mode, "workers": workers, "uvloop": opts.uvloop, "timeout": opts.timeout,
+        "progress": show is not None, "settle": 0.3 if workers > 1 else 0.0,
+    }
+    children: list[Child] = []
+
+    def spawn(role: str, label: str) -> Child:
+        argv, env, cwd = _command(impl, role, cfg, opts, tmp)
+        child = Child(label, argv, env, cwd, tmp / f"{label}.log")
+        children.append(child)
+        return child
+
+    try:
+        if opts.layout == "3proc":
+            broker = spawn("broker", "broker")
+            broker.info = broker.expect("ready", deadline)
+            for k in range(workers):
+                w = spawn("worker", f"worker{k + 1}" if workers > 1 else "worker")
+                w.info = w.expect("ready", deadline)
+            client = spawn("client", "client")
+        elif opts.layout == "2proc":
+            server = spawn("server", "broker+worker")
+            server.info = server.expect("ready", deadline)
+            client = spawn("client", "client")
+        else:
+            client = spawn("all", "broker+worker+client")
+        ready = client.expect("ready", deadline)
+        client.info.update(ready)
+        cpu0 = {c.pid: c.cpu() for c in children}
+        t0 = time.monotonic()
+        client.send("go")
+        try:
+            result = client.expect("result", deadline, on_other=show)["result"]
+        finally:
+            if clear is not None:
+                clear()
+        wall = time.monotonic() - t0
+        cpu1 = {c.pid: c.cpu() for c in children}
+        hwm = {c.pid: c.hwm_kib() for c in children}
+    finally:
+        for child in reversed(children):
+            child.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    processes = []
+    cpu_total = 0.0
+    for c in children:
+        cpu = None if cpu0[c.pid] is None or cpu1[c.pid] is None else cpu1[c.pid] - cpu0[c.pid]
+        cpu_total += cpu or 0.0
+        processes.append({
+            "role": c.role, "pid": c.pid, "cpu_s": cpu,
+            "peak_rss_mib": None if hwm[c.pid] is None else round(hwm[c.pid] / 1024, 1),
+            "loop": c.info.get("loop"), "impl": c.info.get("impl"), "version": c.info.get("version"),
+        })
+    completed = int(result.get("completed") or 0)
+    ok = (result.get("errors") == 0 and result.get("mismatches") == 0 and completed == opts.n)
+    return {
+        "impl": impl, "ok": ok, "layout": opts.layout, "transport": transport, "mode": opts.mode,
+        "n": opts.n, "window": result.get("window"), "payload": opts.payload,
+        "interface": opts.interface, "uvloop_requested": opts.uvloop,
+        "backend": opts.backend if impl == "ours" else None, "workers": workers,
+        "calls_per_s": result.get("rate"), "time_send_all_s": result.get("time_send_all"),
+        "time_first_item_s": result.get("time_first_item"),
+        "time_total_s": result.get("time_total"), "wall_s": wall,
+        "latency_p50_ms": _ms(result.get("latency_p50")), "latency_p99_ms": _ms(result.get("latency_p99")),
+        "latency_p999_ms": _ms(result.get("latency_p999")), "latency_max_ms": _ms(result.get("latency_max")),
+        "latency_mean_ms": _ms(result.get("latency_mean")),
+        "completed": completed, "errors": result.get("errors"), "mismatches": result.get("mismatches"),
+        "first_errors": result.get("first_errors") or [],
+        "cpu_s_total": cpu_total,
+        "cpu_us_per_call": (cpu_total / completed * 1e6) if completed else None,
+        "processes": processes,
+    }
+
+
+def _ms(seconds):
+    return None if seconds is None else seconds * 1000.0
+
+
+def run_repeated(impl: str, opts) -> dict:
+    """``opts.repeat`` runs; the one with the median calls/s is reported, with all rates."""
+    runs = []
+    for r in range(opts.repeat):
+        try:
+            runs.append(run_once(impl, opts, r))
+        except BenchError as exc:
+            return {"impl": impl, "ok": False, "failure": str(exc), "runs": runs}
+        if not runs[-1]["ok"]:
+            break
+    ranked = sorted(runs, key=lambda x: x["calls_per_s"] or 0.0)
+    chosen = dict(ranked[(len(ranked) - 1) // 2]) if all(r["ok"] for r in runs) else dict(runs[-1])
+    chosen["ok"] = all(r["ok"] for r in runs)
+    chosen["repeat"] = len(runs)
+    chosen["calls_per_s_all"] = [r["calls_per_s"] for r in runs]
+    return chosen
+
+
+# --------------------------------------------------------------------------- report
+
+def _fmt(v, spec=",.0f", none="-"):
+    return none if v is None else format(v, spec)
+
+
+def format_report(report: dict) -> str:
+    out = []
+    cfg = report["config"]
+    out.append(f"gaterpc echo benchmark: mode={cfg['mode']} n={cfg['n']:,} window={cfg['window']} "
+               f"layout={cfg['layout']} transport={cfg['transport']} payload={cfg['payload']} "
+               f"interface={cfg['interface']} uvloop={cfg['uvloop']} backend={cfg['backend']} "
+               f"workers={cfg['workers']} repeat={cfg['repeat']}")
+    rate_name = "items/s" if cfg["mode"] == "stream" else "calls/s"
+    header = (f"{'impl':<9} {rate_name:>9} {'send all s':>10} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'p99.9 ms':>9} {'CPU us/call':>11} {'status':>8}")
+    out.append(header)
+    out.append("-" * len(header))
+    for res in report["results"]:
+        if "failure" in res and "calls_per_s" not in res:
+            out.append(f"{res['impl']:<9} FAILED: {res['failure'].splitlines()[0]}")
+            continue
+        status = "ok" if res["ok"] else "FAILED"
+        out.append(
+            f"{res['impl']:<9} {_fmt(res['calls_per_s']):>9} {_fmt(res['time_send_all_s'], '.3f'):>10} "
+            f"{_fmt(res['time_total_s'], '.3f'):>8} {_fmt(res['latency_p50_ms'], '.3f'):>8} "
+            f"{_fmt(res['latency_p99_ms'], '.3f'):>8} {_fmt(res['latency_p999_ms'], '.3f'):>9} "
+            f"{_fmt(res['cpu_us_per_call'], ',.0f'):>11} {status:>8}")
+    out.append("")
+    out.append(f"{'impl':<9} {'process':<22} {'CPU s':>7} {'peak RSS MiB':>12}  loop")
+    for res in report["results"]:
+        for p in res.get("processes", []):
+            out.append(f"{res['impl']:<9} {p['role']:<22} {_fmt(p['cpu_s'], '.2f'):>7} "
+                       f"{_fmt(p['peak_rss_mib'], '.1f'):>12}  {p.get('loop') or '-'}")
+    for res in report["results"]:
+        if not res.get("ok"):
+            detail = res.get("failure") or "; ".join(res.get("first_errors") or []) or (
+                f"completed {res.get('completed')} of {res.get('n')}")
+            out.append(f"\n{res['impl']} FAILED: {detail}")
+    if report.get("ratios"):
+        out.append("")
+        for name, value in report["ratios"].items():
+            out.append(f"{name}: {value if isinstance(value, str) else format(value, '.2f') + 'x'}")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- entry points
+
+def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Echo benchmark: N calls of echo('hello world', i) through a gaterpc broker.")
+    p.add_argument("-n", type=int, default=None,
+                   help="number of calls (stream: items); default 100000 (latency mode: 10000)")
+    p.add_argument("--window", type=int, default=1000, help="calls in flight (default 1000)")
+    p.add_argument("--payload", type=int, default=0, metavar="BYTES",
+                   help="add a payload string of that many bytes to each call")
+    p.add_argument("--interface", choices=("async", "sync"), default="async",
+                   help="the worker's echo is 'async def' or plain 'def'")
+    p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the roles on uvloop (default: on when installed)")
+    p.add_argument("--backend", choices=("compiled", "pure"), default="compiled",
+                   help="pure: GATERPC_NO_EXTENSIONS=1 in the role processes")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="number of workers")
+    p.add_argument("--layout", choices=LAYOUTS, default="3proc",
+                   help="3proc: client | broker | worker; 2proc: client | broker+worker; inproc: one process")
+    p.add_argument("--transport", choices=("ipc", "tcp", "inproc"), default="ipc",
+                   help="ipc (default), tcp on 127.0.0.1, or inproc (inproc layout only)")
+    p.add_argument("--mode", choices=("throughput", "latency", "stream"), default="throughput")
+    p.add_argument("--impl", choices=IMPLS, default="ours",
+                   help="what to measure: our gaterpc, the original 0.2.11, or the raw-pyzmq baseline")
+    p.add_argument("--vs-original", action="store_true", help="also run the original gaterpc 0.2.11")
+    p.add_argument("--vs-raw", action="store_true", help="also run the raw-pyzmq baseline")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--repeat", type=int, default=1, metavar="R", help="report the median of R runs")
+    p.add_argument("--timeout", type=float, default=180.0, metavar="S", help="deadline of each run (s)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
+    return p
+
+
+def _resolve(opts, parser) -> None:
+    if opts.n is None:
+        opts.n = 10_000 if opts.mode == "latency" else 100_000
+    if opts.n < 1 or opts.window < 1 or opts.repeat < 1 or opts.workers < 1 or opts.payload < 0:
+        parser.error("-n, --window, --repeat and --workers must be positive, --payload non-negative")
+    if opts.timeout <= 0:
+        parser.error("--timeout must be positive")
+    if opts.transport == "inproc" and opts.layout != "inproc":
+        parser.error("--transport inproc needs --layout inproc")
+    if opts.uvloop is None:
+        try:
+            import uvloop  # noqa: F401
+            opts.uvloop = True
+        except ImportError:
+            opts.uvloop = False
+    opts.original_python = None
+
+
+def run_benchmark(opts) -> dict:
+    """Run the selected implementation and the comparisons; return the report dict."""
+    impls = [opts.impl]
+    if opts.vs_original and "original" not in impls:
+        impls.append("original")
+    if opts.vs_raw and "raw" not in impls:
+        impls.append("raw")
+    results = []
+    ratios = {}
+    for impl in impls:
+        if impl == "original":
+            if opts.mode == "stream":
+                results.append({"impl": impl, "ok": True, "skipped": True,
+                                "failure": "n/a: the original cannot stream to its client"})
+                ratios[f"{opts.impl} / original"] = "n/a (the original cannot stream to its client)"
+                continue
+            from gaterpc.bench.origenv import OriginalEnvError, ensure_original_env
+            try:
+                opts.original_python = ensure_original_env()
+            except OriginalEnvError as exc:
+                results.append({"impl": impl, "ok": False, "failure": str(exc)})
+                continue
+        results.append(run_repeated(impl, opts))
+    base = results[0]
+    for res in results[1:]:
+        if res.get("skipped"):
+            continue
+        name = f"{base['impl']} / {res['impl']} (calls/s)"
+        if base.get("calls_per_s") and res.get("calls_per_s"):
+            ratios[name] = base["calls_per_s"] / res["calls_per_s"]
+        else:
+            ratios[name] = "n/a (a run failed)"
+    config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "uvloop", "backend",
+                                             "workers", "layout", "transport", "mode", "repeat", "timeout")}
+    config["python"] = sys.version.split()[0]
+    return {"config": config, "results": results, "ratios": ratios,
+            "ok": all(r.get("ok") for r in results)}
+
+
+def main(argv: list[str] | None = None, prog: str = "gaterpc bench") -> int:
+    parser = build_parser(prog)
+    opts = parser.parse_args(argv)
+    _resolve(opts, parser)
+    try:
+        report = run_benchmark(opts)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(format_report(report))
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m gaterpc.bench.echo"))

@@ -1,0 +1,371 @@
+"""Roles of the echo benchmark: broker, worker, client, and combinations.
+
+Usage (one role per process)::
+
+    python roles.py ROLE CONFIG_JSON
+
+``ROLE`` is ``broker``, ``worker``, ``client``, ``server`` (broker and the
+workers in one process) or ``all`` (broker, workers and client in one
+process).  ``CONFIG_JSON`` is the configuration written by the harness
+(``gaterpc.bench.echo``).
+
+This file is deliberately self-contained and written against the public API
+only (``gaterpc.core``, ``gaterpc.utils``, ``gaterpc.global_settings``): the
+harness runs the very same file with the original gaterpc's interpreter
+(from a copy in a temporary directory, so that our package is never on its
+``sys.path``) and with ours.
+
+Protocol with the harness, one JSON object per line on stdout:
+
+* ``{"ready": ROLE, ...}`` once the role is serving (the client: once the
+  service is registered and it is connected);
+* the client (and ``all``) then waits for one line on stdin (``go``) before
+  it starts the measured run, optionally prints ``{"progress": done}``
+  lines, and finally prints ``{"result": {...}}``;
+* every role ends on SIGTERM/SIGINT (or when stdin closes for the client),
+  printing ``{"exit": ROLE, "rusage": {...}}``.
+
+Logs go to stderr (warnings and errors only).
+"""
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import gaterpc
+from gaterpc.core import AMajordomo, Client, Context, Service, Worker
+from gaterpc.global_settings import Settings
+from gaterpc.utils import interface
+
+SERVICE = "EchoBench"
+WORD = "hello world"
+
+QUIET_LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "level": "WARNING",
+                            "formatter": "plain", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "gaterpc": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
+        "asyncio": {"level": "ERROR", "handlers": ["stderr"], "propagate": False},
+        "multiprocessing": {"level": "ERROR", "handlers": ["stderr"], "propagate": False},
+        "commands": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
+    },
+}
+
+
+class AsyncEchoWorker(Worker):
+    @interface
+    async def echo(self, *args):
+        return args
+
+    @interface
+    async def gen(self, n, payload=None):
+        if payload is None:
+            for i in range(n):
+                yield i
+        else:
+            for i in range(n):
+                yield [i, payload]
+
+
+class SyncEchoWorker(Worker):
+    @interface
+    def echo(self, *args):
+        return args
+
+    @interface
+    def gen(self, n, payload=None):
+        if payload is None:
+            yield from range(n)
+        else:
+            for i in range(n):
+                yield [i, payload]
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def implementation():
+    return "original" if "site-packages" in str(Path(gaterpc.__file__)) else "ours"
+
+
+def rusage():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kib": ru.ru_maxrss}
+
+
+def configure(cfg):
+    """Settings for every role; must run inside the main coroutine (setup() needs the loop)."""
+    Settings.configure("BASE_PATH", Path(cfg["base_path"]))
+    Settings.WORKER_ADDR = cfg["back"]
+    Settings.MESSAGE_MAX = max(5000, 2 * int(cfg["window"]) + 10)
+    Settings.configure("LOGGING", QUIET_LOGGING)
+    Settings.setup()
+
+
+def start_broker(cfg, ctx):
+    broker = AMajordomo(context=ctx)
+    broker.bind_backend(cfg["back"])
+    broker.bind_frontend(cfg["front"])
+    broker.run()
+    return broker
+
+
+def start_workers(cfg, ctx, count):
+    cls = SyncEchoWorker if cfg["interface"] == "sync" else AsyncEchoWorker
+    service = Service(name=SERVICE, description="echo benchmark")
+    workers = []
+    for _ in range(count):
+        worker = service.create_worker(cls, cfg["back"], context=ctx)
+        worker.run()
+        workers.append(worker)
+    return workers
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[k]
+
+
+async def wait_service(ctx, front, deadline):
+    """Poll the broker's service list until SERVICE appears (bounded by ``deadline``)."""
+    while True:
+        probe = Client(front, context=ctx, reply_timeout=2.0)
+        try:
+            await probe.connect()
+            for _ in range(1000):
+                services = await probe.knock("Gate", "get_services")
+                if SERVICE in services:
+                    return services
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"service {SERVICE} not registered; the broker lists {services}")
+                await asyncio.sleep(0.05)
+        except (TimeoutError, asyncio.TimeoutError):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the broker did not answer get_services in time") from None
+        finally:
+            probe.close()
+            await asyncio.sleep(0.05)
+
+
+async def read_line(loop):
+    return await loop.run_in_executor(None, sys.stdin.readline)
+
+
+class Recorder:
+    def __init__(self, cfg):
+        self.errors = 0
+        self.mismatches = 0
+        self.done = 0
+        self.samples = []
+        self.first_errors = []
+
+    def error(self, text):
+        self.errors += 1
+        if len(self.first_errors) < 5:
+            self.first_errors.append(text)
+
+    def mismatch(self, i, got, expected):
+        self.mismatches += 1
+        if len(self.first_errors) < 5:
+            self.first_errors.append(f"call {i}: got {got!r:.200} expected {expected!r:.200}")
+
+
+async def run_calls(cfg, cli, rec, deadline):
+    """Throughput / latency mode: ``n`` echo calls, ``window`` in flight."""
+    n = int(cfg["n"])
+    window = 1 if cfg["mode"] == "latency" else max(1, min(int(cfg["window"]), n))
+    payload = "x" * int(cfg["payload"]) if cfg["payload"] else None
+    knock = cli.knock
+    perf = time.perf_counter
+    samples = rec.samples
+    state = {"next": 0, "sent_all": None}
+    t_start = perf()
+
+    async def lane():
+        while True:
+            i = state["next"]
+            if i >= n:
+                return
+            state["next"] = i + 1
+            if i == n - 1:
+                state["sent_all"] = perf() - t_start
+            if payload is None:
+                expected = [WORD, i]
+                t0 = perf()
+                try:
+                    reply = await knock(SERVICE, "echo", WORD, i)
+                except Exception as exc:
+                    rec.error(f"call {i}: {type(exc).__name__}: {exc}")
+                    continue
+            else:
+                expected = [WORD, i, payload]
+                t0 = perf()
+                try:
+                    reply = await knock(SERVICE, "echo", WORD, i, payload)
+                except Exception as exc:
+                    rec.error(f"call {i}: {type(exc).__name__}: {exc}")
+                    continue
+            samples.append(perf() - t0)
+            rec.done += 1
+            if reply != expected and not (isinstance(reply, (list, tuple)) and list(reply) == expected):
+                rec.mismatch(i, reply, expected)
+            if perf() > deadline:
+                rec.error(f"deadline reached after {rec.done} calls")
+                state["next"] = n
+
+    await asyncio.gather(*(lane() for _ in range(window)))
+    total = perf() - t_start
+    return {"calls": n, "window": window, "time_send_all": state["sent_all"], "time_total": total,
+            "rate": rec.done / total if total > 0 else None}
+
+
+async def run_stream(cfg, cli, rec, deadline):
+    """Stream mode: one call whose reply is a generator of ``n`` items."""
+    n = int(cfg["n"])
+    payload = "x" * int(cfg["payload"]) if cfg["payload"] else None
+    perf = time.perf_counter
+    t_start = perf()
+    first = None
+    try:
+        if payload is None:
+            stream = await cli.knock(SERVICE, "gen", n)
+        else:
+            stream = await cli.knock(SERVICE, "gen", n, payload)
+        first = perf() - t_start
+        i = 0
+        async for item in stream:
+            expected = i if payload is None else [i, payload]
+            if item != expected:
+                rec.mismatch(i, item, expected)
+            i += 1
+            rec.done = i
+            if i > n:
+                rec.error("more items than requested")
+                break
+            if (i & 1023) == 0 and perf() > deadline:
+                rec.error(f"deadline reached after {i} items")
+                break
+        if i < n:
+            rec.error(f"stream ended after {i} of {n} items")
+    except Exception as exc:
+        rec.error(f"stream: {type(exc).__name__}: {exc}")
+    total = perf() - t_start
+    return {"calls": n, "window": 1, "time_first_item": first, "time_send_all": None,
+            "time_total": total, "rate": rec.done / total if total > 0 else None}
+
+
+async def progress_task(rec, n):
+    while True:
+        await asyncio.sleep(0.2)
+        emit({"progress": rec.done, "of": n})
+
+
+async def client_phase(cfg, ctx, loop):
+    deadline = time.monotonic() + float(cfg["timeout"])
+    await wait_service(ctx, cfg["front"], deadline)
+    cli = Client(cfg["front"], context=ctx, reply_timeout=float(cfg["timeout"]))
+    await cli.connect()
+    # One warm-up call (not measured), also proves the service answers.
+    warm = await cli.knock(SERVICE, "echo", WORD, -1)
+    if list(warm) != [WORD, -1]:
+        raise RuntimeError(f"warm-up echo returned {warm!r}")
+    if cfg.get("settle"):
+        await asyncio.sleep(float(cfg["settle"]))
+    emit({"ready": "client", "impl": implementation(), "version": getattr(gaterpc, "__version__", None)})
+    line = await read_line(loop)
+    if line.strip() != "go":
+        cli.close()
+        return None
+    rec = Recorder(cfg)
+    ticker = loop.create_task(progress_task(rec, int(cfg["n"]))) if cfg.get("progress") else None
+    ru0 = rusage()
+    run_deadline = time.perf_counter() + float(cfg["timeout"])
+    if cfg["mode"] == "stream":
+        result = await run_stream(cfg, cli, rec, run_deadline)
+    else:
+        result = await run_calls(cfg, cli, rec, run_deadline)
+    ru1 = rusage()
+    if ticker is not None:
+        ticker.cancel()
+    samples = sorted(rec.samples)
+    result.update(
+        completed=rec.done, errors=rec.errors, mismatches=rec.mismatches, first_errors=rec.first_errors,
+        latency_p50=percentile(samples, 0.50), latency_p99=percentile(samples, 0.99),
+        latency_p999=percentile(samples, 0.999), latency_max=samples[-1] if samples else None,
+        latency_mean=(sum(samples) / len(samples)) if samples else None,
+        client_cpu=(ru1["utime"] + ru1["stime"]) - (ru0["utime"] + ru0["stime"]),
+    )
+    emit({"result": result})
+    cli.close()
+    return result
+
+
+async def main(role, cfg):
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    configure(cfg)
+    ctx = Context()
+    broker = None
+    workers = []
+    try:
+        if role in ("broker", "server", "all"):
+            broker = start_broker(cfg, ctx)
+        if role in ("worker", "server", "all"):
+            workers = start_workers(cfg, ctx, int(cfg["workers"]) if role != "worker" else 1)
+        await asyncio.sleep(0.05)
+        info = {"impl": implementation(), "version": getattr(gaterpc, "__version__", None),
+                "loop": type(loop).__module__ + "." + type(loop).__name__, "pid": os.getpid()}
+        if role in ("client", "all"):
+            emit(dict(info, starting=role))
+            client = loop.create_task(client_phase(cfg, ctx, loop))
+            await asyncio.wait({client, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if client.done():
+                client.result()  # re-raise a failure of the client phase
+                if role == "client":
+                    # The client is done; wait for the harness to end us (bounded).
+                    await asyncio.wait({stop}, timeout=float(cfg["timeout"]))
+                else:
+                    await asyncio.wait({stop}, timeout=float(cfg["timeout"]))
+            else:
+                client.cancel()
+        else:
+            emit(dict(info, ready=role))
+            await stop
+    finally:
+        for worker in workers:
+            worker.stop()
+        if broker is not None:
+            broker.stop()
+        await asyncio.sleep(0.05)
+        ctx.destroy(linger=0)
+        emit({"exit": role, "rusage": rusage()})
+
+
+def run(argv):
+    role, cfg = argv[0], json.loads(argv[1])
+    if cfg.get("uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(main(role, cfg))
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
