@@ -288,6 +288,8 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         "mode": opts.mode, "workers": workers, "uvloop": opts.uvloop, "timeout": opts.timeout,
         "progress": show is not None, "settle": 0.3 if workers > 1 else 0.0,
     }
+    if opts.inject_mismatch is not None:
+        cfg["inject_mismatch"] = opts.inject_mismatch
     children: list[Child] = []
 
     def spawn(role: str, label: str) -> Child:
@@ -458,6 +460,8 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=180.0, metavar="S", help="deadline of each run (s)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
+    # Test hook (raw baseline only): the worker answers call number I with a wrong value.
+    p.add_argument("--inject-mismatch", type=int, default=None, metavar="I", help=argparse.SUPPRESS)
     return p
 
 
@@ -470,6 +474,8 @@ def _resolve(opts, parser) -> None:
         parser.error("--timeout must be positive")
     if opts.transport == "inproc" and opts.layout != "inproc":
         parser.error("--transport inproc needs --layout inproc")
+    if opts.mode in ("latency", "stream"):
+        opts.window = 1
     if opts.uvloop is None:
         try:
             import uvloop  # noqa: F401
@@ -490,7 +496,7 @@ def run_benchmark(opts) -> dict:
     ratios = {}
     for impl in impls:
         if impl == "original":
-            if opts.mode == "stream":
+            if opts.mode == "stream" and impl != opts.impl:
                 results.append({"impl": impl, "ok": True, "skipped": True,
                                 "failure": "n/a: the original cannot stream to its client"})
                 ratios[f"{opts.impl} / original"] = "n/a (the original cannot stream to its client)"

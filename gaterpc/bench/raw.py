@@ -160,7 +160,8 @@ class Broker:
 
 
 class EchoWorker:
-    def __init__(self, ctx, pump, back):
+    def __init__(self, ctx, pump, back, corrupt=None):
+        self.corrupt = corrupt  # test hook: reply with a wrong value for this call index
         self.sock = make_socket(ctx, zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, os.urandom(16))
         self.sock.connect(back)
@@ -178,6 +179,8 @@ class EchoWorker:
         kwargs = unpackb(frames[8]) if len(frames) > 8 else {}
         send = self.sock.send_multipart
         if func == "echo":
+            if self.corrupt is not None and len(args) > 1 and args[1] == self.corrupt:
+                args = [args[0], -2]
             send([b"", MDPW, REPLY, cid, b"", rid, packb({"result": args, "exception": None})])
         elif func == "gen":
             n = args[0]
@@ -413,7 +416,7 @@ async def main(role, cfg):
             Broker(ctx, pump, cfg["front"], cfg["back"])
         if role in ("worker", "server", "all"):
             for _ in range(int(cfg["workers"]) if role != "worker" else 1):
-                EchoWorker(ctx, pump, cfg["back"])
+                EchoWorker(ctx, pump, cfg["back"], cfg.get("inject_mismatch"))
         info = {"impl": "raw", "version": zmq.__version__,
                 "loop": type(loop).__module__ + "." + type(loop).__name__, "pid": os.getpid()}
         if role in ("client", "all"):

@@ -29,6 +29,7 @@ Logs go to stderr (warnings and errors only).
 """
 
 import asyncio
+import importlib.util
 import json
 import os
 import resource
@@ -95,7 +96,8 @@ def emit(obj):
 
 
 def implementation():
-    return "original" if "site-packages" in str(Path(gaterpc.__file__)) else "ours"
+    """``"ours"`` when the imported gaterpc has our compiled-backend package, else ``"original"``."""
+    return "ours" if importlib.util.find_spec("gaterpc._speedups") is not None else "original"
 
 
 def rusage():

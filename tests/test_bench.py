@@ -1,0 +1,122 @@
+"""The echo benchmark harness (``gaterpc bench``), run end to end on small workloads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gaterpc.__main__ import main as cli_main
+from gaterpc.bench.echo import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 2000
+RUN_FIELDS = (
+    "impl", "ok", "layout", "transport", "mode", "n", "window", "calls_per_s", "time_send_all_s",
+    "time_total_s", "latency_p50_ms", "latency_p99_ms", "latency_p999_ms", "completed", "errors",
+    "mismatches", "cpu_s_total", "cpu_us_per_call", "processes",
+)
+PROCESS_FIELDS = ("role", "pid", "cpu_s", "peak_rss_mib", "loop")
+EXPECTED_ROLES = {
+    "3proc": ["broker", "worker", "client"],
+    "2proc": ["broker+worker", "client"],
+    "inproc": ["broker+worker+client"],
+}
+
+
+def run_bench(tmp_path: Path, *args: str, timeout: float = 150.0):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gaterpc", "bench", *args, "--json", str(out), "--timeout", "90"],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    report = json.loads(out.read_text()) if out.exists() else None
+    return proc, report
+
+
+def check_report(proc, report, impl: str, layout: str, n: int = N):
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert report is not None and report["ok"] is True
+    assert report["config"]["n"] == n and report["config"]["layout"] == layout
+    (res,) = [r for r in report["results"] if r["impl"] == impl]
+    for field in RUN_FIELDS:
+        assert field in res, field
+    assert res["ok"] is True
+    # Every call came back, and the client role compared each reply with what it sent.
+    assert res["completed"] == n
+    assert res["errors"] == 0
+    assert res["mismatches"] == 0
+    assert res["calls_per_s"] > 0
+    assert 0 < res["latency_p50_ms"] <= res["latency_p99_ms"] <= res["latency_p999_ms"]
+    assert res["time_send_all_s"] <= res["time_total_s"]
+    assert [p["role"] for p in res["processes"]] == EXPECTED_ROLES[layout]
+    for p in res["processes"]:
+        for field in PROCESS_FIELDS:
+            assert field in p, field
+        assert p["peak_rss_mib"] > 0
+        assert p["cpu_s"] is not None and p["cpu_s"] >= 0
+    assert impl in proc.stdout  # the table
+    return res
+
+
+def test_parser_defaults():
+    opts = build_parser().parse_args([])
+    assert opts.n is None and opts.window == 1000 and opts.layout == "3proc"
+    assert opts.transport == "ipc" and opts.mode == "throughput" and opts.impl == "ours"
+
+
+def test_cli_usage(capsys):
+    assert cli_main(["--help"]) == 0
+    assert "bench" in capsys.readouterr().out
+    assert cli_main(["no-such-command"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["inproc", "3proc"])
+def test_bench_ours(tmp_path, layout):
+    proc, report = run_bench(tmp_path, "-n", str(N), "--layout", layout)
+    res = check_report(proc, report, "ours", layout)
+    assert all(p["impl"] == "ours" for p in res["processes"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["inproc", "3proc"])
+def test_bench_raw(tmp_path, layout):
+    proc, report = run_bench(tmp_path, "-n", str(N), "--layout", layout, "--impl", "raw")
+    check_report(proc, report, "raw", layout)
+
+
+@pytest.mark.slow
+def test_bench_raw_stream_and_latency(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", str(N), "--impl", "raw", "--mode", "stream", "--payload", "64")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (res,) = report["results"]
+    assert res["completed"] == N and res["mismatches"] == 0 and res["errors"] == 0
+    proc, report = run_bench(tmp_path, "-n", "300", "--impl", "raw", "--mode", "latency", "--layout", "2proc")
+    check_report(proc, report, "raw", "2proc", n=300)
+    assert report["results"][0]["window"] == 1
+
+
+@pytest.mark.slow
+def test_bench_fails_on_a_wrong_reply(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "500", "--impl", "raw", "--inject-mismatch", "7")
+    assert proc.returncode != 0
+    (res,) = report["results"]
+    assert res["ok"] is False and res["mismatches"] == 1
+    assert "FAILED" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_bench_original(tmp_path):
+    from gaterpc.bench.origenv import OriginalEnvError, ensure_original_env
+    try:
+        ensure_original_env()
+    except OriginalEnvError as exc:  # no package index reachable: nothing to compare with
+        pytest.skip(str(exc))
+    proc, report = run_bench(tmp_path, "-n", str(N), "--impl", "original")
+    res = check_report(proc, report, "original", "3proc")
+    assert all(p["impl"] == "original" for p in res["processes"])
