@@ -160,8 +160,10 @@ def _unwrap_proxy(obj: Any) -> Any:
         if isinstance(obj, ValueProxy):
             return obj.get()
         if isinstance(obj, ArrayProxy):
-            tolist = getattr(obj, "tolist", None)
-            return tolist() if tolist is not None else obj[:]
+            # The referent (array.array) has tolist(); the proxy does not.
+            value = obj[:]
+            tolist = getattr(value, "tolist", None)
+            return tolist() if tolist is not None else list(value)
         if isinstance(obj, (DictProxy, ListProxy)):
             return obj._getvalue()
     return obj
