@@ -50,8 +50,8 @@ _EMPTY_ARRAY = b"\x90"
 
 
 if sys.version_info >= (3, 11):
-    class ReplyTimeout(TimeoutError):
-        """A reply did not arrive in time (builtin ``TimeoutError``)."""
+    # The builtin, as the original raises (it is also asyncio.TimeoutError).
+    ReplyTimeout = TimeoutError
 else:  # pragma: no cover - exercised on 3.10 only
     class ReplyTimeout(TimeoutError, asyncio.TimeoutError):
         """A reply did not arrive in time (also an ``asyncio.TimeoutError``)."""
