@@ -72,14 +72,23 @@ def _proc_hwm_kib(pid: int) -> int | None:
     return None
 
 
-def _parent_death_signal():
-    """In the child: get SIGTERM if the harness dies (Linux only, best effort)."""
+def _load_prctl():
+    """libc's prctl, looked up here (not in the forked child, where dlopen could deadlock)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _parent_death_signal():
+    """In the child, before exec: get SIGTERM if the harness dies (PR_SET_PDEATHSIG)."""
+    _PRCTL(1, int(signal.SIGTERM))
 
 
 class Child:
@@ -96,7 +105,7 @@ class Child:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                 env=env, cwd=cwd, text=True, bufsize=1,
-                preexec_fn=_parent_death_signal if sys.platform.startswith("linux") else None,
+                preexec_fn=_parent_death_signal if _PRCTL is not None else None,
             )
         except OSError:
             self._log.close()
@@ -163,8 +172,8 @@ class Child:
         text = text.strip()
         return f"\n--- {self.role} stderr (tail) ---\n{text[-limit:]}" if text else ""
 
-    def stop(self) -> None:
-        """Close stdin, SIGTERM, then SIGKILL after the grace period; always reaps."""
+    def terminate(self) -> None:
+        """Close stdin and send SIGTERM (the role stops cleanly on it)."""
         try:
             if self.proc.stdin and not self.proc.stdin.closed:
                 self.proc.stdin.close()
@@ -173,12 +182,16 @@ class Child:
         if self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=GRACE)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=GRACE)
             except ProcessLookupError:
                 pass
+
+    def reap(self, deadline: float) -> None:
+        """Wait until ``deadline``, then SIGKILL; always reaps and collects the last lines."""
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=GRACE)
         self._reader.join(timeout=GRACE)
         while True:
             try:
@@ -188,6 +201,15 @@ class Child:
             if msg and "exit" in msg:
                 self.exit_info = msg
         self._log.close()
+
+
+def stop_all(children: list[Child]) -> None:
+    """End every child by its pid: SIGTERM to all, SIGKILL to those alive after the grace period."""
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + GRACE
+    for child in children:
+        child.reap(deadline)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -326,8 +348,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         cpu1 = {c.pid: c.cpu() for c in children}
         hwm = {c.pid: c.hwm_kib() for c in children}
     finally:
-        for child in reversed(children):
-            child.stop()
+        stop_all(children)
         shutil.rmtree(tmp, ignore_errors=True)
 
     processes = []
@@ -422,6 +443,10 @@ def format_report(report: dict) -> str:
             detail = res.get("failure") or "; ".join(res.get("first_errors") or []) or (
                 f"completed {res.get('completed')} of {res.get('n')}")
             out.append(f"\n{res['impl']} FAILED: {detail}")
+    loops = {r["impl"]: {p.get("loop") for p in r.get("processes", [])} for r in report["results"]}
+    if len({frozenset(v) for v in loops.values() if v}) > 1:
+        out.append("\nnote: the implementations ran on different event loops (see the loop column); "
+                   "the original's environment has no uvloop")
     if report.get("ratios"):
         out.append("")
         for name, value in report["ratios"].items():
@@ -524,15 +549,26 @@ def run_benchmark(opts) -> dict:
             "ok": all(r.get("ok") for r in results)}
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None, prog: str = "gaterpc bench") -> int:
     parser = build_parser(prog)
     opts = parser.parse_args(argv)
     _resolve(opts, parser)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so that the children are ended and the temp dir removed.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = run_benchmark(opts)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(format_report(report))
     if opts.json:
         Path(opts.json).write_text(json.dumps(report, indent=2, default=str) + "\n")

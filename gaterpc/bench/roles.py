@@ -110,6 +110,10 @@ def configure(cfg):
     Settings.configure("BASE_PATH", Path(cfg["base_path"]))
     Settings.WORKER_ADDR = cfg["back"]
     Settings.MESSAGE_MAX = max(5000, 2 * int(cfg["window"]) + 10)
+    hwm = max(3000, 2 * int(cfg["window"]) + 10)
+    if hwm > 3000:  # a ROUTER drops what exceeds its high-water mark
+        import zmq
+        Settings.ZMQ_SOCK.update({zmq.constants.SocketOption.HWM: hwm})
     Settings.configure("LOGGING", QUIET_LOGGING)
     Settings.setup()
 
@@ -337,11 +341,8 @@ async def main(role, cfg):
             await asyncio.wait({client, stop}, return_when=asyncio.FIRST_COMPLETED)
             if client.done():
                 client.result()  # re-raise a failure of the client phase
-                if role == "client":
-                    # The client is done; wait for the harness to end us (bounded).
-                    await asyncio.wait({stop}, timeout=float(cfg["timeout"]))
-                else:
-                    await asyncio.wait({stop}, timeout=float(cfg["timeout"]))
+                # Done: wait (bounded) for the harness to read the CPU figures and end us.
+                await asyncio.wait({stop}, timeout=float(cfg["timeout"]))
             else:
                 client.cancel()
         else:
