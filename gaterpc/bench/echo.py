@@ -105,6 +105,7 @@ class Child:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                 env=env, cwd=cwd, text=True, bufsize=1,
+                start_new_session=True,  # its own process group: leftovers of a role can be swept
                 preexec_fn=_parent_death_signal if _PRCTL is not None else None,
             )
         except OSError:
@@ -127,8 +128,9 @@ class Child:
         finally:
             self.lines.put(None)
 
-    def expect(self, key: str, deadline: float, on_other=None) -> dict:
-        """Wait for a line containing ``key``; fails on EOF or at the deadline."""
+    def expect(self, key: str, deadline: float, on_other=None, watch=()) -> dict:
+        """Wait for a line containing ``key``; fails on EOF, at the deadline, or when a
+        process in ``watch`` dies meanwhile."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -136,6 +138,11 @@ class Child:
             try:
                 msg = self.lines.get(timeout=min(left, 0.5))
             except queue.Empty:
+                for other in watch:
+                    if other is not self and other.proc.poll() is not None:
+                        raise BenchError(f"{other.role} (pid {other.pid}) exited with status "
+                                         f"{other.proc.returncode} while waiting for {self.role}'s "
+                                         f"'{key}'{other.log_tail()}")
                 continue
             if msg is None:
                 self.proc.wait(timeout=GRACE)
@@ -192,6 +199,12 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=GRACE)
+        # Processes the role itself forked (executor or manager processes) and left behind:
+        # they are in the role's own process group, whose id is the role's pid.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         self._reader.join(timeout=GRACE)
         while True:
             try:
@@ -323,24 +336,24 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
     try:
         if opts.layout == "3proc":
             broker = spawn("broker", "broker")
-            broker.info = broker.expect("ready", deadline)
+            broker.info = broker.expect("ready", deadline, watch=children)
             for k in range(workers):
                 w = spawn("worker", f"worker{k + 1}" if workers > 1 else "worker")
-                w.info = w.expect("ready", deadline)
+                w.info = w.expect("ready", deadline, watch=children)
             client = spawn("client", "client")
         elif opts.layout == "2proc":
             server = spawn("server", "broker+worker")
-            server.info = server.expect("ready", deadline)
+            server.info = server.expect("ready", deadline, watch=children)
             client = spawn("client", "client")
         else:
             client = spawn("all", "broker+worker+client")
-        ready = client.expect("ready", deadline)
+        ready = client.expect("ready", deadline, watch=children)
         client.info.update(ready)
         cpu0 = {c.pid: c.cpu() for c in children}
         t0 = time.monotonic()
         client.send("go")
         try:
-            result = client.expect("result", deadline, on_other=show)["result"]
+            result = client.expect("result", deadline, on_other=show, watch=children)["result"]
         finally:
             if clear is not None:
                 clear()
@@ -392,7 +405,7 @@ def run_repeated(impl: str, opts) -> dict:
     for r in range(opts.repeat):
         try:
             runs.append(run_once(impl, opts, r))
-        except BenchError as exc:
+        except (BenchError, OSError) as exc:
             return {"impl": impl, "ok": False, "failure": str(exc), "runs": runs}
         if not runs[-1]["ok"]:
             break
