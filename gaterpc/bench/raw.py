@@ -31,7 +31,6 @@ import resource
 import signal
 import sys
 import time
-from collections import deque
 
 import msgpack
 import zmq
