@@ -1,0 +1,325 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Non-blocking batch I/O on one pyzmq socket (compiled twin of ``_zmqio_py``).
+
+libzmq is called directly on the pyzmq socket's handle (``socket.underlying``)
+through function pointers taken from the very libzmq that pyzmq loaded (see
+``_find_libzmq``); ``zmq_msg_t`` is treated as an opaque 64-byte aligned
+struct.  Frames are copied into ``bytes`` on receive and sent from any
+contiguous buffer.  The GIL is held throughout (every call is non-blocking).
+
+Importing raises ``ImportError`` when the library cannot be located, so the
+selector falls back to the pure twin.
+"""
+
+cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport uintptr_t
+from libc.stdlib cimport malloc, free
+
+import ctypes
+import errno as _errno
+import os
+import sys
+
+import zmq
+
+__all__ = ("ZSocketIO",)
+
+cdef extern from *:
+    """
+    typedef union {
+        unsigned char _[64];
+        void *_p;
+        double _d;
+        long long _ll;
+    } gaterpc_zmq_msg_t;
+    """
+    ctypedef struct gaterpc_zmq_msg_t:
+        pass
+
+ctypedef int (*f_msg_init)(gaterpc_zmq_msg_t*) noexcept nogil
+ctypedef int (*f_msg_init_size)(gaterpc_zmq_msg_t*, size_t) noexcept nogil
+ctypedef int (*f_msg_io)(gaterpc_zmq_msg_t*, void*, int) noexcept nogil
+ctypedef void* (*f_msg_data)(gaterpc_zmq_msg_t*) noexcept nogil
+ctypedef size_t (*f_msg_size)(const gaterpc_zmq_msg_t*) noexcept nogil
+ctypedef int (*f_msg_more)(const gaterpc_zmq_msg_t*) noexcept nogil
+ctypedef int (*f_msg_close)(gaterpc_zmq_msg_t*) noexcept nogil
+ctypedef int (*f_errno)() noexcept nogil
+ctypedef int (*f_getsockopt)(void*, int, void*, size_t*) noexcept nogil
+ctypedef int (*f_send)(void*, const void*, size_t, int) noexcept nogil
+
+DEF ZMQ_DONTWAIT = 1
+DEF ZMQ_SNDMORE = 2
+DEF ZMQ_EVENTS = 15
+DEF STACK_FRAMES = 16
+
+cdef f_msg_init z_msg_init = NULL
+cdef f_msg_init_size z_msg_init_size = NULL
+cdef f_msg_io z_msg_recv = NULL
+cdef f_msg_io z_msg_send = NULL
+cdef f_msg_data z_msg_data = NULL
+cdef f_msg_size z_msg_size = NULL
+cdef f_msg_more z_msg_more = NULL
+cdef f_msg_close z_msg_close = NULL
+cdef f_errno z_errno = NULL
+cdef f_getsockopt z_getsockopt = NULL
+cdef f_send z_send = NULL
+
+cdef int EAGAIN = zmq.EAGAIN
+cdef int EINTR = _errno.EINTR
+cdef int ETERM = zmq.ETERM
+cdef int ENOTSOCK = zmq.ENOTSOCK
+
+cdef object ZMQError = zmq.ZMQError
+cdef object ContextTerminated = zmq.ContextTerminated
+cdef object Socket = zmq.Socket
+
+
+def _loaded_libzmq_candidates():
+    """Paths of libraries that may hold pyzmq's libzmq, most reliable first."""
+    import zmq.backend.cython._zmq as backend
+
+    paths = []
+    # 1. Linux: the libraries actually mapped into this process.
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                parts = line.split(None, 5)
+                if len(parts) == 6:
+                    path = parts[5].strip()
+                    if os.path.basename(path).startswith("libzmq") and path not in paths:
+                        paths.append(path)
+    except OSError:
+        pass
+    # 2. macOS: the images loaded by dyld.
+    if sys.platform == "darwin":
+        try:
+            libc = ctypes.CDLL(None)
+            libc._dyld_image_count.restype = ctypes.c_uint32
+            libc._dyld_get_image_name.restype = ctypes.c_char_p
+            libc._dyld_get_image_name.argtypes = [ctypes.c_uint32]
+            for i in range(libc._dyld_image_count()):
+                path = os.fsdecode(libc._dyld_get_image_name(i) or b"")
+                if "libzmq" in os.path.basename(path) and path not in paths:
+                    paths.append(path)
+        except (OSError, AttributeError):
+            pass
+    # 3. libzmq linked statically into pyzmq's backend extension.
+    paths.append(backend.__file__)
+    # 4. The directories wheel repair tools bundle libzmq into.
+    pkg = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(zmq.__file__))))
+    for libdir in (
+        os.path.join(pkg, "pyzmq.libs"),
+        os.path.join(os.path.dirname(os.path.abspath(zmq.__file__)), ".dylibs"),
+    ):
+        try:
+            names = sorted(os.listdir(libdir))
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("libzmq"):
+                path = os.path.join(libdir, name)
+                if path not in paths:
+                    paths.append(path)
+    return paths
+
+
+_SYMBOLS = (
+    "zmq_msg_init", "zmq_msg_init_size", "zmq_msg_recv", "zmq_msg_send", "zmq_msg_data",
+    "zmq_msg_size", "zmq_msg_more", "zmq_msg_close", "zmq_errno", "zmq_getsockopt", "zmq_send",
+    "zmq_version",
+)
+
+
+def _find_libzmq():
+    """``(path, {symbol: address})`` of the libzmq pyzmq loaded; ``ImportError`` if not found."""
+    want = zmq.zmq_version_info()
+    tried = []
+    for path in _loaded_libzmq_candidates():
+        try:
+            lib = ctypes.CDLL(path)
+            addrs = {name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in _SYMBOLS}
+        except (OSError, AttributeError) as exc:
+            tried.append(f"{path}: {exc}")
+            continue
+        major, minor, patch = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        lib.zmq_version(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(patch))
+        if (major.value, minor.value, patch.value) != tuple(want):
+            tried.append(f"{path}: version {major.value}.{minor.value}.{patch.value} != {want}")
+            continue
+        return path, addrs
+    raise ImportError("cannot locate the libzmq pyzmq loaded; tried: " + "; ".join(tried or ["nothing"]))
+
+
+cdef void _bind(dict addrs):
+    global z_msg_init, z_msg_init_size, z_msg_recv, z_msg_send, z_msg_data, z_msg_size
+    global z_msg_more, z_msg_close, z_errno, z_getsockopt, z_send
+    z_msg_init = <f_msg_init><uintptr_t>addrs["zmq_msg_init"]
+    z_msg_init_size = <f_msg_init_size><uintptr_t>addrs["zmq_msg_init_size"]
+    z_msg_recv = <f_msg_io><uintptr_t>addrs["zmq_msg_recv"]
+    z_msg_send = <f_msg_io><uintptr_t>addrs["zmq_msg_send"]
+    z_msg_data = <f_msg_data><uintptr_t>addrs["zmq_msg_data"]
+    z_msg_size = <f_msg_size><uintptr_t>addrs["zmq_msg_size"]
+    z_msg_more = <f_msg_more><uintptr_t>addrs["zmq_msg_more"]
+    z_msg_close = <f_msg_close><uintptr_t>addrs["zmq_msg_close"]
+    z_errno = <f_errno><uintptr_t>addrs["zmq_errno"]
+    z_getsockopt = <f_getsockopt><uintptr_t>addrs["zmq_getsockopt"]
+    z_send = <f_send><uintptr_t>addrs["zmq_send"]
+
+
+LIBZMQ_PATH, _addrs = _find_libzmq()
+_bind(_addrs)
+del _addrs
+
+
+cdef object _error(int err):
+    """The exception pyzmq raises for ``err`` (EAGAIN and EINTR never reach here)."""
+    if err == ETERM:
+        return ContextTerminated(err)
+    return ZMQError(err)
+
+
+@cython.final
+cdef class ZSocketIO:
+    """Non-blocking batch I/O on one pyzmq socket (sync zmq.Socket; the caller integrates the FD with asyncio).
+
+    ``recv_batch(n)`` returns up to ``n`` complete multipart messages (each a
+    list of ``bytes``), ``[]`` when nothing is ready; ``send(frames)`` sends
+    one multipart message atomically or returns ``False`` with nothing sent
+    if it would block; ``send_many(messages)`` stops at the first that would
+    block and returns the count sent; ``events()`` is ``ZMQ_EVENTS``;
+    ``close(linger)`` closes the socket, after which every call raises
+    ``zmq.ZMQError(ENOTSOCK)``.  Errors other than EAGAIN are raised as
+    pyzmq raises them (EINTR is retried).
+    """
+
+    cdef readonly object socket
+    cdef void* _handle
+
+    def __init__(self, sock):
+        if not isinstance(sock, Socket):
+            raise TypeError(f"expected a zmq.Socket, got {type(sock).__name__}")
+        if sock.closed:
+            raise ZMQError(ENOTSOCK)
+        self.socket = sock
+        self._handle = <void*><uintptr_t>sock.underlying
+
+    cdef inline void* _sock(self) except NULL:
+        # The pyzmq socket may have been closed behind our back: never use a
+        # freed handle.
+        if self._handle is NULL or self.socket.closed:
+            self._handle = NULL
+            raise ZMQError(ENOTSOCK)
+        return self._handle
+
+    def recv_batch(self, Py_ssize_t max_msgs):
+        """Up to ``max_msgs`` complete multipart messages; ``[]`` when nothing is ready."""
+        cdef void* h = self._sock()
+        cdef list out = []
+        cdef list msg
+        cdef gaterpc_zmq_msg_t zmsg
+        cdef int rc, err
+        cdef Py_ssize_t count = 0
+        cdef bytes frame
+        while count < max_msgs:
+            msg = []
+            while True:
+                z_msg_init(&zmsg)
+                rc = z_msg_recv(&zmsg, h, ZMQ_DONTWAIT)
+                if rc < 0:
+                    err = z_errno()
+                    z_msg_close(&zmsg)
+                    if err == EINTR:
+                        PyErr_CheckSignals()
+                        continue
+                    if err == EAGAIN and not msg:
+                        return out
+                    raise _error(err)
+                try:
+                    frame = PyBytes_FromStringAndSize(<char*>z_msg_data(&zmsg), <Py_ssize_t>z_msg_size(&zmsg))
+                finally:
+                    rc = z_msg_more(&zmsg)
+                    z_msg_close(&zmsg)
+                msg.append(frame)
+                if not rc:
+                    break
+            out.append(msg)
+            count += 1
+        return out
+
+    cdef int _send_frames(self, void* h, object frames) except -1:
+        """1 sent, 0 would block (nothing sent)."""
+        cdef Py_buffer stack_views[STACK_FRAMES]
+        cdef Py_buffer* views = stack_views
+        cdef Py_ssize_t n, i, got = 0
+        cdef int rc, err, flags
+        cdef object seq
+        if type(frames) is list or type(frames) is tuple:
+            seq = frames
+        else:
+            seq = list(frames)
+        n = len(seq)
+        if n == 0:
+            raise ValueError("a message needs at least one frame")
+        if n > STACK_FRAMES:
+            views = <Py_buffer*>malloc(n * sizeof(Py_buffer))
+            if views is NULL:
+                raise MemoryError()
+        try:
+            # Get every buffer before sending the first frame: a failure in
+            # the middle would leave a partial multipart message in the socket.
+            for i in range(n):
+                PyObject_GetBuffer(seq[i], &views[i], PyBUF_SIMPLE)
+                got += 1
+            i = 0
+            while i < n:
+                flags = ZMQ_DONTWAIT | ZMQ_SNDMORE if i < n - 1 else ZMQ_DONTWAIT
+                rc = z_send(h, views[i].buf, <size_t>views[i].len, flags)
+                if rc < 0:
+                    err = z_errno()
+                    if err == EINTR:
+                        PyErr_CheckSignals()
+                        continue
+                    if err == EAGAIN and i == 0:
+                        return 0
+                    raise _error(err)
+                i += 1
+            return 1
+        finally:
+            for i in range(got):
+                PyBuffer_Release(&views[i])
+            if views is not stack_views:
+                free(views)
+
+    def send(self, frames):
+        """Send one multipart message; ``False`` and nothing sent if it would block."""
+        return self._send_frames(self._sock(), frames) == 1
+
+    def send_many(self, messages):
+        """Send messages in order, stopping at the first that would block; return how many were sent."""
+        cdef Py_ssize_t sent = 0
+        for frames in messages:
+            if not self._send_frames(self._sock(), frames):
+                break
+            sent += 1
+        return sent
+
+    def events(self):
+        """The socket's ``ZMQ_EVENTS`` (POLLIN=1, POLLOUT=2)."""
+        cdef void* h = self._sock()
+        cdef int value = 0
+        cdef size_t size = sizeof(int)
+        cdef int err
+        while z_getsockopt(h, ZMQ_EVENTS, &value, &size) < 0:
+            err = z_errno()
+            if err != EINTR:
+                raise _error(err)
+            PyErr_CheckSignals()
+        return value
+
+    def close(self, linger=0):
+        """Close the socket (idempotent); later calls raise ``zmq.ZMQError(ENOTSOCK)``."""
+        self._handle = NULL
+        self.socket.close(linger=linger)

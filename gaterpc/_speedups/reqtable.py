@@ -1,0 +1,28 @@
+"""Selector for ``RequestTable``: the compiled twin unless disabled or missing.
+
+Public modules import from here, never from ``_reqtable_c``/``_reqtable_py`` directly.
+``USE_C`` tells which twin is active.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from gaterpc._speedups import NO_EXTENSIONS
+
+USE_C = False
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from gaterpc._speedups._reqtable_py import *  # noqa: F403
+    from gaterpc._speedups._reqtable_py import __all__
+else:
+    try:
+        from gaterpc._speedups._reqtable_c import *  # noqa: F403
+        from gaterpc._speedups._reqtable_c import __all__
+        USE_C = True
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        logging.getLogger("gaterpc").debug(
+            "compiled reqtable unavailable (build it with 'pip install -e .'), using the pure twin: %s", exc
+        )
+        from gaterpc._speedups._reqtable_py import *  # noqa: F403
+        from gaterpc._speedups._reqtable_py import __all__
