@@ -195,7 +195,12 @@ def interface(arg: Any) -> Any:
     if isinstance(arg, str):
         if arg not in _EXECUTORS:
             raise TypeError(type(arg))
-        return partial(_mark, executor=arg)
+        executor = arg
+
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            return _mark(func, executor)
+
+        return decorator
     if inspect.isfunction(arg):
         return _mark(arg, "none")
     raise TypeError(type(arg))
