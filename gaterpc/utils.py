@@ -8,7 +8,16 @@ offered is importable from here, but each is defined in its own module
 """
 
 # ruff: noqa: F401 (re-exports)
+import asyncio
 import logging
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
+from multiprocessing import Manager
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+
+import msgpack
 
 from gaterpc.exceptions import BadGzip, HugeDataException, RemoteException
 from gaterpc.helpers import (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
+import logging
 import selectors
 import threading
 import uuid
@@ -440,3 +442,37 @@ def test_loop_bound_mixin():
     finally:
         loop1.close()
         loop2.close()
+
+
+# -- gaterpc.utils inventory (API.md §1.4) -----------------------------------
+
+UTILS_NAMES = {
+    None: ["SyncManager", "UnixEPollEventLoopPolicy", "singleton", "resolve_module_attr", "check_socket_addr",
+           "MulticastProtocol", "to_bytes", "from_bytes", "name2uuid", "encrypt", "decrypt",
+           "generator_to_agenerator", "throw_exception_agenerator", "Empty", "empty", "Validator",
+           "TypeValidator", "ensure_mkdir", "LazyAttribute", "ColorFormatter", "QueueListener",
+           "AQueueListener", "AQueueHandler", "singleton_aqueue_listener", "singleton_queue_listener",
+           "MessagePack", "MsgPackError", "MsgUnpackError", "message_pack", "msg_pack", "msg_unpack",
+           "interface", "run_in_executor", "logger", "BadGzip", "HugeDataException", "RemoteException",
+           "_LazySyncManager", "_BaseEventLoopPolicy"],
+    "gaterpc.streams": ["StreamReply"],
+    "gaterpc.cache": ["KVLRUCache", "coroutine_lru_cache"],
+    "gaterpc.hugedata": ["HugeData", "GzipCompressor", "GzipDecompressor", "_incremental_compress",
+                         "_incremental_decompress", "ensure_shm_unlink"],
+}
+
+
+@pytest.mark.parametrize("owner", list(UTILS_NAMES), ids=lambda o: o or "foundation")
+def test_utils_reexports(owner):
+    import importlib.util
+
+    if owner is not None and importlib.util.find_spec(owner) is None:
+        pytest.skip(f"{owner} is not written yet")
+    import gaterpc.utils as gu
+
+    missing = [name for name in UTILS_NAMES[owner] if not hasattr(gu, name)]
+    assert missing == []
+    if owner is not None:
+        mod = importlib.import_module(owner)
+        assert all(getattr(gu, n) is getattr(mod, n) for n in UTILS_NAMES[owner])
+    assert gu.logger is logging.getLogger("commands")
