@@ -327,3 +327,141 @@ async def test_example_12_1_runs_unchanged(tmp_path):
     await asyncio.sleep(0.1)
     client.ctx.destroy(linger=0)
     ctx.destroy(linger=0)
+
+
+class StatsBroker(AMajordomo):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend_results = []
+
+    @interface
+    def stats(self, **kwargs):
+        return {"workers": len(self.workers), "caller": kwargs["__client_id"],
+                "rid_len": len(kwargs["__request_id"])}
+
+    @interface
+    def nokwargs(self):
+        return 1
+
+    @interface
+    async def ask_worker(self, a, b, **kwargs):
+        """Call a worker from the broker itself (the original's testMajordomo pattern)."""
+        request_id = os.urandom(16)
+        await self.request_backend("Calc", self.identity, request_id,
+                                   (msg_pack("add"), msg_pack((a, b)), msg_pack({})))
+        frames = await self.internal_requests[request_id]
+        self.internal_requests.pop(request_id)  # tolerated after resolution (B11)
+        return frames
+
+    @interface
+    def gen(self, n, **kwargs):
+        yield from range(n)
+
+    @interface
+    def gen_fail(self, **kwargs):
+        yield 1
+        raise ValueError("internal stream broke")
+
+
+async def test_broker_subclass_internal_methods(tmp_path):
+    ctx = Context()
+    broker = StatsBroker(context=ctx)
+    broker.bind_frontend(f"ipc://{tmp_path}/f")
+    broker.bind_backend(f"ipc://{tmp_path}/b")
+    broker.run()
+    worker = Service(name="Calc").create_worker(Calc, f"ipc://{tmp_path}/b", context=ctx)
+    worker.run()
+    await asyncio.sleep(0.2)
+    cli = Client(f"ipc://{tmp_path}/f", context=ctx)
+    try:
+        await cli.connect()
+        stats = await cli.Gate.stats()
+        assert stats == {"workers": 1, "caller": cli.identity, "rid_len": 16}
+        with pytest.raises(RemoteException, match="TypeError"):
+            await cli.Gate.nokwargs()
+        frames = await cli.Gate.ask_worker(20, 22)
+        assert len(frames) == 1 and b"\xa6result*" in frames[0]
+        assert [i async for i in await cli.Gate.gen(4)] == [0, 1, 2, 3]
+        items = []
+        with pytest.raises(RemoteException, match="internal stream broke"):
+            async for i in await cli.Gate.gen_fail():
+                items.append(i)
+        assert items == [1]
+        assert "stats" in broker.internal_func
+    finally:
+        cli.close()
+        worker.stop()
+        broker.stop()
+        await asyncio.sleep(0.05)
+        ctx.destroy(linger=0)
+
+
+async def test_stop_before_run_and_twice():
+    ctx = Context()
+    broker = AMajordomo(context=ctx)
+    broker.stop()
+    broker.stop()
+    ctx.destroy(linger=0)
+
+
+async def test_stream_buffer_is_bounded(tmp_path):
+    c = await start_cluster("inproc", tmp_path)
+    try:
+        c.client.stream_reply_maxsize = 10
+        stream = await c.client.Calc.count(5000)
+        await asyncio.sleep(0.3)  # let the producer run far ahead of the consumer
+        got = []
+        with pytest.raises(BufferError):
+            async for i in stream:
+                got.append(i)
+        assert got == list(range(len(got))) and 1 <= len(got) <= 10
+        await asyncio.sleep(0.05)
+        assert len(c.client.replies) == 0
+        assert await c.client.Calc.add(1, 2) == 3
+    finally:
+        await c.stop()
+
+
+async def test_client_pending_limit(tmp_path):
+    c = await start_cluster("inproc", tmp_path)
+    old = Settings.MESSAGE_MAX
+    Settings.MESSAGE_MAX = 5
+    try:
+        calls = [asyncio.ensure_future(c.client.Calc.sleep(0.3)) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError, match="pending requests"):
+            await c.client.Calc.add(1, 1)
+        assert await asyncio.gather(*calls) == [0.3] * 5
+    finally:
+        Settings.MESSAGE_MAX = old
+        await c.stop()
+
+
+async def test_busy_worker_error_after_timeout(tmp_path):
+    old = Settings.TIMEOUT
+    Settings.TIMEOUT = 0.3
+    ctx = Context()
+    broker = AMajordomo(context=ctx, heartbeat=200)
+    broker.bind_frontend(f"ipc://{tmp_path}/f")
+    broker.bind_backend(f"ipc://{tmp_path}/b")
+    broker.run()
+    worker = Service(name="Calc").create_worker(Calc, f"ipc://{tmp_path}/b", context=ctx,
+                                                max_allowed_request=1)
+    worker.run()
+    await asyncio.sleep(0.2)
+    cli = Client(f"ipc://{tmp_path}/f", context=ctx, reply_timeout=5)  # REPLY_TIMEOUT follows TIMEOUT
+    try:
+        await cli.connect()
+        first = asyncio.ensure_future(cli.Calc.sleep(1.0))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RemoteException, match="BusyWorkerError"):
+            await cli.Calc.add(1, 1)
+        assert await first == 1.0
+        assert await cli.Calc.add(1, 1) == 2  # capacity came back
+    finally:
+        Settings.TIMEOUT = old
+        cli.close()
+        worker.stop()
+        broker.stop()
+        await asyncio.sleep(0.05)
+        ctx.destroy(linger=0)
