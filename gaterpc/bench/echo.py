@@ -435,6 +435,9 @@ def format_report(report: dict) -> str:
     out.append(header)
     out.append("-" * len(header))
     for res in report["results"]:
+        if res.get("skipped"):
+            out.append(f"{res['impl']:<9} {res['failure']}")
+            continue
         if "failure" in res and "calls_per_s" not in res:
             out.append(f"{res['impl']:<9} FAILED: {res['failure'].splitlines()[0]}")
             continue
