@@ -322,6 +322,8 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         "mode": opts.mode, "workers": workers, "uvloop": opts.uvloop, "timeout": opts.timeout,
         "progress": show is not None, "settle": 0.3 if workers > 1 else 0.0,
     }
+    if opts.hwm is not None:
+        cfg["hwm"] = opts.hwm
     if opts.inject_mismatch is not None:
         cfg["inject_mismatch"] = opts.inject_mismatch
     children: list[Child] = []
@@ -491,6 +493,10 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=("ipc", "tcp", "inproc"), default="ipc",
                    help="ipc (default), tcp on 127.0.0.1, or inproc (inproc layout only)")
     p.add_argument("--mode", choices=("throughput", "latency", "stream"), default="throughput")
+    p.add_argument("--hwm", type=int, default=None, metavar="N",
+                   help="ZeroMQ high-water mark of gaterpc's sockets (Settings.ZMQ_SOCK; 0 = unlimited); "
+                        "default: the library's, raised for windows above 1,500. The raw baseline's "
+                        "sockets are always unlimited")
     p.add_argument("--impl", choices=IMPLS, default="ours",
                    help="what to measure: our gaterpc, the original 0.2.11, or the raw-pyzmq baseline")
     p.add_argument("--vs-original", action="store_true", help="also run the original gaterpc 0.2.11")

@@ -300,7 +300,7 @@ class EchoClient:
         perf = time.perf_counter
         done = self.loop.create_future()
         rid = os.urandom(16)
-        state = {"first": None}
+        state = {"first": None, "next": 0}
         t_start = perf()
 
         def handler(frames):
@@ -313,11 +313,12 @@ class EchoClient:
                     if not done.done():
                         done.set_result(None)
                     return
-                i = rec.done
                 item = unpackb(frames[5])
-                expected = i if payload is None else [i, payload]
-                if item != expected:
-                    rec.mismatch(i, item, expected)
+                index = stream_index(item, payload)
+                expected_index = state["next"]
+                if index != expected_index:
+                    rec.mismatch(rec.done, item, expected_index if payload is None else [expected_index, payload])
+                state["next"] = (index if index is not None else expected_index) + 1
                 rec.done += 1
             else:
                 rec.error(f"unexpected reply frames {frames[4:]!r:.200}")
@@ -336,6 +337,15 @@ class EchoClient:
         total = perf() - t_start
         return {"calls": n, "window": 1, "time_first_item": state["first"], "time_send_all": None,
                 "time_total": total, "rate": rec.done / total if total > 0 else None}
+
+
+def stream_index(item, payload):
+    """The index carried by a stream item (``i`` or ``[i, payload]``), or None if malformed."""
+    if payload is None:
+        return item if isinstance(item, int) and not isinstance(item, bool) else None
+    if isinstance(item, (list, tuple)) and len(item) == 2 and item[1] == payload and isinstance(item[0], int):
+        return item[0]
+    return None
 
 
 class Recorder:

@@ -110,10 +110,14 @@ def configure(cfg):
     Settings.configure("BASE_PATH", Path(cfg["base_path"]))
     Settings.WORKER_ADDR = cfg["back"]
     Settings.MESSAGE_MAX = max(5000, 2 * int(cfg["window"]) + 10)
-    hwm = max(3000, 2 * int(cfg["window"]) + 10)
-    if hwm > 3000:  # a ROUTER drops what exceeds its high-water mark
+    # A ROUTER drops what exceeds its high-water mark: raise it for large windows, or
+    # set it as asked (0 = unlimited); otherwise keep the library's default.
+    hwm = cfg.get("hwm")
+    if hwm is None and 2 * int(cfg["window"]) + 10 > 3000:
+        hwm = 2 * int(cfg["window"]) + 10
+    if hwm is not None:
         import zmq
-        Settings.ZMQ_SOCK.update({zmq.constants.SocketOption.HWM: hwm})
+        Settings.ZMQ_SOCK.update({zmq.constants.SocketOption.HWM: int(hwm)})
     Settings.configure("LOGGING", QUIET_LOGGING)
     Settings.setup()
 
@@ -167,6 +171,15 @@ async def wait_service(ctx, front, deadline):
 
 async def read_line(loop):
     return await loop.run_in_executor(None, sys.stdin.readline)
+
+
+def stream_index(item, payload):
+    """The index carried by a stream item (``i`` or ``[i, payload]``), or None if malformed."""
+    if payload is None:
+        return item if isinstance(item, int) and not isinstance(item, bool) else None
+    if isinstance(item, (list, tuple)) and len(item) == 2 and item[1] == payload and isinstance(item[0], int):
+        return item[0]
+    return None
 
 
 class Recorder:
@@ -251,10 +264,14 @@ async def run_stream(cfg, cli, rec, deadline):
             stream = await cli.knock(SERVICE, "gen", n, payload)
         first = perf() - t_start
         i = 0
+        expected_index = 0
         async for item in stream:
-            expected = i if payload is None else [i, payload]
-            if item != expected:
-                rec.mismatch(i, item, expected)
+            # Items must arrive in order, each exactly once: a gap (lost items) or a
+            # reordering counts one mismatch and resynchronises on the item received.
+            index = stream_index(item, payload)
+            if index != expected_index:
+                rec.mismatch(i, item, expected_index if payload is None else [expected_index, payload])
+            expected_index = (index if index is not None else expected_index) + 1
             i += 1
             rec.done = i
             if i > n:
