@@ -282,6 +282,28 @@ def _command(impl: str, role: str, cfg: dict, opts, tmp: Path) -> tuple[list[str
     raise ValueError(impl)
 
 
+def _active_backend(opts) -> str | None:
+    """Which twins our roles load with this environment: "compiled", "pure" or "mixed".
+
+    Asked of a separate interpreter with the roles' environment, so that the role
+    script itself stays on the public API."""
+    argv, env, cwd = _command("ours", "broker", {}, opts, Path(tempfile.gettempdir()))
+    code = ("import importlib\n"
+            "flags = []\n"
+            "for name in ('zmqio', 'frames', 'reqtable', 'lru'):\n"
+            "    try:\n"
+            "        flags.append(bool(importlib.import_module('gaterpc._speedups.' + name).USE_C))\n"
+            "    except Exception:\n"
+            "        pass\n"
+            "print('compiled' if flags and all(flags) else 'mixed' if any(flags) else 'pure')\n")
+    try:
+        out = subprocess.run([argv[0], "-c", code], env=env, cwd=cwd, capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 # --------------------------------------------------------------------------- one run
 
 def _progress_printer(total: int):
@@ -429,7 +451,8 @@ def format_report(report: dict) -> str:
     cfg = report["config"]
     out.append(f"gaterpc echo benchmark: mode={cfg['mode']} n={cfg['n']:,} window={cfg['window']} "
                f"layout={cfg['layout']} transport={cfg['transport']} payload={cfg['payload']} "
-               f"interface={cfg['interface']} uvloop={cfg['uvloop']} backend={cfg['backend']} "
+               f"interface={cfg['interface']} uvloop={cfg['uvloop']} backend={cfg['backend']}"
+               f"{'' if cfg.get('backend_active') in (None, cfg['backend']) else ' (active: ' + cfg['backend_active'] + ')'} "
                f"workers={cfg['workers']} repeat={cfg['repeat']}")
     rate_name = "items/s" if cfg["mode"] == "stream" else "calls/s"
     header = (f"{'impl':<9} {rate_name:>9} {'send all s':>10} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
@@ -540,6 +563,7 @@ def run_benchmark(opts) -> dict:
         impls.append("raw")
     results = []
     ratios = {}
+    active = _active_backend(opts) if "ours" in impls else None
     for impl in impls:
         if impl == "original":
             if opts.mode == "stream" and impl != opts.impl:
@@ -554,6 +578,8 @@ def run_benchmark(opts) -> dict:
                 results.append({"impl": impl, "ok": False, "failure": str(exc)})
                 continue
         results.append(run_repeated(impl, opts))
+        if impl == "ours":
+            results[-1]["backend_active"] = active
     base = results[0]
     for res in results[1:]:
         if res.get("skipped"):
@@ -566,6 +592,7 @@ def run_benchmark(opts) -> dict:
     config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "uvloop", "backend",
                                              "workers", "layout", "transport", "mode", "repeat", "timeout")}
     config["python"] = sys.version.split()[0]
+    config["backend_active"] = active
     return {"config": config, "results": results, "ratios": ratios,
             "ok": all(r.get("ok") for r in results)}
 
