@@ -20,6 +20,7 @@ from pathlib import Path
 import msgpack
 
 from gaterpc.exceptions import BadGzip, HugeDataException, RemoteException
+from gaterpc.cache import KVLRUCache, LRUCache, _CacheInfo, _coroutine_lru_cache_wrapper, coroutine_lru_cache
 from gaterpc.helpers import (
     MulticastProtocol,
     SyncManager,
