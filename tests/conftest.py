@@ -88,3 +88,74 @@ def clean_settings(tmp_path):
         for key in set(os.environ) - set(environ):
             del os.environ[key]
         os.environ.update(environ)
+
+
+def pytest_addoption(parser):
+    """``--no-c-extensions``: skip the compiled-backend cases of twin-parametrized fixtures."""
+    parser.addoption(
+        "--no-c-extensions",
+        action="store_true",
+        default=False,
+        help="Do not run the tests against the compiled (Cython) backends.",
+    )
+
+
+
+def _twins(name: str):
+    """``pytest.param`` pair (pure, compiled) naming the twins of hot path ``name``; compiled marked ``c_extension``."""
+    return [
+        pytest.param(f"gaterpc._speedups._{name}_py", id="py"),
+        pytest.param(f"gaterpc._speedups._{name}_c", id="c", marks=pytest.mark.c_extension),
+    ]
+
+
+def _import_twin(request):
+    """Import the twin ``request.param`` names; skip the compiled one if disabled or not built."""
+    import importlib
+
+    name = request.param
+    if name.endswith("_c"):
+        if request.config.getoption("--no-c-extensions"):
+            pytest.skip("--no-c-extensions")
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            pytest.skip(f"compiled module not built ({exc}); build it with 'pip install -e .'")
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="session", params=_twins("lru"))
+def lru_module(request):
+    """Each twin of ``gaterpc._speedups.lru`` (module exposing ``KVLRUCache``)."""
+    return _import_twin(request)
+
+
+@pytest.fixture(scope="session", params=_twins("reqtable"))
+def reqtable_module(request):
+    """Each twin of ``gaterpc._speedups.reqtable`` (module exposing ``RequestTable``)."""
+    return _import_twin(request)
+
+
+@pytest.fixture(scope="session", params=_twins("zmqio"))
+def zmqio_module(request):
+    """Each twin of ``gaterpc._speedups.zmqio`` (module exposing ``ZSocketIO``)."""
+    return _import_twin(request)
+
+
+@pytest.fixture(scope="session")
+def compiled_expected():
+    """``compiled_expected("lru")``: True if ``_lru_c`` should be the active twin.
+
+    That is: CPython, ``GATERPC_NO_EXTENSIONS`` unset, and the module built.
+    """
+    import importlib.util
+    import platform
+
+    def check(name: str) -> bool:
+        if platform.python_implementation() != "CPython":
+            return False
+        if os.environ.get("GATERPC_NO_EXTENSIONS", "") not in ("", "0"):
+            return False
+        return importlib.util.find_spec(f"gaterpc._speedups._{name}_c") is not None
+
+    return check
