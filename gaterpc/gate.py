@@ -761,7 +761,7 @@ class Gate(AMajordomo):
                 gate.sock.close(linger=0)
             except zmq.ZMQError:
                 pass
-        Glogger.warning("gate %s left the cluster", gate.identity.hex())
+        Glogger.info("gate %s left the cluster", gate.identity.hex())
         inflight = gate._inflight
         gate._inflight = {}
         for rid, fwd in inflight.items():
