@@ -89,7 +89,8 @@ class AMajordomo:
         self.zap_addr = ""
         self.zap_domain = b""
         self.zap_replies = {}
-        self.zap_cache = KVLRUCache(128, 256, debug=bool(Settings.DEBUG))
+        # verdicts expire (ZapChecker keeps 30 s for successes, 5 s for failures)
+        self.zap_cache = KVLRUCache(128, 256, debug=bool(Settings.DEBUG), ttl=30.0)
         self.heartbeat = heartbeat or Settings.MDP_HEARTBEAT_INTERVAL
         self._loop = current_loop()
         self._own_executors = (thread_executor is None, process_executor is None)
@@ -137,7 +138,7 @@ class AMajordomo:
             # A client that reconnects with the same identity takes its route over.
             self.frontend.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if self.running:
-                self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend)
+                self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend, per_peer=True)
         self.frontend.bind(addr)
 
     def unbind_frontend(self, addr):
@@ -155,7 +156,7 @@ class AMajordomo:
             self.backend = new_socket(self.ctx, zmq.ROUTER, sock_opt)
             self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if self.running:
-                self._lback = LoopSocket(self._loop, self.backend, self._on_backend)
+                self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True)
         self.backend.bind(addr)
 
     def unbind_backend(self, addr):
@@ -165,13 +166,13 @@ class AMajordomo:
 
     def connect_zap(self, zap_addr=None, zap_domain=None):
         """Authenticate every client, worker (and gate) message with a ZAP service."""
-        from gaterpc.zap import ZapChecker
+        from gaterpc.zap import ZapChecker, zap_link_socket
 
         self.zap_domain = (zap_domain or Settings.ZAP_DEFAULT_DOMAIN)
         if isinstance(self.zap_domain, str):
             self.zap_domain = self.zap_domain.encode("utf-8")
         self.zap_addr = check_socket_addr(zap_addr or Settings.ZAP_ADDR)
-        self.zap = new_socket(self.ctx, zmq.DEALER)
+        self.zap = zap_link_socket(self.ctx, zmq.DEALER)  # never CURVE, even with ZMQ_SOCK keys
         self.zap.connect(self.zap_addr)
         self._zap_checker = ZapChecker(self)
         if self.running:
@@ -201,9 +202,9 @@ class AMajordomo:
     def _attach(self):
         self._read_protocol_settings()
         if self.frontend is not None and self._lfront is None:
-            self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend)
+            self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend, per_peer=True)
         if self.backend is not None and self._lback is None:
-            self._lback = LoopSocket(self._loop, self.backend, self._on_backend)
+            self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True)
         if self._zap_checker is not None:
             self._zap_checker.attach()
 
