@@ -897,6 +897,10 @@ class Gate(AMajordomo):
         if rid in self._gate_streams or rid in self.gate_replies:
             self._on_gate_reply(rid, msg[6:])
             return
+        if len(msg) > 6:
+            first = msg[6]
+            if first[:10] == b"GateStream" or first[:8] == b"\x82\xa6result":
+                return  # a reply that came too late (its request timed out or failed): drop it
         # A request from the peer: handled like a frontend request whose client is the peer.
         msg[0:4] = (gate.identity, b"", self._mdp_client)
         self._route_request(msg, msg[3])

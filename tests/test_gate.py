@@ -294,6 +294,24 @@ async def test_whisper_request_is_not_bounced_back_to_gates(nodes):
     assert not c.peer(b)._inflight and not b.gate.request_map
 
 
+async def test_late_replies_are_not_taken_for_requests(nodes):
+    a, b = nodes("A"), nodes("B")
+    w = await b.add_worker()
+    await join(a, b)
+    peer = a.peer(b)
+    sent = []
+    b.gate._route_request = lambda msg, service_b: sent.append(msg)
+    for body in ((b"GateStreamGenerator", msg_pack(1)), (b"GateStreamHugData", b"chunk"),
+                 (b"\x82\xa6result\xc0\xa9exception\xc0",)):
+        await a.gate.send_to_gate(peer, GATE_WHISPER, ("Echo", uuid.uuid4().bytes), body)
+    await a.gate.send_to_gate(peer, GATE_WHISPER, ("Echo", uuid.uuid4().bytes),
+                              (msg_pack("echo"), msg_pack(()), msg_pack({})))
+    await until(lambda: sent)
+    await asyncio.sleep(0.1)
+    assert len(sent) == 1 and sent[0][5] == msg_pack("echo")
+    assert w.identity in b.gate.workers
+
+
 async def test_notice_delivered_to_handler(nodes):
     a, b, c = nodes("A"), nodes("B"), nodes("C")
     await join(a, b, c)
