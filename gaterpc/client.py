@@ -359,7 +359,8 @@ class Client:
                     stream._put_end()
                     self._forget(request_id)
                     return
-                if not stream._put(msg_unpack(body[1])):
+                frame = body[1]
+                if not stream._put(msg_unpack(frame), len(frame)):
                     self._forget(request_id)
                     return
             elif n == 3 and body[1] == STREAM_EXC:

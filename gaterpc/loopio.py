@@ -12,6 +12,15 @@ stream) wait for it.
 Because a send can consume the descriptor's edge, every send schedules one
 re-check of ``EVENTS`` for the next loop iteration (at most one per socket
 per iteration).
+
+A ROUTER that sends (the broker's frontend and backend) runs in *per-peer*
+mode: ``ZMQ_ROUTER_MANDATORY`` is set, so a peer at its high-water mark
+makes the send fail with EAGAIN instead of dropping the message silently;
+the message waits in that peer's own backlog (other peers are not held up),
+and messages to peers that are gone (EHOSTUNREACH) are dropped.  A peer's
+backlog is bounded (``PEER_BACKLOG_MESSAGES``/``PEER_BACKLOG_BYTES``): a peer
+that stops reading loses what exceeds it, instead of growing the broker
+without bound.
 """
 
 from __future__ import annotations
@@ -27,7 +36,12 @@ __all__ = ("LoopSocket",)
 
 _POLLIN = zmq.POLLIN
 _POLLOUT = zmq.POLLOUT
+_EHOSTUNREACH = zmq.EHOSTUNREACH
 logger = logging.getLogger("gaterpc")
+
+#: Per-peer backlog bounds of a per-peer (ROUTER) LoopSocket.
+PEER_BACKLOG_MESSAGES = 1_000_000
+PEER_BACKLOG_BYTES = 512 * 1024 * 1024
 
 
 class LoopSocket:
@@ -36,10 +50,10 @@ class LoopSocket:
     __slots__ = (
         "loop", "socket", "io", "fd", "_handler", "_backlog", "_check_scheduled",
         "_drain_waiters", "_closed", "batch", "rounds", "_flush_timer", "_on_error",
-        "__weakref__",
+        "_per_peer", "_peers", "_peer_count", "dropped", "__weakref__",
     )
 
-    def __init__(self, loop, sock, handler, *, batch=256, rounds=4, on_error=None):
+    def __init__(self, loop, sock, handler, *, batch=256, rounds=4, on_error=None, per_peer=False):
         self.loop = loop
         self.socket = sock
         self.io = ZSocketIO(sock)
@@ -53,6 +67,12 @@ class LoopSocket:
         self._on_error = on_error
         self.batch = batch
         self.rounds = rounds
+        self._per_peer = per_peer
+        self._peers = {}        # peer id -> [deque of messages, bytes]
+        self._peer_count = 0    # messages in all peer backlogs
+        self.dropped = 0        # messages dropped: peer gone or its backlog full
+        if per_peer:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         loop.add_reader(self.fd, self._on_event)
         self._schedule_check()
 
@@ -63,7 +83,7 @@ class LoopSocket:
 
     def backlog_size(self):
         """Number of messages waiting for the socket to become writable."""
-        return len(self._backlog)
+        return len(self._backlog) + self._peer_count
 
     # -- reading --------------------------------------------------------------
 
@@ -81,7 +101,7 @@ class LoopSocket:
             return
         io = self.io
         try:
-            if self._backlog:
+            if self._backlog or self._peer_count:
                 self._flush()
             handler = self._handler
             for _ in range(self.rounds):
@@ -99,7 +119,7 @@ class LoopSocket:
                 self._schedule_check()
                 return
             events = io.events()
-            if events & _POLLIN or (self._backlog and events & _POLLOUT):
+            if events & _POLLIN or ((self._backlog or self._peer_count) and events & _POLLOUT):
                 self._schedule_check()
         except zmq.ZMQError as exc:
             self._fail(exc)
@@ -110,6 +130,8 @@ class LoopSocket:
         """Send one multipart message without blocking (queued at the HWM)."""
         if self._closed:
             return False
+        if self._per_peer:
+            return self._send_to_peer(frames)
         backlog = self._backlog
         if backlog:
             backlog.append(frames)
@@ -126,7 +148,67 @@ class LoopSocket:
             self.loop.call_soon(self._check)
         return True
 
+    def _send_to_peer(self, frames):
+        peer = frames[0]
+        entry = self._peers.get(peer)
+        if entry is None:
+            try:
+                if self.io.send(frames):
+                    if not self._check_scheduled:
+                        self._check_scheduled = True
+                        self.loop.call_soon(self._check)
+                    return True
+            except zmq.ZMQError as exc:
+                if exc.errno == _EHOSTUNREACH:
+                    self.dropped += 1
+                    return False
+                self._fail(exc)
+                return False
+            entry = self._peers[peer] = [deque(), 0]
+            self._arm_flush_timer()
+        size = 0
+        for f in frames:
+            size += len(f)
+        if len(entry[0]) >= PEER_BACKLOG_MESSAGES or entry[1] + size > PEER_BACKLOG_BYTES:
+            self.dropped += 1
+            return False
+        entry[0].append(frames)
+        entry[1] += size
+        self._peer_count += 1
+        return True
+
+    def _flush_peers(self):
+        send = self.io.send
+        peers = self._peers
+        for peer in list(peers):
+            entry = peers[peer]
+            queue = entry[0]
+            while queue:
+                frames = queue[0]
+                try:
+                    if not send(frames):
+                        break
+                except zmq.ZMQError as exc:
+                    if exc.errno != _EHOSTUNREACH:
+                        raise
+                    self.dropped += len(queue)
+                    self._peer_count -= len(queue)
+                    queue.clear()
+                    break
+                queue.popleft()
+                self._peer_count -= 1
+                for f in frames:
+                    entry[1] -= len(f)
+            if not queue:
+                del peers[peer]
+        if peers:
+            self._arm_flush_timer()
+
     def _flush(self):
+        if self._peer_count:
+            self._flush_peers()
+            if self._peer_count:
+                return
         backlog = self._backlog
         send = self.io.send
         while backlog:
@@ -148,14 +230,14 @@ class LoopSocket:
 
     def _flush_timer_fired(self):
         self._flush_timer = None
-        if self._backlog and not self._closed:
+        if (self._backlog or self._peer_count) and not self._closed:
             self._on_event()
-            if self._backlog:
+            if self._backlog or self._peer_count:
                 self._arm_flush_timer()
 
     async def drain(self):
         """Wait until every queued message has been handed to ZeroMQ."""
-        if not self._backlog or self._closed:
+        if not (self._backlog or self._peer_count) or self._closed:
             return
         fut = self.loop.create_future()
         self._drain_waiters.append(fut)
@@ -184,6 +266,8 @@ class LoopSocket:
             self._flush_timer.cancel()
             self._flush_timer = None
         self._backlog.clear()
+        self._peers.clear()
+        self._peer_count = 0
         try:
             self.io.close(linger)
         except zmq.ZMQError:

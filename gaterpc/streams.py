@@ -13,9 +13,14 @@ U8, C3):
 * the end of the stream is signalled out of band, so an item equal to
   ``b"GateStreamEnd"`` is delivered as an item;
 * ``athrow(ExcClass)`` raises an instance of the class;
-* buffering is bounded by ``maxsize``: when a consumer falls that far behind,
-  the stream ends with a ``BufferError`` after the buffered items, and the
-  client forgets the stream instead of growing without bound.
+* buffering is bounded.  The protocol has no flow control (a broker's ROUTER
+  drops what a slow client does not read), so the client reads every item as
+  it arrives and the stream holds what the consumer has not taken yet, up to
+  ``OVERFLOW_FACTOR × maxsize`` items or ``OVERFLOW_BYTES`` of encoded items.
+  Past that the stream ends with a ``BufferError`` after the buffered items
+  and the client forgets it, instead of growing without bound.  ``asend``
+  (the public feeding API) waits while ``maxsize`` items are queued, as the
+  original.
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ from collections.abc import AsyncGenerator
 __all__ = ("StreamReply",)
 
 _END = object()
+
+#: A stream may hold this many times ``maxsize`` unconsumed items ...
+OVERFLOW_FACTOR = 64
+#: ... and at most this many bytes of encoded items, before it fails.
+OVERFLOW_BYTES = 256 * 1024 * 1024
 
 
 class StreamReply(AsyncGenerator):
@@ -44,6 +54,8 @@ class StreamReply(AsyncGenerator):
         # ``_items`` and ``replies`` is a small read-only view of them.
         self.replies = _QueueView(self)
         self._items = deque()
+        self._bytes = 0
+        self._space_waiters = deque()
         self._waiter = None
         self._exit = False
         self._pause = False
@@ -60,19 +72,23 @@ class StreamReply(AsyncGenerator):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _put(self, item):
-        """Queue one item; returns False (and ends the stream) on overflow."""
+    def _put(self, item, size=0):
+        """Queue one item (``size``: its encoded length); False and the stream ends on overflow."""
         if self._ended:
             return False
-        if self.maxsize and len(self._items) >= self.maxsize:
-            self._items.append(_Raise(BufferError(
-                f"stream buffer overflow: more than {self.maxsize} items were not consumed "
-                "(raise Settings.STREAM_REPLY_MAXSIZE or consume faster)")))
-            self._items.append(_END)
+        items = self._items
+        if self.maxsize and (len(items) >= self.maxsize * OVERFLOW_FACTOR
+                             or self._bytes + size > OVERFLOW_BYTES):
+            items.append(_Raise(BufferError(
+                f"stream buffer overflow: {len(items)} items ({self._bytes} bytes) were not consumed "
+                f"(the limit is {OVERFLOW_FACTOR} x STREAM_REPLY_MAXSIZE={self.maxsize} items or "
+                f"{OVERFLOW_BYTES} bytes)")))
+            items.append(_END)
             self._ended = True
             self._wake()
             return False
-        self._items.append(item)
+        items.append(item if size == 0 else _Sized(item, size))
+        self._bytes += size
         self._wake()
         return True
 
@@ -106,10 +122,16 @@ class StreamReply(AsyncGenerator):
             items = self._items
             if items:
                 item = items.popleft()
+                if self._space_waiters:
+                    self._wake_space()
                 if item is _END:
                     self._mark_exit()
                     raise StopAsyncIteration
-                if type(item) is _Raise:
+                t = type(item)
+                if t is _Sized:
+                    self._bytes -= item.size
+                    return item.item
+                if t is _Raise:
                     raise item.exc
                 if self._raise and isinstance(item, BaseException):
                     self._raise = False
@@ -140,17 +162,34 @@ class StreamReply(AsyncGenerator):
         if not self._exit:
             self._exit = True
             self._items.clear()
+            self._bytes = 0
             self._wake()
+            while self._space_waiters:
+                self._wake_space()
             cb = self._on_close
             if cb is not None:
                 self._on_close = None
                 cb()
 
+    def _wake_space(self):
+        waiters = self._space_waiters
+        while waiters:
+            w = waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
     async def asend(self, value):
-        """Queue ``value`` (``None`` is ignored, as in the original)."""
+        """Queue ``value``, waiting while ``maxsize`` items are queued (``None`` is ignored)."""
         if value is None:
             return None
-        self._put(value)
+        while self.maxsize and len(self._items) >= self.maxsize and not self._finished():
+            waiter = self._loop.create_future()
+            self._space_waiters.append(waiter)
+            await waiter
+        if not self._ended:
+            self._items.append(value)
+            self._wake()
         return None
 
     async def athrow(self, typ, val=None, tb=None):
@@ -180,6 +219,14 @@ class _Raise:
         self.exc = exc
 
 
+class _Sized:
+    __slots__ = ("item", "size")
+
+    def __init__(self, item, size):
+        self.item = item
+        self.size = size
+
+
 class _QueueView:
     """Read-only view with the parts of ``asyncio.Queue`` user code may touch."""
 
@@ -189,7 +236,7 @@ class _QueueView:
         self._stream = stream
 
     def qsize(self):
-        return sum(1 for i in self._stream._items if i is not _END)
+        return sum(1 for i in self._stream._items if i is not _END and type(i) is not _Raise)
 
     def empty(self):
         return not self.qsize()

@@ -211,6 +211,12 @@ async def test_stream_errors_and_bookkeeping(cluster):
 async def test_long_stream_is_complete_and_ordered(cluster):
     got = [i async for i in await cluster.client.Calc.count(3000)]
     assert got == list(range(3000))
+    # a consumer that yields to the loop on every item still gets everything
+    got = []
+    async for i in await cluster.client.Calc.count(20000):
+        got.append(i)
+        await asyncio.sleep(0)
+    assert got == list(range(20000))
 
 
 async def test_hugedata_repeatedly(cluster):
@@ -405,16 +411,18 @@ async def test_stop_before_run_and_twice():
 
 
 async def test_stream_buffer_is_bounded(tmp_path):
+    from gaterpc.streams import OVERFLOW_FACTOR
+
     c = await start_cluster("inproc", tmp_path)
     try:
         c.client.stream_reply_maxsize = 10
         stream = await c.client.Calc.count(5000)
-        await asyncio.sleep(0.3)  # let the producer run far ahead of the consumer
+        await asyncio.sleep(0.5)  # let the producer run far ahead of the consumer
         got = []
         with pytest.raises(BufferError):
             async for i in stream:
                 got.append(i)
-        assert got == list(range(len(got))) and 1 <= len(got) <= 10
+        assert got == list(range(len(got))) and 1 <= len(got) <= 10 * OVERFLOW_FACTOR
         await asyncio.sleep(0.05)
         assert len(c.client.replies) == 0
         assert await c.client.Calc.add(1, 2) == 3
