@@ -70,17 +70,31 @@ class HelloGate(Gate):
 class Node:
     """One gate with its context, workers and clients."""
 
-    def __init__(self, name, heartbeat=HB):
+    def __init__(self, name, heartbeat=HB, zap=None):
         self.name = name
         self.ctx = Context()
         self.port = free_port()
         self.addr = f"tcp://127.0.0.1:{self.port}"
+        self.zap_args = {}
+        self.zap = None
+        gate_zap = {}
+        if zap is not None:
+            # zap = (users accepted by this gate's ZAP service, credentials this node sends)
+            users, creds = zap
+            from gaterpc.core import AsyncZAPService
+            self.zap = AsyncZAPService(addr=f"inproc://zap-{name}", context=self.ctx)
+            self.zap.configure_plain(Settings.ZAP_DEFAULT_DOMAIN, users)
+            self.zap.start()
+            self.zap_args = {"zap_mechanism": "PLAIN", "zap_credentials": creds}
+            gate_zap = {"gate_zap_mechanism": "PLAIN", "gate_zap_credentials": creds}
         self.gate = HelloGate(self.port, identity=name, context=self.ctx, heartbeat=heartbeat,
-                             multicast=False, gate_bind="127.0.0.1")
+                              multicast=False, gate_bind="127.0.0.1", **gate_zap)
         self.front = f"inproc://front-{name}"
         self.back = f"inproc://back-{name}"
         self.gate.bind_frontend(self.front)
         self.gate.bind_backend(self.back)
+        if self.zap is not None:
+            self.gate.connect_zap(zap_addr=f"inproc://zap-{name}")
         self.gate.run()
         self.heartbeat = heartbeat
         self.workers = []
@@ -90,7 +104,7 @@ class Node:
     async def add_worker(self, service="Echo", capacity=None):
         w = Service(name=service).create_worker(Echo, self.back, context=self.ctx,
                                                 workers_heartbeat=self.heartbeat,
-                                                max_allowed_request=capacity)
+                                                max_allowed_request=capacity, **self.zap_args)
         w.node = self.name
         w.run()
         self.workers.append(w)
@@ -98,7 +112,7 @@ class Node:
         return w
 
     async def client(self, **kwargs):
-        c = Client(self.front, context=self.ctx, heartbeat=self.heartbeat, **kwargs)
+        c = Client(self.front, context=self.ctx, heartbeat=self.heartbeat, **self.zap_args, **kwargs)
         await c.connect()
         self.clients.append(c)
         return c
@@ -115,6 +129,8 @@ class Node:
         for w in self.workers:
             w.stop()
         self.gate.stop()
+        if self.zap is not None:
+            self.zap.stop()
         await asyncio.sleep(0.05)
         self.ctx.destroy(linger=0)
 
@@ -397,6 +413,22 @@ async def test_killed_gate_expires_within_liveness_window(nodes, procs, ipc_dir)
     assert elapsed < window + 0.5, elapsed
     assert "lost before replying" in str(info.value)
     assert name_id(name) not in a.gate.gate_cluster.workers
+
+
+async def test_gate_zap_credentials(nodes):
+    users = {"gate-user": "s3cret"}
+    a = nodes("A", zap=(users, ("gate-user", "s3cret")))
+    b = nodes("B", zap=(users, ("gate-user", "s3cret")))
+    await b.add_worker()
+    await join(a, b)
+    client = await a.client()
+    assert (await client.Echo.echo(1))["gate"] == b.name
+    # a gate with wrong credentials never joins
+    c = nodes("C", zap=(users, ("gate-user", "wrong")))
+    await a.gate.connect_gate(c.gate.identity, c.addr)
+    await c.gate.connect_gate(a.gate.identity, a.addr)
+    await asyncio.sleep(1.0)
+    assert a.peer(c) is None and c.peer(a) is None
 
 
 async def test_wire_datagram_layout(nodes):
