@@ -7,6 +7,8 @@ order with its bound methods cached in C fields.
 """
 
 cimport cython
+from cpython.dict cimport PyDict_GetItemWithError
+from cpython.object cimport PyObject
 
 import time
 from collections import OrderedDict
@@ -113,8 +115,11 @@ cdef class KVLRUCache:
         self.full = len(cache) >= self._maxsize
 
     cdef bint _expired(self, key) except -1:
-        stamp = self._stamps.get(key)
-        if stamp is None or <double>self._timer() - <double>stamp < self._ttl_c:
+        cdef PyObject* p = PyDict_GetItemWithError(self._stamps, key)
+        if p is NULL:
+            return False
+        stamp = <object>p
+        if <double>self._timer() - <double>stamp < self._ttl_c:
             return False
         del self._stamps[key]
         del self.cache[key]
@@ -144,9 +149,15 @@ cdef class KVLRUCache:
         cache[key] = value
         self.full = len(cache) >= maxsize
 
-    def __getitem__(self, key):
-        value = self._get(key, _MARKER)
-        if value is not _MARKER and (not self._has_ttl or not self._expired(key)):
+    cdef object _lookup(self, key):
+        """The value of ``key`` (marked most recent), or ``_MARKER``; counts the hit or miss."""
+        cdef PyObject* p = PyDict_GetItemWithError(self.cache, key)
+        cdef object value = _MARKER
+        if p is not NULL:
+            value = <object>p  # a strong reference before any Python code runs
+            if self._has_ttl and self._expired(key):
+                value = _MARKER
+        if value is not _MARKER:
             self._move_to_end(key)
             self.hits += 1
             if self.debug and self._tracking():
@@ -155,14 +166,20 @@ cdef class KVLRUCache:
         self.misses += 1
         if self.debug and self._tracking():
             self._track(key, False)
-        raise KeyError()
+        return _MARKER
+
+    def __getitem__(self, key):
+        value = self._lookup(key)
+        if value is _MARKER:
+            raise KeyError()
+        return value
 
     def get(self, key, default=None):
         """``c[key]`` (counted as a hit or miss), or ``default`` on a miss."""
-        try:
-            return self[key]
-        except KeyError:
+        value = self._lookup(key)
+        if value is _MARKER:
             return default
+        return value
 
     def __contains__(self, key):
         if key not in self.cache:

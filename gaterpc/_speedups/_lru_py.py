@@ -151,7 +151,8 @@ class KVLRUCache:
         cache[key] = value
         self.full = len(cache) >= maxsize
 
-    def __getitem__(self, key: Hashable) -> Any:
+    def _lookup(self, key: Hashable) -> Any:
+        """The value of ``key`` (marked most recent), or ``_MARKER``; counts the hit or miss."""
         value = self._cache.get(key, _MARKER)
         if value is not _MARKER and (self._ttl is None or not self._expired(key)):
             self._cache.move_to_end(key)
@@ -162,14 +163,20 @@ class KVLRUCache:
         self.misses += 1
         if self.debug and self.max_tracking_entries > 0:
             self._track(key, False)
-        raise KeyError()
+        return _MARKER
+
+    def __getitem__(self, key: Hashable) -> Any:
+        value = self._lookup(key)
+        if value is _MARKER:
+            raise KeyError()
+        return value
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """``c[key]`` (counted as a hit or miss), or ``default`` on a miss."""
-        try:
-            return self[key]
-        except KeyError:
+        value = self._lookup(key)
+        if value is _MARKER:
             return default
+        return value
 
     def __contains__(self, key: object) -> bool:
         if key not in self._cache:
