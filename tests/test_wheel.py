@@ -1,0 +1,69 @@
+"""Build a binary wheel, install it into a fresh virtual environment, import the compiled modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(platform.python_implementation() != "CPython", reason="binary wheels are CPython only"),
+]
+
+SELECTORS = ("zmqio", "lru", "reqtable", "frames")
+
+PROBE = textwrap.dedent(
+    """
+    import importlib, json, sys
+    import gaterpc
+    out = {"gaterpc": gaterpc.__file__, "selectors": {}}
+    for name in sys.argv[1:]:
+        sel = importlib.import_module("gaterpc._speedups." + name)
+        c = importlib.import_module("gaterpc._speedups._" + name + "_c")
+        out["selectors"][name] = {"USE_C": sel.USE_C, "file": c.__file__}
+    print(json.dumps(out))
+    """
+)
+
+
+def _run(cmd, **kw):
+    env = dict(os.environ)
+    env.pop("GATERPC_NO_EXTENSIONS", None)
+    env.pop("PYTHONPATH", None)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env, **kw)
+
+
+def test_binary_wheel_installs_compiled_modules(tmp_path):
+    dist = tmp_path / "dist"
+    build = _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)], cwd=tmp_path)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert "Accelerated build" in build.stdout + build.stderr
+    wheels = list(dist.glob("*.whl"))
+    assert len(wheels) == 1 and not wheels[0].name.endswith("-none-any.whl"), wheels
+
+    venv = tmp_path / "venv"
+    made = _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    assert made.returncode == 0, made.stderr
+    py = venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    inst = _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", str(wheels[0])])
+    assert inst.returncode == 0, inst.stdout[-3000:] + inst.stderr[-3000:]
+
+    probe = _run([str(py), "-c", PROBE, *SELECTORS], cwd=tmp_path)  # cwd outside the checkout
+    assert probe.returncode == 0, probe.stderr
+    info = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert Path(info["gaterpc"]).is_relative_to(venv)
+    for name in SELECTORS:
+        sel = info["selectors"][name]
+        assert sel["USE_C"] is True, name
+        assert Path(sel["file"]).is_relative_to(venv)
+        assert sel["file"].endswith((".so", ".pyd")), sel["file"]
