@@ -40,6 +40,14 @@ from gaterpc.helpers import (
     throw_exception_agenerator,
     to_bytes,
 )
+from gaterpc.hugedata import (
+    GzipCompressor,
+    GzipDecompressor,
+    HugeData,
+    _incremental_compress,
+    _incremental_decompress,
+    ensure_shm_unlink,
+)
 from gaterpc.lazy import Empty, LazyAttribute, TypeValidator, Validator, empty, ensure_mkdir
 from gaterpc.log import (
     AQueueHandler,

@@ -1,0 +1,96 @@
+"""HugeData chunk assembly (pure-Python twin of ``_chunks_c``).
+
+``ChunkCutter`` cuts a stream of compressed output into fixed-size chunks;
+``OutputLimiter`` gathers decompressed output under a size limit (the
+decompression-bomb guard).  Both twins have the same classes, results and
+exceptions.
+"""
+
+from __future__ import annotations
+
+from gaterpc.exceptions import HugeDataException
+
+__all__ = ("ChunkCutter", "OutputLimiter", "UNLIMITED_STEP")
+
+#: Output asked of a decompressor per call when there is no limit.
+UNLIMITED_STEP = 64 * 1024 * 1024
+
+
+class ChunkCutter:
+    """Cut a byte stream into chunks of exactly ``blksize`` bytes (the last may be shorter)."""
+
+    __slots__ = ("blksize", "_buf")
+
+    def __init__(self, blksize):
+        blksize = int(blksize)
+        if blksize <= 0:
+            raise ValueError("blksize must be a positive integer")
+        self.blksize = blksize
+        self._buf = bytearray()
+
+    def feed(self, data):
+        """Add ``data``; return the list of complete chunks now available."""
+        buf = self._buf
+        buf += data
+        bs = self.blksize
+        n = len(buf) // bs
+        if not n:
+            return []
+        chunks = [bytes(buf[i:i + bs]) for i in range(0, n * bs, bs)]
+        del buf[:n * bs]
+        return chunks
+
+    def pending(self):
+        """Bytes held back, waiting to complete a chunk."""
+        return len(self._buf)
+
+    def rest(self):
+        """The held-back bytes (possibly empty); the cutter is then empty."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+
+class OutputLimiter:
+    """Collect output pieces; ``limit`` bytes at most (0: no limit)."""
+
+    __slots__ = ("limit", "total", "_pieces")
+
+    def __init__(self, limit):
+        limit = int(limit)
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        self.limit = limit
+        self.total = 0
+        self._pieces = []
+
+    def room(self):
+        """How much output to ask for next: one byte past the limit, to detect it."""
+        if not self.limit:
+            return UNLIMITED_STEP
+        left = self.limit - self.total + 1
+        return left if left > 0 else 1
+
+    def add(self, piece):
+        """Add a piece; ``HugeDataException`` once the total exceeds the limit."""
+        if not piece:
+            return
+        self.total += len(piece)
+        if self.limit and self.total > self.limit:
+            self._pieces = []
+            raise HugeDataException(
+                f"decompressed payload exceeds limit ({self.limit} bytes); "
+                "aborting to prevent decompression bomb")
+        self._pieces.append(piece)
+
+    def take(self):
+        """The output gathered since the last ``take`` (the total keeps counting)."""
+        pieces = self._pieces
+        self._pieces = []
+        if not pieces:
+            return b""
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def getvalue(self):
+        """All output gathered (and not taken)."""
+        return self.take()

@@ -1,0 +1,492 @@
+"""HugeData: large replies compressed and sent in chunks (API.md §4.12, WIRE.md §4.3).
+
+A worker returns ``HugeData(end_tag, except_tag, data=...)``; the reply is
+one compressed stream cut into ``blksize``-byte chunks.  The client feeds the
+chunks to a :class:`HugeDataReceiver`, which detects the format from the
+stream's magic bytes, decompresses incrementally with a size limit, verifies
+the stream is complete, and returns the payload.
+
+Everything runs in-process and incrementally: no process pool, no pipes,
+no shared memory (the original's process pool made the second transfer in a
+process hang).  Pieces of input of ``OFFLOAD_SIZE`` bytes or more are
+(de)compressed in a thread (zlib, bz2, lzma and lz4 release the GIL); smaller
+ones inline.  Buffers are bounded: compressed output is cut as it is made,
+decompressed output is produced with ``max_length`` so a decompression bomb
+never allocates much beyond the limit.
+
+Formats: ``gzip`` (the default and the only one the original reads; the
+header is the original's: FLG 0, MTIME, XFL, OS 255), ``bz2``, ``lzma`` (xz),
+``lz4`` (``lz4.frame``) and any module given by dotted path that offers
+``compressor(level)`` and ``decompressor()`` (API.md's plug-in contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bz2
+import lzma
+import os
+import struct
+import time
+import zlib
+from collections import deque
+
+from gaterpc.exceptions import BadGzip, HugeDataException, RemoteException
+from gaterpc.helpers import resolve_module_attr
+from gaterpc.serialization import msg_unpack
+from gaterpc._speedups.chunks import ChunkCutter, OutputLimiter
+
+__all__ = (
+    "HugeData", "HugeDataReceiver", "GzipCompressor", "GzipDecompressor", "iter_hugedata_chunks",
+    "_incremental_compress", "_incremental_decompress", "ensure_shm_unlink", "detect_format",
+)
+
+OFFLOAD_SIZE = 256 * 1024
+_SLICE = 1024 * 1024
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_BZ2_MAGIC = b"BZh"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_LZ4_MAGIC = b"\x04\x22\x4d\x18"
+_MAGIC_LEN = 6
+
+
+class GzipCompressor:
+    """Incremental gzip (RFC 1952) with the original's header: FLG 0, OS 255."""
+
+    def __init__(self, compresslevel=1):
+        self._level = compresslevel
+        self._deflate = zlib.compressobj(compresslevel, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0)
+        self._crc = 0
+        self._size = 0
+        self._header_sent = False
+
+    def _header(self):
+        xfl = b"\x02" if self._level == 9 else b"\x04" if self._level == 1 else b"\x00"
+        return b"\x1f\x8b\x08\x00" + struct.pack("<I", int(time.time()) & 0xFFFFFFFF) + xfl + b"\xff"
+
+    def compress(self, data):
+        """Compress ``data``; the header precedes the first non-empty output."""
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += len(data)
+        out = self._deflate.compress(data)
+        if out and not self._header_sent:
+            self._header_sent = True
+            out = self._header() + out
+        return out
+
+    def flush(self):
+        """The rest of the deflate stream and the trailer (CRC-32, size)."""
+        out = self._deflate.flush()
+        if not self._header_sent:
+            self._header_sent = True
+            out = self._header() + out
+        return out + struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
+
+
+class GzipDecompressor:
+    """Incremental gzip decompression; CRC-32 and size are verified (H6)."""
+
+    def __init__(self):
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._pending = b""
+
+    def decompress(self, data, max_length=0):
+        """Decompress ``data`` (``max_length`` ≤ 0: unlimited); input beyond it is kept."""
+        if max_length is None or max_length < 0:
+            max_length = 0
+        if self._pending:
+            data = self._pending + data
+        try:
+            out = self._z.decompress(data, max_length)
+        except zlib.error as exc:
+            raise BadGzip(f"corrupt gzip stream: {exc}") from None
+        self._pending = self._z.unconsumed_tail
+        return out
+
+    @property
+    def eof(self):
+        """True once the whole member (with a valid trailer) was read."""
+        return self._z.eof
+
+    @property
+    def needs_input(self):
+        """True when more input is required to make progress."""
+        return not self._pending and not self._z.eof
+
+
+class _Codec:
+    """A compression module: ``compressor(level)``, ``decompressor()``."""
+
+    def __init__(self, name, compressor, decompressor):
+        self.name = name
+        self.compressor = compressor
+        self.decompressor = decompressor
+
+
+def _lz4_codec():
+    import lz4.frame
+
+    class _Lz4Compressor:
+        def __init__(self, level):
+            self._c = lz4.frame.LZ4FrameCompressor(compression_level=level)
+            self._started = False
+
+        def compress(self, data):
+            out = b""
+            if not self._started:
+                self._started = True
+                out = self._c.begin()
+            return out + self._c.compress(data)
+
+        def flush(self):
+            out = b"" if self._started else self._c.begin()
+            self._started = True
+            return out + self._c.flush()
+
+    return _Codec("lz4", _Lz4Compressor, lz4.frame.LZ4FrameDecompressor)
+
+
+_BUILTIN = {
+    "gzip": lambda: _Codec("gzip", GzipCompressor, GzipDecompressor),
+    "bz2": lambda: _Codec("bz2", bz2.BZ2Compressor, bz2.BZ2Decompressor),
+    "lzma": lambda: _Codec("lzma", lambda level: lzma.LZMACompressor(preset=level), lzma.LZMADecompressor),
+    "lz4": _lz4_codec,
+}
+
+
+def get_codec(name):
+    """The codec of a module name: a built-in or a dotted path to a plug-in."""
+    maker = _BUILTIN.get(name)
+    if maker is not None:
+        return maker()
+    module = resolve_module_attr(name) if isinstance(name, str) else name
+    return _Codec(getattr(module, "__name__", str(name)), module.compressor, module.decompressor)
+
+
+def detect_format(head):
+    """The built-in format whose magic bytes start ``head``, or ``None``."""
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_XZ_MAGIC):
+        return "lzma"
+    if head.startswith(_LZ4_MAGIC):
+        return "lz4"
+    if head.startswith(_BZ2_MAGIC):
+        return "bz2"
+    return None
+
+
+def _could_be_magic(head):
+    """True while ``head`` is a proper prefix of some magic number."""
+    return any(m.startswith(head) and len(head) < len(m) for m in (_GZIP_MAGIC, _BZ2_MAGIC, _XZ_MAGIC, _LZ4_MAGIC))
+
+
+class HugeDataReceiver:
+    """Reassembles one HugeData reply from its chunks (client side)."""
+
+    def __init__(self, *, default_module="gzip", max_decompressed_size=None):
+        self.default_module = default_module
+        self.max_decompressed_size = (HugeData.DEFAULT_MAX_DECOMPRESSED_SIZE
+                                      if max_decompressed_size is None else max_decompressed_size)
+        self._head = b""
+        self._decompressor = None
+        self._out = OutputLimiter(self.max_decompressed_size)
+        self._closed = False
+
+    def _start(self, head):
+        name = detect_format(head) or self.default_module
+        self._decompressor = get_codec(name).decompressor()
+
+    def feed(self, chunk):
+        """Decompress one chunk (empty chunks are ignored)."""
+        if not chunk:
+            return
+        if self._closed:
+            raise HugeDataException("the HugeData receiver is closed")
+        if self._decompressor is None:
+            head = self._head + bytes(chunk)
+            if len(head) < _MAGIC_LEN and _could_be_magic(head):
+                self._head = head
+                return
+            self._head = b""
+            self._start(head)
+            chunk = head
+        self._decompress(chunk)
+
+    async def feed_async(self, chunk):
+        """As :meth:`feed`, decompressing a large chunk in a thread."""
+        if len(chunk) >= OFFLOAD_SIZE and self._decompressor is not None:
+            await asyncio.to_thread(self.feed, chunk)
+        else:
+            self.feed(chunk)
+
+    def _decompress(self, data):
+        d = self._decompressor
+        out = self._out
+        try:
+            while not getattr(d, "eof", False):
+                piece = d.decompress(data, out.room())
+                data = b""
+                out.add(piece)
+                if getattr(d, "needs_input", True) or not piece:
+                    return
+        except (HugeDataException, BadGzip):
+            raise
+        except Exception as exc:
+            raise HugeDataException(f"corrupt HugeData stream: {type(exc).__name__}: {exc}") from None
+
+    def finish(self):
+        """The decompressed payload, once the end tag arrived."""
+        if self._decompressor is None:
+            if not self._head:
+                raise HugeDataException("empty HugeData stream")
+            self._start(self._head)
+            self._decompress(self._head)
+            self._head = b""
+        d = self._decompressor
+        if hasattr(d, "flush") and not hasattr(d, "eof"):
+            self._out.add(d.flush())
+        if hasattr(d, "eof") and not d.eof:
+            raise HugeDataException("truncated HugeData stream: the compressed data ended early")
+        payload = self._out.getvalue()
+        self.close()
+        return payload
+
+    def close(self):
+        """Drop the buffers (idempotent)."""
+        self._closed = True
+        self._decompressor = None
+        self._out = OutputLimiter(0)
+
+
+class HugeData:
+    """A large payload, compressed and sent in chunks (the original's API)."""
+
+    DEFAULT_MAX_DECOMPRESSED_SIZE = 256 * 1024 * 1024
+    _WRITE_BUFFER_COMPACT_THRESHOLD = 1024 * 1024
+    _shared_process_executor = None
+
+    def __init__(self, end_tag, except_tag, *, data=None, compress_module="gzip", compress_level=1,
+                 blksize=1000, timeout=1, max_decompressed_size=None):
+        self.end_tag = end_tag
+        self.except_tag = except_tag
+        self.compress_module = compress_module
+        self.compress_level = compress_level
+        self.blksize = int(blksize) if blksize and blksize > 0 else 1000
+        self.timeout = timeout
+        self.max_decompressed_size = (self.DEFAULT_MAX_DECOMPRESSED_SIZE
+                                      if max_decompressed_size is None else max_decompressed_size)
+        self._remote_exception = None
+        self._p = None
+        self.sel = None
+        self._write_buffer = None
+        self._write_offset = 0
+        self._write_end = False
+        self._finalizer = None
+        self._destroyed = False
+        if data:
+            self.data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+            self._pipe = None
+        else:
+            # "Pipe mode": the payload is handed over with add_data() and flush().
+            self.data = None
+            self._pipe = deque()
+            self._pipe_closed = False
+            self._pipe_event = None
+
+    @classmethod
+    def get_process_executor(cls):
+        """Kept for compatibility; HugeData no longer uses a process pool."""
+        from concurrent.futures import ProcessPoolExecutor
+
+        if cls._shared_process_executor is None:
+            cls._shared_process_executor = ProcessPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1))
+        return cls._shared_process_executor
+
+    def add_data(self, data):
+        """Append input (pipe mode only)."""
+        if self._pipe is None:
+            raise TypeError("data")
+        if self._pipe_closed:
+            raise RuntimeError("pipe close")
+        if data:
+            self._pipe.append(bytes(data))
+            self._wake()
+
+    def flush(self):
+        """Declare the end of the input (pipe mode)."""
+        if self._pipe is not None:
+            self._pipe_closed = True
+            self._wake()
+
+    def _wake(self):
+        ev = self._pipe_event
+        if ev is not None:
+            loop = ev._loop if hasattr(ev, "_loop") else None
+            try:
+                if loop is not None and loop.is_running():
+                    loop.call_soon_threadsafe(ev.set)
+                else:
+                    ev.set()
+            except RuntimeError:
+                pass
+
+    async def _input(self):
+        """The input pieces: slices of ``data`` or what ``add_data`` delivered."""
+        if self._pipe is None:
+            view = memoryview(self.data).cast("B") if not isinstance(self.data, bytes) else memoryview(self.data)
+            for i in range(0, len(view), _SLICE):
+                yield view[i:i + _SLICE]
+            return
+        self._pipe_event = asyncio.Event()
+        while True:
+            while self._pipe:
+                piece = self._pipe.popleft()
+                if piece.endswith(self.end_tag) and len(piece) >= len(self.end_tag):
+                    # The original's pipe protocol: the end tag closes the input.
+                    piece = piece[:-len(self.end_tag)]
+                    self._pipe_closed = True
+                    if piece:
+                        yield piece
+                    return
+                yield piece
+            if self._pipe_closed:
+                return
+            self._pipe_event.clear()
+            try:
+                await asyncio.wait_for(self._pipe_event.wait(), self.timeout or None)
+            except asyncio.TimeoutError:
+                pass
+
+    async def compress(self, loop=None):
+        """Yield compressed chunks of at most ``blksize`` bytes (the last may be empty)."""
+        try:
+            compressor = get_codec(self.compress_module).compressor(self.compress_level)
+        except Exception as exc:
+            raise HugeDataException(exc) from exc
+        cutter = ChunkCutter(self.blksize)
+        try:
+            async for piece in self._input():
+                if len(piece) >= OFFLOAD_SIZE:
+                    out = await asyncio.to_thread(compressor.compress, piece)
+                else:
+                    out = compressor.compress(piece)
+                for chunk in cutter.feed(out):
+                    yield chunk
+            for chunk in cutter.feed(compressor.flush()):
+                yield chunk
+        except HugeDataException:
+            raise
+        except Exception as exc:
+            raise HugeDataException(exc) from exc
+        yield cutter.rest()
+
+    async def decompress(self, loop=None, max_length=-1):
+        """Yield decompressed pieces of at most ``blksize`` bytes (the last may be empty)."""
+        if self._remote_exception is not None:
+            raise RemoteException(msg_unpack(self._remote_exception))
+        receiver = None
+        cutter = ChunkCutter(self.blksize)
+        try:
+            async for piece in self._input():
+                if receiver is None:
+                    receiver = _StreamingReceiver(self.compress_module, self.max_decompressed_size)
+                for out in receiver.feed(bytes(piece)):
+                    for chunk in cutter.feed(out):
+                        yield chunk
+            if receiver is not None:
+                receiver.check_complete()
+        except (HugeDataException, BadGzip):
+            raise
+        except Exception as exc:
+            raise HugeDataException(exc) from exc
+        if self._remote_exception is not None:
+            raise RemoteException(msg_unpack(self._remote_exception))
+        yield cutter.rest()
+
+    def destroy(self):
+        """Release the payload and buffers (idempotent)."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self.data = None
+        if self._pipe is not None:
+            self._pipe.clear()
+            self._pipe_closed = True
+
+    def __del__(self):
+        try:
+            self.destroy()
+        except Exception:
+            pass
+
+
+class _StreamingReceiver:
+    """Decompression yielding output as it is made, with a size limit."""
+
+    def __init__(self, module, limit):
+        self._receiver = HugeDataReceiver(default_module=module, max_decompressed_size=limit)
+        self._emitted = 0
+
+    def feed(self, data):
+        r = self._receiver
+        r.feed(data)
+        out = r._out.take()
+        if out:
+            yield out
+
+    def check_complete(self):
+        r = self._receiver
+        if r._decompressor is None and r._head:
+            r._start(r._head)
+            r._decompress(r._head)
+            r._head = b""
+        d = r._decompressor
+        if d is not None and hasattr(d, "eof") and not d.eof:
+            raise HugeDataException("truncated HugeData stream: the compressed data ended early")
+
+
+async def iter_hugedata_chunks(hd, loop=None):
+    """The wire chunks of ``hd``: compressed pieces of at most ``hd.blksize``
+    bytes (the first holds the whole format header), then one empty chunk."""
+    async for chunk in hd.compress(loop):
+        if chunk:
+            yield chunk
+    yield b""
+
+
+def _incremental_compress(compress_module, compress_level, in_data, out_data, end_tag, blksize=1000):
+    """Compress ``in_data`` (bytes) into a list of ``blksize`` chunks (kept for compatibility)."""
+    compressor = get_codec(compress_module).compressor(compress_level)
+    cutter = ChunkCutter(blksize)
+    chunks = list(cutter.feed(compressor.compress(bytes(in_data))))
+    chunks.extend(cutter.feed(compressor.flush()))
+    rest = cutter.rest()
+    if rest:
+        chunks.append(rest)
+    if isinstance(out_data, list):
+        out_data.extend(chunks)
+        out_data.append(end_tag)
+    return chunks
+
+
+def _incremental_decompress(compress_module, in_data, out_data, end_tag, max_length=-1, blksize=1000):
+    """Decompress ``in_data`` (bytes) into a list of ``blksize`` pieces (kept for compatibility)."""
+    receiver = HugeDataReceiver(default_module=compress_module)
+    receiver.feed(bytes(in_data))
+    payload = receiver.finish()
+    pieces = [payload[i:i + blksize] for i in range(0, len(payload), blksize)]
+    if isinstance(out_data, list):
+        out_data.extend(pieces)
+        out_data.append(end_tag)
+    return pieces
+
+
+def ensure_shm_unlink(shm):
+    """Close and unlink a SharedMemory block, ignoring 'already gone'."""
+    for step in ("close", "unlink"):
+        try:
+            getattr(shm, step)()
+        except (FileNotFoundError, AttributeError, BufferError, OSError):
+            pass
