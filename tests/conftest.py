@@ -159,3 +159,9 @@ def compiled_expected():
         return importlib.util.find_spec(f"gaterpc._speedups._{name}_c") is not None
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(clean_settings):
+    """Every test starts from the default ``Settings`` (BASE_PATH in its tmp dir) and leaves them so."""
+    yield clean_settings

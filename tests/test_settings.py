@@ -103,8 +103,15 @@ def test_derived_defaults(clean_settings, tmp_path):
 
 
 def test_base_path_default_is_library_constant():
-    # Checked on the descriptor: reading Settings.BASE_PATH would create it.
-    assert GlobalSettings.__dict__["BASE_PATH"].raw == Path("/tmp/gate-rpc/")
+    # Checked in a fresh interpreter, on the descriptor: reading
+    # Settings.BASE_PATH would create it (and tests point it at tmp dirs).
+    import subprocess
+    import sys
+
+    code = ("from gaterpc.global_settings import GlobalSettings;"
+            "print(GlobalSettings.__dict__['BASE_PATH'].raw)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert Path(out.stdout.strip()) == Path("/tmp/gate-rpc/")
 
 
 def test_validation_errors(clean_settings):
