@@ -172,6 +172,12 @@ class Client:
             if ready is not None and not ready.done():
                 ready.set_result(False)
             raise ReplyTimeout(_TIMEOUT_MESSAGE) from None
+        except BaseException:
+            # e.g. a RemoteException (refused credentials): waiting calls must
+            # not hang on ``ready``; the next call tries again.
+            if ready is not None and not ready.done():
+                ready.set_result(False)
+            raise
         self._remote_services = {s for s in services if isinstance(s, str)} if isinstance(services, list) else set()
         self._is_ready = True
         if ready is None or ready.done():

@@ -299,6 +299,11 @@ class GlobalSettings(metaclass=_SettingsMeta):
     GATE_MULTICAST_PORT: int = 9777
     GATE_MULTICAST_TTL: int = 2
     GATE_MULTICAST_HOP_LIMIT: int = 255
+    # Additions (not in the original): the address the gate ROUTER binds
+    # (None: every interface, as the original) and the interface multicast
+    # discovery uses (None: the system's choice, as the original).
+    GATE_BIND_ADDR = None
+    GATE_MULTICAST_INTERFACE = None
     GATE_COMMAND_NOTICE: bytes = b"\x00"
     GATE_COMMAND_INVITE: bytes = b"\x01"
     GATE_COMMAND_JOIN: bytes = b"\x02"

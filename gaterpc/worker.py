@@ -436,6 +436,9 @@ class Worker(ABCWorker):
                     else:
                         lsock.send(self._hb_frames)
             elif command == DISCONNECT:
+                if len(msg) > 3:
+                    # Our broker says why (e.g. failed authentication).
+                    Wlogger.warning("broker sent DISCONNECT: %s", msg[3].decode("utf-8", "replace")[:200])
                 stop = self._stop_signal
                 if stop is not None and not stop.done():
                     stop.set_result(None)
