@@ -98,11 +98,11 @@ cdef class ChunkCutter:
 
 @cython.final
 cdef class OutputLimiter:
-    """Collect output pieces; ``limit`` bytes at most (0: no limit)."""
+    """Collect output in one growing buffer; ``limit`` bytes at most (0: no limit)."""
 
     cdef readonly Py_ssize_t limit
     cdef readonly Py_ssize_t total
-    cdef list _pieces
+    cdef bytearray _buf
 
     def __init__(self, limit):
         limit = int(limit)
@@ -110,7 +110,7 @@ cdef class OutputLimiter:
             raise ValueError("limit must be >= 0")
         self.limit = limit
         self.total = 0
-        self._pieces = []
+        self._buf = bytearray()
 
     def room(self):
         """How much output to ask for next: one byte past the limit, to detect it."""
@@ -127,20 +127,22 @@ cdef class OutputLimiter:
             return
         self.total += n
         if self.limit and self.total > self.limit:
-            self._pieces = []
+            self._buf = bytearray()
             raise HugeDataException(
                 f"decompressed payload exceeds limit ({self.limit} bytes); "
                 "aborting to prevent decompression bomb")
-        self._pieces.append(piece)
+        self._buf += piece
 
     def take(self):
-        """The output gathered since the last ``take`` (the total keeps counting)."""
-        cdef list pieces = self._pieces
-        self._pieces = []
-        if not pieces:
+        """The output gathered since the last ``take``, as bytes (the total keeps counting)."""
+        if not self._buf:
             return b""
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
 
     def getvalue(self):
-        """All output gathered (and not taken)."""
-        return self.take()
+        """All output gathered (and not taken), without a copy: the buffer itself."""
+        out = self._buf
+        self._buf = bytearray()
+        return out

@@ -52,9 +52,9 @@ class ChunkCutter:
 
 
 class OutputLimiter:
-    """Collect output pieces; ``limit`` bytes at most (0: no limit)."""
+    """Collect output in one growing buffer; ``limit`` bytes at most (0: no limit)."""
 
-    __slots__ = ("limit", "total", "_pieces")
+    __slots__ = ("limit", "total", "_buf")
 
     def __init__(self, limit):
         limit = int(limit)
@@ -62,7 +62,7 @@ class OutputLimiter:
             raise ValueError("limit must be >= 0")
         self.limit = limit
         self.total = 0
-        self._pieces = []
+        self._buf = bytearray()
 
     def room(self):
         """How much output to ask for next: one byte past the limit, to detect it."""
@@ -77,20 +77,22 @@ class OutputLimiter:
             return
         self.total += len(piece)
         if self.limit and self.total > self.limit:
-            self._pieces = []
+            self._buf = bytearray()
             raise HugeDataException(
                 f"decompressed payload exceeds limit ({self.limit} bytes); "
                 "aborting to prevent decompression bomb")
-        self._pieces.append(piece)
+        self._buf += piece
 
     def take(self):
-        """The output gathered since the last ``take`` (the total keeps counting)."""
-        pieces = self._pieces
-        self._pieces = []
-        if not pieces:
+        """The output gathered since the last ``take``, as bytes (the total keeps counting)."""
+        if not self._buf:
             return b""
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
 
     def getvalue(self):
-        """All output gathered (and not taken)."""
-        return self.take()
+        """All output gathered (and not taken), without a copy: the buffer itself."""
+        out = self._buf
+        self._buf = bytearray()
+        return out
