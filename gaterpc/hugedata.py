@@ -43,6 +43,11 @@ __all__ = (
 
 OFFLOAD_SIZE = 256 * 1024
 _SLICE = 1024 * 1024
+#: Output asked of a decompressor per call: bounds the memory one call can
+#: allocate (some decompressors allocate ``max_length`` up front).
+_STEP = 4 * 1024 * 1024
+#: The first wire chunk holds at least this much (the whole gzip header).
+_HEADER_LEN = 10
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _BZ2_MAGIC = b"BZh"
@@ -90,6 +95,7 @@ class GzipDecompressor:
     def __init__(self):
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._pending = b""
+        self._full = False
 
     def decompress(self, data, max_length=0):
         """Decompress ``data`` (``max_length`` ≤ 0: unlimited); input beyond it is kept."""
@@ -102,6 +108,8 @@ class GzipDecompressor:
         except zlib.error as exc:
             raise BadGzip(f"corrupt gzip stream: {exc}") from None
         self._pending = self._z.unconsumed_tail
+        # Output stopped at max_length: zlib may hold more even with no input left.
+        self._full = bool(max_length) and len(out) >= max_length
         return out
 
     @property
@@ -112,7 +120,7 @@ class GzipDecompressor:
     @property
     def needs_input(self):
         """True when more input is required to make progress."""
-        return not self._pending and not self._z.eof
+        return not self._pending and not self._full and not self._z.eof
 
 
 class _Codec:
@@ -129,7 +137,8 @@ def _lz4_codec():
 
     class _Lz4Compressor:
         def __init__(self, level):
-            self._c = lz4.frame.LZ4FrameCompressor(compression_level=level)
+            # The content checksum lets the receiver detect corruption (like gzip's CRC-32).
+            self._c = lz4.frame.LZ4FrameCompressor(compression_level=level, content_checksum=True)
             self._started = False
 
         def compress(self, data):
@@ -193,6 +202,7 @@ class HugeDataReceiver:
         self._decompressor = None
         self._out = OutputLimiter(self.max_decompressed_size)
         self._closed = False
+        self._step = _STEP
 
     def _start(self, head):
         name = detect_format(head) or self.default_module
@@ -216,39 +226,69 @@ class HugeDataReceiver:
 
     async def feed_async(self, chunk):
         """As :meth:`feed`, decompressing a large chunk in a thread."""
-        if len(chunk) >= OFFLOAD_SIZE and self._decompressor is not None:
+        if len(chunk) >= OFFLOAD_SIZE:
             await asyncio.to_thread(self.feed, chunk)
         else:
             self.feed(chunk)
 
+    @property
+    def eof(self):
+        """True once the decompressor reported the end of the compressed stream."""
+        return bool(getattr(self._decompressor, "eof", False))
+
     def _decompress(self, data):
         d = self._decompressor
         out = self._out
+        step = self._step
         try:
             while not getattr(d, "eof", False):
-                piece = d.decompress(data, out.room())
+                want = out.room()
+                if want > step:
+                    want = step
+                piece = d.decompress(data, want)
                 data = b""
+                if not piece:
+                    return
                 out.add(piece)
-                if getattr(d, "needs_input", True) or not piece:
+                # Go on while the decompressor may hold more output for the same input.
+                if getattr(d, "needs_input", True) and len(piece) < want:
                     return
         except (HugeDataException, BadGzip):
             raise
         except Exception as exc:
             raise HugeDataException(f"corrupt HugeData stream: {type(exc).__name__}: {exc}") from None
 
-    def finish(self):
-        """The decompressed payload, once the end tag arrived."""
+    def _complete(self):
+        """Drain the decompressor and check the stream ended (the end tag arrived)."""
         if self._decompressor is None:
             if not self._head:
-                raise HugeDataException("empty HugeData stream")
-            self._start(self._head)
-            self._decompress(self._head)
-            self._head = b""
+                raise HugeDataException("empty HugeData stream: no compressed data before the end tag")
+            head, self._head = self._head, b""
+            self._start(head)
+            self._decompress(head)
         d = self._decompressor
-        if hasattr(d, "flush") and not hasattr(d, "eof"):
-            self._out.add(d.flush())
-        if hasattr(d, "eof") and not d.eof:
+        if not hasattr(d, "eof"):
+            if hasattr(d, "flush"):
+                self._out.add(d.flush())
+            return
+        if not d.eof:
+            self._decompress(b"")
+        if not d.eof:
             raise HugeDataException("truncated HugeData stream: the compressed data ended early")
+
+    def _take(self):
+        """Output gathered since the last call (streaming use)."""
+        return self._out.take()
+
+    def finish(self):
+        """The decompressed payload, once the end tag arrived.
+
+        Raises ``HugeDataException`` when the stream is empty or truncated.
+        The payload is a ``bytearray`` (bytes-like, handed over without a copy).
+        """
+        if self._closed:
+            raise HugeDataException("the HugeData receiver is closed")
+        self._complete()
         payload = self._out.getvalue()
         self.close()
         return payload
@@ -383,24 +423,41 @@ class HugeData:
         yield cutter.rest()
 
     async def decompress(self, loop=None, max_length=-1):
-        """Yield decompressed pieces of at most ``blksize`` bytes (the last may be empty)."""
+        """Yield decompressed pieces of at most ``blksize`` bytes (the last may be empty).
+
+        The format is detected from the stream's magic bytes (``compress_module``
+        for formats without any).  Input ends at the end tag / ``flush()`` or when
+        the decompressor reports the end of the stream.  ``max_length`` (> 0)
+        bounds the output asked of the decompressor per call.
+        """
         if self._remote_exception is not None:
             raise RemoteException(msg_unpack(self._remote_exception))
-        receiver = None
+        receiver = HugeDataReceiver(default_module=self.compress_module,
+                                    max_decompressed_size=self.max_decompressed_size)
+        if max_length and max_length > 0:
+            receiver._step = int(max_length)
         cutter = ChunkCutter(self.blksize)
         try:
             async for piece in self._input():
-                if receiver is None:
-                    receiver = _StreamingReceiver(self.compress_module, self.max_decompressed_size)
-                for out in receiver.feed(bytes(piece)):
+                await receiver.feed_async(piece)
+                out = receiver._take()
+                if out:
                     for chunk in cutter.feed(out):
                         yield chunk
-            if receiver is not None:
-                receiver.check_complete()
+                if self._remote_exception is not None or receiver.eof:
+                    break
+            if self._remote_exception is None:
+                receiver._complete()
+                out = receiver._take()
+                if out:
+                    for chunk in cutter.feed(out):
+                        yield chunk
         except (HugeDataException, BadGzip):
             raise
         except Exception as exc:
             raise HugeDataException(exc) from exc
+        finally:
+            receiver.close()
         if self._remote_exception is not None:
             raise RemoteException(msg_unpack(self._remote_exception))
         yield cutter.rest()
@@ -422,37 +479,27 @@ class HugeData:
             pass
 
 
-class _StreamingReceiver:
-    """Decompression yielding output as it is made, with a size limit."""
-
-    def __init__(self, module, limit):
-        self._receiver = HugeDataReceiver(default_module=module, max_decompressed_size=limit)
-        self._emitted = 0
-
-    def feed(self, data):
-        r = self._receiver
-        r.feed(data)
-        out = r._out.take()
-        if out:
-            yield out
-
-    def check_complete(self):
-        r = self._receiver
-        if r._decompressor is None and r._head:
-            r._start(r._head)
-            r._decompress(r._head)
-            r._head = b""
-        d = r._decompressor
-        if d is not None and hasattr(d, "eof") and not d.eof:
-            raise HugeDataException("truncated HugeData stream: the compressed data ended early")
-
-
 async def iter_hugedata_chunks(hd, loop=None):
-    """The wire chunks of ``hd``: compressed pieces of at most ``hd.blksize``
-    bytes (the first holds the whole format header), then one empty chunk."""
+    """Yield the wire chunks of ``hd``: compressed pieces of at most ``hd.blksize``
+    bytes (the first one holding the whole format header), then one empty
+    chunk ``b""`` (wire compatibility, WIRE.md §4.3 rule 3).  Errors raise
+    ``HugeDataException`` (the caller turns them into the error frame).
+
+    With a ``blksize`` below the gzip header length the first chunk is made
+    longer than ``blksize`` so that it still holds the whole header.
+    """
+    head = b""
     async for chunk in hd.compress(loop):
-        if chunk:
-            yield chunk
+        if not chunk:
+            continue
+        if head is not None:
+            head += chunk
+            if len(head) < _HEADER_LEN:
+                continue
+            chunk, head = head, None
+        yield chunk
+    if head:
+        yield head
     yield b""
 
 
