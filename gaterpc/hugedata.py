@@ -325,8 +325,10 @@ class HugeData:
         self._write_end = False
         self._finalizer = None
         self._destroyed = False
-        if data:
-            self.data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        if data is not None and not isinstance(data, bytes):
+            data = memoryview(data).cast("B")  # any buffer (bytearray, memoryview, array, ...)
+        if data is not None and len(data):
+            self.data = data
             self._pipe = None
         else:
             # "Pipe mode": the payload is handed over with add_data() and flush().

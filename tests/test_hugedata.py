@@ -280,6 +280,11 @@ async def test_data_kinds_and_attributes():
     assert receive(await chunks_of(hd)) == bytes(payload)
     mv = memoryview(b"xyz" * 1000)[10:]
     assert receive(await chunks_of(HugeData(END, EXC, data=mv))) == bytes(mv)
+    import array
+
+    arr = array.array("i", range(5000))  # multi-byte items: compressed as raw bytes
+    assert receive(await chunks_of(HugeData(END, EXC, data=arr))) == arr.tobytes()
+    assert HugeData(END, EXC, data=memoryview(b"")).data is None  # empty: pipe mode
 
 
 async def test_decompress_raises_the_remote_exception():
