@@ -383,10 +383,14 @@ class Client:
                     default_module=Settings.HUGE_DATA_COMPRESS_MODULE)
             if n == 2:
                 if body[1] == HUGE_END:
-                    payload = receiver.finish()
+                    try:
+                        result = msg_unpack(receiver.finish())
+                    except Exception as exc:
+                        self._fail(request_id, exc)
+                        return
                     self._forget(request_id)
                     if not fut.done():
-                        fut.set_result(msg_unpack(payload))
+                        fut.set_result(result)
                     return
                 receiver.feed(body[1])
             elif n == 3 and (body[1] == STREAM_EXC or body[1] == HUGE_EXC):

@@ -473,3 +473,11 @@ async def test_busy_worker_error_after_timeout(tmp_path):
         broker.stop()
         await asyncio.sleep(0.05)
         ctx.destroy(linger=0)
+
+
+async def test_undecodable_hugedata_payload_fails_the_call(cluster):
+    # A payload whose msgpack bin exceeds the decoder's 32 MiB cap: the call
+    # must fail with a clear error, not hang.
+    with pytest.raises(ValueError, match="unpack failed"):
+        await cluster.client.Calc.dump(33 * 1024 * 1024)
+    assert len(cluster.client.replies) == 0
