@@ -1,0 +1,136 @@
+"""Roles of the HugeData benchmark (one per process), public API only.
+
+Runs unchanged on our gaterpc and on the original (``python hugeroles.py
+ROLE CONFIG_JSON``).  The worker's ``huge(size, module, seed)`` returns a
+HugeData of ``msg_pack(payload)``; the payload is half random bytes, half
+compressible text, so that neither codec has it easy.  The client checks the
+size and SHA-256 of what it gets against the worker's ``digest(...)`` and
+prints one JSON line with the timing; every role prints its peak RSS on exit.
+"""
+
+import asyncio
+import hashlib
+import json
+import random
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+from gaterpc.core import AMajordomo, Client, Context, Service, Worker
+from gaterpc.global_settings import Settings
+from gaterpc.utils import HugeData, interface, msg_pack
+
+QUIET = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "level": "ERROR", "stream": "ext://sys.stderr"}},
+    "loggers": {name: {"level": "ERROR", "handlers": ["stderr"], "propagate": False}
+                for name in ("gaterpc", "asyncio", "multiprocessing", "commands")},
+}
+
+
+PIECE = 1024 * 1024
+
+
+def make_pieces(size, seed):
+    """``size`` bytes in 1 MiB pieces: the first half random, the second compressible text."""
+    half = size // 2
+    rnd = random.Random(seed)
+    text = b"gaterpc moves large replies in compressed chunks; "
+    line = text * (PIECE // len(text) + 1)
+    pieces = []
+    pos = 0
+    while pos < size:
+        n = min(PIECE, size - pos)
+        if pos + n <= half:
+            pieces.append(rnd.randbytes(n))
+        else:
+            r = max(0, half - pos)
+            pieces.append((rnd.randbytes(r) if r else b"") + line[:n - r])
+        pos += n
+    return pieces
+
+
+class Bench(Worker):
+    @interface
+    async def huge(self, size, module, seed, blksize=1000):
+        # A list of 1 MiB pieces: msgpack decoders cap one bin at 32 MiB.
+        pieces = make_pieces(size, seed)
+        return HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG,
+                        data=msg_pack(pieces), compress_module=module, blksize=blksize)
+
+    @interface
+    async def digest(self, size, seed):
+        digest = hashlib.sha256()
+        for piece in make_pieces(size, seed):
+            digest.update(piece)
+        return digest.hexdigest()
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def main(role, cfg):
+    Settings.configure("BASE_PATH", Path(cfg["base_path"]))
+    Settings.configure("LOGGING", QUIET)
+    Settings.setup()
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+    ctx = Context()
+    if role == "broker":
+        md = AMajordomo(context=ctx)
+        md.bind_backend(cfg["back"])
+        md.bind_frontend(cfg["front"])
+        md.run()
+        print(json.dumps({"ready": True}), flush=True)
+        await stop
+        md.stop()
+    elif role == "worker":
+        w = Service(name="Bench").create_worker(Bench, cfg["back"], context=ctx)
+        w.run()
+        print(json.dumps({"ready": True}), flush=True)
+        await stop
+        w.stop()
+    else:
+        cli = Client(cfg["front"], context=ctx, reply_timeout=cfg["timeout"])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if cli._recv_task is None or cli._recv_task.done():
+                    await cli.connect()
+                if "Bench" in await cli.knock("Gate", "get_services"):
+                    break
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Bench service did not register")
+            await asyncio.sleep(0.1)
+            cli.close()
+            cli = Client(cfg["front"], context=ctx, reply_timeout=cfg["timeout"])
+        size, seed = cfg["size"], cfg["seed"]
+        expected = await cli.knock("Bench", "digest", size, seed)
+        t0 = time.perf_counter()
+        pieces = await cli.knock("Bench", "huge", size, cfg["module"], seed, cfg["blksize"])
+        elapsed = time.perf_counter() - t0
+        digest = hashlib.sha256()
+        for piece in pieces:
+            digest.update(piece)
+        ok = sum(map(len, pieces)) == size and digest.hexdigest() == expected
+        del pieces
+        print(json.dumps({"elapsed": elapsed, "ok": ok, "rss_mib": peak_rss_mib()}), flush=True)
+        cli.close()
+    await asyncio.sleep(0.1)
+    print(json.dumps({"rss_mib": peak_rss_mib()}), flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main(sys.argv[1], json.loads(sys.argv[2])))
