@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from types import GeneratorType
 
@@ -77,6 +79,27 @@ def new_socket(ctx, socket_type, options=None):
     sock = ctx.socket(socket_type, socket_class=zmq.Socket)
     set_sock(sock, options)
     return sock
+
+
+def own_executors(owner, thread_executor, process_executor):
+    """Give ``owner`` its executors: the ones passed in, or new default ones.
+
+    Defaults as the original: threads ``min(32, cpu + 4)``, processes
+    ``min(4, cpu + 1)`` (a process pool starts no process until used).
+    """
+    cpus = os.cpu_count() or 1
+    owner._own_executors = (thread_executor is None, process_executor is None)
+    owner.thread_executor = thread_executor or ThreadPoolExecutor(max_workers=min(32, cpus + 4))
+    owner.process_executor = process_executor or ProcessPoolExecutor(max_workers=min(4, cpus + 1))
+
+
+def shutdown_own_executors(owner):
+    """Shut down (without waiting) only the executors ``owner`` created itself."""
+    own_thread, own_process = owner._own_executors
+    if own_thread:
+        owner.thread_executor.shutdown(wait=False, cancel_futures=True)
+    if own_process:
+        owner.process_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def current_loop():

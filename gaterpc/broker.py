@@ -21,15 +21,13 @@ works before ``run()`` (B10).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import secrets
-from collections import deque
 
 import zmq
 from zmq import constants as z_const
 
-from gaterpc.base import Context, current_loop, new_socket, set_ctx
+from gaterpc.base import Context, current_loop, new_socket, own_executors, set_ctx, shutdown_own_executors
 from gaterpc.cache import KVLRUCache
 from gaterpc.exceptions import BusyWorkerError, ServiceUnAvailableError
 from gaterpc.execute import Runner, collect_interfaces
@@ -42,7 +40,7 @@ from gaterpc.protocol import (
 )
 from gaterpc._speedups.frames import is_terminal
 from gaterpc.serialization import msg_pack, msg_unpack
-from gaterpc.worker import RemoteWorker, Service, _default_process_executor, _default_thread_executor
+from gaterpc.worker import RemoteWorker, Service
 
 __all__ = ("AMajordomo",)
 
@@ -93,9 +91,7 @@ class AMajordomo:
         self.zap_cache = KVLRUCache(128, 256, debug=bool(Settings.DEBUG), ttl=30.0)
         self.heartbeat = heartbeat or Settings.MDP_HEARTBEAT_INTERVAL
         self._loop = current_loop()
-        self._own_executors = (thread_executor is None, process_executor is None)
-        self.thread_executor = thread_executor or _default_thread_executor()
-        self.process_executor = process_executor or _default_process_executor()
+        own_executors(self, thread_executor, process_executor)
         self.internal_tasks = {}
         self.internal_requests = _InternalRequests()
         self.cache_request = {}
@@ -289,11 +285,7 @@ class AMajordomo:
 
     def close(self):
         """Shut down the executors this broker created."""
-        own_thread, own_process = self._own_executors
-        if own_thread:
-            self.thread_executor.shutdown(wait=False, cancel_futures=True)
-        if own_process:
-            self.process_executor.shutdown(wait=False, cancel_futures=True)
+        shutdown_own_executors(self)
 
     def create_internal_task(self, coro_func, name=None, reload=False, func_args=None, func_kwargs=None):
         """Run ``coro_func(*func_args, **func_kwargs)`` as a task owned by the broker."""

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import zmq
 from zmq import constants as z_const
 
 from gaterpc.base import (
-    ABCService, ABCWorker, Context, check_zap_args, current_loop, new_socket, set_ctx, zap_frames_of,
+    ABCService, ABCWorker, Context, check_zap_args, current_loop, new_socket, own_executors, set_ctx,
+    shutdown_own_executors, zap_frames_of,
 )
 from gaterpc.exceptions import BusyWorkerError, ServiceUnAvailableError
 from gaterpc.execute import Runner, collect_interfaces
@@ -42,14 +41,6 @@ from gaterpc.serialization import msg_unpack
 __all__ = ("Worker", "Service", "RemoteWorker")
 
 Wlogger = logging.getLogger("gaterpc.worker")
-
-
-def _default_thread_executor():
-    return ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4))
-
-
-def _default_process_executor():
-    return ProcessPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1))
 
 
 class _BadRequest(Exception):
@@ -241,9 +232,7 @@ class Worker(ABCWorker):
         self._ctx = context if context is not None else Context()
         set_ctx(self._ctx)
         self._loop = current_loop()
-        self._own_executors = (thread_executor is None, process_executor is None)
-        self.thread_executor = thread_executor or _default_thread_executor()
-        self.process_executor = process_executor or _default_process_executor()
+        own_executors(self, thread_executor, process_executor)
         self.requests = set()
         self.sent_tasks = set()
         self._recv_task = None
@@ -292,11 +281,7 @@ class Worker(ABCWorker):
 
     def close(self):
         """Shut down the executors this worker created."""
-        own_thread, own_process = self._own_executors
-        if own_thread:
-            self.thread_executor.shutdown(wait=False, cancel_futures=True)
-        if own_process:
-            self.process_executor.shutdown(wait=False, cancel_futures=True)
+        shutdown_own_executors(self)
 
     async def connect(self):
         """Connect to the broker and send READY."""
