@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import tempfile
-import time
 
 import pytest
 
@@ -23,54 +20,17 @@ from gaterpc.core import Client, Context
 from gaterpc.exceptions import RemoteException
 from gaterpc.global_settings import Settings
 
-from gate_roles.harness import NetnsLab, free_port, name_id, netns_available, start_gate
+from gate_roles.harness import (  # noqa: F401 (fixtures)
+    free_port, ipc_dir, lab, name_id, procs, until_async,
+)
 
 pytestmark = pytest.mark.netns
 
 HB = 200  # ms
 
 
-async def until_async(predicate, timeout=10.0, interval=0.05):
-    """Wait until ``await predicate()`` is true (bounded); fail otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(interval)
-    assert await predicate(), "condition not reached in time"
 
 
-@pytest.fixture
-def lab():
-    reason = netns_available()
-    if reason:
-        pytest.skip(reason)
-    lab = NetnsLab()
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
-@pytest.fixture
-def ipc_dir():
-    path = tempfile.mkdtemp(prefix="gtn-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def procs(tmp_path):
-    started = []
-
-    def start(*args, **kwargs):
-        p = start_gate(tmp_path, *args, **kwargs)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
 
 
 async def test_multicast_discovery_forwarding_expiry_failover_events(lab, ipc_dir, procs):

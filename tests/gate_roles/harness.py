@@ -188,3 +188,59 @@ class NetnsLab:
         for ns in reversed(self.namespaces):
             _ip("netns", "del", ns, check=False)
         self.namespaces.clear()
+
+
+# -- fixtures and helpers shared by the namespace tests ----------------------
+
+import asyncio as _asyncio  # noqa: E402
+import shutil as _shutil  # noqa: E402
+import tempfile as _tempfile  # noqa: E402
+import time as _time  # noqa: E402
+
+import pytest as _pytest  # noqa: E402
+
+
+async def until_async(predicate, timeout=10.0, interval=0.05):
+    """Wait until ``await predicate()`` is true (bounded); fail otherwise."""
+    deadline = _time.monotonic() + timeout
+    while _time.monotonic() < deadline:
+        if await predicate():
+            return
+        await _asyncio.sleep(interval)
+    assert await predicate(), "condition not reached in time"
+
+
+@_pytest.fixture
+def lab():
+    """A NetnsLab (namespaces deleted afterwards); skips where namespaces cannot be made."""
+    reason = netns_available()
+    if reason:
+        _pytest.skip(reason)
+    lab = NetnsLab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@_pytest.fixture
+def ipc_dir():
+    """A short temporary directory for ipc endpoints (namespaces share the filesystem)."""
+    path = _tempfile.mkdtemp(prefix="gtn-", dir="/tmp")
+    yield path
+    _shutil.rmtree(path, ignore_errors=True)
+
+
+@_pytest.fixture
+def procs(tmp_path):
+    """``start(...)`` gate processes; every one is stopped afterwards."""
+    started = []
+
+    def start(*args, **kwargs):
+        p = start_gate(tmp_path, *args, **kwargs)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()

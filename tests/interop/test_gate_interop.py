@@ -10,60 +10,19 @@ both frontends over ``ipc://`` (unix sockets work across namespaces).
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-import time
 
 import pytest
 
 from gaterpc.core import Client, Context
 from gaterpc.exceptions import RemoteException
 
-from gate_roles.harness import NetnsLab, name_id, netns_available, start_gate
+from gate_roles.harness import ipc_dir, lab, name_id, procs, until_async  # noqa: F401 (fixtures)
 
 HB = 300  # ms
 
 
-@pytest.fixture
-def lab():
-    reason = netns_available()
-    if reason:
-        pytest.skip(reason)
-    lab = NetnsLab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
-@pytest.fixture
-def ipc_dir():
-    path = tempfile.mkdtemp(prefix="gti-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def procs(tmp_path):
-    started = []
-
-    def start(*args, **kwargs):
-        p = start_gate(tmp_path, *args, **kwargs)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
-
-
-async def until_async(predicate, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(interval)
-    assert await predicate(), "condition not reached in time"
 
 
 @pytest.mark.parametrize("first", ["orig", "ours"])
