@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -20,7 +21,7 @@ pytestmark = [
     pytest.mark.skipif(platform.python_implementation() != "CPython", reason="binary wheels are CPython only"),
 ]
 
-SELECTORS = ("zmqio", "lru", "reqtable", "frames")
+SELECTORS = ("zmqio", "lru", "reqtable", "frames", "chunks")
 
 PROBE = textwrap.dedent(
     """
@@ -36,9 +37,12 @@ PROBE = textwrap.dedent(
 )
 
 
-def _run(cmd, **kw):
+def _run(cmd, require=False, **kw):
     env = dict(os.environ)
     env.pop("GATERPC_NO_EXTENSIONS", None)
+    env.pop("GATERPC_REQUIRE_EXTENSIONS", None)
+    if require:
+        env["GATERPC_REQUIRE_EXTENSIONS"] = "1"
     env.pop("PYTHONPATH", None)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env, **kw)
 
@@ -52,13 +56,19 @@ def test_binary_wheel_installs_compiled_modules(tmp_path):
     assert len(wheels) == 1 and not wheels[0].name.endswith("-none-any.whl"), wheels
 
     venv = tmp_path / "venv"
-    made = _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    made = _run([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, made.stderr
     py = venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    # The run-time dependencies come from the environment running the tests (plain path lines:
+    # that environment's own .pth files, such as an editable gaterpc, are not processed).
+    site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    assert site.returncode == 0, site.stderr
+    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(site.stdout.strip(), "test-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     inst = _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", str(wheels[0])])
     assert inst.returncode == 0, inst.stdout[-3000:] + inst.stderr[-3000:]
 
-    probe = _run([str(py), "-c", PROBE, *SELECTORS], cwd=tmp_path)  # cwd outside the checkout
+    probe = _run([str(py), "-c", PROBE, *SELECTORS], cwd=tmp_path, require=True)  # cwd outside the checkout
     assert probe.returncode == 0, probe.stderr
     info = json.loads(probe.stdout.strip().splitlines()[-1])
     assert Path(info["gaterpc"]).is_relative_to(venv)

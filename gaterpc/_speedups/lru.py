@@ -1,4 +1,4 @@
-"""Selector for ``KVLRUCache``: the compiled twin unless disabled or missing.
+"""Selector for ``KVLRUCache``: see :func:`gaterpc._speedups.load_twin` for the contract.
 
 Public modules import from here, never from ``_lru_c``/``_lru_py`` directly.
 ``USE_C`` tells which twin is active.
@@ -6,23 +6,17 @@ Public modules import from here, never from ``_lru_c``/``_lru_py`` directly.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
-from gaterpc._speedups import NO_EXTENSIONS
+from gaterpc._speedups import load_twin
 
-USE_C = False
-if TYPE_CHECKING or NO_EXTENSIONS:
+if TYPE_CHECKING:
     from gaterpc._speedups._lru_py import *  # noqa: F403
     from gaterpc._speedups._lru_py import __all__
+
+    USE_C: bool
 else:
-    try:
-        from gaterpc._speedups._lru_c import *  # noqa: F403
-        from gaterpc._speedups._lru_c import __all__
-        USE_C = True
-    except ImportError as exc:  # pragma: no cover - depends on the build
-        logging.getLogger("gaterpc").debug(
-            "compiled lru unavailable (build it with 'pip install -e .'), using the pure twin: %s", exc
-        )
-        from gaterpc._speedups._lru_py import *  # noqa: F403
-        from gaterpc._speedups._lru_py import __all__
+    _twin, USE_C = load_twin("lru")
+    __all__ = tuple(_twin.__all__)
+    globals().update({_n: getattr(_twin, _n) for _n in __all__})
+    del _twin
