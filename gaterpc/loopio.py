@@ -31,6 +31,7 @@ from collections import deque
 import zmq
 
 from gaterpc._speedups.zmqio import ZSocketIO
+from gaterpc.counters import count_drop
 
 __all__ = ("LoopSocket",)
 
@@ -50,10 +51,11 @@ class LoopSocket:
     __slots__ = (
         "loop", "socket", "io", "fd", "_handler", "_backlog", "_check_scheduled",
         "_drain_waiters", "_closed", "batch", "rounds", "_flush_timer", "_on_error",
-        "_per_peer", "_peers", "_peer_count", "dropped", "__weakref__",
+        "_per_peer", "_peers", "_peer_count", "dropped", "on_unreachable", "__weakref__",
     )
 
-    def __init__(self, loop, sock, handler, *, batch=256, rounds=4, on_error=None, per_peer=False):
+    def __init__(self, loop, sock, handler, *, batch=256, rounds=4, on_error=None, per_peer=False,
+                 on_unreachable=None):
         self.loop = loop
         self.socket = sock
         self.io = ZSocketIO(sock)
@@ -71,6 +73,9 @@ class LoopSocket:
         self._peers = {}        # peer id -> [deque of messages, bytes]
         self._peer_count = 0    # messages in all peer backlogs
         self.dropped = 0        # messages dropped: peer gone or its backlog full
+        # per-peer mode: called with the peer id when a send finds the peer gone (EHOSTUNREACH);
+        # the message was dropped and counted.  Not called for a full backlog.
+        self.on_unreachable = on_unreachable
         if per_peer:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         loop.add_reader(self.fd, self._on_event)
@@ -160,7 +165,7 @@ class LoopSocket:
                     return True
             except zmq.ZMQError as exc:
                 if exc.errno == _EHOSTUNREACH:
-                    self.dropped += 1
+                    self._unreachable(peer, 1)
                     return False
                 self._fail(exc)
                 return False
@@ -180,6 +185,7 @@ class LoopSocket:
     def _flush_peers(self):
         send = self.io.send
         peers = self._peers
+        gone = None
         for peer in list(peers):
             entry = peers[peer]
             queue = entry[0]
@@ -191,9 +197,12 @@ class LoopSocket:
                 except zmq.ZMQError as exc:
                     if exc.errno != _EHOSTUNREACH:
                         raise
-                    self.dropped += len(queue)
-                    self._peer_count -= len(queue)
+                    n = len(queue)
+                    self._peer_count -= n
                     queue.clear()
+                    if gone is None:
+                        gone = []
+                    gone.append((peer, n))
                     break
                 queue.popleft()
                 self._peer_count -= 1
@@ -201,8 +210,21 @@ class LoopSocket:
                     entry[1] -= len(f)
             if not queue:
                 del peers[peer]
+        if gone is not None:
+            for peer, n in gone:
+                self._unreachable(peer, n)
         if peers:
             self._arm_flush_timer()
+
+    def _unreachable(self, peer, n):
+        self.dropped += n
+        count_drop("peer_unreachable", n)
+        cb = self.on_unreachable
+        if cb is not None:
+            try:
+                cb(peer)
+            except Exception:  # a handler bug must not stop the socket
+                logger.exception("error in the unreachable-peer handler")
 
     def _flush(self):
         if self._peer_count:
