@@ -120,3 +120,41 @@ def test_bench_original(tmp_path):
     proc, report = run_bench(tmp_path, "-n", str(N), "--impl", "original")
     res = check_report(proc, report, "original", "3proc")
     assert all(p["impl"] == "original" for p in res["processes"])
+
+
+@pytest.mark.slow
+def test_bench_loops_like_for_like_and_limit_row(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "3000", "--vs-raw", "--vs-limit", "--loop", "both",
+                             "--repeat", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    keys = {(r["impl"], r["loop"]) for r in report["results"]}
+    assert keys == {("ours", "asyncio"), ("ours", "uvloop"), ("raw", "asyncio"), ("raw", "uvloop"),
+                    ("limit", None)}
+    for res in report["results"]:
+        assert res["ok"] and res["completed"] == 3000 and res["repeat"] == 2
+        assert len(res["calls_per_s_all"]) == 2
+        loops = {p["loop"] for p in res["processes"]}
+        if res["impl"] == "limit":
+            assert [p["role"] for p in res["processes"]] == ["broker", "worker", "client"]
+            assert loops == {"none (libzmq loops)"}
+        elif res["loop"] == "uvloop":
+            assert loops == {"uvloop.Loop"}, loops
+        else:
+            assert all(lp.startswith("asyncio.") for lp in loops), loops
+    ratios = report["ratios"]
+    # Ratios only between runs on the same loop; the limit row as a share.
+    assert set(ratios) == {
+        "ours / raw on asyncio (calls/s)", "ours / raw on uvloop (calls/s)",
+        "ours on asyncio as % of the limit (calls/s)", "ours on uvloop as % of the limit (calls/s)",
+    }
+    by = {(r["impl"], r["loop"]): r for r in report["results"]}
+    expected = by[("ours", "uvloop")]["calls_per_s"] / by[("raw", "uvloop")]["calls_per_s"]
+    assert ratios["ours / raw on uvloop (calls/s)"] == pytest.approx(expected)
+    # Progress is visible when the output is piped: one line per 10% of each run.
+    assert proc.stderr.count("100%") >= 5, proc.stderr
+
+
+def test_limit_row_rejects_stream_mode(tmp_path):
+    proc, _ = run_bench(tmp_path, "-n", "10", "--vs-limit", "--mode", "stream", timeout=60)
+    assert proc.returncode == 2
+    assert "limit row" in proc.stderr

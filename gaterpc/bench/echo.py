@@ -38,7 +38,8 @@ __all__ = ("main", "run_benchmark", "build_parser", "BenchError")
 HERE = Path(__file__).resolve().parent
 ROLES_FILE = HERE / "roles.py"
 LAYOUTS = ("3proc", "2proc", "inproc")
-IMPLS = ("ours", "original", "raw")
+IMPLS = ("ours", "original", "raw", "limit")
+LOOPS = ("asyncio", "uvloop")
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 GRACE = 3.0
 
@@ -271,6 +272,10 @@ def _command(impl: str, role: str, cfg: dict, opts, tmp: Path) -> tuple[list[str
     if impl == "raw":
         env["PYTHONPATH"] = str(_package_root())
         return [sys.executable, "-m", "gaterpc.bench.raw", role, cfg_json], env, str(tmp)
+    if impl == "limit":
+        env["PYTHONPATH"] = str(_package_root())
+        env.pop("GATERPC_NO_EXTENSIONS", None)  # the limit always uses the compiled batch I/O
+        return [sys.executable, "-m", "gaterpc.bench.limit", role, cfg_json], env, str(tmp)
     if impl == "original":
         # A directory holding only the role script: the original never sees our package.
         role_dir = tmp / "original-roles"
@@ -306,26 +311,34 @@ def _active_backend(opts) -> str | None:
 
 # --------------------------------------------------------------------------- one run
 
-def _progress_printer(total: int):
-    """A progress bar on stderr, only when stderr is a terminal (never in CI)."""
-    if not sys.stderr.isatty() or os.environ.get("CI"):
-        return None, None
+def _progress_printer(total: int, label: str = ""):
+    """Progress on stderr: a bar on a terminal, else one line per 10% (visible when piped)."""
     width = 30
     start = time.monotonic()
+    tty = sys.stderr.isatty() and not os.environ.get("CI")
+    state = {"tenth": 0}
 
     def show(msg):
         if "progress" not in msg:
             return
         done = int(msg["progress"])
         frac = min(1.0, done / max(1, total))
-        bar = "#" * int(frac * width)
         rate = done / max(1e-9, time.monotonic() - start)
-        sys.stderr.write(f"\r  [{bar:<{width}}] {frac * 100:5.1f}%  {done}/{total}  {rate:,.0f}/s ")
+        if tty:
+            bar = "#" * int(frac * width)
+            sys.stderr.write(f"\r  [{bar:<{width}}] {frac * 100:5.1f}%  {done}/{total}  {rate:,.0f}/s ")
+        else:
+            tenth = int(frac * 10)
+            if tenth <= state["tenth"]:
+                return
+            state["tenth"] = tenth
+            sys.stderr.write(f"  {label}{tenth * 10:3d}%  {done:,}/{total:,}  {rate:,.0f}/s\n")
         sys.stderr.flush()
 
     def clear():
-        sys.stderr.write("\r" + " " * (width + 50) + "\r")
-        sys.stderr.flush()
+        if tty:
+            sys.stderr.write("\r" + " " * (width + 50) + "\r")
+            sys.stderr.flush()
 
     return show, clear
 
@@ -336,7 +349,8 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
     deadline = time.monotonic() + opts.timeout
     transport = opts.transport
     front, back = _endpoints(transport, tmp, f"b{run_index}")
-    show, clear = _progress_printer(opts.n) if opts.progress else (None, None)
+    label = f"{impl}/{'uvloop' if opts.uvloop else 'asyncio'} " if impl != "limit" else "limit "
+    show, clear = _progress_printer(opts.n, label) if opts.progress else (None, None)
     workers = max(1, opts.workers)
     cfg = {
         "front": front, "back": back, "base_path": str(tmp / "base"), "n": opts.n,
@@ -377,6 +391,8 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         client.send("go")
         try:
             result = client.expect("result", deadline, on_other=show, watch=children)["result"]
+            if show is not None:
+                show({"progress": int(result.get("completed") or 0)})
         finally:
             if clear is not None:
                 clear()
@@ -403,6 +419,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         "impl": impl, "ok": ok, "layout": opts.layout, "transport": transport, "mode": opts.mode,
         "n": opts.n, "window": result.get("window"), "payload": opts.payload,
         "interface": opts.interface, "uvloop_requested": opts.uvloop,
+        "loop": None if impl == "limit" else ("uvloop" if opts.uvloop else "asyncio"),
         "backend": opts.backend if impl == "ours" else None, "workers": workers,
         "calls_per_s": result.get("rate"), "time_send_all_s": result.get("time_send_all"),
         "time_first_item_s": result.get("time_first_item"),
@@ -422,22 +439,57 @@ def _ms(seconds):
     return None if seconds is None else seconds * 1000.0
 
 
-def run_repeated(impl: str, opts) -> dict:
-    """``opts.repeat`` runs; the one with the median calls/s is reported, with all rates."""
-    runs = []
-    for r in range(opts.repeat):
-        try:
-            runs.append(run_once(impl, opts, r))
-        except (BenchError, OSError) as exc:
-            return {"impl": impl, "ok": False, "failure": str(exc), "runs": runs}
-        if not runs[-1]["ok"]:
-            break
+def _median_of(impl: str, runs: list, failure: str | None) -> dict:
+    """The run with the median calls/s (all rates kept), or the failure."""
+    if failure is not None:
+        return {"impl": impl, "ok": False, "failure": failure, "runs": runs}
     ranked = sorted(runs, key=lambda x: x["calls_per_s"] or 0.0)
     chosen = dict(ranked[(len(ranked) - 1) // 2]) if all(r["ok"] for r in runs) else dict(runs[-1])
     chosen["ok"] = all(r["ok"] for r in runs)
     chosen["repeat"] = len(runs)
     chosen["calls_per_s_all"] = [r["calls_per_s"] for r in runs]
     return chosen
+
+
+def run_repeated(impl: str, opts) -> dict:
+    """``opts.repeat`` runs of one implementation; the one with the median calls/s is reported."""
+    runs = []
+    for r in range(opts.repeat):
+        try:
+            runs.append(run_once(impl, opts, r))
+        except (BenchError, OSError) as exc:
+            return _median_of(impl, runs, str(exc))
+        if not runs[-1]["ok"]:
+            break
+    return _median_of(impl, runs, None)
+
+
+def run_interleaved(plan: list, opts) -> list:
+    """Run every ``(impl, loop)`` of ``plan`` once per repetition, in turn (A B C A B C ...).
+
+    Interleaving spreads the machine's drift over every entry alike; each
+    entry reports the run with its median calls/s."""
+    import copy
+
+    runs: dict = {key: [] for key in plan}
+    failures: dict = {}
+    for r in range(opts.repeat):
+        for key in plan:
+            if key in failures or (runs[key] and not runs[key][-1]["ok"]):
+                continue
+            impl, loop = key
+            o = copy.copy(opts)
+            o.uvloop = loop == "uvloop"
+            try:
+                runs[key].append(run_once(impl, o, r))
+            except (BenchError, OSError) as exc:
+                failures[key] = str(exc)
+    out = []
+    for key in plan:
+        res = _median_of(key[0], runs[key], failures.get(key))
+        res["loop"] = key[1]
+        out.append(res)
+    return out
 
 
 # --------------------------------------------------------------------------- report
@@ -451,46 +503,57 @@ def format_report(report: dict) -> str:
     cfg = report["config"]
     out.append(f"gaterpc echo benchmark: mode={cfg['mode']} n={cfg['n']:,} window={cfg['window']} "
                f"layout={cfg['layout']} transport={cfg['transport']} payload={cfg['payload']} "
-               f"interface={cfg['interface']} uvloop={cfg['uvloop']} backend={cfg['backend']}"
+               f"interface={cfg['interface']} loop={cfg['loop']} backend={cfg['backend']}"
                f"{'' if cfg.get('backend_active') in (None, cfg['backend']) else ' (active: ' + cfg['backend_active'] + ')'} "
                f"workers={cfg['workers']} repeat={cfg['repeat']}")
     rate_name = "items/s" if cfg["mode"] == "stream" else "calls/s"
-    header = (f"{'impl':<9} {rate_name:>9} {'send all s':>10} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+    header = (f"{'impl':<9} {'loop':<8} {rate_name:>9} {'send all s':>10} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'p99.9 ms':>9} {'CPU us/call':>11} {'status':>8}")
     out.append(header)
     out.append("-" * len(header))
     for res in report["results"]:
+        loop = res.get("loop") or "-"
         if res.get("skipped"):
-            out.append(f"{res['impl']:<9} {res['failure']}")
+            out.append(f"{res['impl']:<9} {loop:<8} {res['failure']}")
             continue
         if "failure" in res and "calls_per_s" not in res:
-            out.append(f"{res['impl']:<9} FAILED: {res['failure'].splitlines()[0]}")
+            out.append(f"{res['impl']:<9} {loop:<8} FAILED: {res['failure'].splitlines()[0]}")
             continue
         status = "ok" if res["ok"] else "FAILED"
         out.append(
-            f"{res['impl']:<9} {_fmt(res['calls_per_s']):>9} {_fmt(res['time_send_all_s'], '.3f'):>10} "
+            f"{res['impl']:<9} {loop:<8} {_fmt(res['calls_per_s']):>9} {_fmt(res['time_send_all_s'], '.3f'):>10} "
             f"{_fmt(res['time_total_s'], '.3f'):>8} {_fmt(res['latency_p50_ms'], '.3f'):>8} "
             f"{_fmt(res['latency_p99_ms'], '.3f'):>8} {_fmt(res['latency_p999_ms'], '.3f'):>9} "
             f"{_fmt(res['cpu_us_per_call'], ',.0f'):>11} {status:>8}")
     out.append("")
-    out.append(f"{'impl':<9} {'process':<22} {'CPU s':>7} {'peak RSS MiB':>12}  loop")
+    out.append(f"{'impl':<9} {'process':<22} {'CPU s':>7} {'CPU us/call':>11} {'peak RSS MiB':>12}  loop")
     for res in report["results"]:
+        done = res.get("completed") or 0
         for p in res.get("processes", []):
+            per_call = p["cpu_s"] / done * 1e6 if done and p.get("cpu_s") is not None else None
             out.append(f"{res['impl']:<9} {p['role']:<22} {_fmt(p['cpu_s'], '.2f'):>7} "
-                       f"{_fmt(p['peak_rss_mib'], '.1f'):>12}  {p.get('loop') or '-'}")
+                       f"{_fmt(per_call, ',.1f'):>11} {_fmt(p['peak_rss_mib'], '.1f'):>12}  {p.get('loop') or '-'}")
     for res in report["results"]:
         if not res.get("ok"):
             detail = res.get("failure") or "; ".join(res.get("first_errors") or []) or (
                 f"completed {res.get('completed')} of {res.get('n')}")
             out.append(f"\n{res['impl']} FAILED: {detail}")
-    loops = {r["impl"]: {p.get("loop") for p in r.get("processes", [])} for r in report["results"]}
-    if len({frozenset(v) for v in loops.values() if v}) > 1:
-        out.append("\nnote: the implementations ran on different event loops (see the loop column); "
-                   "the original's environment has no uvloop")
+    for res in report["results"]:
+        want = res.get("loop")
+        seen = {p.get("loop") for p in res.get("processes", []) if p.get("loop")}
+        if want and seen and not all(want in (s or "") for s in seen):
+            out.append(f"\nwarning: {res['impl']} asked for {want} but ran on {', '.join(sorted(seen))}")
     if report.get("ratios"):
         out.append("")
+        out.append("ratios (like for like: same event loop, same run):")
         for name, value in report["ratios"].items():
-            out.append(f"{name}: {value if isinstance(value, str) else format(value, '.2f') + 'x'}")
+            if isinstance(value, str):
+                text = value
+            elif "% of" in name:
+                text = f"{value * 100:.0f}%"
+            else:
+                text = f"{value:.2f}x"
+            out.append(f"  {name}: {text}")
     return "\n".join(out)
 
 
@@ -506,8 +569,12 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                    help="add a payload string of that many bytes to each call")
     p.add_argument("--interface", choices=("async", "sync"), default="async",
                    help="the worker's echo is 'async def' or plain 'def'")
+    p.add_argument("--loop", choices=("asyncio", "uvloop", "both"), default=None,
+                   help="event loop of every role (ours, original and raw alike); 'both' runs each "
+                        "implementation on each loop and compares like with like (default: uvloop "
+                        "when installed)")
     p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the roles on uvloop (default: on when installed)")
+                   help="same as --loop uvloop / --loop asyncio")
     p.add_argument("--backend", choices=("compiled", "pure"), default="compiled",
                    help="pure: GATERPC_NO_EXTENSIONS=1 in the role processes")
     p.add_argument("--workers", type=int, default=1, metavar="K", help="number of workers")
@@ -524,6 +591,9 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                    help="what to measure: our gaterpc, the original 0.2.11, or the raw-pyzmq baseline")
     p.add_argument("--vs-original", action="store_true", help="also run the original gaterpc 0.2.11")
     p.add_argument("--vs-raw", action="store_true", help="also run the raw-pyzmq baseline")
+    p.add_argument("--vs-limit", action="store_true",
+                   help="also run the limit row: the same three processes as libzmq loops doing no RPC "
+                        "work (C proxy broker, C reflector worker, compiled batch-I/O client)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--repeat", type=int, default=1, metavar="R", help="report the median of R runs")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S", help="deadline of each run (s)")
@@ -545,25 +615,34 @@ def _resolve(opts, parser) -> None:
         parser.error("--transport inproc needs --layout inproc")
     if opts.mode in ("latency", "stream"):
         opts.window = 1
-    if opts.uvloop is None:
+    if opts.loop is None and opts.uvloop is not None:
+        opts.loop = "uvloop" if opts.uvloop else "asyncio"
+    if opts.loop is None:
         try:
             import uvloop  # noqa: F401
-            opts.uvloop = True
+            opts.loop = "uvloop"
         except ImportError:
-            opts.uvloop = False
+            opts.loop = "asyncio"
+    opts.uvloop = opts.loop == "uvloop"
+    if (opts.vs_limit or opts.impl == "limit") and (opts.layout != "3proc" or opts.mode == "stream"):
+        parser.error("the limit row needs --layout 3proc and a throughput or latency mode")
     opts.original_python = None
 
 
 def run_benchmark(opts) -> dict:
-    """Run the selected implementation and the comparisons; return the report dict."""
+    """Run the selected implementation and the comparisons; return the report dict.
+
+    Every (implementation, loop) pair runs ``--repeat`` times, interleaved;
+    ratios are computed only between runs on the same event loop."""
     impls = [opts.impl]
-    if opts.vs_original and "original" not in impls:
-        impls.append("original")
-    if opts.vs_raw and "raw" not in impls:
-        impls.append("raw")
+    for flag, name in ((opts.vs_original, "original"), (opts.vs_raw, "raw"), (opts.vs_limit, "limit")):
+        if flag and name not in impls:
+            impls.append(name)
+    loops = list(LOOPS) if opts.loop == "both" else [opts.loop]
     results = []
     ratios = {}
     active = _active_backend(opts) if "ours" in impls else None
+    plan = []
     for impl in impls:
         if impl == "original":
             if opts.mode == "stream" and impl != opts.impl:
@@ -577,20 +656,41 @@ def run_benchmark(opts) -> dict:
             except OriginalEnvError as exc:
                 results.append({"impl": impl, "ok": False, "failure": str(exc)})
                 continue
-        results.append(run_repeated(impl, opts))
-        if impl == "ours":
-            results[-1]["backend_active"] = active
-    base = results[0]
-    for res in results[1:]:
-        if res.get("skipped"):
-            continue
-        name = f"{base['impl']} / {res['impl']} (calls/s)"
-        if base.get("calls_per_s") and res.get("calls_per_s"):
-            ratios[name] = base["calls_per_s"] / res["calls_per_s"]
+        if impl == "limit":
+            plan.append((impl, None))
         else:
-            ratios[name] = "n/a (a run failed)"
-    config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "uvloop", "backend",
+            plan.extend((impl, loop) for loop in loops)
+    results.extend(run_interleaved(plan, opts))
+    for res in results:
+        if res["impl"] == "ours":
+            res["backend_active"] = active
+    by_key = {(r["impl"], r.get("loop")): r for r in results}
+    base_impl = opts.impl
+    limit = by_key.get(("limit", None))
+    for loop in loops:
+        base = by_key.get((base_impl, loop))
+        if base is None or base_impl == "limit":
+            continue
+        for impl in impls:
+            if impl in (base_impl, "limit"):
+                continue
+            other = by_key.get((impl, loop))
+            if other is None or other.get("skipped"):
+                continue
+            name = f"{base_impl} / {impl} on {loop} (calls/s)"
+            if base.get("calls_per_s") and other.get("calls_per_s"):
+                ratios[name] = base["calls_per_s"] / other["calls_per_s"]
+            else:
+                ratios[name] = "n/a (a run failed)"
+        if limit is not None:
+            name = f"{base_impl} on {loop} as % of the limit (calls/s)"
+            if base.get("calls_per_s") and limit.get("calls_per_s"):
+                ratios[name] = base["calls_per_s"] / limit["calls_per_s"]
+            else:
+                ratios[name] = "n/a (a run failed)"
+    config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "loop", "backend",
                                              "workers", "layout", "transport", "mode", "repeat", "timeout")}
+    config["uvloop"] = opts.loop
     config["python"] = sys.version.split()[0]
     config["backend_active"] = active
     return {"config": config, "results": results, "ratios": ratios,

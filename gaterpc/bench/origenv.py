@@ -17,6 +17,9 @@ from pathlib import Path
 __all__ = ("ORIGINAL_VERSION", "OriginalEnvError", "default_env_dir", "ensure_original_env")
 
 ORIGINAL_VERSION = "0.2.11"
+#: Installed beside it, so that the original can run on the same event loops as ours.
+EXTRA_PACKAGES = ("uvloop",)
+_MARKER = ORIGINAL_VERSION + "+" + ",".join(EXTRA_PACKAGES)
 
 
 class OriginalEnvError(RuntimeError):
@@ -45,7 +48,7 @@ def ensure_original_env(env_dir: Path | None = None, timeout: float = 600.0) -> 
     env_dir = Path(env_dir) if env_dir else default_env_dir()
     python = _python_of(env_dir)
     marker = env_dir / ".gaterpc-original-ok"
-    if marker.exists() and python.exists():
+    if python.exists() and marker.exists() and marker.read_text() == _MARKER:
         return python
     try:
         env_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +56,7 @@ def ensure_original_env(env_dir: Path | None = None, timeout: float = 600.0) -> 
             venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
         proc = subprocess.run(
             [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-             f"gaterpc=={ORIGINAL_VERSION}"],
+             f"gaterpc=={ORIGINAL_VERSION}", *EXTRA_PACKAGES],
             capture_output=True, text=True, timeout=timeout,
         )
     except (OSError, subprocess.SubprocessError) as exc:
@@ -64,5 +67,5 @@ def ensure_original_env(env_dir: Path | None = None, timeout: float = 600.0) -> 
     check = subprocess.run([str(python), "-I", "-c", "import gaterpc.core"], capture_output=True, text=True)
     if check.returncode != 0:
         raise OriginalEnvError(f"the original gaterpc does not import: {check.stderr.strip()[-2000:]}")
-    marker.write_text(ORIGINAL_VERSION)
+    marker.write_text(_MARKER)
     return python

@@ -452,9 +452,9 @@ def run(argv):
         try:
             import uvloop
         except ImportError:
-            pass
-        else:
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            # Never run on another loop than asked: ratios compare like with like.
+            raise SystemExit("uvloop was asked for but is not installed in this environment")
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(main(role, cfg))
 
 

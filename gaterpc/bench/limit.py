@@ -1,0 +1,148 @@
+"""The "limit" row of the echo benchmark: the same three processes, no RPC work.
+
+What is left when every role does nothing but move frames through libzmq:
+
+* broker: ``zmq.proxy(ROUTER, DEALER)`` -- libzmq's own forwarding loop, in C:
+  receive from a client, route to a worker (round robin), route the reply back
+  by the client's routing id;
+* worker: ``zmq.proxy(sock, sock)`` on its DEALER -- a reflector in C that
+  sends every message straight back;
+* client: a loop over the compiled batch I/O (``ZSocketIO``, one libzmq call
+  per frame) that keeps ``window`` messages of the echo's size in flight and
+  counts the replies.  Its only Python work per call is a counter and a
+  send-time stamp (for the latency percentiles).
+
+No msgpack, no request ids, no bookkeeping: what gaterpc reaches as a
+percentage of this row is the share of the machine left to the RPC layer.
+Speaks the harness protocol of :mod:`gaterpc.bench.roles` (``ready`` / ``go``
+/ ``result`` JSON lines).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+import zmq
+
+from gaterpc._speedups.zmqio import USE_C, ZSocketIO
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    return sock
+
+
+def _info(role: str) -> dict:
+    return {"ready": role, "impl": "limit", "version": zmq.zmq_version(), "loop": "none (libzmq loops)",
+            "pid": os.getpid(), "compiled_io": USE_C}
+
+
+def _percentile(values: list, q: float):
+    if not values:
+        return None
+    return values[min(len(values) - 1, max(0, int(round(q * (len(values) - 1)))))]
+
+
+def run_client(ctx: zmq.Context, cfg: dict) -> None:
+    n = int(cfg["n"])
+    window = 1 if cfg["mode"] == "latency" else max(1, min(int(cfg["window"]), n))
+    sock = _socket(ctx, zmq.DEALER)
+    sock.connect(cfg["front"])
+    io = ZSocketIO(sock)
+    # Same sizes as the echo request/reply bodies (about 40 bytes of msgpack + a 16-byte id).
+    body = b"\x92\xabhello world" + b"\x00" * (int(cfg.get("payload") or 0) + 3)
+    # Wait until the path is up: one message through the whole chain.
+    deadline = time.monotonic() + float(cfg["timeout"])
+    while True:
+        io.send([b"", b"ping"])
+        if sock.poll(200):
+            io.recv_batch(16)
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit("limit client: no echo from the broker/worker chain")
+    emit(_info("client"))
+    if sys.stdin.readline().strip() != "go":
+        return
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    sent_at = [0.0] * n
+    samples = []
+    perf = time.perf_counter
+    sent = done = 0
+    t0 = perf()
+    run_deadline = t0 + float(cfg["timeout"])
+    time_send_all = None
+    while done < n:
+        while sent < n and sent - done < window:
+            sent_at[sent] = perf()
+            if not io.send([b"", sent.to_bytes(4, "little"), body]):
+                break
+            sent += 1
+        if sent == n and time_send_all is None:
+            time_send_all = perf() - t0
+        msgs = io.recv_batch(256)
+        if not msgs:
+            if perf() > run_deadline:
+                break
+            sock.poll(100)
+            continue
+        now = perf()
+        for msg in msgs:
+            if len(msg) == 3:
+                samples.append(now - sent_at[int.from_bytes(msg[1], "little")])
+                done += 1
+    total = perf() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    samples.sort()
+    emit({"result": {
+        "window": window, "rate": done / total if total else None, "time_send_all": time_send_all,
+        "time_total": total, "completed": done, "errors": 0 if done == n else 1, "mismatches": 0,
+        "first_errors": [] if done == n else [f"only {done} of {n} echoes before the deadline"],
+        "latency_p50": _percentile(samples, 0.5), "latency_p99": _percentile(samples, 0.99),
+        "latency_p999": _percentile(samples, 0.999), "latency_max": samples[-1] if samples else None,
+        "latency_mean": sum(samples) / len(samples) if samples else None,
+        "client_cpu": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
+    }})
+    # Stay until the harness has read the CPU figures and ends us (bounded).
+    sys.stdin.readline()
+
+
+def main(argv: list[str]) -> None:
+    role, cfg = argv[0], json.loads(argv[1])
+    if cfg.get("mode") == "stream":
+        raise SystemExit("the limit row has no stream mode")
+    ctx = zmq.Context()
+    try:
+        if role == "broker":
+            front = _socket(ctx, zmq.ROUTER)
+            front.bind(cfg["front"])
+            back = _socket(ctx, zmq.DEALER)
+            back.bind(cfg["back"])
+            emit(_info("broker"))
+            zmq.proxy(front, back)  # runs until the harness ends the process
+        elif role == "worker":
+            sock = _socket(ctx, zmq.DEALER)
+            sock.connect(cfg["back"])
+            emit(_info("worker"))
+            zmq.proxy(sock, sock)
+        elif role == "client":
+            run_client(ctx, cfg)
+        else:
+            raise SystemExit(f"the limit row runs as three processes (no role {role!r})")
+    finally:
+        ctx.destroy(linger=0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
