@@ -158,3 +158,16 @@ def test_limit_row_rejects_stream_mode(tmp_path):
     proc, _ = run_bench(tmp_path, "-n", "10", "--vs-limit", "--mode", "stream", timeout=60)
     assert proc.returncode == 2
     assert "limit row" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_several_clients_report_fairness(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "3000", "--clients", "3", "--workers", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (res,) = report["results"]
+    assert res["completed"] == 3000 and res["errors"] == 0 and res["mismatches"] == 0
+    assert [p["role"] for p in res["processes"]] == ["broker", "worker1", "worker2", "client1", "client2",
+                                                     "client3"]
+    assert len(res["client_rates"]) == 3 and all(r > 0 for r in res["client_rates"])
+    assert res["fairness"] == pytest.approx(min(res["client_rates"]) / max(res["client_rates"]))
+    assert "fairness" in proc.stdout

@@ -370,6 +370,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         children.append(child)
         return child
 
+    nclients = max(1, getattr(opts, "clients", 1) or 1)
     try:
         if opts.layout == "3proc":
             broker = spawn("broker", "broker")
@@ -377,22 +378,33 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
             for k in range(workers):
                 w = spawn("worker", f"worker{k + 1}" if workers > 1 else "worker")
                 w.info = w.expect("ready", deadline, watch=children)
-            client = spawn("client", "client")
+            clients = []
+            share, extra = divmod(opts.n, nclients)
+            base_cfg = dict(cfg)
+            for k in range(nclients):
+                cfg["n"] = share + (1 if k < extra else 0)
+                clients.append(spawn("client", f"client{k + 1}" if nclients > 1 else "client"))
+            cfg.clear()
+            cfg.update(base_cfg)
         elif opts.layout == "2proc":
             server = spawn("server", "broker+worker")
             server.info = server.expect("ready", deadline, watch=children)
-            client = spawn("client", "client")
+            clients = [spawn("client", "client")]
         else:
-            client = spawn("all", "broker+worker+client")
-        ready = client.expect("ready", deadline, watch=children)
-        client.info.update(ready)
+            clients = [spawn("all", "broker+worker+client")]
+        for client in clients:
+            client.info.update(client.expect("ready", deadline, watch=children))
         cpu0 = {c.pid: c.cpu() for c in children}
         t0 = time.monotonic()
-        client.send("go")
+        for client in clients:
+            client.send("go")
+        results = []
         try:
-            result = client.expect("result", deadline, on_other=show, watch=children)["result"]
+            for k, client in enumerate(clients):
+                results.append(client.expect("result", deadline, on_other=show if k == 0 else None,
+                                             watch=children)["result"])
             if show is not None:
-                show({"progress": int(result.get("completed") or 0)})
+                show({"progress": sum(int(r.get("completed") or 0) for r in results)})
         finally:
             if clear is not None:
                 clear()
@@ -403,6 +415,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         stop_all(children)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    result = results[0] if len(results) == 1 else _combine(results)
     processes = []
     cpu_total = 0.0
     for c in children:
@@ -429,9 +442,37 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         "latency_mean_ms": _ms(result.get("latency_mean")),
         "completed": completed, "errors": result.get("errors"), "mismatches": result.get("mismatches"),
         "first_errors": result.get("first_errors") or [],
-        "cpu_s_total": cpu_total,
+        "cpu_s_total": cpu_total, "clients": nclients,
+        "client_rates": result.get("client_rates"), "fairness": result.get("fairness"),
         "cpu_us_per_call": (cpu_total / completed * 1e6) if completed else None,
         "processes": processes,
+    }
+
+
+def _combine(results: list) -> dict:
+    """One result for several clients: calls/s over the slowest client's time; fairness min/max rate."""
+    rates = [r.get("rate") or 0.0 for r in results]
+    completed = sum(int(r.get("completed") or 0) for r in results)
+    total = max(r.get("time_total") or 0.0 for r in results)
+    send_all = max(r.get("time_send_all") or 0.0 for r in results)
+
+    def median(key):
+        vals = sorted(r[key] for r in results if r.get(key) is not None)
+        return vals[(len(vals) - 1) // 2] if vals else None
+
+    return {
+        "window": results[0].get("window"), "rate": completed / total if total else None,
+        "time_send_all": send_all, "time_total": total, "completed": completed,
+        "errors": sum(int(r.get("errors") or 0) for r in results),
+        "mismatches": sum(int(r.get("mismatches") or 0) for r in results),
+        "first_errors": [e for r in results for e in (r.get("first_errors") or [])][:5],
+        # percentiles: the median over clients of each client's percentile
+        "latency_p50": median("latency_p50"), "latency_p99": median("latency_p99"),
+        "latency_p999": median("latency_p999"),
+        "latency_max": max((r.get("latency_max") or 0.0) for r in results),
+        "latency_mean": median("latency_mean"),
+        "client_rates": rates,
+        "fairness": (min(rates) / max(rates)) if rates and max(rates) else None,
     }
 
 
@@ -505,7 +546,7 @@ def format_report(report: dict) -> str:
                f"layout={cfg['layout']} transport={cfg['transport']} payload={cfg['payload']} "
                f"interface={cfg['interface']} loop={cfg['loop']} backend={cfg['backend']}"
                f"{'' if cfg.get('backend_active') in (None, cfg['backend']) else ' (active: ' + cfg['backend_active'] + ')'} "
-               f"workers={cfg['workers']} repeat={cfg['repeat']}")
+               f"workers={cfg['workers']} clients={cfg.get('clients', 1)} repeat={cfg['repeat']}")
     rate_name = "items/s" if cfg["mode"] == "stream" else "calls/s"
     header = (f"{'impl':<9} {'loop':<8} {rate_name:>9} {'send all s':>10} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'p99.9 ms':>9} {'CPU us/call':>11} {'status':>8}")
@@ -525,6 +566,11 @@ def format_report(report: dict) -> str:
             f"{_fmt(res['time_total_s'], '.3f'):>8} {_fmt(res['latency_p50_ms'], '.3f'):>8} "
             f"{_fmt(res['latency_p99_ms'], '.3f'):>8} {_fmt(res['latency_p999_ms'], '.3f'):>9} "
             f"{_fmt(res['cpu_us_per_call'], ',.0f'):>11} {status:>8}")
+    for res in report["results"]:
+        if res.get("fairness") is not None:
+            rates = ", ".join(f"{r:,.0f}" for r in res.get("client_rates") or [])
+            out.append(f"{res['impl']:<9} {res.get('loop') or '-':<8} fairness (slowest/fastest client) "
+                       f"{res['fairness']:.2f}; per client calls/s: {rates}")
     out.append("")
     out.append(f"{'impl':<9} {'process':<22} {'CPU s':>7} {'CPU us/call':>11} {'peak RSS MiB':>12}  loop")
     for res in report["results"]:
@@ -577,7 +623,10 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                    help="same as --loop uvloop / --loop asyncio")
     p.add_argument("--backend", choices=("compiled", "pure"), default="compiled",
                    help="pure: GATERPC_NO_EXTENSIONS=1 in the role processes")
-    p.add_argument("--workers", type=int, default=1, metavar="K", help="number of workers")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="number of workers (processes in 3proc)")
+    p.add_argument("--clients", type=int, default=1, metavar="M",
+                   help="number of client processes (3proc layout); -n is split among them and the "
+                        "report adds fairness = slowest client's calls/s over the fastest's")
     p.add_argument("--layout", choices=LAYOUTS, default="3proc",
                    help="3proc: client | broker | worker; 2proc: client | broker+worker; inproc: one process")
     p.add_argument("--transport", choices=("ipc", "tcp", "inproc"), default="ipc",
@@ -607,7 +656,10 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
 def _resolve(opts, parser) -> None:
     if opts.n is None:
         opts.n = 10_000 if opts.mode == "latency" else 100_000
-    if opts.n < 1 or opts.window < 1 or opts.repeat < 1 or opts.workers < 1 or opts.payload < 0:
+    if opts.clients > 1 and opts.layout != "3proc":
+        parser.error("--clients needs --layout 3proc")
+    if opts.n < 1 or opts.window < 1 or opts.repeat < 1 or opts.workers < 1 or opts.payload < 0 \
+            or opts.clients < 1:
         parser.error("-n, --window, --repeat and --workers must be positive, --payload non-negative")
     if opts.timeout <= 0:
         parser.error("--timeout must be positive")
@@ -689,7 +741,7 @@ def run_benchmark(opts) -> dict:
             else:
                 ratios[name] = "n/a (a run failed)"
     config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "loop", "backend",
-                                             "workers", "layout", "transport", "mode", "repeat", "timeout")}
+                                             "workers", "clients", "layout", "transport", "mode", "repeat", "timeout")}
     config["uvloop"] = opts.loop
     config["python"] = sys.version.split()[0]
     config["backend_active"] = active
