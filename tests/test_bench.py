@@ -171,3 +171,20 @@ def test_bench_several_clients_report_fairness(tmp_path):
     assert len(res["client_rates"]) == 3 and all(r > 0 for r in res["client_rates"])
     assert res["fairness"] == pytest.approx(min(res["client_rates"]) / max(res["client_rates"]))
     assert "fairness" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_queue_mode_reports_broker_memory(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "3000", "--mode", "queue")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (res,) = report["results"]
+    q = res["queued"]
+    assert res["completed"] == 3000
+    assert q["broker_rss_queued_mib"] >= q["broker_rss_before_mib"] > 0
+    assert q["bytes_per_queued_request"] is not None
+    assert "bytes per queued request" in proc.stdout
+
+
+def test_queue_mode_is_ours_only(tmp_path):
+    proc, _ = run_bench(tmp_path, "-n", "10", "--mode", "queue", "--vs-raw", timeout=60)
+    assert proc.returncode == 2 and "queue" in proc.stderr

@@ -61,15 +61,19 @@ def _proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _proc_hwm_kib(pid: int) -> int | None:
+def _proc_status_kib(pid: int, field: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def _proc_hwm_kib(pid: int) -> int | None:
+    return _proc_status_kib(pid, "VmHWM:")
 
 
 def _load_prctl():
@@ -166,6 +170,9 @@ class Child:
 
     def cpu(self) -> float | None:
         return _proc_cpu(self.pid)
+
+    def rss_kib(self) -> int | None:
+        return _proc_status_kib(self.pid, "VmRSS:")
 
     def hwm_kib(self) -> int | None:
         return _proc_hwm_kib(self.pid)
@@ -395,6 +402,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         for client in clients:
             client.info.update(client.expect("ready", deadline, watch=children))
         cpu0 = {c.pid: c.cpu() for c in children}
+        rss0 = {c.pid: c.rss_kib() for c in children}
         t0 = time.monotonic()
         for client in clients:
             client.send("go")
@@ -410,6 +418,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
                 clear()
         wall = time.monotonic() - t0
         cpu1 = {c.pid: c.cpu() for c in children}
+        rss1 = {c.pid: c.rss_kib() for c in children}
         hwm = {c.pid: c.hwm_kib() for c in children}
     finally:
         stop_all(children)
@@ -424,9 +433,19 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         processes.append({
             "role": c.role, "pid": c.pid, "cpu_s": cpu,
             "peak_rss_mib": None if hwm[c.pid] is None else round(hwm[c.pid] / 1024, 1),
+            "rss_before_mib": None if rss0[c.pid] is None else round(rss0[c.pid] / 1024, 1),
+            "rss_after_mib": None if rss1[c.pid] is None else round(rss1[c.pid] / 1024, 1),
             "loop": c.info.get("loop"), "impl": c.info.get("impl"), "version": c.info.get("version"),
         })
     completed = int(result.get("completed") or 0)
+    queued = None
+    if opts.mode == "queue":
+        b = next((c for c in children if c.role in ("broker", "broker+worker")), None)
+        if b is not None and rss0[b.pid] is not None and rss1[b.pid] is not None:
+            grown = (rss1[b.pid] - rss0[b.pid]) * 1024
+            queued = {"broker_rss_before_mib": round(rss0[b.pid] / 1024, 1),
+                      "broker_rss_queued_mib": round(rss1[b.pid] / 1024, 1),
+                      "bytes_per_queued_request": grown / completed if completed else None}
     ok = (result.get("errors") == 0 and result.get("mismatches") == 0 and completed == opts.n)
     return {
         "impl": impl, "ok": ok, "layout": opts.layout, "transport": transport, "mode": opts.mode,
@@ -442,7 +461,10 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         "latency_mean_ms": _ms(result.get("latency_mean")),
         "completed": completed, "errors": result.get("errors"), "mismatches": result.get("mismatches"),
         "first_errors": result.get("first_errors") or [],
-        "cpu_s_total": cpu_total, "clients": nclients,
+        "cpu_s_total": cpu_total, "clients": nclients, "queued": queued,
+        # payload bytes moved per second, both directions (the echo returns what it got)
+        "payload_mb_per_s": (completed * opts.payload * 2 / result["time_total"] / 1e6)
+        if opts.payload and result.get("time_total") else None,
         "client_rates": result.get("client_rates"), "fairness": result.get("fairness"),
         "cpu_us_per_call": (cpu_total / completed * 1e6) if completed else None,
         "processes": processes,
@@ -567,6 +589,14 @@ def format_report(report: dict) -> str:
             f"{_fmt(res['latency_p99_ms'], '.3f'):>8} {_fmt(res['latency_p999_ms'], '.3f'):>9} "
             f"{_fmt(res['cpu_us_per_call'], ',.0f'):>11} {status:>8}")
     for res in report["results"]:
+        q = res.get("queued")
+        if q:
+            out.append(f"{res['impl']:<9} {res.get('loop') or '-':<8} broker RSS {q['broker_rss_before_mib']} MiB "
+                       f"-> {q['broker_rss_queued_mib']} MiB with {res['completed']:,} requests queued: "
+                       f"{_fmt(q['bytes_per_queued_request'], ',.0f')} bytes per queued request")
+        if res.get("payload_mb_per_s") is not None:
+            out.append(f"{res['impl']:<9} {res.get('loop') or '-':<8} payload MB/s (both directions) "
+                       f"{res['payload_mb_per_s']:,.1f}")
         if res.get("fairness") is not None:
             rates = ", ".join(f"{r:,.0f}" for r in res.get("client_rates") or [])
             out.append(f"{res['impl']:<9} {res.get('loop') or '-':<8} fairness (slowest/fastest client) "
@@ -631,7 +661,9 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                    help="3proc: client | broker | worker; 2proc: client | broker+worker; inproc: one process")
     p.add_argument("--transport", choices=("ipc", "tcp", "inproc"), default="ipc",
                    help="ipc (default), tcp on 127.0.0.1, or inproc (inproc layout only)")
-    p.add_argument("--mode", choices=("throughput", "latency", "stream"), default="throughput")
+    p.add_argument("--mode", choices=("throughput", "latency", "stream", "queue"), default="throughput",
+                   help="queue: -n calls to one worker with one unit of capacity that holds it, so all "
+                        "but one wait in the broker; reports the broker's RSS and bytes per queued request")
     p.add_argument("--hwm", type=int, default=None, metavar="N",
                    help="ZeroMQ high-water mark of gaterpc's sockets (Settings.ZMQ_SOCK; 0 = unlimited); "
                         "default: the library's, raised for windows above 1,500. The raw baseline's "
@@ -667,6 +699,9 @@ def _resolve(opts, parser) -> None:
         parser.error("--transport inproc needs --layout inproc")
     if opts.mode in ("latency", "stream"):
         opts.window = 1
+    if opts.mode == "queue" and (opts.layout != "3proc" or opts.impl != "ours" or opts.vs_original
+                                 or opts.vs_raw or opts.vs_limit):
+        parser.error("--mode queue runs our roles only, in the 3proc layout")
     if opts.loop is None and opts.uvloop is not None:
         opts.loop = "uvloop" if opts.uvloop else "asyncio"
     if opts.loop is None:

@@ -76,6 +76,13 @@ class AsyncEchoWorker(Worker):
                 yield [i, payload]
 
 
+    @interface
+    async def hold(self, i):
+        """Queue mode: occupy the worker's only capacity unit (until the harness ends us)."""
+        await asyncio.sleep(3600)
+        return i
+
+
 class SyncEchoWorker(Worker):
     @interface
     def echo(self, *args):
@@ -110,6 +117,10 @@ def configure(cfg):
     Settings.configure("BASE_PATH", Path(cfg["base_path"]))
     Settings.WORKER_ADDR = cfg["back"]
     Settings.MESSAGE_MAX = max(5000, 2 * int(cfg["window"]) + 10)
+    if cfg["mode"] == "queue":
+        # Every request waits at the broker: let it queue them all, for the whole run.
+        Settings.MESSAGE_MAX = int(cfg["n"]) + 10
+        Settings.TIMEOUT = float(cfg["timeout"])
     # A ROUTER drops what exceeds its high-water mark: raise it for large windows, or
     # set it as asked (0 = unlimited); otherwise keep the library's default.
     hwm = cfg.get("hwm")
@@ -131,11 +142,14 @@ def start_broker(cfg, ctx):
 
 
 def start_workers(cfg, ctx, count):
-    cls = SyncEchoWorker if cfg["interface"] == "sync" else AsyncEchoWorker
+    cls = SyncEchoWorker if cfg["interface"] == "sync" or cfg["mode"] == "queue" else AsyncEchoWorker
+    if cfg["mode"] == "queue":
+        cls = AsyncEchoWorker
     service = Service(name=SERVICE, description="echo benchmark")
     workers = []
+    capacity = 1 if cfg["mode"] == "queue" else None
     for _ in range(count):
-        worker = service.create_worker(cls, cfg["back"], context=ctx)
+        worker = service.create_worker(cls, cfg["back"], context=ctx, max_allowed_request=capacity)
         worker.run()
         workers.append(worker)
     return workers
@@ -289,6 +303,26 @@ async def run_stream(cfg, cli, rec, deadline):
             "time_total": total, "rate": rec.done / total if total > 0 else None}
 
 
+async def run_queue(cfg, cli, rec, deadline):
+    """Queue mode: ``n`` calls to a worker with one unit of capacity that holds it: every call
+    but the first waits in the broker.  Reports once all are sent and have had time to arrive."""
+    n = int(cfg["n"])
+    perf = time.perf_counter
+    t_start = perf()
+    loop = asyncio.get_running_loop()
+    calls = []
+    for i in range(n):
+        calls.append(loop.create_task(cli.knock(SERVICE, "hold", i)))
+        if (i & 1023) == 1023:
+            await asyncio.sleep(0)  # let the client's socket move what is queued
+        rec.done = i + 1
+    sent_all = perf() - t_start
+    await asyncio.sleep(float(cfg.get("queue_settle", 2.0)))
+    cli._bench_pending = calls  # kept alive until the harness ends the process
+    return {"calls": n, "window": n, "time_send_all": sent_all, "time_total": perf() - t_start,
+            "rate": n / sent_all if sent_all > 0 else None}
+
+
 async def progress_task(rec, n):
     while True:
         await asyncio.sleep(0.2)
@@ -317,6 +351,8 @@ async def client_phase(cfg, ctx, loop):
     run_deadline = time.perf_counter() + float(cfg["timeout"])
     if cfg["mode"] == "stream":
         result = await run_stream(cfg, cli, rec, run_deadline)
+    elif cfg["mode"] == "queue":
+        result = await run_queue(cfg, cli, rec, run_deadline)
     else:
         result = await run_calls(cfg, cli, rec, run_deadline)
     ru1 = rusage()
