@@ -188,3 +188,15 @@ def test_bench_queue_mode_reports_broker_memory(tmp_path):
 def test_queue_mode_is_ours_only(tmp_path):
     proc, _ = run_bench(tmp_path, "-n", "10", "--mode", "queue", "--vs-raw", timeout=60)
     assert proc.returncode == 2 and "queue" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_hol_mode_reports_both_latencies(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "400", "--mode", "hol")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (res,) = report["results"]
+    h = res["hol"]
+    assert res["completed"] == 400 and res["errors"] == 0
+    assert h["queued_slow_calls"] == 1000
+    assert h["p50_unloaded"] > 0 and h["p50_loaded"] > 0
+    assert h["ratio"] == pytest.approx(h["p50_loaded"] / h["p50_unloaded"])

@@ -364,6 +364,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         "window": opts.window, "payload": opts.payload, "interface": opts.interface,
         "mode": opts.mode, "workers": workers, "uvloop": opts.uvloop, "timeout": opts.timeout,
         "progress": show is not None, "settle": 0.3 if workers > 1 else 0.0,
+        "queued": 1000 * workers if opts.mode == "hol" else 0,
     }
     if opts.hwm is not None:
         cfg["hwm"] = opts.hwm
@@ -461,7 +462,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         "latency_mean_ms": _ms(result.get("latency_mean")),
         "completed": completed, "errors": result.get("errors"), "mismatches": result.get("mismatches"),
         "first_errors": result.get("first_errors") or [],
-        "cpu_s_total": cpu_total, "clients": nclients, "queued": queued,
+        "cpu_s_total": cpu_total, "clients": nclients, "queued": queued, "hol": result.get("hol"),
         # payload bytes moved per second, both directions (the echo returns what it got)
         "payload_mb_per_s": (completed * opts.payload * 2 / result["time_total"] / 1e6)
         if opts.payload and result.get("time_total") else None,
@@ -589,6 +590,11 @@ def format_report(report: dict) -> str:
             f"{_fmt(res['latency_p99_ms'], '.3f'):>8} {_fmt(res['latency_p999_ms'], '.3f'):>9} "
             f"{_fmt(res['cpu_us_per_call'], ',.0f'):>11} {status:>8}")
     for res in report["results"]:
+        h = res.get("hol")
+        if h:
+            out.append(f"{res['impl']:<9} {res.get('loop') or '-':<8} echo p50 {_fmt(_ms(h['p50_unloaded']), '.3f')} ms "
+                       f"unloaded, {_fmt(_ms(h['p50_loaded']), '.3f')} ms with {h['queued_slow_calls']:,} slow "
+                       f"calls queued for another service: {_fmt(h['ratio'], '.2f')}x")
         q = res.get("queued")
         if q:
             out.append(f"{res['impl']:<9} {res.get('loop') or '-':<8} broker RSS {q['broker_rss_before_mib']} MiB "
@@ -661,9 +667,11 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                    help="3proc: client | broker | worker; 2proc: client | broker+worker; inproc: one process")
     p.add_argument("--transport", choices=("ipc", "tcp", "inproc"), default="ipc",
                    help="ipc (default), tcp on 127.0.0.1, or inproc (inproc layout only)")
-    p.add_argument("--mode", choices=("throughput", "latency", "stream", "queue"), default="throughput",
+    p.add_argument("--mode", choices=("throughput", "latency", "stream", "queue", "hol"), default="throughput",
                    help="queue: -n calls to one worker with one unit of capacity that holds it, so all "
-                        "but one wait in the broker; reports the broker's RSS and bytes per queued request")
+                        "but one wait in the broker; reports the broker's RSS and bytes per queued request. "
+                        "hol: sequential echo p50 unloaded, then with 1,000 slow calls per worker queued "
+                        "for another service on the same broker (head-of-line blocking check)")
     p.add_argument("--hwm", type=int, default=None, metavar="N",
                    help="ZeroMQ high-water mark of gaterpc's sockets (Settings.ZMQ_SOCK; 0 = unlimited); "
                         "default: the library's, raised for windows above 1,500. The raw baseline's "
@@ -697,11 +705,11 @@ def _resolve(opts, parser) -> None:
         parser.error("--timeout must be positive")
     if opts.transport == "inproc" and opts.layout != "inproc":
         parser.error("--transport inproc needs --layout inproc")
-    if opts.mode in ("latency", "stream"):
+    if opts.mode in ("latency", "stream", "hol"):
         opts.window = 1
-    if opts.mode == "queue" and (opts.layout != "3proc" or opts.impl != "ours" or opts.vs_original
+    if opts.mode in ("queue", "hol") and (opts.layout != "3proc" or opts.impl != "ours" or opts.vs_original
                                  or opts.vs_raw or opts.vs_limit):
-        parser.error("--mode queue runs our roles only, in the 3proc layout")
+        parser.error("--mode queue and --mode hol run our roles only, in the 3proc layout")
     if opts.loop is None and opts.uvloop is not None:
         opts.loop = "uvloop" if opts.uvloop else "asyncio"
     if opts.loop is None:

@@ -44,6 +44,7 @@ from gaterpc.global_settings import Settings
 from gaterpc.utils import interface
 
 SERVICE = "EchoBench"
+SLOW_SERVICE = "SlowBench"
 WORD = "hello world"
 
 QUIET_LOGGING = {
@@ -117,9 +118,9 @@ def configure(cfg):
     Settings.configure("BASE_PATH", Path(cfg["base_path"]))
     Settings.WORKER_ADDR = cfg["back"]
     Settings.MESSAGE_MAX = max(5000, 2 * int(cfg["window"]) + 10)
-    if cfg["mode"] == "queue":
+    if cfg["mode"] in ("queue", "hol"):
         # Every request waits at the broker: let it queue them all, for the whole run.
-        Settings.MESSAGE_MAX = int(cfg["n"]) + 10
+        Settings.MESSAGE_MAX = int(cfg["n"]) + int(cfg.get("queued", 0)) + 10
         Settings.TIMEOUT = float(cfg["timeout"])
     # A ROUTER drops what exceeds its high-water mark: raise it for large windows, or
     # set it as asked (0 = unlimited); otherwise keep the library's default.
@@ -148,6 +149,13 @@ def start_workers(cfg, ctx, count):
     service = Service(name=SERVICE, description="echo benchmark")
     workers = []
     capacity = 1 if cfg["mode"] == "queue" else None
+    if cfg["mode"] == "hol":
+        # A second service on the same broker, each of its workers held by one slow call.
+        slow = Service(name=SLOW_SERVICE, description="slow calls")
+        for _ in range(count):
+            worker = slow.create_worker(AsyncEchoWorker, cfg["back"], context=ctx, max_allowed_request=1)
+            worker.run()
+            workers.append(worker)
     for _ in range(count):
         worker = service.create_worker(cls, cfg["back"], context=ctx, max_allowed_request=capacity)
         worker.run()
@@ -323,6 +331,48 @@ async def run_queue(cfg, cli, rec, deadline):
             "rate": n / sent_all if sent_all > 0 else None}
 
 
+async def run_hol(cfg, cli, rec, deadline):
+    """Head-of-line mode: sequential echo latency, unloaded, then with ``queued`` slow calls
+    waiting for the slow service on the same broker.  Reports both p50s."""
+    n = int(cfg["n"])
+    perf = time.perf_counter
+    loop = asyncio.get_running_loop()
+
+    async def sequential(count):
+        samples = []
+        for i in range(count):
+            t0 = perf()
+            try:
+                reply = await cli.knock(SERVICE, "echo", WORD, i)
+            except Exception as exc:
+                rec.error(f"call {i}: {type(exc).__name__}: {exc}")
+                continue
+            samples.append(perf() - t0)
+            if list(reply) != [WORD, i]:
+                rec.mismatch(i, reply, [WORD, i])
+            rec.done += 1
+            if perf() > deadline:
+                rec.error("deadline reached")
+                break
+        samples.sort()
+        return samples
+
+    t_start = perf()
+    unloaded = await sequential(n // 2)
+    held = [loop.create_task(cli.knock(SLOW_SERVICE, "hold", i)) for i in range(int(cfg["queued"]))]
+    await asyncio.sleep(1.0)  # let them reach the broker and queue
+    loaded = await sequential(n - n // 2)
+    cli._bench_pending = held
+    rec.samples.extend(loaded)
+    total = perf() - t_start
+    p_unloaded = percentile(unloaded, 0.5)
+    p_loaded = percentile(loaded, 0.5)
+    return {"calls": n, "window": 1, "time_send_all": None, "time_total": total,
+            "rate": rec.done / total if total > 0 else None,
+            "hol": {"queued_slow_calls": len(held), "p50_unloaded": p_unloaded, "p50_loaded": p_loaded,
+                    "ratio": (p_loaded / p_unloaded) if p_unloaded and p_loaded else None}}
+
+
 async def progress_task(rec, n):
     while True:
         await asyncio.sleep(0.2)
@@ -353,6 +403,8 @@ async def client_phase(cfg, ctx, loop):
         result = await run_stream(cfg, cli, rec, run_deadline)
     elif cfg["mode"] == "queue":
         result = await run_queue(cfg, cli, rec, run_deadline)
+    elif cfg["mode"] == "hol":
+        result = await run_hol(cfg, cli, rec, run_deadline)
     else:
         result = await run_calls(cfg, cli, rec, run_deadline)
     ru1 = rusage()
