@@ -7,13 +7,32 @@ table with deadlines replaces one timer per call, and a single maintenance
 task (``_recv_task``) sweeps it, sends keepalives and watches the broker's
 liveness.
 
+Losing the broker.  Every pending call, open stream and HugeData result
+fails with ``BrokerUnavailableError`` (a ``TimeoutError``) as soon as the
+client knows the broker is gone:
+
+* tcp/ipc: a ZeroMQ socket monitor on the DEALER (a second, inproc PAIR
+  socket read by its own ``LoopSocket``; nothing per message) reports
+  ``EVENT_DISCONNECTED``, and the client gives up the connection at once;
+* any transport (a hung broker, inproc, nobody listening at connect): the
+  maintenance task sends the broker's internal ``keepalive`` whenever nothing
+  was *received* for one heartbeat (any reply proves the broker alive; no
+  Future is kept for it), and gives up after ``heartbeat x liveness`` of
+  silence.
+
+The next call on the same client connects again with a new socket.  A
+client binds to the running loop at its first use (``_bind_loop``), so it
+may be built outside one.
+
 Differences from the original (API.md §13): user keyword arguments named
 ``service_name``/``func_name`` pass through (C2); finished, failed and
 abandoned streams leave ``client.replies`` (C3); a client can reconnect after
 the broker went offline or after ``close()`` (C4); a ``connect()`` timeout
 does not poison later calls (C6); a service unknown to the client's list is
 looked up once more before ``AttributeError`` (C1); HugeData transfers have
-a per-chunk timeout (H2); ``SimpleClient`` honours ``reply_timeout`` (SC2).
+a per-chunk timeout (H2); ``SimpleClient`` honours ``reply_timeout`` (SC2);
+a lost broker fails calls within ``heartbeat x liveness`` instead of
+``reply_timeout``; large HugeData results are decoded in a thread.
 """
 
 from __future__ import annotations

@@ -47,13 +47,23 @@ def free_port():
 class Brokers:
     """Broker processes of one test; every one is SIGKILLed by pid at the end."""
 
-    def __init__(self):
+    def __init__(self, base):
         self.procs = []
+        self.base = base
 
-    def start(self, frontend):
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.Popen([sys.executable, str(ROLES), frontend, str(HEARTBEAT)],
-                                stdout=subprocess.PIPE, env=env, text=True)
+    def start(self, frontend, python=None):
+        """Our broker, or the original's when ``python`` is the original's interpreter."""
+        if python is None:
+            env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            cmd = [sys.executable, str(ROLES)]
+        else:
+            env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+            cmd = [str(python), "-s", str(ROLES)]
+        base = self.base / f"broker-{len(self.procs)}"
+        base.mkdir()
+        proc = subprocess.Popen([*cmd, frontend, str(HEARTBEAT), str(base)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL if python else None, env=env, text=True,
+                                cwd=str(base))
         self.procs.append(proc)
         line = proc.stdout.readline()
         assert line.strip() == "READY", f"broker did not start: {line!r}"
@@ -72,8 +82,8 @@ class Brokers:
 
 
 @pytest.fixture
-def brokers():
-    b = Brokers()
+def brokers(tmp_path):
+    b = Brokers(tmp_path)
     try:
         yield b
     finally:
@@ -334,6 +344,41 @@ def test_client_built_outside_a_running_loop(brokers):
     assert asyncio.run(use("first")) == "first"
     assert asyncio.run(use("second")) == "second"
     cli.ctx.destroy(linger=0)
+
+
+@pytest.mark.interop
+async def test_original_broker_answers_probes_and_loss_is_prompt(brokers, ctx):
+    """Our client against the original 0.2.11 broker: it answers the keepalive probes of an
+    idle client, its death fails the calls promptly, and the same client serves its successor."""
+    from gaterpc.bench.origenv import OriginalEnvError, ensure_original_env
+
+    try:
+        original = ensure_original_env()
+    except OriginalEnvError as exc:
+        pytest.skip(f"original gaterpc environment cannot be built: {exc}")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    proc = brokers.start(address, python=original)
+    cli = Client(address, context=ctx)
+    try:
+        await cli.connect()
+        sock = cli.socket
+        # idle for 3 x heartbeat x liveness: only the replies to the probes keep the connection
+        await asyncio.sleep(SPAN * 3)
+        assert cli.socket is sock and cli._is_ready
+        assert await cli.Slow.echo("alive") == "alive"
+
+        calls = [asyncio.ensure_future(cli.Slow.sleep(30, tag=i)) for i in range(5)]
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        brokers.kill(proc)
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND + 5)
+        assert time.monotonic() - t0 < BOUND
+        for exc in results:
+            _check(exc, address)
+        brokers.start(address, python=original)
+        assert await asyncio.wait_for(cli.Slow.echo("back"), BOUND + 5) == "back"
+    finally:
+        cli.close()
 
 
 def test_exception_is_exported_and_picklable():

@@ -1,13 +1,15 @@
 """A broker with one worker in its process, for the client recovery tests.
 
-Usage: ``python recovery_roles.py FRONTEND HEARTBEAT_MS``.  Prints ``READY``
-once the worker is registered at the broker; exits on SIGTERM (the tests
-mostly SIGKILL it).
+Usage: ``python recovery_roles.py FRONTEND HEARTBEAT_MS BASE_PATH``.  Prints
+``READY`` once the worker is registered at the broker; exits on SIGTERM (the
+tests mostly SIGKILL it).  Uses the public API only, so it also runs under
+the original gaterpc.
 """
 
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
 from gaterpc.core import AMajordomo, Context, Service, Worker
 from gaterpc.global_settings import Settings
@@ -31,7 +33,8 @@ class Slow(Worker):
             await asyncio.sleep(delay)
 
 
-async def main(frontend, heartbeat):
+async def main(frontend, heartbeat, base_path):
+    Settings.configure("BASE_PATH", Path(base_path))
     Settings.MDP_HEARTBEAT_INTERVAL = int(heartbeat)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
