@@ -7,13 +7,32 @@ table with deadlines replaces one timer per call, and a single maintenance
 task (``_recv_task``) sweeps it, sends keepalives and watches the broker's
 liveness.
 
+Losing the broker.  Every pending call, open stream and HugeData result
+fails with ``BrokerUnavailableError`` (a ``TimeoutError``) as soon as the
+client knows the broker is gone:
+
+* tcp/ipc: a ZeroMQ socket monitor on the DEALER (a second, inproc PAIR
+  socket read by its own ``LoopSocket``; nothing per message) reports
+  ``EVENT_DISCONNECTED``, and the client gives up the connection at once;
+* any transport (a hung broker, inproc, nobody listening at connect): the
+  maintenance task sends the broker's internal ``keepalive`` whenever nothing
+  was *received* for one heartbeat (any reply proves the broker alive; no
+  Future is kept for it), and gives up after ``heartbeat x liveness`` of
+  silence.
+
+The next call on the same client connects again with a new socket.  A
+client binds to the running loop at its first use (``_bind_loop``), so it
+may be built outside one.
+
 Differences from the original (API.md §13): user keyword arguments named
 ``service_name``/``func_name`` pass through (C2); finished, failed and
 abandoned streams leave ``client.replies`` (C3); a client can reconnect after
 the broker went offline or after ``close()`` (C4); a ``connect()`` timeout
 does not poison later calls (C6); a service unknown to the client's list is
 looked up once more before ``AttributeError`` (C1); HugeData transfers have
-a per-chunk timeout (H2); ``SimpleClient`` honours ``reply_timeout`` (SC2).
+a per-chunk timeout (H2); ``SimpleClient`` honours ``reply_timeout`` (SC2);
+a lost broker fails calls within ``heartbeat x liveness`` instead of
+``reply_timeout``; large HugeData results are decoded in a thread.
 """
 
 from __future__ import annotations
@@ -23,14 +42,16 @@ import functools
 import logging
 import os
 import secrets
+import struct
 import sys
 import uuid
 
 import zmq
 from zmq import constants as z_const
 
-from gaterpc.base import Context, check_zap_args, current_loop, new_socket, set_ctx, set_sock, zap_frames_of
-from gaterpc.exceptions import RemoteException
+from gaterpc.base import Context, check_zap_args, new_socket, set_ctx, set_sock, zap_frames_of
+from gaterpc.counters import count_drop
+from gaterpc.exceptions import BrokerUnavailableError, RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.hugedata import HugeDataReceiver
@@ -47,6 +68,12 @@ Clogger = logging.getLogger("gaterpc.client")
 _TIMEOUT_MESSAGE = "Timeout while requesting the Majordomo service."
 _EMPTY_MAP = b"\x80"
 _EMPTY_ARRAY = b"\x90"
+_KEEPALIVE_FUNC = msg_pack("keepalive")
+_KEEPALIVE_ARGS = msg_pack((KEEPALIVE_ARG,))
+_EVENT_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+#: HugeData results whose encoded form is larger than this are decoded in the
+#: default thread executor instead of on the event loop.
+INLINE_DECODE_MAX = 1024 * 1024
 
 
 if sys.version_info >= (3, 11):
@@ -111,7 +138,12 @@ class Client:
         self.default_service = Settings.SERVICE_DEFAULT_NAME
         zap_mechanism, zap_credentials = check_zap_args(zap_mechanism, zap_credentials)
         self.zap_frames, self._zap_frames_bytes = zap_frames_of(zap_mechanism, zap_credentials)
-        self._loop = current_loop()
+        # Bound to the running loop at first use (a Client may be built before
+        # ``asyncio.run``), see ``_bind_loop``.
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         self._recv_task = None
         self._remote_services = set()
         self._poller = None
@@ -128,6 +160,11 @@ class Client:
         self._func_cache = {}
         self._header = Settings.MDP_CLIENT
         self._internal_name = Settings.MDP_INTERNAL_SERVICE
+        self._monitor = None        # LoopSocket of the DEALER's monitor (tcp/ipc)
+        self._addr = None           # the address of the current connection
+        self._last_probe = 0.0
+        self._probe_id = None       # request id of the last keepalive probe
+        self._lost = None           # why the last connection was given up
 
     # -- the dot-call namespace -------------------------------------------------
 
@@ -142,7 +179,12 @@ class Client:
     # -- connection -------------------------------------------------------------
 
     async def connect(self, broker_addr=None):
-        """Connect to the broker and fetch its service list."""
+        """Connect to the broker and fetch its service list.
+
+        Raises ``BrokerUnavailableError`` (a ``TimeoutError``) when the broker
+        does not answer within ``heartbeat x liveness``.
+        """
+        self._bind_loop()
         task = self._recv_task
         if task is not None and not task.done():
             raise RuntimeError("Broker is connected.")
@@ -152,22 +194,90 @@ class Client:
             raise ValueError("no broker address: give one to Client() or to connect()")
         addr = check_socket_addr(self._broker_addr)
         loop = self._loop
+        self._close_sockets()
         sock = new_socket(self.ctx, zmq.DEALER, {z_const.IDENTITY: self.identity})
+        self._monitor = self._open_monitor(sock, addr, loop)
         sock.connect(addr)
         self.socket = sock
+        self._addr = addr
+        self._lost = None
         self._header = Settings.MDP_CLIENT
         self._internal_name = Settings.MDP_INTERNAL_SERVICE
         self._lsock = LoopSocket(loop, sock, self._on_messages, on_error=self._on_socket_error)
         self.ready = loop.create_future()
         self._is_ready = False
-        self._last_recv = loop.time()
+        self._last_recv = self._last_probe = loop.time()
         self._recv_task = loop.create_task(self._recv())
         await self._fetch_services()
+
+    def _bind_loop(self):
+        """The running loop; the client binds to it at its first use there.
+
+        State left from a connection on another (finished) loop is dropped
+        without touching that loop's futures.
+        """
+        loop = asyncio.get_running_loop()
+        old = self._loop
+        if old is not loop:
+            self._loop = loop
+            if old is not None:
+                self._recv_task = None
+                self._close_sockets()
+                for receiver in self._huge.values():
+                    receiver.close()
+                self.replies.clear()
+                self._streams.clear()
+                self._huge.clear()
+                self._table.clear()
+                self.ready = None
+                self._is_ready = False
+        return loop
+
+    def _open_monitor(self, sock, addr, loop):
+        """Watch ``sock`` for a lost connection (tcp/ipc; inproc has no such events)."""
+        if addr.startswith("inproc://"):
+            return None
+        maddr = f"inproc://gaterpc.client-monitor.{secrets.token_hex(8)}"
+        mon = None
+        try:
+            sock.monitor(maddr, zmq.EVENT_DISCONNECTED)
+            mon = self.ctx.socket(zmq.PAIR, socket_class=zmq.Socket)
+            mon.setsockopt(zmq.LINGER, 0)
+            mon.connect(maddr)
+            return LoopSocket(loop, mon, self._on_monitor)
+        except zmq.ZMQError as exc:  # liveness probing still detects a lost broker
+            Clogger.warning("cannot monitor the broker connection: %s", exc)
+            if mon is not None:
+                mon.close(linger=0)
+            return None
+
+    def _on_monitor(self, msgs):
+        for msg in msgs:
+            if len(msg) == 2 and len(msg[0]) >= 2 and struct.unpack_from("=H", msg[0])[0] == _EVENT_DISCONNECTED:
+                # Requests in flight cannot be answered over a connection the broker lost.
+                self._lose("peer disconnected")
+                return
+
+    def _lose(self, cause):
+        """Give up the connection now: every pending call fails with ``BrokerUnavailableError``."""
+        loop = self._loop
+        waited = loop.time() - self._last_recv
+        task = self._recv_task
+        self._recv_task = None
+        if task is not None and not task.done():
+            task.cancel()
+        Clogger.warning("connection to broker %s lost (%s)", self._addr, cause)
+        self._teardown(cause, waited=waited, lost=True)
+        self.ready = None
 
     async def _fetch_services(self):
         ready = self.ready
         try:
             services = await self._request(self._internal_name, "get_services", (), None)
+        except BrokerUnavailableError:
+            if ready is not None and not ready.done():
+                ready.set_result(False)
+            raise
         except ReplyTimeout:
             if ready is not None and not ready.done():
                 ready.set_result(False)
@@ -185,6 +295,7 @@ class Client:
         ready.set_result(True)
 
     async def _ensure_ready(self):
+        self._bind_loop()
         task = self._recv_task
         if task is None or task.done():
             if not self._broker_addr:
@@ -200,15 +311,16 @@ class Client:
             except asyncio.TimeoutError:
                 raise RuntimeError("waiting for Gate service timed out") from None
         if not self._is_ready:
+            if self._lsock is None:
+                lost = self._lost
+                if lost is not None:  # the connect this call waited for failed
+                    raise BrokerUnavailableError(lost.address, lost.waited, lost.cause)
+                raise RuntimeError("Gate service not yet ready.")
             await self._fetch_services()
 
     async def disconnect(self):
         """Close the socket (the maintenance task keeps running)."""
-        lsock = self._lsock
-        self._lsock = None
-        self.socket = None
-        if lsock is not None:
-            lsock.close()
+        self._close_sockets()
 
     def close(self):
         """Stop the client; it can be connected again later."""
@@ -220,17 +332,44 @@ class Client:
         self.ready = None
         self._is_ready = False
 
-    def _teardown(self, reason):
+    def _close_sockets(self):
+        mon = self._monitor
+        self._monitor = None
         lsock = self._lsock
         self._lsock = None
         self.socket = None
+        if mon is not None:
+            mon.close()
+            if lsock is not None and not lsock.closed:
+                try:
+                    lsock.socket.disable_monitor()
+                except zmq.ZMQError:
+                    pass
         if lsock is not None:
             lsock.close()
+
+    def _teardown(self, reason, waited=None, lost=False):
+        """Close the connection and fail every pending request.
+
+        ``lost``: the broker is gone (``reason`` is the cause): the requests
+        fail with ``BrokerUnavailableError``; otherwise (the client was
+        closed) with the original's ``TimeoutError``.
+        """
+        self._close_sockets()
         self._is_ready = False
         self._remote_services = set()
-        err = ReplyTimeout(f"{_TIMEOUT_MESSAGE} ({reason})")
-        for rid in list(self.replies):
-            self._fail(rid, err)
+        pending = list(self.replies)
+        if lost:
+            addr = self._addr or self._broker_addr
+            self._lost = BrokerUnavailableError(addr, waited, reason)
+            n = len(pending)
+            for rid in pending:
+                count_drop("client_broker_lost")
+                self._fail(rid, BrokerUnavailableError(addr, waited, reason, n))
+        else:
+            err = ReplyTimeout(f"{_TIMEOUT_MESSAGE} ({reason})")
+            for rid in pending:
+                self._fail(rid, err)
         self._table.clear()
 
     def _on_socket_error(self, exc):
@@ -301,6 +440,8 @@ class Client:
             return
         try:
             services = await self._request(self._internal_name, "get_services", (), None)
+        except BrokerUnavailableError:
+            raise
         except (ReplyTimeout, RemoteException):
             return
         if isinstance(services, list):
@@ -312,6 +453,20 @@ class Client:
     async def _send_heartbeat(self):
         await self._request(self._internal_name, "keepalive", (KEEPALIVE_ARG,), None)
 
+    def _probe(self, now):
+        """Send the broker's internal ``keepalive``; any reply proves it alive (no Future kept)."""
+        lsock = self._lsock
+        self._last_probe = now
+        rid = os.urandom(16)
+        self._probe_id = rid
+        service_b = self._internal_name.encode("utf-8")
+        zap = self._zap_frames_bytes
+        if zap:
+            frames = (b"", self._header, service_b, *zap, rid, _KEEPALIVE_FUNC, _KEEPALIVE_ARGS, _EMPTY_MAP)
+        else:
+            frames = (b"", self._header, service_b, rid, _KEEPALIVE_FUNC, _KEEPALIVE_ARGS, _EMPTY_MAP)
+        lsock.send(frames)
+
     # -- replies ----------------------------------------------------------------
 
     def _on_messages(self, msgs):
@@ -320,10 +475,13 @@ class Client:
         replies = self.replies
         for msg in msgs:
             if len(msg) < 5 or msg[0] or msg[1] != header:
+                count_drop("client_malformed_reply")
                 continue
             request_id = msg[3]
             fut = replies.get(request_id)
             if fut is None:
+                if request_id != self._probe_id:
+                    count_drop("client_unknown_reply")  # late (timed out) or abandoned
                 continue
             if len(msg) == 5:
                 if fut.done():
@@ -384,11 +542,22 @@ class Client:
             if n == 2:
                 if body[1] == HUGE_END:
                     try:
-                        result = msg_unpack(receiver.finish())
+                        data = receiver.finish()
                     except Exception as exc:
                         self._fail(request_id, exc)
                         return
                     self._forget(request_id)
+                    if len(data) > INLINE_DECODE_MAX:
+                        # Decoding a large result would stall every other call: use a thread.
+                        self._loop.run_in_executor(None, msg_unpack, data).add_done_callback(
+                            functools.partial(_settle, fut))
+                        return
+                    try:
+                        result = msg_unpack(data)
+                    except Exception as exc:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                        return
                     if not fut.done():
                         fut.set_result(result)
                     return
@@ -425,6 +594,7 @@ class Client:
         liveness_span = interval * self.heartbeat_liveness
         sweep = max(0.01, min(0.1, self.reply_timeout / 20, interval / 4))
         reason = "the client was closed"
+        waited = None
         try:
             while True:
                 await asyncio.sleep(sweep)
@@ -436,23 +606,24 @@ class Client:
                 if self._lsock is None or self._lsock.closed:
                     reason = "the connection was closed"
                     break
-                if now - self._last_recv >= liveness_span:
-                    Clogger.warning("Majordomo offline")
-                    reason = "Majordomo offline"
+                # Liveness keys on what was *received*: a client that keeps
+                # sending but hears nothing still probes, and gives up after
+                # heartbeat x liveness of silence.
+                silence = now - self._last_recv
+                if silence >= liveness_span:
+                    Clogger.warning("Majordomo offline: no reply from broker %s within %.1f s",
+                                    self._addr, silence)
+                    reason = "no reply"
+                    waited = silence
                     break
-                if self._is_ready and now - self.last_message_sent_time >= interval:
-                    self._keepalive()
+                if silence >= interval and now - self._last_probe >= interval:
+                    self._probe(now)
         finally:
-            # After close() the task is no longer ours to clean: close() did it,
-            # and a new connection may already be in place.
+            # After close() or a lost connection the task is no longer ours to
+            # clean: that already happened, and a new connection may be in place.
             if self._recv_task is asyncio.current_task():
-                self._teardown(reason)
+                self._teardown(reason, waited=waited, lost=waited is not None)
                 self.ready = None
-
-    def _keepalive(self):
-        task = self._loop.create_task(self._send_heartbeat())
-        self._process_replies_tasks.add(task)
-        task.add_done_callback(self._cleanup_process_tasks)
 
     def _cleanup_process_tasks(self, task):
         self._process_replies_tasks.discard(task)
@@ -461,6 +632,20 @@ class Client:
 
     def _clear_reply(self, request_id):
         self._forget(request_id)
+
+
+def _settle(fut, done):
+    """Copy the outcome of an executor job into ``fut`` (if still waiting)."""
+    if fut.done():
+        return
+    if done.cancelled():
+        fut.cancel()
+        return
+    exc = done.exception()
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(done.result())
 
 
 class SimpleClient:

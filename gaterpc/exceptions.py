@@ -4,9 +4,18 @@ The hierarchy is part of the public contract: user code catches these
 bases.  ``RemoteException`` is what a client raises for every error reported
 by the remote end; its message keeps the original's format, and it also
 carries the remote class name, repr and traceback text as attributes.
+
+``BrokerUnavailableError`` is ours (the original has no such class): a
+client raises it when the broker cannot be reached or the connection to it
+was lost.  It is a ``TimeoutError`` (what the original raises in that
+situation, after its reply timeout), so existing ``except TimeoutError`` /
+``except asyncio.TimeoutError`` code keeps working.
 """
 
 from __future__ import annotations
+
+import asyncio
+import sys
 
 __all__ = (
     "ServiceUnAvailableError",
@@ -17,6 +26,7 @@ __all__ = (
     "BadGzip",
     "HugeDataException",
     "DictFull",
+    "BrokerUnavailableError",
 )
 
 
@@ -89,3 +99,52 @@ class DictFull(Exception):
 
     def __init__(self, maxsize):
         super().__init__(f"The number of keys in the dict reached the maximum of {maxsize}.")
+
+
+if sys.version_info >= (3, 11):
+    _TIMEOUT_BASES = (TimeoutError, ConnectionError)
+else:  # pragma: no cover - 3.10: asyncio.TimeoutError is another class there
+    _TIMEOUT_BASES = (TimeoutError, ConnectionError, asyncio.TimeoutError)
+
+
+class BrokerUnavailableError(*_TIMEOUT_BASES):
+    """The broker cannot be reached, or the connection to it was lost.
+
+    Raised by a ``Client`` call (and inside an open stream's iteration, and
+    by a pending HugeData result) when
+
+    * the connection to the broker dropped (tcp/ipc: the broker process died
+      or closed its socket): every call in flight fails at once, with a
+      message such as ``"connection to broker tcp://127.0.0.1:5555 lost
+      (peer disconnected); 3 calls failed"``;
+    * nothing came from the broker for ``heartbeat x liveness`` although the
+      client probed it (a hung broker, an inproc broker that stopped
+      answering, or no broker on the address at connect time): ``"no reply
+      from broker ipc:///x within 1.5 s"``.
+
+    It is a ``TimeoutError`` (and an ``asyncio.TimeoutError``) and a
+    ``ConnectionError``: code written for the original, which raised
+    ``TimeoutError`` after the full reply timeout, keeps working.  The same
+    client connects again on its next call.
+
+    Attributes: ``address`` (the broker address), ``waited`` (seconds without
+    any message from the broker when the client gave up), ``cause`` (short
+    text: ``"peer disconnected"``, ``"no reply"``) and ``failed`` (how many
+    pending requests failed with it; 0 when unknown).
+    """
+
+    def __init__(self, address, waited=None, cause="no reply", failed=0):
+        self.address = address
+        self.waited = waited
+        self.cause = cause
+        self.failed = failed
+        if cause == "no reply" and waited is not None:
+            message = f"no reply from broker {address} within {waited:.1f} s"
+        else:
+            message = f"connection to broker {address} lost ({cause})"
+            if failed:
+                message += f"; {failed} call{'s' if failed != 1 else ''} failed"
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (self.address, self.waited, self.cause, self.failed)
