@@ -976,6 +976,7 @@ class Gate(AMajordomo):
         now = self._loop.time()
         for msg in msgs:
             if len(msg) < 4 or msg[1] or msg[2] != member:
+                count_drop("gate_malformed")
                 continue
             try:
                 if checker is not None:
@@ -1086,6 +1087,8 @@ class Gate(AMajordomo):
         elif command == GATE_HEARTBEAT:
             if gate is not None and len(msg) == 4:
                 gate.expiry = now + gate._life
+            else:
+                count_drop("gate_heartbeat_ignored")
         elif command == GATE_NOTICE:
             if len(msg) < 6:
                 count_drop("gate_malformed")
@@ -1142,7 +1145,10 @@ class Gate(AMajordomo):
         if len(msg) > 6:
             first = msg[6]
             if first[:10] == b"GateStream" or first[:8] == b"\x82\xa6result":
-                return  # a reply that came too late (its request timed out or failed): drop it
+                # a reply that came too late (its request timed out or failed and
+                # its requester was answered then): drop it
+                count_drop("gate_late_reply")
+                return
         # A request from the peer: handled like a frontend request whose client is the peer.
         msg[0:4] = (gate.identity, b"", self._mdp_client)
         self._route_request(msg, msg[3])
@@ -1249,6 +1255,13 @@ class Gate(AMajordomo):
         if lsock is not None:
             lsock.send(frames)
             gate._sent = True
+        else:
+            # the gate is not attached to a running loop: nothing can carry the request
+            del gate._inflight[request_id]
+            self.request_map.pop(request_id, None)
+            self.gate_cluster.give_back(service, gate)
+            count_drop("gate_forward_no_socket")
+            self._reply_error(requester, service_b, request_id, GateUnAvailableError())
 
     def _dispatch_fwd_waiting(self, service):
         waiting = self._fwd_waiting.get(service)
@@ -1282,7 +1295,8 @@ class Gate(AMajordomo):
                 gate._sent = True
             return
         if client_id in self._peer_ids:
-            return  # the peer left: nobody to tell
+            count_drop("gate_reply_peer_gone")  # the peer left: nobody to tell
+            return
         super()._deliver_special(client_id, service_b, request_id, body)
 
     async def forward_request(self, service_name, request_id, client_id, body):
@@ -1390,9 +1404,11 @@ class Gate(AMajordomo):
         try:
             event = event_b.decode("utf-8")
         except UnicodeDecodeError:
+            count_drop("gate_notice_malformed")
             return
         handler = self.event_handlers.get(event)
         if handler is None:
+            count_drop("gate_notice_unhandled")
             return
         self._gate_task(handler(gate, *body), name=f"{event}-{notice_id.hex()}")
 
@@ -1454,6 +1470,8 @@ class Gate(AMajordomo):
                 return
         if request_id in self.gate_replies or request_id in self._gate_streams:
             self._on_gate_reply(request_id, list(body))
+        else:
+            count_drop("gate_late_reply")
 
     async def process_messages_from_gate(self, messages):
         """Handle one gate-socket message (as received, with the sender id)."""
@@ -1496,6 +1514,39 @@ class Gate(AMajordomo):
                 raise _remote_error_info(reply["exception"])
             return reply.get("result")
         return reply
+
+    def service_reachable(self, service_name):
+        """True when a request for ``service_name`` can be served now (a local worker or a ready peer)."""
+        svc = self.services.get(service_name)
+        if svc is not None and svc.workers:
+            return True
+        return service_name in self.gate_cluster.services
+
+    async def wait_for_service(self, service_name, timeout=None):
+        """Return once ``service_name`` is reachable through this gate (locally or on a peer gate).
+
+        Raises ``TimeoutError`` after ``timeout`` seconds (default
+        ``Settings.TIMEOUT``).  Typical use: after :meth:`connect_gate`, wait
+        until the peer has joined and told its services before clients call them.
+        """
+        if not isinstance(service_name, str) or not service_name:
+            raise TypeError("service_name must be a non-empty str")
+        timeout = Settings.TIMEOUT if timeout is None else float(timeout)
+        if timeout < 0:
+            raise ValueError("timeout must be >= 0")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = max(0.01, min(0.05, self.heartbeat / 4000))
+        while not self.service_reachable(service_name):
+            left = deadline - loop.time()
+            if left <= 0:
+                peers = len(self.gate_cluster.get_workers())
+                pending = len(self.gate_cluster.unready_gates)
+                raise TimeoutError(
+                    f"service {service_name!r} is not reachable through gate {self.identity.hex()} "
+                    f"after {timeout:g} s (no local worker; {peers} peer gate(s) joined, "
+                    f"{pending} pending, none advertising it)")
+            await asyncio.sleep(min(interval, left))
 
     # -- multicast ------------------------------------------------------------------------
 
@@ -1581,6 +1632,8 @@ class Gate(AMajordomo):
     def _on_datagram(self, data, addr):
         member = self._gate_member
         if len(data) < _MCAST_LEN or self._closed:
+            if not self._closed:
+                count_drop("gate_datagram_malformed")
             return
         v_end = 16 + len(member)
         gate_id = data[:16]
@@ -1590,6 +1643,7 @@ class Gate(AMajordomo):
             return
         port = _PORT.unpack(data[-4:])[0]
         if not 0 < port < 65536:
+            count_drop("gate_datagram_malformed")
             return
         cluster = self.gate_cluster
         gate = cluster.workers.get(gate_id)
