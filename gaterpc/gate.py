@@ -1038,6 +1038,9 @@ class Gate(AMajordomo):
         ``msg`` = ``[gate id, '', GATE01, cmd, ...]``; ``sock``: a pending
         connection to the peer when it is not registered.
         """
+        if len(msg) >= 5 and msg[2] == self._mdp_client:
+            # a peer's request already rewritten for routing: [gate id, '', MDPC01, service, rid, ...]
+            msg = [msg[0], b"", self._gate_member, GATE_WHISPER, *msg[3:5]]
         if len(msg) < 6 or msg[3] != GATE_WHISPER:
             return
         gate_id, service_b, rid = msg[0], msg[4], msg[5]

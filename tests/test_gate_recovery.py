@@ -152,3 +152,103 @@ async def test_wait_for_service_local_peer_and_timeout(nodes):
     assert (await client.Echo.echo(1))["gate"] == b.name
     with pytest.raises(TypeError):
         await a.gate.wait_for_service(b"Echo", 1)
+
+
+# -- bounded state --------------------------------------------------------------------------------
+
+def _datagram(gate, gate_id, port):
+    from gaterpc.gate import _PORT
+    return b"".join((gate_id, gate._gate_member, Settings.GATE_COMMAND_NOTICE,
+                     gate.gate_cluster.identity, _PORT.pack(port)))
+
+
+async def test_discovery_flood_stays_bounded_and_sockets_are_closed(nodes):
+    from gaterpc.counters import drops_snapshot
+    from gaterpc.protocol import GATE_INVITE
+
+    a = nodes("A")
+    g = a.gate
+    g.max_pending_gates = 8
+    g.max_gate_peers = 50
+    cluster = g.gate_cluster
+    port = free_port()  # nobody listens there
+    before = drops_snapshot().get("gate_pending_full", 0)
+    for _ in range(500):
+        g._on_datagram(_datagram(g, uuid.uuid4().bytes, port), ("127.0.0.1", 0))
+    assert len(cluster.unready_gates) == 8
+    for table in (g._pending, g._gate_addrs, g._last_invite):
+        assert len(table) <= 8
+    assert drops_snapshot().get("gate_pending_full", 0) - before == 492
+    # the same id again and again: one connection, INVITEs rate-limited
+    known = next(iter(cluster.unready_gates))
+    first = g._last_invite[known]
+    for _ in range(100):
+        g._on_datagram(_datagram(g, known, port), ("127.0.0.1", 0))
+    assert len(cluster.unready_gates) == 8 and g._last_invite[known] == first
+    # unknown gates inviting us: remembered up to the cap
+    now = g._loop.time()
+    for _ in range(300):
+        g._gate_command([uuid.uuid4().bytes, b"", g._gate_member, GATE_INVITE], now)
+    assert len(g._join_wanted) <= 50
+    # pending connections time out: sockets closed, bookkeeping gone
+    socks = list(cluster.unready_gates.values())
+    g.pending_timeout = 0.0
+    await until(lambda: not cluster.unready_gates, timeout=10 * HB / 1000)
+    assert all(s.closed for s in socks)
+    assert not g._pending and not g._gate_addrs and not g._last_invite and not g._peer_ids
+    assert g._special_ids == {g.identity}
+    # room again for new peers
+    g._on_datagram(_datagram(g, uuid.uuid4().bytes, port), ("127.0.0.1", 0))
+    assert len(cluster.unready_gates) == 1
+
+
+# -- nothing silent -------------------------------------------------------------------------------
+
+async def test_peer_request_that_fails_is_answered_and_counted(nodes):
+    from gaterpc.counters import drops_snapshot
+    from gaterpc.exceptions import RemoteException
+
+    a, b = nodes("A"), nodes("B")
+    await b.add_worker()
+    await join(a, b)
+    client = await a.client(reply_timeout=30)
+    assert (await client.Echo.echo(1))["gate"] == b.name
+    real = b.gate._route_request
+    calls = []
+
+    def broken(msg, service_b):
+        if not calls:
+            calls.append(msg)
+            raise RuntimeError("boom while routing")
+        return real(msg, service_b)
+
+    b.gate._route_request = broken
+    before = drops_snapshot().get("gate_error", 0)
+    t0 = time.monotonic()
+    with pytest.raises(RemoteException) as info:
+        await asyncio.wait_for(client.Echo.echo(2), 10)
+    assert time.monotonic() - t0 < 5
+    assert "boom while routing" in str(info.value)
+    assert drops_snapshot().get("gate_error", 0) - before == 1
+    # nothing stays in flight, and the next call works
+    assert not a.peer(b)._inflight
+    assert (await client.Echo.echo(3))["gate"] == b.name
+
+
+async def test_late_reply_and_unknown_peer_messages_are_counted(nodes):
+    from gaterpc.counters import drops_snapshot
+    from gaterpc.protocol import GATE_HEARTBEAT, GATE_WHISPER
+
+    a = nodes("A")
+    g = a.gate
+    now = g._loop.time()
+    before = drops_snapshot()
+    stranger = uuid.uuid4().bytes
+    g._gate_command([stranger, b"", g._gate_member, GATE_WHISPER, b"Echo", b"rid"], now)
+    g._gate_command([stranger, b"", g._gate_member, GATE_HEARTBEAT], now)
+    g._on_gate([[stranger, b"", b"NOTGATE", GATE_WHISPER]])
+    g._on_datagram(b"short", ("127.0.0.1", 0))
+    after = drops_snapshot()
+    for reason in ("gate_from_unknown_peer", "gate_heartbeat_ignored", "gate_malformed",
+                   "gate_datagram_malformed"):
+        assert after.get(reason, 0) - before.get(reason, 0) == 1, reason
