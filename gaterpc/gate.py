@@ -31,7 +31,18 @@ Differences from the original (API.md §13 G1-G8, WIRE.md §11):
 * pending connections are re-invited every heartbeat interval and dropped
   after :attr:`Gate.pending_timeout` *seconds* (G3 of §13); connections made
   with :meth:`Gate.connect_gate` stay until the peer joins and are re-made
-  after the peer is banned, so a peer that comes back rejoins;
+  after the peer is banned, so a peer that comes back rejoins (INVITEs back
+  off up to :attr:`Gate.max_invite_backoff` heartbeats; an INVITE from the
+  peer resets that; a new identity answering at the same address is joined
+  when that connection is the only pending one);
+* WHISPER/NOTICE messages from a peer that registered us before we
+  registered it are held (bounded) and replayed on its JOIN;
+* per-peer bookkeeping is pruned when a peer not joined by hand is gone, and
+  capped (:attr:`Gate.max_gate_peers`, :attr:`Gate.max_pending_gates`);
+* every dropped gate message is counted (``count_drop("gate_...")``) and a
+  caller it names (a peer's request, a forwarded request's requester, a
+  pending internal call) gets an error reply at once;
+* :meth:`Gate.wait_for_service` waits until a service is reachable;
 * gates send HEARTBEAT commands to idle peers whether or not they multicast,
   and accept them always, so gates joined only by ``connect_gate`` stay
   joined (WIRE.md G7);
