@@ -31,7 +31,18 @@ Differences from the original (API.md §13 G1-G8, WIRE.md §11):
 * pending connections are re-invited every heartbeat interval and dropped
   after :attr:`Gate.pending_timeout` *seconds* (G3 of §13); connections made
   with :meth:`Gate.connect_gate` stay until the peer joins and are re-made
-  after the peer is banned, so a peer that comes back rejoins;
+  after the peer is banned, so a peer that comes back rejoins (INVITEs back
+  off up to :attr:`Gate.max_invite_backoff` heartbeats; an INVITE from the
+  peer resets that; a new identity answering at the same address is joined
+  when that connection is the only pending one);
+* WHISPER/NOTICE messages from a peer that registered us before we
+  registered it are held (bounded) and replayed on its JOIN;
+* per-peer bookkeeping is pruned when a peer not joined by hand is gone, and
+  capped (:attr:`Gate.max_gate_peers`, :attr:`Gate.max_pending_gates`);
+* every dropped gate message is counted (``count_drop("gate_...")``) and a
+  caller it names (a peer's request, a forwarded request's requester, a
+  pending internal call) gets an error reply at once;
+* :meth:`Gate.wait_for_service` waits until a service is reachable;
 * gates send HEARTBEAT commands to idle peers whether or not they multicast,
   and accept them always, so gates joined only by ``connect_gate`` stay
   joined (WIRE.md G7);
@@ -62,6 +73,7 @@ from zmq import constants as z_const
 
 from gaterpc.base import ABCService, check_zap_args, new_socket
 from gaterpc.broker import AMajordomo
+from gaterpc.counters import count_drop
 from gaterpc.exceptions import (
     BusyGateError, GateUnAvailableError, RemoteException, ServiceUnAvailableError,
 )
@@ -213,7 +225,7 @@ class GateClusterService(ABCService):
                 sock.close(linger=0)
             except zmq.ZMQError:
                 pass
-        self.local_node._pending.pop(gate_id, None)
+        self.local_node._pending_closed(gate_id)
 
     def get_workers(self):
         """The ready peers (identity → RemoteGate)."""
@@ -350,6 +362,15 @@ class Gate(AMajordomo):
     GateServiceClass = GateClusterService
     RemoteGateClass = RemoteGate
 
+    #: Most peer gates (joined, pending and remembered) a gate keeps track of;
+    #: each bookkeeping table is capped at this size (a WARNING when it is hit).
+    max_gate_peers = 1024
+    #: Most connections opened by discovery that wait for the peer's JOIN.
+    max_pending_gates = 64
+    #: Longest interval (in heartbeats) between two INVITEs to a peer joined
+    #: with :meth:`connect_gate` that does not answer (the interval doubles).
+    max_invite_backoff = 8
+
     def __init__(self, port, *, identity=None, context=None, heartbeat=None, multicast=True,
                  cluster_name=None, gate_zap_mechanism=None, gate_zap_credentials=None,
                  thread_executor=None, process_executor=None, gate_bind=None,
@@ -381,8 +402,11 @@ class Gate(AMajordomo):
                                          Settings.TIMEOUT))
         self._lgate = None
         self._gate_zap_frames_bytes = ()
-        # gate id -> (created at, from connect_gate) for pending connections
+        # gate id -> [created at, from connect_gate, invite interval (s)] for pending connections
         self._pending = {}
+        self._warned = set()
+        # gate id -> deque of (received at, message) sent by a pending peer before it joined
+        self._early = {}
         self._gate_addrs = {}
         self._manual_gates = set()
         self._last_invite = {}
@@ -559,6 +583,8 @@ class Gate(AMajordomo):
             self._next_gate_beat = now + self.heartbeat / 1000
             self._gate_heartbeats(now)
         self._sweep_forwards(now)
+        if self._early:
+            self._expire_early(now)
         for service, waiting in self._fwd_waiting.items():
             while waiting and waiting[0][4] <= now:
                 requester, service_b, rid, _body, _ = waiting.popleft()
@@ -578,16 +604,69 @@ class Gate(AMajordomo):
                 lsock.send(beat)
                 gate.last_message_sent_time = now
         cluster = self.gate_cluster
+        base = self.heartbeat / 1000
+        cap = base * max(1, self.max_invite_backoff)
         for gid, sock in list(cluster.unready_gates.items()):
-            since, manual = self._pending.get(gid, (now, False))
-            if not manual and now - since > self.pending_timeout:
+            entry = self._pending.get(gid)
+            if entry is None:
+                entry = self._pending[gid] = [now, gid in self._manual_gates, base]
+            if not entry[1] and now - entry[0] > self.pending_timeout:
                 cluster.cleanup_unready_gate(gid)
                 continue
-            self._invite(gid, sock, now)
+            last = self._last_invite.get(gid)
+            if last is None or now - last >= entry[2] - base / 4:
+                self._invite(gid, sock, now)
+                if entry[1]:
+                    # a peer joined by hand keeps being invited, less and less often
+                    entry[2] = min(entry[2] * 2, cap)
             if gid in self._join_wanted:
                 self._send_join(gid, now)
-        if len(self._join_wanted) > 1024:
-            self._join_wanted.clear()
+        self._prune_tables(now)
+
+    def _known_ids(self):
+        cluster = self.gate_cluster
+        return cluster.workers.keys() | cluster.unready_gates.keys() | self._manual_gates
+
+    def _prune_tables(self, now):
+        """Forget bookkeeping of peers that are neither joined, pending nor manual."""
+        known = None
+        for table in (self._gate_addrs, self._last_invite, self._last_join):
+            if len(table) > len(self.gate_cluster.workers) + len(self.gate_cluster.unready_gates) \
+                    + len(self._manual_gates):
+                if known is None:
+                    known = self._known_ids()
+                for gid in [g for g in table if g not in known]:
+                    del table[gid]
+        stale = now - self.pending_timeout
+        wanted = self._join_wanted
+        while wanted:
+            gid = next(iter(wanted))
+            if wanted[gid] > stale:
+                break
+            del wanted[gid]
+
+    def _forget_peer(self, gate_id):
+        """Drop every bookkeeping entry of a peer that is gone and was not joined by hand."""
+        if gate_id in self._manual_gates:
+            return
+        self._gate_addrs.pop(gate_id, None)
+        self._last_invite.pop(gate_id, None)
+        self._last_join.pop(gate_id, None)
+        self._join_wanted.pop(gate_id, None)
+        self._peer_ids.discard(gate_id)
+        if gate_id != self.identity:
+            self._special_ids.discard(gate_id)
+
+    def _pending_closed(self, gate_id):
+        """A pending connection was closed (timed out or replaced)."""
+        self._pending.pop(gate_id, None)
+        if gate_id not in self.gate_cluster.workers:
+            self._forget_peer(gate_id)
+
+    def _warn_once(self, key, msg, *args):
+        if key not in self._warned:
+            self._warned.add(key)
+            Glogger.warning(msg, *args)
 
     def _sweep_forwards(self, now):
         q = self._fwd_timeouts
@@ -610,9 +689,20 @@ class Gate(AMajordomo):
     # -- handshake ------------------------------------------------------------------
 
     async def connect_gate(self, gate_id, addr, sock_opt=None):
-        """Connect to a peer gate and INVITE it (both sides must connect to each other)."""
+        """Connect to a peer gate and INVITE it (both sides must connect to each other).
+
+        The peer is remembered: it is invited again (every heartbeat at first,
+        then less often, up to every :attr:`max_invite_backoff` heartbeats)
+        until it joins, and again whenever it is lost (expired, LEAVE), so a
+        peer that restarts rejoins without user code.
+        """
         if gate_id in self.gate_cluster.workers:
             raise RuntimeError("Gate has already been connected.")
+        if not isinstance(gate_id, bytes) or not gate_id:
+            raise TypeError("gate_id must be the peer gate's id (bytes), e.g. name2uuid(name).bytes")
+        if gate_id not in self._known_ids() and len(self._known_ids()) >= self.max_gate_peers:
+            raise RuntimeError(f"this gate already tracks {self.max_gate_peers} peer gates "
+                               f"(Gate.max_gate_peers); not connecting to another one")
         self._connect(gate_id, check_socket_addr(addr), sock_opt, manual=True)
         await asyncio.sleep(0)
 
@@ -621,12 +711,26 @@ class Gate(AMajordomo):
         now = self._loop.time()
         sock = cluster.unready_gates.get(gate_id)
         if sock is None:
+            if not manual:
+                if len(self._pending) - sum(1 for e in self._pending.values() if e[1]) \
+                        >= self.max_pending_gates:
+                    count_drop("gate_pending_full")
+                    self._warn_once("pending", "%d gates found by discovery wait for their JOIN "
+                                    "(Gate.max_pending_gates): ignoring new ones until they join "
+                                    "or time out", self.max_pending_gates)
+                    return
+                if len(self._known_ids()) >= self.max_gate_peers:
+                    count_drop("gate_peers_full")
+                    self._warn_once("peers", "this gate tracks %d peer gates (Gate.max_gate_peers): "
+                                    "ignoring new ones", self.max_gate_peers)
+                    return
             sock = self._new_dealer(addr, sock_opt)
             cluster.unready_gates[gate_id] = sock
-            self._pending[gate_id] = (now, manual)
+            self._pending[gate_id] = [now, manual, self.heartbeat / 1000]
             self._gate_addrs[gate_id] = addr
         elif manual:
-            self._pending[gate_id] = (self._pending.get(gate_id, (now, True))[0], True)
+            entry = self._pending.get(gate_id)
+            self._pending[gate_id] = [entry[0] if entry else now, True, self.heartbeat / 1000]
         if manual:
             self._manual_gates.add(gate_id)
             self._gate_addrs[gate_id] = addr
@@ -661,7 +765,7 @@ class Gate(AMajordomo):
         gate = cluster.workers.get(gate_id)
         sock = None if gate is not None else cluster.unready_gates.get(gate_id)
         if gate is None and sock is None:
-            self._join_wanted[gate_id] = now
+            self._want_join(gate_id, now)
             return False
         last = self._last_join.get(gate_id)
         if last is not None and now - last < self.heartbeat / 1000:
@@ -674,15 +778,38 @@ class Gate(AMajordomo):
             gate._sent = True
         elif not _send_raw(sock, frames):
             # not connected yet: the peer invites again
-            self._join_wanted[gate_id] = now
+            self._want_join(gate_id, now)
             return False
         self._last_join[gate_id] = now
         self._join_wanted.pop(gate_id, None)
         return True
 
+    def _want_join(self, gate_id, now):
+        """Remember that ``gate_id`` invited us (bounded; the oldest entry goes first)."""
+        wanted = self._join_wanted
+        wanted.pop(gate_id, None)
+        if len(wanted) >= self.max_gate_peers:
+            del wanted[next(iter(wanted))]
+            count_drop("gate_invite_forgotten")
+            self._warn_once("join_wanted", "more than %d unknown gates invited this gate "
+                            "(Gate.max_gate_peers): forgetting the oldest invitations",
+                            self.max_gate_peers)
+        wanted[gate_id] = now
+
+    def _on_invite(self, gate_id, now):
+        """An INVITE: JOIN back; a pending peer that invites is alive, so invite it now too."""
+        self._send_join(gate_id, now)
+        cluster = self.gate_cluster
+        sock = cluster.unready_gates.get(gate_id)
+        if sock is not None and gate_id not in cluster.workers:
+            entry = self._pending.get(gate_id)
+            if entry is not None:
+                entry[2] = self.heartbeat / 1000
+            self._invite(gate_id, sock, now)
+
     async def process_invite_command(self, gate_id):
         """A peer invited us: JOIN it if we have a connection to it."""
-        self._send_join(gate_id, self._loop.time())
+        self._on_invite(gate_id, self._loop.time())
 
     async def send_join_command(self, gate_id):
         """Send JOIN to a peer we have a connection to."""
@@ -715,8 +842,37 @@ class Gate(AMajordomo):
             for name in set(gate._advertised) | set(services):
                 self._set_capacity(gate, name, services.get(name, 0))
             return
-        if gate_id in self.gate_cluster.unready_gates:
+        if gate_id in self.gate_cluster.unready_gates or self._adopt(gate_id):
             self._register(gate_id, active_services, now)
+        else:
+            count_drop("gate_join_unknown")
+
+    def _adopt(self, gate_id):
+        """A JOIN from an id we have no connection to: a peer joined by hand came back as a new gate.
+
+        Peers send JOIN only in reply to our INVITE, and we invite only on
+        pending connections; when the only pending connection is one made with
+        :meth:`connect_gate`, the gate answering at that address is taken as
+        the new occupant of that address (its old identity is forgotten).
+        """
+        unready = self.gate_cluster.unready_gates
+        if len(unready) != 1:
+            return False
+        old = next(iter(unready))
+        if old not in self._manual_gates or old in self.gate_cluster.workers \
+                or gate_id in self.gate_cluster.workers:
+            return False
+        addr = self._gate_addrs.get(old)
+        Glogger.warning("the gate at %s now answers as %s (was %s): joining it instead",
+                        addr, gate_id.hex(), old.hex())
+        unready[gate_id] = unready.pop(old)
+        self._pending[gate_id] = self._pending.pop(old, None) or [self._loop.time(), True,
+                                                                   self.heartbeat / 1000]
+        self._manual_gates.discard(old)
+        self._manual_gates.add(gate_id)
+        self._forget_peer(old)
+        self._gate_addrs[gate_id] = addr
+        return True
 
     def _register(self, gate_id, active_services, now):
         cluster = self.gate_cluster
@@ -737,8 +893,16 @@ class Gate(AMajordomo):
         if gate._lsock is not None:
             gate._lsock.send(self._head[GATE_HEARTBEAT])
             gate.last_message_sent_time = now
+        if gate_id in self._join_wanted:
+            # it invited us before we had a connection to it: JOIN now, so that it
+            # registers us before our first request reaches it
+            self._last_join.pop(gate_id, None)
+            self._send_join(gate_id, now)
         for service in gate._advertised:
             self._dispatch_fwd_waiting(service)
+        held = self._early.pop(gate_id, None)
+        while held:
+            self._gate_command(held.popleft()[1], now)
         return gate
 
     # -- bans -------------------------------------------------------------------------
@@ -787,6 +951,8 @@ class Gate(AMajordomo):
                     self._connect(gate.identity, addr, manual=True)
                 except zmq.ZMQError:
                     Glogger.warning("cannot reconnect to gate %s", gate.identity.hex())
+        else:
+            self._forget_peer(gate.identity)
 
     async def ban_gate(self, gate):
         """Ban ``gate`` (LEAVE if it is still ready)."""
@@ -821,27 +987,113 @@ class Gate(AMajordomo):
         now = self._loop.time()
         for msg in msgs:
             if len(msg) < 4 or msg[1] or msg[2] != member:
+                count_drop("gate_malformed")
                 continue
             try:
                 if checker is not None:
                     checker.gate(msg[0], msg, self._gate_checked)
                 else:
                     self._gate_command(msg, now)
-            except Exception:
+            except Exception as exc:
                 self._count_error()
+                count_drop("gate_error")
+                try:
+                    self._fail_gate_message(msg, exc, self.gate_cluster.unready_gates.get(msg[0]))
+                except Exception:
+                    pass
 
     def _gate_checked(self, msg):
         """A gate message whose ZAP frames were verified and removed (``[id, '', GATE01, cmd, ...]``)."""
         self._gate_command(msg, self._loop.time())
+
+    def _hold_early(self, gate_id, msg, now):
+        """A WHISPER/NOTICE from a peer that has not joined us (yet).
+
+        The peer registered us (our JOIN reached it) but we have not
+        registered it yet: our INVITE to it was lost (a connection that was
+        not up yet), so it never sent its JOIN.  When we have a pending
+        connection to it, the message is kept (at most 256, for one liveness
+        window) and the peer is invited at once; its JOIN replays what was
+        kept.  Otherwise the message is dropped and counted; a kept request
+        that expires is answered with ``GateUnAvailableError``.
+        """
+        sock = self.gate_cluster.unready_gates.get(gate_id)
+        if sock is None:
+            count_drop("gate_from_unknown_peer")
+            return
+        held = self._early.get(gate_id)
+        if held is None:
+            held = self._early[gate_id] = deque()
+            self._last_invite.pop(gate_id, None)
+        if len(held) >= 256:
+            count_drop("gate_early_full")
+            self._fail_gate_message(msg, BusyGateError(), sock)
+            return
+        held.append((now, msg))
+        self._invite(gate_id, sock, now)
+
+    def _expire_early(self, now):
+        limit = now - self.heartbeat * Settings.MDP_HEARTBEAT_LIVENESS / 1000
+        for gid, held in list(self._early.items()):
+            sock = self.gate_cluster.unready_gates.get(gid)
+            while held and (sock is None or held[0][0] < limit):
+                _, msg = held.popleft()
+                count_drop("gate_early_expired")
+                self._fail_gate_message(msg, GateUnAvailableError(), sock)
+            if not held:
+                del self._early[gid]
+
+    def _fail_gate_message(self, msg, exc, sock=None):
+        """Answer the caller a dropped gate message names (a peer's request, or the requester of a reply).
+
+        ``msg`` = ``[gate id, '', GATE01, cmd, ...]``; ``sock``: a pending
+        connection to the peer when it is not registered.
+        """
+        if len(msg) >= 5 and msg[2] == self._mdp_client:
+            # a peer's request already rewritten for routing: [gate id, '', MDPC01, service, rid, ...]
+            msg = [msg[0], b"", self._gate_member, GATE_WHISPER, *msg[3:5]]
+        if len(msg) < 6 or msg[3] != GATE_WHISPER:
+            return
+        gate_id, service_b, rid = msg[0], msg[4], msg[5]
+        gate = self.gate_cluster.workers.get(gate_id)
+        if gate is not None:
+            fwd = gate._inflight.pop(rid, None)
+            if fwd is not None:
+                # a reply to a request we forwarded: its requester gets the error
+                self.request_map.pop(rid, None)
+                self.gate_cluster.give_back(fwd.service, gate)
+                self._reply_error(fwd.requester, fwd.service_b, rid, exc)
+                return
+            if rid in self.gate_replies or rid in self._gate_streams:
+                fut = self.gate_replies.pop(rid)
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+                stream = self._gate_streams.pop(rid, None)
+                if stream is not None:
+                    stream._put_exception(exc)
+                return
+        if len(msg) > 6 and (msg[6][:10] == b"GateStream" or msg[6][:8] == b"\x82\xa6result"):
+            return  # a reply nobody waits for
+        body = (error_body(msg_pack, exc, False),)
+        if gate is not None:
+            self._deliver_special(gate_id, service_b, rid, body)
+        elif sock is not None:
+            _send_raw(sock, [*self._whisper_head, service_b, rid, *body])
 
     def _gate_command(self, msg, now):
         command = msg[3]
         gate_id = msg[0]
         gate = self.gate_cluster.workers.get(gate_id)
         if command == GATE_WHISPER:
-            if gate is None or len(msg) < 6:
+            if len(msg) < 6:
+                count_drop("gate_malformed")
+                return
+            if gate is None:
+                self._hold_early(gate_id, msg, now)
                 return
             if not gate.ready:
+                self._fail_gate_message(msg, GateUnAvailableError())
+                count_drop("gate_from_unready_peer")
                 self._ban(gate, True)
                 return
             gate.expiry = now + gate._life
@@ -849,19 +1101,26 @@ class Gate(AMajordomo):
         elif command == GATE_HEARTBEAT:
             if gate is not None and len(msg) == 4:
                 gate.expiry = now + gate._life
+            else:
+                count_drop("gate_heartbeat_ignored")
         elif command == GATE_NOTICE:
-            if gate is None or len(msg) < 6:
+            if len(msg) < 6:
+                count_drop("gate_malformed")
+                return
+            if gate is None:
+                self._hold_early(gate_id, msg, now)
                 return
             gate.expiry = now + gate._life
             self._on_notice(gate, msg[4], msg[5], msg[6:])
         elif command == GATE_INVITE:
-            self._send_join(gate_id, now)
+            self._on_invite(gate_id, now)
         elif command == GATE_JOIN:
             if len(msg) < 5:
                 return
             try:
                 services = msg_unpack(msg[4])
             except Exception:
+                count_drop("gate_malformed")
                 return
             self._on_join(gate_id, services, now)
         elif command == GATE_LEAVE:
@@ -900,7 +1159,10 @@ class Gate(AMajordomo):
         if len(msg) > 6:
             first = msg[6]
             if first[:10] == b"GateStream" or first[:8] == b"\x82\xa6result":
-                return  # a reply that came too late (its request timed out or failed): drop it
+                # a reply that came too late (its request timed out or failed and
+                # its requester was answered then): drop it
+                count_drop("gate_late_reply")
+                return
         # A request from the peer: handled like a frontend request whose client is the peer.
         msg[0:4] = (gate.identity, b"", self._mdp_client)
         self._route_request(msg, msg[3])
@@ -1007,6 +1269,13 @@ class Gate(AMajordomo):
         if lsock is not None:
             lsock.send(frames)
             gate._sent = True
+        else:
+            # the gate is not attached to a running loop: nothing can carry the request
+            del gate._inflight[request_id]
+            self.request_map.pop(request_id, None)
+            self.gate_cluster.give_back(service, gate)
+            count_drop("gate_forward_no_socket")
+            self._reply_error(requester, service_b, request_id, GateUnAvailableError())
 
     def _dispatch_fwd_waiting(self, service):
         waiting = self._fwd_waiting.get(service)
@@ -1040,7 +1309,8 @@ class Gate(AMajordomo):
                 gate._sent = True
             return
         if client_id in self._peer_ids:
-            return  # the peer left: nobody to tell
+            count_drop("gate_reply_peer_gone")  # the peer left: nobody to tell
+            return
         super()._deliver_special(client_id, service_b, request_id, body)
 
     async def forward_request(self, service_name, request_id, client_id, body):
@@ -1148,9 +1418,11 @@ class Gate(AMajordomo):
         try:
             event = event_b.decode("utf-8")
         except UnicodeDecodeError:
+            count_drop("gate_notice_malformed")
             return
         handler = self.event_handlers.get(event)
         if handler is None:
+            count_drop("gate_notice_unhandled")
             return
         self._gate_task(handler(gate, *body), name=f"{event}-{notice_id.hex()}")
 
@@ -1212,6 +1484,8 @@ class Gate(AMajordomo):
                 return
         if request_id in self.gate_replies or request_id in self._gate_streams:
             self._on_gate_reply(request_id, list(body))
+        else:
+            count_drop("gate_late_reply")
 
     async def process_messages_from_gate(self, messages):
         """Handle one gate-socket message (as received, with the sender id)."""
@@ -1254,6 +1528,39 @@ class Gate(AMajordomo):
                 raise _remote_error_info(reply["exception"])
             return reply.get("result")
         return reply
+
+    def service_reachable(self, service_name):
+        """True when a request for ``service_name`` can be served now (a local worker or a ready peer)."""
+        svc = self.services.get(service_name)
+        if svc is not None and svc.workers:
+            return True
+        return service_name in self.gate_cluster.services
+
+    async def wait_for_service(self, service_name, timeout=None):
+        """Return once ``service_name`` is reachable through this gate (locally or on a peer gate).
+
+        Raises ``TimeoutError`` after ``timeout`` seconds (default
+        ``Settings.TIMEOUT``).  Typical use: after :meth:`connect_gate`, wait
+        until the peer has joined and told its services before clients call them.
+        """
+        if not isinstance(service_name, str) or not service_name:
+            raise TypeError("service_name must be a non-empty str")
+        timeout = Settings.TIMEOUT if timeout is None else float(timeout)
+        if timeout < 0:
+            raise ValueError("timeout must be >= 0")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = max(0.01, min(0.05, self.heartbeat / 4000))
+        while not self.service_reachable(service_name):
+            left = deadline - loop.time()
+            if left <= 0:
+                peers = len(self.gate_cluster.get_workers())
+                pending = len(self.gate_cluster.unready_gates)
+                raise TimeoutError(
+                    f"service {service_name!r} is not reachable through gate {self.identity.hex()} "
+                    f"after {timeout:g} s (no local worker; {peers} peer gate(s) joined, "
+                    f"{pending} pending, none advertising it)")
+            await asyncio.sleep(min(interval, left))
 
     # -- multicast ------------------------------------------------------------------------
 
@@ -1330,6 +1637,7 @@ class Gate(AMajordomo):
             self._on_datagram(data, addr)
         except Exception:
             self._count_error()
+            count_drop("gate_datagram_error")
 
     async def process_mcast_messages(self, messages, addr):
         """Handle one discovery datagram from ``addr``."""
@@ -1338,6 +1646,8 @@ class Gate(AMajordomo):
     def _on_datagram(self, data, addr):
         member = self._gate_member
         if len(data) < _MCAST_LEN or self._closed:
+            if not self._closed:
+                count_drop("gate_datagram_malformed")
             return
         v_end = 16 + len(member)
         gate_id = data[:16]
@@ -1347,6 +1657,7 @@ class Gate(AMajordomo):
             return
         port = _PORT.unpack(data[-4:])[0]
         if not 0 < port < 65536:
+            count_drop("gate_datagram_malformed")
             return
         cluster = self.gate_cluster
         gate = cluster.workers.get(gate_id)
