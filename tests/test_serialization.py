@@ -158,7 +158,8 @@ def test_unpackable_values_raise_msgpackerror(value):
     with pytest.raises(MsgPackError) as info:
         msg_pack(value)
     assert str(info.value).startswith(f"{value} pack failed: ")
-    assert "int" in str(info.value) if isinstance(value, int) else f"'{type(value).__name__}'" in str(info.value)
+    name = "int" if isinstance(value, int) else type(value).__qualname__
+    assert f"type '{name}'" in str(info.value) or f"type '{type(value).__module__}.{name}'" in str(info.value)
     assert info.value.__context__ is not None
     with pytest.raises(MsgPackError):
         pack_fast(value)
