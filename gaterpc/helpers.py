@@ -107,19 +107,41 @@ def name2uuid(name: str) -> uuid.UUID:
 _SUPPORTED_PROTOCOLS = frozenset(("inproc", "ipc", "tcp", "pgm", "epgm"))
 
 
+class SocketAddressError(ValueError, SystemError):
+    """A ZeroMQ address gaterpc cannot use.
+
+    A ``ValueError`` (bad input); also a ``SystemError``, the class the
+    original raised, so ``except SystemError`` in existing code still works.
+    """
+
+
+_ADDR_FORMS = "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+
+
 def check_socket_addr(addr: Optional[str]) -> Optional[str]:
     """Validate the transport of a ZeroMQ address and return it unchanged.
 
-    ``None`` passes through.  Unsupported transports (and ``ipc`` on
-    Windows) raise ``SystemError``.
+    ``None`` passes through.  An address that is not a string, has no
+    ``scheme://``, uses an unsupported transport (or ``ipc`` on Windows)
+    raises :class:`SocketAddressError` (a ``ValueError`` and, as in the
+    original, a ``SystemError``) whose message shows the expected forms
+    ``tcp://HOST:PORT``, ``ipc://PATH``, ``inproc://NAME`` (an unsupported
+    scheme keeps the original's message ``The protocol "udp" is not
+    supported.``).
     """
     if addr is None:
         return None
-    protocol = addr.split("://", 1)[0]
+    if not isinstance(addr, str):
+        raise SocketAddressError(f"a ZeroMQ address must be a str, not {type(addr).__name__}: {_ADDR_FORMS}")
+    protocol, sep, rest = addr.partition("://")
+    if not sep:
+        raise SocketAddressError(f"{addr!r} is not a ZeroMQ address (no scheme): {_ADDR_FORMS}")
     if protocol == "ipc" and sys.platform == "win32":
-        raise SystemError("ipc protocol does not work on Windows.")
+        raise SocketAddressError("ipc protocol does not work on Windows.")
     if protocol not in _SUPPORTED_PROTOCOLS:
-        raise SystemError(f'The protocol "{protocol}" is not supported.')
+        raise SocketAddressError(f'The protocol "{protocol}" is not supported.')
+    if not rest:
+        raise SocketAddressError(f"{addr!r} has nothing after {protocol}://: {_ADDR_FORMS}")
     return addr
 
 

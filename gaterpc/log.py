@@ -13,6 +13,11 @@ thread, so logging works outside a loop and across several event loops
 (fixes S1 and L2).  Listeners survive ``fork()``: the child gets a fresh
 queue and starts its own thread on first use.  At interpreter exit the
 queues are drained before ``logging.shutdown`` closes the handlers.
+
+:class:`JsonFormatter` and :func:`console_logging_config` are what the
+``gaterpc`` command line uses: logs on the console (stderr) as text or as
+one JSON object per line, through the same queue logging, plus a file only
+when ``--log-file`` is given.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ __all__ = (
     "QueueListener",
     "singleton_aqueue_listener",
     "singleton_queue_listener",
+    "JsonFormatter",
+    "console_logging_config",
 )
 
 _COLOR_NAMES = ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white")
@@ -361,3 +368,76 @@ singleton_aqueue_listener = singleton(AQueueListener)
 
 singleton_queue_listener = singleton(QueueListener)
 """Process-wide :class:`QueueListener` factory (referenced by dotted path)."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``,
+    ``message``, ``process``, and ``exc`` (the traceback text) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+        import json
+
+        out = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            .isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def console_logging_config(level: str = "INFO", fmt: str = "text", log_file: Optional[str] = None) -> dict:
+    """A ``dictConfig`` dict: gaterpc (and root) logs to stderr as ``fmt`` ("text" or "json").
+
+    Records go through :class:`AQueueHandler` (written on the listener's
+    thread, never blocking the loop).  With ``log_file`` they are also
+    written to that file (same format, rotated at midnight, 10 kept).
+    """
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log format must be 'text' or 'json', not {fmt!r}")
+    level = str(level).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}")
+    formatter = {"()": "gaterpc.log.JsonFormatter"} if fmt == "json" else {"format": _TEXT_FORMAT}
+    handlers = {
+        "console": {
+            "class": "gaterpc.log.AQueueHandler",
+            "handler_class": "logging.StreamHandler",
+            "listener": "gaterpc.log.singleton_queue_listener",
+            "formatter": "main",
+            "level": level,
+        },
+    }
+    if log_file:
+        handlers["file"] = {
+            "class": "gaterpc.log.AQueueHandler",
+            "handler_class": "logging.handlers.TimedRotatingFileHandler",
+            "listener": "gaterpc.log.singleton_queue_listener",
+            "filename": str(log_file),
+            "when": "midnight",
+            "backupCount": 10,
+            "formatter": "main",
+            "level": level,
+        }
+    names = list(handlers)
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"main": formatter},
+        "handlers": handlers,
+        "loggers": {
+            "gaterpc": {"level": level, "handlers": names, "propagate": False},
+            "asyncio": {"level": "WARNING", "handlers": names, "propagate": False},
+        },
+        "root": {"level": "WARNING", "handlers": names},
+    }

@@ -10,10 +10,17 @@ are compiled into module-level state whenever a hook or a limit changes
 (see :meth:`MessagePack.__setattr__`), so :func:`msg_pack` and
 :func:`msg_unpack` do no per-call set-up: packing reuses one
 ``msgpack.Packer`` per thread, unpacking passes a prepared keyword dict.
+
+Errors: :class:`MsgPackError` says ``"<object> pack failed: ..."`` and
+names the type msgpack could not pack; :class:`MsgUnpackError` for a value
+over a decode limit (32 MiB for str/bytes by default) names the limit and
+points to HugeData without showing the payload; other undecodable input
+shows at most 200 bytes of it.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from multiprocessing.managers import ArrayProxy, BaseProxy, DictProxy, ListProxy, ValueProxy
 from typing import Any
@@ -169,17 +176,57 @@ def _unwrap_proxy(obj: Any) -> Any:
     return obj
 
 
-def _pack_error(obj: Any) -> MsgPackError:
+_PREVIEW = 200  # characters of the object / bytes shown in an error message
+_LIMIT_RE = re.compile(r"^(\d+) exceeds (max_(?:str|bin|array|map)_len)\((\d+)\)$")
+_TYPE_RE = re.compile(r"serialize '([^']+)' object")
+_LIMIT_WHAT = {
+    "max_str_len": ("a str of", "characters"),
+    "max_bin_len": ("a bytes value of", "bytes"),
+    "max_array_len": ("a list/tuple of", "items"),
+    "max_map_len": ("a dict of", "entries"),
+}
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _PREVIEW else f"{text[:_PREVIEW]}... ({len(text)} characters)"
+
+
+def _pack_error(obj: Any, exc: Exception) -> MsgPackError:
     try:
-        text = str(obj)
+        text = _short(str(obj))
     except Exception:  # noqa: BLE001 - an unprintable object still needs an error
         text = object.__repr__(obj)
-    return MsgPackError(f"{text} pack failed.")
+    found = _TYPE_RE.search(str(exc)) if isinstance(exc, TypeError) else None
+    if found:
+        where = "" if found.group(1) == type(obj).__name__ else f" (found in a {type(obj).__name__})"
+        reason = (f"msgpack cannot pack an object of type {found.group(1)!r}{where}; "
+                  "convert it to None/bool/int/float/str/bytes/list/dict, or set message_pack.prepare_pack")
+    elif isinstance(exc, OverflowError):
+        reason = f"type 'int': a value is outside the msgpack range -2**63 .. 2**64-1 (in a {type(obj).__name__})"
+    else:
+        reason = f"{type(obj).__name__} could not be packed: {type(exc).__name__}: {_short(str(exc))}"
+    return MsgPackError(f"{text} pack failed: {reason}")
 
 
-def _unpack_error(data: Any) -> MsgUnpackError:
+def _limit_message(size: str, limit_name: str, limit: str) -> str:
+    what, unit = _LIMIT_WHAT[limit_name]
+    mib = int(limit) / 1048576
+    limit_text = f"{int(limit)} {unit}" + (f" ({mib:g} MiB)" if unit in ("bytes", "characters") and mib >= 1 else "")
+    return (f"unpack failed: {what} {size} {unit} exceeds the msgpack limit {limit_name} = {limit_text}; "
+            f"send large payloads as HugeData (gaterpc.utils.HugeData) instead of one value, "
+            f"or raise message_pack.{limit_name} on the receiving side")
+
+
+def _unpack_error(data: Any, exc: Exception) -> MsgUnpackError:
+    found = _LIMIT_RE.match(str(exc)) if isinstance(exc, ValueError) else None
+    if found:
+        # No payload in the message: it is at least the size of the limit.
+        return MsgUnpackError(_limit_message(*found.groups()))
     try:
-        text = str(data if len(data) <= 4096 else bytes(data[:4096]) + b"...")
+        n = len(data)
+        text = str(data if n <= _PREVIEW else bytes(data[:_PREVIEW]) + b"...")
+        if n > _PREVIEW:
+            text += f" ({n} bytes)"
     except Exception:  # noqa: BLE001
         text = object.__repr__(data)
     return MsgUnpackError(f"{text} unpack failed.")
@@ -203,7 +250,7 @@ def msg_pack(obj: Any) -> bytes:
         # A hook may itself call msg_pack: use a private packer per call.
         return _packb(obj, default=_pack_default)
     except Exception as e:
-        raise _pack_error(obj).with_traceback(e.__traceback__)
+        raise _pack_error(obj, e).with_traceback(e.__traceback__)
 
 
 def msg_unpack(data) -> Any:
@@ -214,7 +261,7 @@ def msg_unpack(data) -> Any:
     try:
         return _unpackb(data, **_unpack_kwargs)
     except Exception as e:
-        raise _unpack_error(data).with_traceback(e.__traceback__)
+        raise _unpack_error(data, e).with_traceback(e.__traceback__)
 
 
 def pack_fast(obj: Any) -> bytes:
@@ -231,7 +278,7 @@ def pack_fast(obj: Any) -> bytes:
                 packer = _new_packer()
             return packer.pack(obj)
         except Exception as e:
-            raise _pack_error(obj).with_traceback(e.__traceback__)
+            raise _pack_error(obj, e).with_traceback(e.__traceback__)
     return msg_pack(obj)
 
 

@@ -461,3 +461,58 @@ class Worker(ABCWorker):
             runner.reply_error(client_id, request_id, exc, with_traceback=False)
             return
         runner.run(client_id, request_id, entry[0], entry[1], args, kwargs)
+
+    # -- graceful stop ----------------------------------------------------------
+
+    async def shutdown(self, grace=10.0):
+        """Stop gracefully: take no new request, finish those in flight, then leave.
+
+        From the call on, requests that still arrive are answered at once
+        with ``ServiceUnAvailableError`` ("... is shutting down") instead of
+        being run.  Requests in flight (coroutines, executor calls, streams,
+        HugeData transfers) get up to ``grace`` seconds to finish; their
+        replies are flushed to the broker.  Then the worker says DISCONNECT
+        and closes its socket, so the broker forgets it at once; callers of
+        requests that were still running after ``grace`` (cancelled here)
+        get ``ServiceUnAvailableError`` from the broker.  Returns the number
+        of requests that had to be cancelled (0 when every one finished).
+        """
+        loop = self._loop
+        # An instance attribute shadows the method for the receive callback.
+        self._handle_request = self._refuse_request
+        try:
+            deadline = loop.time() + max(0.0, float(grace or 0.0))
+            while self.requests:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await asyncio.wait(list(self.requests), timeout=remaining)
+                await asyncio.sleep(0)  # let done-callbacks send replies / start streams
+            left = len(self.requests)
+            if left:
+                Wlogger.warning("%d request(s) still running after %.1f s: cancelled", left, grace)
+                for task in list(self.requests):
+                    task.cancel()
+            lsock = self._lsock
+            if lsock is not None and not lsock.closed and lsock.backlog_size():
+                try:
+                    await asyncio.wait_for(lsock.drain(), max(1.0, deadline - loop.time()))
+                except (asyncio.TimeoutError, ConnectionError):
+                    pass
+            task = self._recv_task
+            self.stop()
+            if task is not None and not task.done():
+                await asyncio.wait((task,), timeout=2.0)
+            if self.ready:
+                await self.disconnect(notify=True)
+            return left
+        finally:
+            self.__dict__.pop("_handle_request", None)
+
+    def _refuse_request(self, msg, i):
+        """Answer a request that arrives while :meth:`shutdown` runs."""
+        if len(msg) - i < 3 or msg[i + 1]:
+            return
+        exc = ServiceUnAvailableError(self.service.name)
+        exc.args = (f"The worker serving the {self.service.name} Service is shutting down.",)
+        self._runner.reply_error(msg[i], msg[i + 2], exc, with_traceback=False)

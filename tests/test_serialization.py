@@ -157,7 +157,9 @@ def test_dict_order_is_kept():
 def test_unpackable_values_raise_msgpackerror(value):
     with pytest.raises(MsgPackError) as info:
         msg_pack(value)
-    assert str(info.value) == f"{value} pack failed."
+    assert str(info.value).startswith(f"{value} pack failed: ")
+    name = "int" if isinstance(value, int) else type(value).__qualname__
+    assert f"type '{name}'" in str(info.value) or f"type '{type(value).__module__}.{name}'" in str(info.value)
     assert info.value.__context__ is not None
     with pytest.raises(MsgPackError):
         pack_fast(value)
