@@ -200,3 +200,16 @@ def test_bench_hol_mode_reports_both_latencies(tmp_path):
     assert h["queued_slow_calls"] == 1000
     assert h["p50_unloaded"] > 0 and h["p50_loaded"] > 0
     assert h["ratio"] == pytest.approx(h["p50_loaded"] / h["p50_unloaded"])
+
+
+@pytest.mark.slow
+def test_bench_gate_layout_against_direct(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "2000", "--layout", "gate", "--vs-direct")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by = {r["impl"]: r for r in report["results"]}
+    assert [p["role"] for p in by["ours"]["processes"]] == ["gate-b", "gate-a", "worker", "client"]
+    assert by["ours"]["layout"] == "gate" and by["direct"]["layout"] == "3proc"
+    for res in by.values():
+        assert res["completed"] == 2000 and res["errors"] == 0 and res["mismatches"] == 0
+    assert report["ratios"]["ours / direct on uvloop (calls/s)"] == pytest.approx(
+        by["ours"]["calls_per_s"] / by["direct"]["calls_per_s"])

@@ -37,7 +37,7 @@ __all__ = ("main", "run_benchmark", "build_parser", "BenchError")
 
 HERE = Path(__file__).resolve().parent
 ROLES_FILE = HERE / "roles.py"
-LAYOUTS = ("3proc", "2proc", "inproc")
+LAYOUTS = ("3proc", "2proc", "inproc", "gate")
 IMPLS = ("ours", "original", "raw", "limit")
 LOOPS = ("asyncio", "uvloop")
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -372,17 +372,31 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         cfg["inject_mismatch"] = opts.inject_mismatch
     children: list[Child] = []
 
+    layout = "3proc" if impl == "direct" else opts.layout
+    real_impl = "ours" if impl == "direct" else impl
+    if layout == "gate":
+        ports = set()
+        while len(ports) < 2:
+            ports.add(_free_port())
+        cfg["gate_a_port"], cfg["gate_b_port"] = sorted(ports)
+        cfg["gate_b_front"], cfg["gate_a_back"] = _endpoints(transport, tmp, f"g{run_index}")
+
     def spawn(role: str, label: str) -> Child:
-        argv, env, cwd = _command(impl, role, cfg, opts, tmp)
+        argv, env, cwd = _command(real_impl, role, cfg, opts, tmp)
         child = Child(label, argv, env, cwd, tmp / f"{label}.log")
         children.append(child)
         return child
 
     nclients = max(1, getattr(opts, "clients", 1) or 1)
     try:
-        if opts.layout == "3proc":
-            broker = spawn("broker", "broker")
-            broker.info = broker.expect("ready", deadline, watch=children)
+        if layout in ("3proc", "gate"):
+            if layout == "gate":
+                for role in ("gate-b", "gate-a"):
+                    g = spawn(role, role)
+                    g.info = g.expect("ready", deadline, watch=children)
+            else:
+                broker = spawn("broker", "broker")
+                broker.info = broker.expect("ready", deadline, watch=children)
             for k in range(workers):
                 w = spawn("worker", f"worker{k + 1}" if workers > 1 else "worker")
                 w.info = w.expect("ready", deadline, watch=children)
@@ -394,7 +408,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
                 clients.append(spawn("client", f"client{k + 1}" if nclients > 1 else "client"))
             cfg.clear()
             cfg.update(base_cfg)
-        elif opts.layout == "2proc":
+        elif layout == "2proc":
             server = spawn("server", "broker+worker")
             server.info = server.expect("ready", deadline, watch=children)
             clients = [spawn("client", "client")]
@@ -449,7 +463,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
                       "bytes_per_queued_request": grown / completed if completed else None}
     ok = (result.get("errors") == 0 and result.get("mismatches") == 0 and completed == opts.n)
     return {
-        "impl": impl, "ok": ok, "layout": opts.layout, "transport": transport, "mode": opts.mode,
+        "impl": impl, "ok": ok, "layout": layout, "transport": transport, "mode": opts.mode,
         "n": opts.n, "window": result.get("window"), "payload": opts.payload,
         "interface": opts.interface, "uvloop_requested": opts.uvloop,
         "loop": None if impl == "limit" else ("uvloop" if opts.uvloop else "asyncio"),
@@ -680,6 +694,9 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                    help="what to measure: our gaterpc, the original 0.2.11, or the raw-pyzmq baseline")
     p.add_argument("--vs-original", action="store_true", help="also run the original gaterpc 0.2.11")
     p.add_argument("--vs-raw", action="store_true", help="also run the raw-pyzmq baseline")
+    p.add_argument("--vs-direct", action="store_true",
+                   help="with --layout gate: also run ours directly (client | broker | worker) in the same "
+                        "run, for the forwarded/direct ratio")
     p.add_argument("--vs-limit", action="store_true",
                    help="also run the limit row: the same three processes as libzmq loops doing no RPC "
                         "work (C proxy broker, C reflector worker, compiled batch-I/O client)")
@@ -696,7 +713,11 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
 def _resolve(opts, parser) -> None:
     if opts.n is None:
         opts.n = 10_000 if opts.mode == "latency" else 100_000
-    if opts.clients > 1 and opts.layout != "3proc":
+    if opts.layout == "gate" and (opts.impl != "ours" or opts.vs_original or opts.vs_raw or opts.vs_limit):
+        parser.error("--layout gate runs our roles only (add --vs-direct for the direct comparison)")
+    if opts.vs_direct and opts.layout != "gate":
+        parser.error("--vs-direct goes with --layout gate")
+    if opts.clients > 1 and opts.layout not in ("3proc", "gate"):
         parser.error("--clients needs --layout 3proc")
     if opts.n < 1 or opts.window < 1 or opts.repeat < 1 or opts.workers < 1 or opts.payload < 0 \
             or opts.clients < 1:
@@ -730,7 +751,8 @@ def run_benchmark(opts) -> dict:
     Every (implementation, loop) pair runs ``--repeat`` times, interleaved;
     ratios are computed only between runs on the same event loop."""
     impls = [opts.impl]
-    for flag, name in ((opts.vs_original, "original"), (opts.vs_raw, "raw"), (opts.vs_limit, "limit")):
+    for flag, name in ((opts.vs_original, "original"), (opts.vs_raw, "raw"), (opts.vs_limit, "limit"),
+                       (opts.vs_direct, "direct")):
         if flag and name not in impls:
             impls.append(name)
     loops = list(LOOPS) if opts.loop == "both" else [opts.loop]

@@ -142,6 +142,26 @@ def start_broker(cfg, ctx):
     return broker
 
 
+def start_gate(cfg, ctx, name):
+    """Gate layout: ``gate-a`` (the clients' frontend) or ``gate-b`` (the workers' backend)."""
+    from gaterpc.core import Gate  # ours only: the gate layout is not run for the original
+
+    mine, other = ("a", "b") if name == "gate-a" else ("b", "a")
+    gate = Gate(int(cfg[f"gate_{mine}_port"]), identity=f"bench-gate-{mine}", context=ctx,
+                multicast=False, gate_bind="127.0.0.1")
+    gate.bind_frontend(cfg["front"] if mine == "a" else cfg["gate_b_front"])
+    gate.bind_backend(cfg["back"] if mine == "b" else cfg["gate_a_back"])
+    gate.run()
+    return gate
+
+
+async def join_gate(gate, cfg, name):
+    from gaterpc.utils import name2uuid
+
+    other = "b" if name == "gate-a" else "a"
+    await gate.connect_gate(name2uuid(f"bench-gate-{other}").bytes, f"tcp://127.0.0.1:{cfg[f'gate_{other}_port']}")
+
+
 def start_workers(cfg, ctx, count):
     cls = SyncEchoWorker if cfg["interface"] == "sync" or cfg["mode"] == "queue" else AsyncEchoWorker
     if cfg["mode"] == "queue":
@@ -435,6 +455,9 @@ async def main(role, cfg):
     try:
         if role in ("broker", "server", "all"):
             broker = start_broker(cfg, ctx)
+        if role in ("gate-a", "gate-b"):
+            broker = start_gate(cfg, ctx, role)
+            await join_gate(broker, cfg, role)
         if role in ("worker", "server", "all"):
             workers = start_workers(cfg, ctx, int(cfg["workers"]) if role != "worker" else 1)
         await asyncio.sleep(0.05)
