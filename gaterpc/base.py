@@ -107,7 +107,15 @@ def current_loop():
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.get_event_loop_policy().get_event_loop()
+        pass
+    policy = asyncio.get_event_loop_policy()
+    try:
+        return policy.get_event_loop()
+    except RuntimeError:
+        # e.g. after asyncio.run() cleared the current loop: give this thread a new one
+        loop = policy.new_event_loop()
+        policy.set_event_loop(loop)
+        return loop
 
 
 async def generate_reply(result=None, exception=None):
