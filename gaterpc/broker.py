@@ -16,6 +16,20 @@ worker that disappears get an error reply at once (B2/B9); unknown internal
 functions and malformed requests are answered with an error; internal
 stream and HugeData errors use the right tags (B2/B3 of §13); ``stop()``
 works before ``run()`` (B10).
+
+Worker liveness and recovery: every worker gets a HEARTBEAT every interval;
+a send that finds a worker's connection gone (EHOSTUNREACH) removes it at
+once, so a killed worker is noticed within one heartbeat (expiry after
+heartbeat x liveness stays as the fallback for a hung worker).  Its callers
+get ``ServiceUnAvailableError``; a caller whose stream or HugeData had begun
+gets it as a stream/HugeData error, so the iteration raises.  A HEARTBEAT or
+REPLY from a worker id the broker does not know (e.g. after a restart) is
+answered with DISCONNECT, at most once per id per heartbeat interval, so the
+worker registers again.  A malformed READY is refused with a DISCONNECT that
+carries the reason (the original ignored it silently; its worker ignores the
+extra frame).  A message that makes the broker fail is counted
+(``broker_error``) and, when it names a waiting caller, answered with an
+error reply.
 """
 
 from __future__ import annotations

@@ -410,7 +410,6 @@ class Worker(ABCWorker):
 
     async def recv(self):
         """Connect and serve until stopped; reconnect after a lost broker (see the class doc)."""
-        loop = self._loop
         cancelled = False
         try:
             while True:
