@@ -398,9 +398,14 @@ class AMajordomo:
         """DISCONNECT with a reason frame: our worker stops (no reconnect) and logs it.
 
         The original worker ignores frames after the command and just stops.
+        Logged and answered at most once per id per heartbeat interval.
         """
-        Mlogger.warning("worker %s refused: %s", worker_id.hex(), reason)
         count_drop("worker_refused")
+        told = self._told_unknown
+        if worker_id in told or len(told) >= 65536:
+            return
+        told.add(worker_id)
+        Mlogger.warning("worker %s refused: %s", worker_id.hex(), reason)
         lback = self._lback
         if lback is not None:
             lback.send((worker_id, b"", self._mdp_worker, DISCONNECT, reason.encode("utf-8")))
