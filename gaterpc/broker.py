@@ -16,6 +16,20 @@ worker that disappears get an error reply at once (B2/B9); unknown internal
 functions and malformed requests are answered with an error; internal
 stream and HugeData errors use the right tags (B2/B3 of §13); ``stop()``
 works before ``run()`` (B10).
+
+Worker liveness and recovery: every worker gets a HEARTBEAT every interval;
+a send that finds a worker's connection gone (EHOSTUNREACH) removes it at
+once, so a killed worker is noticed within one heartbeat (expiry after
+heartbeat x liveness stays as the fallback for a hung worker).  Its callers
+get ``ServiceUnAvailableError``; a caller whose stream or HugeData had begun
+gets it as a stream/HugeData error, so the iteration raises.  A HEARTBEAT or
+REPLY from a worker id the broker does not know (e.g. after a restart) is
+answered with DISCONNECT, at most once per id per heartbeat interval, so the
+worker registers again.  A malformed READY is refused with a DISCONNECT that
+carries the reason (the original ignored it silently; its worker ignores the
+extra frame).  A message that makes the broker fail is counted
+(``broker_error``) and, when it names a waiting caller, answered with an
+error reply.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from zmq import constants as z_const
 
 from gaterpc.base import Context, current_loop, new_socket, own_executors, set_ctx, shutdown_own_executors
 from gaterpc.cache import KVLRUCache
+from gaterpc.counters import count_drop
 from gaterpc.exceptions import BusyWorkerError, ServiceUnAvailableError
 from gaterpc.execute import Runner, collect_interfaces
 from gaterpc.global_settings import Settings
@@ -36,7 +51,7 @@ from gaterpc.helpers import check_socket_addr, interface, name2uuid, to_bytes
 from gaterpc.loopio import LoopSocket
 from gaterpc.protocol import (
     DISCONNECT, HEARTBEAT, KEEPALIVE_ARG, KEEPALIVE_BAD, KEEPALIVE_OK, READY, REPLY, REQUEST,
-    error_body,
+    STREAM_EXC, error_body, exception_triple,
 )
 from gaterpc._speedups.frames import is_terminal
 from gaterpc.serialization import msg_pack, msg_unpack
@@ -106,6 +121,8 @@ class AMajordomo:
         self._zap_checker = None
         self._closed = False
         self._errors = 0
+        # ids of unknown workers answered with DISCONNECT since the last heartbeat round
+        self._told_unknown = set()
         self._read_protocol_settings()
         self._runner = Runner(self, self._loop, self._send_internal_reply, self._get_lfront,
                               self.frontend_tasks)
@@ -152,7 +169,8 @@ class AMajordomo:
             self.backend = new_socket(self.ctx, zmq.ROUTER, sock_opt)
             self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if self.running:
-                self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True)
+                self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True,
+                                         on_unreachable=self._on_worker_unreachable)
         self.backend.bind(addr)
 
     def unbind_backend(self, addr):
@@ -200,7 +218,8 @@ class AMajordomo:
         if self.frontend is not None and self._lfront is None:
             self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend, per_peer=True)
         if self.backend is not None and self._lback is None:
-            self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True)
+            self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True,
+                                     on_unreachable=self._on_worker_unreachable)
         if self._zap_checker is not None:
             self._zap_checker.attach()
 
@@ -234,11 +253,14 @@ class AMajordomo:
                 self._reply_error(client_id, svc._name_b, request_id, BusyWorkerError())
 
     def _send_heartbeats(self):
+        """Heartbeat every worker; a worker whose connection is gone is removed on the spot."""
+        self._told_unknown.clear()
         lback = self._lback
         if lback is None:
             return
         frames_tail = (b"", self._mdp_worker, HEARTBEAT)
-        for wid in self.workers:
+        # a copy: a send to a vanished worker removes it (on_unreachable) while we iterate
+        for wid in list(self.workers):
             lback.send((wid,) + frames_tail)
 
     def stop(self):
@@ -328,30 +350,32 @@ class AMajordomo:
         return svc
 
     def _on_ready(self, worker_id, frames):
-        if len(frames) != 1:
+        if worker_id in self.workers:
+            # A second READY from a registered id bans it (as the original).
+            self._remove_worker(self.workers[worker_id], True)
             return
+        if len(frames) != 1:
+            self._refuse_worker(worker_id, f"READY must carry exactly one body frame, not {len(frames)}")
+            return
+        sep = Settings.MDP_DESCRIPTION_SEP
         try:
-            parts = frames[0].decode("utf-8").split(Settings.MDP_DESCRIPTION_SEP)
+            parts = frames[0].decode("utf-8").split(sep)
         except UnicodeDecodeError:
             parts = ()
         if len(parts) != 3:
-            Mlogger.warning("READY with a malformed body from %s ignored", worker_id.hex())
+            self._refuse_worker(worker_id, f"malformed READY body (expected name{sep}description{sep}capacity, "
+                                           f"with no {sep!r} in the name or description)")
             return
         name, description, capacity = parts
         try:
             capacity = int(capacity)
         except ValueError:
-            Mlogger.warning("READY with a bad capacity from %s ignored", worker_id.hex())
+            capacity = 0
+        if not name or capacity < 1:
+            self._refuse_worker(worker_id, "malformed READY body (empty service name, or capacity not an "
+                                           "integer >= 1)")
             return
         lback = self._lback
-        if worker_id in self.workers:
-            # A second READY from a registered id bans it (as the original).
-            self._remove_worker(self.workers[worker_id], True)
-            return
-        if not name or capacity < 1:
-            if lback is not None:
-                lback.send((worker_id, b"", self._mdp_worker, DISCONNECT))
-            return
         capacity = min(capacity, 1 << 30)
         svc = self.register_service(name, description)
         w = self.RemoteWorkerClass(worker_id, self.heartbeat, capacity, self.backend,
@@ -361,12 +385,62 @@ class AMajordomo:
         w.prolong(self._loop.time())
         if lback is not None:
             lback.send((worker_id, b"", self._mdp_worker, HEARTBEAT))
+            if self.workers.get(worker_id) is not w:
+                return  # it vanished at once (its connection is gone)
         if svc._waiting:
             self._dispatch_waiting(svc)
         self._worker_ready(w, svc)
 
     def _worker_ready(self, worker, service):
         """Hook: a worker registered (the Gate tells its peers)."""
+
+    def _refuse_worker(self, worker_id, reason):
+        """DISCONNECT with a reason frame: our worker stops (no reconnect) and logs it.
+
+        The original worker ignores frames after the command and just stops.
+        Logged and answered at most once per id per heartbeat interval.
+        """
+        count_drop("worker_refused")
+        told = self._told_unknown
+        if worker_id in told or len(told) >= 65536:
+            return
+        told.add(worker_id)
+        Mlogger.warning("worker %s refused: %s", worker_id.hex(), reason)
+        lback = self._lback
+        if lback is not None:
+            lback.send((worker_id, b"", self._mdp_worker, DISCONNECT, reason.encode("utf-8")))
+
+    def _unknown_worker(self, worker_id):
+        """A HEARTBEAT or REPLY from a worker id we do not know (e.g. we restarted).
+
+        Answered with DISCONNECT (standard Majordomo) so that the worker
+        registers again; at most once per id per heartbeat interval, so a flood
+        costs a set lookup per message.
+        """
+        count_drop("unknown_worker")
+        told = self._told_unknown
+        if worker_id in told or len(told) >= 65536:
+            return
+        told.add(worker_id)
+        lback = self._lback
+        if lback is not None:
+            lback.send((worker_id, b"", self._mdp_worker, DISCONNECT))
+
+    def _on_worker_unreachable(self, worker_id):
+        """The backend could not send to ``worker_id``: its connection is gone."""
+        w = self.workers.get(worker_id)
+        if w is not None:
+            Mlogger.warning("worker %s vanished (connection lost)", worker_id.hex())
+            self._remove_worker(w, False)
+
+    def _fail_inflight(self, client_id, svc, request_id, tag, exc):
+        """Fail one dispatched request; ``tag`` is the stream/HugeData tag if replies had begun."""
+        if tag is None:
+            self._reply_error(client_id, svc._name_b, request_id, exc)
+        else:
+            # the caller already iterates a stream or assembles a HugeData: end it with an error
+            self._deliver(client_id, svc._name_b, request_id,
+                          (tag, STREAM_EXC, msg_pack(exception_triple(exc, False))))
 
     def _remove_worker(self, w, send_disconnect):
         """Ban a worker: DISCONNECT (if asked), forget it, fail its requests."""
@@ -381,12 +455,15 @@ class AMajordomo:
         svc = w.service
         svc.remove_worker(w)
         inflight = w._inflight
+        partial = w._partial
         w._inflight = {}
+        w._partial = {}
         if inflight:
+            count_drop("worker_lost_request", len(inflight))
             exc = ServiceUnAvailableError(svc.name)
             exc.args = (f"The worker serving the {svc.name} Service was lost before replying.",)
             for request_id, client_id in inflight.items():
-                self._reply_error(client_id, svc._name_b, request_id, exc)
+                self._fail_inflight(client_id, svc, request_id, partial.get(request_id), exc)
         if not svc.workers:
             self._service_gone(svc)
 
@@ -411,7 +488,7 @@ class AMajordomo:
                 else:
                     self._route_request(msg, msg[3])
             except Exception:
-                self._count_error()
+                self._count_error(msg, True)
 
     def _route_request(self, msg, service_b):
         """Route ``msg`` = ``[client, '', header, service, request_id, *body]``."""
@@ -526,20 +603,77 @@ class AMajordomo:
                     checker.backend(msg)
                 elif msg[3] == REPLY:
                     w = workers.get(msg[0])
-                    if w is None or len(msg) < 8 or msg[5]:
+                    if w is None:
+                        self._unknown_worker(msg[0])
+                        continue
+                    if len(msg) < 8 or msg[5]:
+                        count_drop("malformed_reply")
                         continue
                     w.expiry = now + w.heartbeat * w.heartbeat_liveness / 1000
                     self._on_reply(w, msg)
                 else:
                     self._backend_command(msg[0], msg[3], msg[4:], now)
             except Exception:
-                self._count_error()
+                self._count_error(msg)
 
-    def _count_error(self):
-        """A message made the broker fail: count it, log the first ones only."""
+    def _count_error(self, msg=None, frontend=False):
+        """A message made the broker fail: count it, log the first ones only.
+
+        When ``msg`` names a caller that is waiting (a client request, or a
+        worker's reply to a request it was given), the caller gets an error
+        reply at once instead of waiting for its timeout.
+        """
         self._errors += 1
+        count_drop("broker_error")
         if self._errors <= 10 or not self._errors % 10000:
             Mlogger.exception("error #%d while handling a message (dropped)", self._errors)
+        if msg is not None:
+            try:
+                self._fail_caller(msg, frontend)
+            except Exception:  # the error reply itself failed: nothing more to do
+                Mlogger.debug("could not tell the caller of a failed message", exc_info=True)
+
+    def _fail_caller(self, msg, frontend):
+        from gaterpc.zap import _split
+
+        exc = RuntimeError("the broker failed while handling this request")
+        zap = self._zap_checker is not None
+        if frontend:
+            # [client, '', MDPC01, service, (zap...), request_id, *body]
+            if len(msg) < 5 or msg[1] or msg[2] != self._mdp_client:
+                return
+            i = 4
+            if zap:
+                parsed = _split(msg, 4)
+                if parsed is not None:
+                    i = parsed[2]
+                    if len(msg) <= i:
+                        return
+            self._reply_error(msg[0], msg[3], msg[i], exc)
+            return
+        # [worker, '', MDPW01, 03, (zap...), client, '', request_id, *body]: only the
+        # worker a request was given to names its caller
+        if len(msg) < 4 or msg[3] != REPLY:
+            return
+        w = self.workers.get(msg[0])
+        if w is None:
+            return
+        i = 4
+        if zap:
+            parsed = _split(msg, 4)
+            if parsed is not None:
+                i = parsed[2]
+        if len(msg) < i + 3 or msg[i + 1]:
+            return
+        client_id = msg[i]
+        request_id = msg[i + 2]
+        if w._inflight.get(request_id) != client_id:
+            return
+        del w._inflight[request_id]
+        tag = w._partial.pop(request_id, None)
+        svc = w.service
+        svc._give_back(w)
+        self._fail_inflight(client_id, svc, request_id, tag, exc)
 
     def _backend_checked(self, msg):
         """Handle one backend message whose ZAP frames were verified and removed.
@@ -549,7 +683,11 @@ class AMajordomo:
         now = self._loop.time()
         if msg[3] == REPLY:
             w = self.workers.get(msg[0])
-            if w is None or len(msg) < 8 or msg[5]:
+            if w is None:
+                self._unknown_worker(msg[0])
+                return
+            if len(msg) < 8 or msg[5]:
+                count_drop("malformed_reply")
                 return
             w.prolong(now)
             self._on_reply(w, msg)
@@ -562,13 +700,20 @@ class AMajordomo:
         request_id = msg[6]
         inflight = w._inflight
         if inflight.get(request_id) != client_id:
+            count_drop("reply_not_dispatched")
             return
         svc = w.service
         if is_terminal(msg[7:]):
             del inflight[request_id]
+            if w._partial:
+                w._partial.pop(request_id, None)
             svc._give_back(w)
             if svc._waiting:
                 self._dispatch_waiting(svc)
+        else:
+            # a stream item or HugeData chunk: if the worker dies now, the caller gets
+            # a stream-shaped error (a plain error reply would not end its iteration)
+            w._partial[request_id] = msg[7]
         if client_id in self._special_ids:
             self._deliver_special(client_id, svc._name_b, request_id, msg[7:])
             return
@@ -582,8 +727,12 @@ class AMajordomo:
         """Non-REPLY backend commands (``frames``: after the command and ZAP frames)."""
         if command == HEARTBEAT:
             w = self.workers.get(worker_id)
-            if w is not None and not frames:
+            if w is None:
+                self._unknown_worker(worker_id)
+            elif not frames:
                 w.prolong(now)
+            else:
+                count_drop("malformed_heartbeat")
         elif command == READY:
             self._on_ready(worker_id, frames)
         elif command == DISCONNECT:
@@ -591,11 +740,19 @@ class AMajordomo:
             if w is not None and len(frames) == 1:
                 w.ready = False
                 self._remove_worker(w, False)
+            elif w is not None:
+                count_drop("malformed_disconnect")
         elif command == REPLY:
             w = self.workers.get(worker_id)
-            if w is not None and len(frames) >= 4 and not frames[1]:
+            if w is None:
+                self._unknown_worker(worker_id)
+            elif len(frames) >= 4 and not frames[1]:
                 w.prolong(now)
                 self._on_reply(w, [worker_id, b"", self._mdp_worker, REPLY, *frames])
+            else:
+                count_drop("malformed_reply")
+        else:
+            count_drop("unknown_worker_command")
 
     # -- API of the original (overridable hooks, not on the hot path) -----------
 

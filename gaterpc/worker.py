@@ -14,12 +14,20 @@ the process pool with a stand-in ``self`` (``execute.DetachedSelf``) instead
 of failing to pickle the worker; on ``stop()`` the worker tells the broker
 with a DISCONNECT so that in-flight callers learn at once; ``close()`` shuts
 down only executors the worker created itself.
+
+Reconnection (also a difference): a worker whose broker goes silent for
+heartbeat x liveness, or that gets a plain DISCONNECT from the broker (broker
+shutdown, or "I do not know you" after a broker restart), closes its socket
+and registers again on a new one, with capped exponential backoff and
+jitter.  ``worker._reconnect = False`` restores the original's behaviour
+(the worker stops).  See :class:`Worker`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 from collections import deque
 
@@ -65,6 +73,8 @@ class RemoteWorker(ABCWorker):
         self.expiry = 0.0
         # request id -> requester id, for requests dispatched and not yet answered
         self._inflight = {}
+        # request id -> stream/HugeData tag, for those of them whose replies have begun
+        self._partial = {}
         self._in_ready = False
 
     def is_alive(self):
@@ -83,6 +93,8 @@ class Service(ABCService):
         self.name = name or Settings.SERVICE_DEFAULT_NAME
         self.description = description
         self.workers = {}
+        # Kept for code written for the original; nothing reads or fills it any more
+        # (the broker balances with ``_ready``).
         self.idle_workers = asyncio.Queue()
         self.running = False
         # Broker side: workers with spare capacity, round robin (each at most once).
@@ -117,7 +129,6 @@ class Service(ABCService):
             return
         worker.service = self
         self.workers[worker.identity] = worker
-        self.idle_workers.put_nowait(worker.identity)
         self.running = True
         if isinstance(worker, RemoteWorker) and worker.max_allowed_request > 0 and not worker._in_ready:
             worker._in_ready = True
@@ -140,6 +151,12 @@ class Service(ABCService):
                 pass
         if not self.workers:
             self.running = False
+            # Requests waiting for capacity learn at once that nobody is left.
+            waiters = self._capacity_waiters
+            while waiters:
+                fut = waiters.popleft()
+                if not fut.done():
+                    fut.set_result(None)
 
     def get_workers(self):
         """The workers of the service (identity → worker)."""
@@ -200,11 +217,22 @@ class Service(ABCService):
             if remaining <= 0:
                 raise BusyWorkerError()
             fut = loop.create_future()
-            self._capacity_waiters.append(fut)
+            waiters = self._capacity_waiters
+            waiters.append(fut)
+            woken = False
             try:
                 await asyncio.wait_for(fut, remaining)
+                woken = True
             except asyncio.TimeoutError:
                 raise BusyWorkerError() from None
+            finally:
+                if not woken:
+                    if fut.done() and not fut.cancelled():
+                        self._wake_capacity_waiter()  # woken just too late: pass the unit on
+                    try:
+                        waiters.remove(fut)  # timed out or cancelled: do not leave it behind
+                    except ValueError:
+                        pass
 
     async def release_worker(self, worker):
         """Give back one unit of capacity of ``worker``."""
@@ -213,7 +241,31 @@ class Service(ABCService):
 
 
 class Worker(ABCWorker):
-    """Base class of RPC servers: subclass it and mark methods with ``@interface``."""
+    """Base class of RPC servers: subclass it and mark methods with ``@interface``.
+
+    **Reconnection.**  Unlike the original, a worker heals by itself when it
+    loses its broker.  It registers again (new DEALER socket, new READY, same
+    identity) when
+
+    * the broker has been silent for heartbeat x liveness (the broker died or
+      the network broke), or
+    * the broker sends a plain DISCONNECT (it shuts down, or it answers a
+      worker it does not know, e.g. after a restart).
+
+    A worker that hears nothing for one heartbeat sends a HEARTBEAT of its own,
+    so a restarted broker answers it with DISCONNECT and the worker is back
+    within about one heartbeat.  Retries wait with capped exponential backoff
+    and jitter: the first after about ``min(heartbeat, 1 s)`` (times a random
+    factor between 0.5 and 1), doubling up to heartbeat x liveness; the delay
+    starts again from the bottom once the broker has accepted the worker.
+    Requests running when the connection is lost are cancelled (their replies
+    could not reach the new connection).
+
+    It does not reconnect when ``stop()`` is called, nor when the DISCONNECT
+    carries a reason frame (our broker refusing the credentials or the READY;
+    the reason is logged).  Set ``worker._reconnect = False`` before
+    ``run()`` for the original's behaviour: the worker stops for good.
+    """
 
     def __init__(self, broker_addr, service, identity=None, heartbeat=None, context=None,
                  zap_mechanism=None, zap_credentials=None, max_allowed_request=None,
@@ -236,7 +288,8 @@ class Worker(ABCWorker):
         self.requests = set()
         self.sent_tasks = set()
         self._recv_task = None
-        self._reconnect = False
+        self._reconnect = True
+        self._retries = 0  # failed (re)connection rounds since the last accepted registration
         self._socket = None
         self._poller = None
         self._lsock = None
@@ -356,41 +409,75 @@ class Worker(ABCWorker):
     # -- receive loop ---------------------------------------------------------
 
     async def recv(self):
-        """Connect, serve until stopped, the broker is offline or says DISCONNECT."""
-        loop = self._loop
+        """Connect and serve until stopped; reconnect after a lost broker (see the class doc)."""
         cancelled = False
         try:
-            await self.connect()
-            interval = self.heartbeat / 1000
-            liveness = self.heartbeat_liveness
             while True:
-                stop = self._stop_signal = loop.create_future()
-                await asyncio.wait((stop,), timeout=interval)
-                if stop.done():
-                    Wlogger.info("broker sent DISCONNECT")
+                final = await self._session()
+                await self.disconnect()
+                self._cancel_requests()
+                if final or not self._reconnect:
                     break
-                if self._lsock is None or self._lsock.closed:
-                    break
-                if loop.time() - self._last_recv >= interval * liveness:
-                    Wlogger.warning("Majordomo offline")
-                    break
+                delay = self._backoff()
+                Wlogger.warning("reconnecting to the broker in %.2f s", delay)
+                await asyncio.sleep(delay)
         except asyncio.CancelledError:
             cancelled = True
             raise
         finally:
             self._stop_signal = None
             await self.disconnect(notify=cancelled)
-            for task in list(self.requests):
-                task.cancel()
-            if not cancelled and self._reconnect:
-                self._recv_task = loop.create_task(self.recv())
-            else:
-                self.close()
+            self._cancel_requests()
+            self.close()
+
+    async def _session(self):
+        """One connection: True if the worker must stop, False if the connection was lost."""
+        loop = self._loop
+        await self.connect()
+        interval = self.heartbeat / 1000
+        liveness = self.heartbeat_liveness
+        try:
+            while True:
+                stop = self._stop_signal = loop.create_future()
+                await asyncio.wait((stop,), timeout=interval)
+                if stop.done():
+                    return stop.result()
+                lsock = self._lsock
+                if lsock is None or lsock.closed:
+                    return False
+                silent = loop.time() - self._last_recv
+                if silent >= interval * liveness:
+                    Wlogger.warning("Majordomo offline")
+                    return False
+                if silent >= interval * 0.9:
+                    # The broker is late: say we are here.  A broker that does not
+                    # know us (it restarted) answers DISCONNECT, and we register again.
+                    self._send_heartbeat(lsock)
+        finally:
+            self._stop_signal = None
+
+    def _backoff(self):
+        """Seconds to wait before the next connection attempt."""
+        base = min(self.heartbeat / 1000, 1.0)
+        cap = max(base, self.heartbeat * self.heartbeat_liveness / 1000)
+        delay = min(cap, base * (2 ** min(self._retries, 30)))
+        self._retries += 1
+        return delay * random.uniform(0.5, 1.0)
+
+    def _cancel_requests(self):
+        for task in list(self.requests):
+            task.cancel()
+
+    def _send_heartbeat(self, lsock):
+        if self._dynamic_zap:
+            lsock.send((b"", self._header, HEARTBEAT) + tuple(self.build_zap_frames() or ()))
+        else:
+            lsock.send(self._hb_frames)
 
     def _on_socket_error(self, exc):
         Wlogger.error("worker socket failed: %s", exc)
         if self._stop_signal is not None and not self._stop_signal.done():
-            self._stop_signal.set_result(None)
+            self._stop_signal.set_result(False)
 
     def _get_lsock(self):
         return self._lsock
@@ -414,19 +501,20 @@ class Worker(ABCWorker):
             if command == REQUEST:
                 self._handle_request(msg, 3)
             elif command == HEARTBEAT:
+                self._retries = 0  # the broker knows us: the next reconnection starts quickly
                 lsock = self._lsock
                 if lsock is not None:
-                    if self._dynamic_zap:
-                        lsock.send((b"", header, HEARTBEAT) + tuple(self.build_zap_frames() or ()))
-                    else:
-                        lsock.send(self._hb_frames)
+                    self._send_heartbeat(lsock)
             elif command == DISCONNECT:
-                if len(msg) > 3:
-                    # Our broker says why (e.g. failed authentication).
+                final = len(msg) > 3
+                if final:
+                    # Our broker refuses us and says why (e.g. failed authentication): stop.
                     Wlogger.warning("broker sent DISCONNECT: %s", msg[3].decode("utf-8", "replace")[:200])
+                else:
+                    Wlogger.info("broker sent DISCONNECT")
                 stop = self._stop_signal
                 if stop is not None and not stop.done():
-                    stop.set_result(None)
+                    stop.set_result(final)
 
     def _handle_request(self, msg, i):
         # msg[i:] = client_id, '', request_id, func[, args[, kwargs]]

@@ -1,6 +1,6 @@
 """Broker role: an ``AMajordomo`` with a frontend and a backend.
 
-Usage: ``python broker.py --front ADDR --back ADDR [--base-path DIR]``
+Usage: ``python broker.py --front ADDR --back ADDR [--base-path DIR] [--heartbeat MS]``
 
 Prints one JSON readiness line on stdout once bound and running; exits
 cleanly on SIGTERM.  Written against the public API only, so it runs
@@ -22,6 +22,8 @@ async def main(args):
     stop = loop.create_future()
     common.install_stop(loop, stop)
     common.configure_settings(Settings, args.base_path, args.back)
+    if args.heartbeat:
+        Settings.configure("MDP_HEARTBEAT_INTERVAL", args.heartbeat)
     Settings.setup()
     ctx = Context()
     broker = AMajordomo(context=ctx)
@@ -41,4 +43,5 @@ if __name__ == "__main__":
     parser.add_argument("--front", required=True)
     parser.add_argument("--back", required=True)
     parser.add_argument("--base-path")
+    parser.add_argument("--heartbeat", type=int, default=0, help="ms (default: the library's)")
     asyncio.run(main(parser.parse_args()))

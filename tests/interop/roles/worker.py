@@ -1,6 +1,6 @@
 """Worker role: one ``Worker`` subclass registered under a service name.
 
-Usage: ``python worker.py --back ADDR --service NAME [--base-path DIR]``
+Usage: ``python worker.py --back ADDR --service NAME [--base-path DIR] [--heartbeat MS]``
 
 Remote methods (all ``@interface``):
 
@@ -82,6 +82,8 @@ async def main(args):
     stop = loop.create_future()
     common.install_stop(loop, stop)
     common.configure_settings(Settings, args.base_path, args.back)
+    if args.heartbeat:
+        Settings.configure("MDP_HEARTBEAT_INTERVAL", args.heartbeat)
     Settings.setup()
     ctx = Context()
     service = Service(name=args.service, description=common.SERVICE_DESCRIPTION)
@@ -100,4 +102,5 @@ if __name__ == "__main__":
     parser.add_argument("--back", required=True)
     parser.add_argument("--service", required=True)
     parser.add_argument("--base-path")
+    parser.add_argument("--heartbeat", type=int, default=0, help="ms (default: the library's)")
     asyncio.run(main(parser.parse_args()))
