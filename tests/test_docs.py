@@ -27,8 +27,6 @@ from tests.clitools import Procs, free_port, gaterpc_cmd, procs, short_tmp, stop
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FRAGMENT = "<!-- fragment -->"
-GATE_SKIP = ("the Gate snippets are being fixed in parallel (gate.wait_for_service for the two-gate "
-             "example); they are enabled when that lands")
 
 
 def _blocks():
@@ -49,8 +47,6 @@ def _blocks():
                 prev = next((lines[k] for k in range(i - 1, -1, -1) if lines[k].strip()), "")
                 rel = path.relative_to(ROOT).as_posix()
                 skip = None
-                if rel == "docs/GATE.md" or (rel == "README.md" and "Gate cluster" in heading):
-                    skip = GATE_SKIP
                 out.append(pytest.param("\n".join(lines[start:j]) + "\n", prev.strip() == FRAGMENT, skip,
                                         rel, id=f"{rel}:{start}"))
                 i = j
