@@ -923,7 +923,13 @@ class Gate(AMajordomo):
                 del self._gate_streams[rid]
                 stream._put_exception(_remote_error(body[2]))
             else:
-                stream._put(msg_unpack(body[1]))
+                try:
+                    item = msg_unpack(body[1])
+                except Exception as exc:  # an undecodable item ends the stream with its error
+                    del self._gate_streams[rid]
+                    stream._put_exception(exc)
+                    return
+                stream._put(item)
             return
         if n >= 2 and body[0] == HUGE_TAG:
             from gaterpc.hugedata import HugeDataReceiver
