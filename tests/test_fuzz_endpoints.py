@@ -84,3 +84,39 @@ def test_bench_entry_runs_and_reports(capsys):
     for name in fuzz.ENDPOINTS:
         assert name in out
     assert "cases/s" in out and "no findings" in out
+
+
+# -- regressions of findings ------------------------------------------------------------
+
+
+async def _gate_call_with(ep, bodies, timeout=fuzz.SYNC_TIMEOUT):
+    """``call_gate`` to our peer, answered by ``bodies`` (lists of frames after the request id)."""
+    gate = ep.role
+    call = asyncio.ensure_future(gate.call_gate(ep.peer_id, "fuzz", timeout=timeout))
+    req = await fuzz.recv_until(ep.inbox, lambda m: len(m) >= 6 and m[3] == b"\x03" and m[5] in gate.gate_replies)
+    assert req is not None
+    rid = req[5]
+    for body in bodies:
+        await ep.dealer.send_multipart([b"", fuzz.GATE01, b"\x03", b"Gate", rid, *body])
+    return call, rid
+
+
+@pytest.mark.parametrize("session", ["gate"], indirect=True)
+def test_gate_call_stream_with_undecodable_item_fails_the_stream(session):
+    ep = session.endpoint
+
+    async def scenario():
+        call, rid = await _gate_call_with(ep, [[fuzz.STREAM_TAG, msg_pack(1)], [fuzz.STREAM_TAG, b"\xc1"]])
+        stream = await asyncio.wait_for(call, fuzz.SYNC_TIMEOUT)
+        got = []
+        with pytest.raises(Exception) as info:
+            async def consume():
+                async for item in stream:
+                    got.append(item)
+            await asyncio.wait_for(consume(), fuzz.SYNC_TIMEOUT)
+        assert not isinstance(info.value, asyncio.TimeoutError)
+        assert got == [1]
+        assert rid not in ep.role._gate_streams
+
+    session.run(scenario())
+    session.run(ep.check())  # no ERROR logged, the gate still answers

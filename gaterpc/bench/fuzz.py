@@ -293,9 +293,13 @@ def _strategies():
         lambda t: [b"", t[0], t[1], t[2], t[3], t[4], t[5], *t[6]])
     s["zap"] = mutate(zap_req)
 
+    # the gate also calls us (call_gate) and gets one of these bodies back
+    s["gate_reply"] = reply_body.map(lambda body: ("reply", body))
+
     for name in ("frontend", "backend", "worker", "gate", "zap"):
         s[name + "_batch"] = st.lists(st.one_of(s[name], s["random_msg"]), min_size=1, max_size=6)
     s["client_batch"] = st.lists(s["client"], min_size=0, max_size=6)
+    s["gate_batch"] = st.lists(st.one_of(s["gate"], s["random_msg"], s["gate_reply"]), min_size=1, max_size=6)
     return s
 
 
@@ -805,8 +809,48 @@ class GateEndpoint(Endpoint):
 
     async def _send(self, batch):
         for msg in batch:
-            if msg:
+            if isinstance(msg, tuple):
+                await self._gate_call(msg[1])
+            elif msg:
                 await self.dealer.send_multipart(msg)
+
+    async def _gate_call(self, body):
+        """The gate calls our internal service; we answer with ``body``, then with terminators."""
+        gate = self.role
+        if self.peer_id not in gate.gate_cluster.workers:
+            return
+        call = asyncio.ensure_future(gate.call_gate(self.peer_id, "fuzz", timeout=SYNC_TIMEOUT * 2))
+        req = await recv_until(self.inbox, lambda m: len(m) >= 6 and m[3] == b"\x03" and m[4] == b"Gate"
+                               and m[5] in gate.gate_replies)
+        if req is None:
+            call.cancel()
+            raise FuzzFailure("gate: call_gate sent no WHISPER")
+        rid = req[5]
+        head = [b"", GATE01, b"\x03", b"Gate", rid]
+        if body:
+            await self.dealer.send_multipart(head + list(body))
+            if body[0] == STREAM_TAG:
+                await self.dealer.send_multipart(head + [STREAM_TAG, STREAM_END])
+        await self.dealer.send_multipart(head + [msg_pack({"result": 1, "exception": None})])
+        done, _ = await asyncio.wait((call,), timeout=SYNC_TIMEOUT)
+        if not done:
+            call.cancel()
+            raise FuzzFailure("gate: call_gate did not end after its reply")
+        if call.exception() is None and hasattr(call.result(), "__aiter__"):
+            async def drain(stream):
+                try:
+                    async for _ in stream:
+                        pass
+                except Exception:  # noqa: BLE001 - garbage may end the stream with an error
+                    pass
+            try:
+                await asyncio.wait_for(drain(call.result()), SYNC_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise FuzzFailure("gate: a stream from call_gate did not end after its end tag") from None
+        elif isinstance(call.exception(), (asyncio.TimeoutError, TimeoutError)):
+            raise FuzzFailure(f"gate: call_gate ended with {call.exception()!r}")
+        if rid in gate.gate_replies or rid in gate._gate_streams:
+            raise FuzzFailure("gate: a finished call_gate is still pending")
 
     async def _sync(self):
         await self._join()
