@@ -1255,6 +1255,10 @@ class Gate(AMajordomo):
         finally:
             self.gate_replies.pop(rid)
             gate._calls.discard(rid)
+            partial = self._gate_streams.get(rid)
+            if partial is not None and hasattr(partial, "feed"):  # an unfinished HugeData transfer
+                del self._gate_streams[rid]
+                partial.close()
         if isinstance(reply, dict):
             if reply.get("exception"):
                 raise _remote_error_info(reply["exception"])

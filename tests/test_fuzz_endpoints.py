@@ -120,3 +120,26 @@ def test_gate_call_stream_with_undecodable_item_fails_the_stream(session):
 
     session.run(scenario())
     session.run(ep.check())  # no ERROR logged, the gate still answers
+
+
+GZIP_HEAD = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
+
+
+@pytest.mark.parametrize("session", ["gate"], indirect=True)
+def test_gate_call_forgets_an_unfinished_hugedata_transfer(session):
+    ep = session.endpoint
+
+    async def scenario():
+        # a HugeData chunk, then a plain reply: the call returns, the receiver is dropped
+        call, rid = await _gate_call_with(ep, [[fuzz.HUGE_TAG, GZIP_HEAD],
+                                               [msg_pack({"result": 7, "exception": None})]])
+        assert await asyncio.wait_for(call, fuzz.SYNC_TIMEOUT) == 7
+        assert rid not in ep.role._gate_streams
+        # a HugeData chunk, then silence: the call times out, the receiver is dropped
+        call, rid = await _gate_call_with(ep, [[fuzz.HUGE_TAG, GZIP_HEAD]], timeout=0.3)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(call, fuzz.SYNC_TIMEOUT)
+        assert rid not in ep.role._gate_streams
+
+    session.run(scenario())
+    session.run(ep.check())
