@@ -774,7 +774,9 @@ class Gate(AMajordomo):
             if fut is not None and not fut.done():
                 fut.set_exception(ConnectionError("the peer gate left before replying"))
             stream = self._gate_streams.pop(rid, None)
-            if stream is not None:
+            if hasattr(stream, "feed"):  # an unfinished HugeData transfer: the call got the error
+                stream.close()
+            elif stream is not None:
                 stream._put_exception(ConnectionError("the peer gate left before replying"))
         gate._calls.clear()
         for service in list(self._fwd_waiting):

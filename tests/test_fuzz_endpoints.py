@@ -143,3 +143,20 @@ def test_gate_call_forgets_an_unfinished_hugedata_transfer(session):
 
     session.run(scenario())
     session.run(ep.check())
+
+
+@pytest.mark.parametrize("session", ["gate"], indirect=True)
+def test_gate_peer_leaving_during_a_hugedata_call_fails_the_call(session):
+    ep = session.endpoint
+
+    async def scenario():
+        call, rid = await _gate_call_with(ep, [[fuzz.HUGE_TAG, GZIP_HEAD]])
+        await asyncio.sleep(0.05)
+        await ep.dealer.send_multipart([b"", fuzz.GATE01, b"\x05"])  # LEAVE
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(call, fuzz.SYNC_TIMEOUT)
+        assert rid not in ep.role._gate_streams
+        assert ep.peer_id not in ep.role.gate_cluster.workers
+
+    session.run(scenario())
+    session.run(ep.check())  # nothing logged at ERROR; we join again and the gate answers
