@@ -962,7 +962,14 @@ class Gate(AMajordomo):
                 if fut is not None and not fut.done():
                     fut.set_exception(_remote_error(body[2]))
             else:
-                receiver.feed(body[1])
+                try:
+                    receiver.feed(body[1])
+                except Exception as exc:  # corrupt data fails the call
+                    del self._gate_streams[rid]
+                    self.gate_replies.pop(rid)
+                    receiver.close()
+                    if fut is not None and not fut.done():
+                        fut.set_exception(exc)
             return
         fut = self.gate_replies.pop(rid)
         if fut is not None and not fut.done():
