@@ -160,3 +160,18 @@ def test_gate_peer_leaving_during_a_hugedata_call_fails_the_call(session):
 
     session.run(scenario())
     session.run(ep.check())  # nothing logged at ERROR; we join again and the gate answers
+
+
+@pytest.mark.parametrize("session", ["gate"], indirect=True)
+def test_gate_call_with_corrupt_hugedata_fails_at_once(session):
+    ep = session.endpoint
+
+    async def scenario():
+        call, rid = await _gate_call_with(ep, [[fuzz.HUGE_TAG, GZIP_HEAD + b"\x00" * 6]])
+        with pytest.raises(Exception) as info:
+            await asyncio.wait_for(call, fuzz.SYNC_TIMEOUT)
+        assert not isinstance(info.value, asyncio.TimeoutError)
+        assert rid not in ep.role._gate_streams
+
+    session.run(scenario())
+    session.run(ep.check())

@@ -474,6 +474,12 @@ class Endpoint:
 
     def crashes(self):
         bad = [r for r in self.capture.records if not self.expected_error(r)]
+        # brokers log only their first errors: their error counter tells the rest
+        errors_now = getattr(getattr(self, "role", None), "_errors", 0)
+        if errors_now != getattr(self, "_errors_seen", 0):
+            self._errors_seen = errors_now
+            if not bad:
+                raise FuzzFailure(f"{self.name}: the role counted a message it failed to handle")
         self.capture.records.clear()
         errors, self.loop_errors = self.loop_errors, []
         if bad or errors:
