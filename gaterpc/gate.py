@@ -938,7 +938,9 @@ class Gate(AMajordomo):
             if fut is not None and not fut.done():
                 fut.set_exception(ConnectionError("the peer gate left before replying"))
             stream = self._gate_streams.pop(rid, None)
-            if stream is not None:
+            if hasattr(stream, "feed"):  # an unfinished HugeData transfer: the call got the error
+                stream.close()
+            elif stream is not None:
                 stream._put_exception(ConnectionError("the peer gate left before replying"))
         gate._calls.clear()
         for service in list(self._fwd_waiting):
@@ -1185,7 +1187,13 @@ class Gate(AMajordomo):
                 del self._gate_streams[rid]
                 stream._put_exception(_remote_error(body[2]))
             else:
-                stream._put(msg_unpack(body[1]))
+                try:
+                    item = msg_unpack(body[1])
+                except Exception as exc:  # an undecodable item ends the stream with its error
+                    del self._gate_streams[rid]
+                    stream._put_exception(exc)
+                    return
+                stream._put(item)
             return
         if n >= 2 and body[0] == HUGE_TAG:
             from gaterpc.hugedata import HugeDataReceiver
@@ -1216,7 +1224,14 @@ class Gate(AMajordomo):
                 if fut is not None and not fut.done():
                     fut.set_exception(_remote_error(body[2]))
             else:
-                receiver.feed(body[1])
+                try:
+                    receiver.feed(body[1])
+                except Exception as exc:  # corrupt data fails the call
+                    del self._gate_streams[rid]
+                    self.gate_replies.pop(rid)
+                    receiver.close()
+                    if fut is not None and not fut.done():
+                        fut.set_exception(exc)
             return
         fut = self.gate_replies.pop(rid)
         if fut is not None and not fut.done():
@@ -1523,6 +1538,10 @@ class Gate(AMajordomo):
         finally:
             self.gate_replies.pop(rid)
             gate._calls.discard(rid)
+            partial = self._gate_streams.get(rid)
+            if partial is not None and hasattr(partial, "feed"):  # an unfinished HugeData transfer
+                del self._gate_streams[rid]
+                partial.close()
         if isinstance(reply, dict):
             if reply.get("exception"):
                 raise _remote_error_info(reply["exception"])
