@@ -11,6 +11,7 @@ with status 0.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -58,9 +59,11 @@ def _blocks():
 def test_doc_snippet(code, fragment, skip, rel, procs, short_tmp):
     if skip:
         pytest.skip(skip)
-    compile(code, rel, "exec")
     if fragment:
+        # fragments may use top-level await (they are excerpts of coroutines)
+        compile(code, rel, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         return
+    compile(code, rel, "exec")
     p = procs.run([sys.executable, "-c", code], timeout=60)
     assert p.returncode == 0, f"stdout:\n{p.out}\nstderr:\n{p.err[-3000:]}"
 
