@@ -417,8 +417,14 @@ class AMajordomo:
                     checker.frontend(msg)
                 else:
                     self._route_request(msg, msg[3])
-            except Exception:
+            except Exception as exc:
+                # dropped: counted, and the caller gets an error reply
                 self._count_error()
+                count_drop("frontend_error")
+                try:
+                    self._reply_error(msg[0], msg[3], msg[4], exc)
+                except Exception:
+                    pass
 
     def _route_request(self, msg, service_b):
         """Route ``msg`` = ``[client, '', header, service, request_id, *body]``."""
