@@ -119,7 +119,8 @@ async def _clients(cfg, ctx, loop, stop, roles, Client):
         await c.connect()
         return c
 
-    state = {"next": 0, "done": 0, "errors": 0, "client": await new_client(), "first_errors": []}
+    state = {"next": 0, "done": 0, "errors": 0, "client": await new_client(), "first_errors": [],
+             "kinds": {}}
     roles.emit({"ready": "clients", "pid": os.getpid()})
     word = roles.WORD
 
@@ -135,6 +136,10 @@ async def _clients(cfg, ctx, loop, stop, roles, Client):
                     raise ValueError(f"call {i}: got {reply!r:.100}")
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 state["errors"] += 1
+                kind = "closed client" if "client was closed" in str(exc) else type(exc).__name__
+                if "ServiceUnAvailableError" in str(exc):
+                    kind = "worker lost"
+                state["kinds"][kind] = state["kinds"].get(kind, 0) + 1
                 if len(state["first_errors"]) < 5:
                     text = " ".join(f"{type(exc).__name__}: {exc}".split())
                     state["first_errors"].append(text[:300])
@@ -152,7 +157,16 @@ async def _clients(cfg, ctx, loop, stop, roles, Client):
             if k % 2:
                 old.close()  # at once, calls in flight: the broker sees a vanished client
             else:
-                loop.call_later(float(cfg["reply_timeout"]) + 1, old.close)
+                retiring.add(loop.create_task(retire(old)))
+
+    retiring = set()
+
+    async def retire(old):
+        """Close ``old`` once its calls in flight are answered (bounded by the reply timeout)."""
+        end = time.monotonic() + float(cfg["reply_timeout"])
+        while old.replies and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        old.close()
 
     async def progress():
         while True:
@@ -166,11 +180,13 @@ async def _clients(cfg, ctx, loop, stop, roles, Client):
     await asyncio.wait({lanes, stop}, return_when=asyncio.FIRST_COMPLETED)
     churn_task.cancel()
     ticker.cancel()
+    for t in retiring:
+        t.cancel()
     elapsed = time.monotonic() - t0
     roles.emit({"progress": state["done"], "errors": state["errors"]})
     roles.emit({"result": {"calls": state["done"], "errors": state["errors"], "time": elapsed,
                            "rate": state["done"] / elapsed if elapsed > 0 else None,
-                           "first_errors": state["first_errors"]}})
+                           "first_errors": state["first_errors"], "error_kinds": state["kinds"]}})
     state["client"].close()
     await asyncio.wait({stop}, timeout=float(cfg["timeout"]))
 
@@ -297,6 +313,9 @@ def run(opts, out=print):
             out(f"done: {result['calls']} calls, {result['errors']} errors, {result['time']:.1f} s, "
                 f"{result['rate'] or 0:,.0f} calls/s; client churns {opts.client_churns}, "
                 f"worker churns {worker_churns}")
+            if result.get("error_kinds"):
+                out("errors by cause (expected with churn): "
+                    + ", ".join(f"{k} {v}" for k, v in sorted(result["error_kinds"].items())))
             if result["first_errors"]:
                 out("first errors: " + " | ".join(result["first_errors"]))
             if warm_rss and later:
