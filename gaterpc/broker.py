@@ -16,6 +16,13 @@ worker that disappears get an error reply at once (B2/B9); unknown internal
 functions and malformed requests are answered with an error; internal
 stream and HugeData errors use the right tags (B2/B3 of §13); ``stop()``
 works before ``run()`` (B10).
+
+Additions: a client found gone when the broker sends to it (EHOSTUNREACH)
+is forgotten -- its backlog and waiting requests are dropped, its in-flight
+requests released and cancelled at their workers with CANCEL (``06``, which
+the original worker ignores); a reply that would exceed the process-wide
+backlog budget ends its request with an error naming the budget (see
+:mod:`gaterpc.loopio`).  Every drop is counted (:mod:`gaterpc.counters`).
 """
 
 from __future__ import annotations
@@ -411,6 +418,7 @@ class AMajordomo:
         checker = self._zap_checker
         for msg in msgs:
             if len(msg) < 5 or msg[1] or msg[2] != header:
+                count_drop("frontend_malformed")  # names no request: nobody to answer
                 continue
             try:
                 if checker is not None:

@@ -9,6 +9,12 @@ Plain results of synchronous functions are sent from the caller's stack (no
 task).  Coroutine functions run in a task (started eagerly where the Python
 version supports it), executor functions in a future of their executor,
 streams and HugeData transfers in a task that respects the socket's backlog.
+Every call that runs in a task or executor is registered under
+``(client_id, request_id)`` so that :meth:`Runner.cancel` can stop it when
+the broker says its caller is gone.  Any exception of user code, including a
+``BaseException`` such as ``SystemExit`` or ``GeneratorExit``, is answered
+with an error reply (``KeyboardInterrupt``/``SystemExit`` raised on the
+loop's own stack still propagate afterwards).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import sys
 import types
 from types import AsyncGeneratorType, GeneratorType
 
+from gaterpc.counters import count_drop
 from gaterpc.hugedata import HugeData, iter_hugedata_chunks
 from gaterpc.protocol import (
     HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
@@ -249,7 +256,8 @@ class Runner:
                         await lsock.drain()
         except asyncio.CancelledError:
             raise
-        except ConnectionError:
+        except ConnectionError:  # our socket closed: the broker tells the caller
+            count_drop("transfer_socket_closed")
             return
         except BaseException as exc:
             send(client_id, request_id, (STREAM_TAG, STREAM_EXC, pack(exception_triple(exc))))
@@ -266,7 +274,8 @@ class Runner:
                 await self._wait_backlog()
         except asyncio.CancelledError:
             raise
-        except ConnectionError:
+        except ConnectionError:  # our socket closed: the broker tells the caller
+            count_drop("transfer_socket_closed")
             return
         except BaseException as exc:
             send(client_id, request_id, (HUGE_TAG, STREAM_EXC, self.pack(exception_triple(exc))))

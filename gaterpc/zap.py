@@ -437,6 +437,7 @@ class ZapChecker:
             return
         mechanism, credentials, end = parsed
         if len(msg) <= end:
+            count_drop("zap_no_request_id")  # names no request: nobody to answer
             return
         key = self._key(_CH_FRONTEND, msg[0], mechanism, credentials)
         entry = self._lookup(key)
