@@ -238,9 +238,16 @@ class LoopSocket:
             return False
         if self._per_peer:
             return self._send_to_peer(frames, True)
-        if self._backlog:
-            return self._enqueue(frames, True)
-        return self.send(frames)
+        if not self._backlog:
+            try:
+                if self.io.send(frames):
+                    self._schedule_check()
+                    return True
+            except zmq.ZMQError as exc:
+                self._fail(exc)
+                return False
+            self._arm_flush_timer()
+        return self._enqueue(frames, True)
 
     def _enqueue(self, frames, force):
         size = _size(frames)

@@ -395,3 +395,35 @@ async def test_hugedata_pipe_producer_thread_without_timeout():
 
 async def _collect(agen):
     return [c async for c in agen]
+
+
+async def test_forced_sends_pass_the_budget_and_are_given_back(tmp_path, small_budget):
+    loop = asyncio.get_running_loop()
+    ctx = zmq.Context()
+    a, b = _pair(ctx, tmp_path, "p3")
+    ls = LoopSocket(loop, a, lambda msgs: None)
+    base = backlog_budget()
+    try:
+        payload = b"f" * 4096
+        n = 0
+        for _ in range(200):  # 800 KiB, three times the budget: all accepted
+            assert ls.send_forced([payload])
+            n += 1
+        assert backlog_budget()["bytes"] - base["bytes"] > 256 * 1024
+        with pytest.raises(BacklogBudgetError):
+            ls.send([payload])
+        got = 0
+        for _ in range(5000):
+            try:
+                b.recv_multipart(zmq.NOBLOCK)
+                got += 1
+            except zmq.Again:
+                if got >= n:
+                    break
+                await asyncio.sleep(0.005)
+        assert got == n
+        assert await until(lambda: backlog_budget()["bytes"] == base["bytes"])
+    finally:
+        ls.close()
+        b.close(linger=0)
+        ctx.term()
