@@ -115,6 +115,7 @@ class AMajordomo:
         self._closed = False
         self._errors = 0
         self._read_protocol_settings()
+        self._probe_body = msg_pack(KEEPALIVE_OK)
         self._runner = Runner(self, self._loop, self._send_internal_reply, self._get_lfront,
                               self.frontend_tasks)
         self.register_internal_process()
@@ -232,6 +233,7 @@ class AMajordomo:
                 if now >= next_heartbeat:
                     next_heartbeat = now + interval
                     self._send_heartbeats()
+                    self._probe_clients()
                 self._tick(now)
         finally:
             self._shutdown()
@@ -506,6 +508,36 @@ class AMajordomo:
             for svc in touched:
                 if svc._waiting:
                     self._dispatch_waiting(svc)
+
+    def _probe_clients(self):
+        """Once per heartbeat: find out whether clients with calls pending are still there.
+
+        A client whose calls all wait (for capacity, or on a slow worker)
+        receives nothing, so a vanished one would go unnoticed until a
+        reply.  Each such client gets a reply with an empty request id (no
+        request has it: our client and the original ignore it); a send that
+        finds the client gone triggers :meth:`_client_gone`.  Clients with
+        messages already waiting in their backlog are skipped (flushing
+        those finds out).  Cost: one pass over the waiting queues and the
+        in-flight maps per heartbeat.
+        """
+        lfront = self._lfront
+        if lfront is None:
+            return
+        ids = set()
+        for svc in self.services.values():
+            for entry in svc._waiting:
+                ids.add(entry[0])
+        for w in self.workers.values():
+            if w._inflight:
+                ids.update(w._inflight.values())
+        if not ids:
+            return
+        ids.difference_update(self._special_ids)
+        tail = (b"", self._mdp_client, self._internal_b, b"", self._probe_body)
+        for client_id in ids:
+            if not lfront.peer_backlog(client_id)[0]:
+                lfront.send((client_id,) + tail)
 
     def _cancel_inflight(self, w, request_id, client_id):
         """Forget ``request_id`` at ``w``: release its capacity, tell the worker to stop it."""
