@@ -30,6 +30,13 @@ carries the reason (the original ignored it silently; its worker ignores the
 extra frame).  A message that makes the broker fail is counted
 (``broker_error``) and, when it names a waiting caller, answered with an
 error reply.
+
+Additions: a client found gone when the broker sends to it (EHOSTUNREACH)
+is forgotten -- its backlog and waiting requests are dropped, its in-flight
+requests released and cancelled at their workers with CANCEL (``06``, which
+the original worker ignores); a reply that would exceed the process-wide
+backlog budget ends its request with an error naming the budget (see
+:mod:`gaterpc.loopio`).  Every drop is counted (:mod:`gaterpc.counters`).
 """
 
 from __future__ import annotations
@@ -48,10 +55,11 @@ from gaterpc.exceptions import BusyWorkerError, ServiceUnAvailableError
 from gaterpc.execute import Runner, collect_interfaces
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, interface, name2uuid, to_bytes
-from gaterpc.loopio import LoopSocket
+from gaterpc.counters import count_drop
+from gaterpc.loopio import BacklogBudgetError, LoopSocket, budget_message
 from gaterpc.protocol import (
-    DISCONNECT, HEARTBEAT, KEEPALIVE_ARG, KEEPALIVE_BAD, KEEPALIVE_OK, READY, REPLY, REQUEST,
-    STREAM_EXC, error_body, exception_triple,
+    CANCEL, DISCONNECT, HEARTBEAT, HUGE_TAG, KEEPALIVE_ARG, KEEPALIVE_BAD, KEEPALIVE_OK, READY, REPLY,
+    REQUEST, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
 )
 from gaterpc._speedups.frames import is_terminal
 from gaterpc.serialization import msg_pack, msg_unpack
@@ -124,6 +132,7 @@ class AMajordomo:
         # ids of unknown workers answered with DISCONNECT since the last heartbeat round
         self._told_unknown = set()
         self._read_protocol_settings()
+        self._probe_body = msg_pack(KEEPALIVE_OK)
         self._runner = Runner(self, self._loop, self._send_internal_reply, self._get_lfront,
                               self.frontend_tasks)
         self.register_internal_process()
@@ -151,7 +160,7 @@ class AMajordomo:
             # A client that reconnects with the same identity takes its route over.
             self.frontend.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if self.running:
-                self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend, per_peer=True)
+                self._lfront = self._front_socket()
         self.frontend.bind(addr)
 
     def unbind_frontend(self, addr):
@@ -170,7 +179,8 @@ class AMajordomo:
             self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if self.running:
                 self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True,
-                                         on_unreachable=self._on_worker_unreachable)
+                                         on_unreachable=self._on_worker_unreachable,
+                                         on_over_budget=self._back_over_budget)
         self.backend.bind(addr)
 
     def unbind_backend(self, addr):
@@ -206,6 +216,10 @@ class AMajordomo:
     def _get_lfront(self):
         return self._lfront
 
+    def _front_socket(self):
+        return LoopSocket(self._loop, self.frontend, self._on_frontend, per_peer=True,
+                          on_unreachable=self._client_gone, on_over_budget=self._front_over_budget)
+
     # -- lifecycle ------------------------------------------------------------
 
     def run(self):
@@ -216,10 +230,11 @@ class AMajordomo:
     def _attach(self):
         self._read_protocol_settings()
         if self.frontend is not None and self._lfront is None:
-            self._lfront = LoopSocket(self._loop, self.frontend, self._on_frontend, per_peer=True)
+            self._lfront = self._front_socket()
         if self.backend is not None and self._lback is None:
             self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True,
-                                     on_unreachable=self._on_worker_unreachable)
+                                     on_unreachable=self._on_worker_unreachable,
+                                     on_over_budget=self._back_over_budget)
         if self._zap_checker is not None:
             self._zap_checker.attach()
 
@@ -237,6 +252,7 @@ class AMajordomo:
                 if now >= next_heartbeat:
                     next_heartbeat = now + interval
                     self._send_heartbeats()
+                    self._probe_clients()
                 self._tick(now)
         finally:
             self._shutdown()
@@ -481,6 +497,7 @@ class AMajordomo:
         checker = self._zap_checker
         for msg in msgs:
             if len(msg) < 5 or msg[1] or msg[2] != header:
+                count_drop("frontend_malformed")  # names no request: nobody to answer
                 continue
             try:
                 if checker is not None:
@@ -516,6 +533,141 @@ class AMajordomo:
         lback = self._lback
         if lback is not None:
             lback.send(msg)
+
+    # -- vanished clients and the backlog budget ---------------------------------
+
+    def _client_gone(self, client_id):
+        """A send to ``client_id`` found it gone (EHOSTUNREACH): forget it.
+
+        Its backlog is dropped, its requests waiting for capacity are
+        dropped, and each of its requests in flight is cancelled at the
+        worker (CANCEL), its capacity released; late replies are ignored.
+        Every drop is counted.  Cost: one pass over the waiting queues and
+        the in-flight maps, once per vanished client (not per message).
+        """
+        if client_id in self._special_ids:
+            return
+        lfront = self._lfront
+        if lfront is not None:
+            lfront.drop_peer(client_id)
+        for svc in self.services.values():
+            waiting = svc._waiting
+            if waiting:
+                kept = [e for e in waiting if e[0] != client_id]
+                n = len(waiting) - len(kept)
+                if n:
+                    waiting.clear()
+                    waiting.extend(kept)
+                    count_drop("client_gone_waiting", n)
+        touched = None
+        for w in list(self.workers.values()):
+            inflight = w._inflight
+            if not inflight:
+                continue
+            rids = [rid for rid, cid in inflight.items() if cid == client_id]
+            for rid in rids:
+                self._cancel_inflight(w, rid, client_id)
+            if rids:
+                count_drop("client_gone_inflight", len(rids))
+                touched = touched or set()
+                touched.add(w.service)
+        for t in list(self._runner.active):
+            if t[0] == client_id:
+                self._runner.cancel(client_id, t[1])
+                count_drop("client_gone_internal")
+        if touched:
+            for svc in touched:
+                if svc._waiting:
+                    self._dispatch_waiting(svc)
+
+    def _probe_clients(self):
+        """Once per heartbeat: find out whether clients with calls pending are still there.
+
+        A client whose calls all wait (for capacity, or on a slow worker)
+        receives nothing, so a vanished one would go unnoticed until a
+        reply.  Each such client gets a reply with an empty request id (no
+        request has it: our client and the original ignore it); a send that
+        finds the client gone triggers :meth:`_client_gone`.  Clients with
+        messages already waiting in their backlog are skipped (flushing
+        those finds out).  Cost: one pass over the waiting queues and the
+        in-flight maps per heartbeat.
+        """
+        lfront = self._lfront
+        if lfront is None:
+            return
+        ids = set()
+        for svc in self.services.values():
+            for entry in svc._waiting:
+                ids.add(entry[0])
+        for w in self.workers.values():
+            if w._inflight:
+                ids.update(w._inflight.values())
+        if not ids:
+            return
+        ids.difference_update(self._special_ids)
+        tail = (b"", self._mdp_client, self._internal_b, b"", self._probe_body)
+        for client_id in ids:
+            if not lfront.peer_backlog(client_id)[0]:
+                lfront.send((client_id,) + tail)
+
+    def _cancel_inflight(self, w, request_id, client_id):
+        """Forget ``request_id`` at ``w``: release its capacity, tell the worker to stop it."""
+        del w._inflight[request_id]
+        w.service._give_back(w)
+        lback = self._lback
+        if lback is not None and w.ready:
+            lback.send_forced((w.identity, b"", self._mdp_worker, CANCEL, client_id, b"", request_id))
+
+    def _front_over_budget(self, frames):
+        """A reply to a client would exceed the process-wide backlog budget.
+
+        That client's request ends with an error naming the budget (in the
+        stream when it is a stream, so a stream never ends with a silent
+        gap), and it is cancelled at the worker.
+        """
+        if len(frames) < 6:
+            return
+        client_id = frames[0]
+        service_b = frames[3]
+        request_id = frames[4]
+        svc = self._services_b.get(service_b)
+        if svc is not None:
+            for w in list(svc.workers.values()):
+                inflight = getattr(w, "_inflight", None)
+                if inflight is not None and inflight.get(request_id) == client_id:
+                    self._cancel_inflight(w, request_id, client_id)
+                    if svc._waiting:
+                        self._dispatch_waiting(svc)
+                    break
+        if service_b == self._internal_b:
+            self._runner.cancel(client_id, request_id)
+        exc = BacklogBudgetError(budget_message())
+        tag = frames[5]
+        if tag == STREAM_TAG or tag == HUGE_TAG:
+            if len(frames) == 8 and frames[6] == STREAM_EXC:
+                body = tuple(frames[5:])  # already an error: let it through
+            else:
+                body = (tag, STREAM_EXC, msg_pack(exception_triple(exc, False)))
+        else:
+            body = (error_body(msg_pack, exc, False),)
+        lfront = self._lfront
+        if lfront is not None:
+            lfront.send_forced((client_id, b"", self._mdp_client, service_b, request_id) + body)
+
+    def _back_over_budget(self, frames):
+        """A request to a worker would exceed the budget: the caller gets an error."""
+        if len(frames) < 7 or frames[3] != REQUEST:
+            return
+        w = self.workers.get(frames[0])
+        client_id = frames[4]
+        request_id = frames[6]
+        service_b = self._internal_b
+        if w is not None:
+            service_b = w.service._name_b
+            if w._inflight.get(request_id) == client_id:
+                del w._inflight[request_id]
+                w.service._give_back(w)
+        self._reply_error(client_id, service_b, request_id, BacklogBudgetError(budget_message()))
 
     def _send_request(self, w, client_id, request_id, body):
         w._inflight[request_id] = client_id

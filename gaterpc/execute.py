@@ -9,6 +9,12 @@ Plain results of synchronous functions are sent from the caller's stack (no
 task).  Coroutine functions run in a task (started eagerly where the Python
 version supports it), executor functions in a future of their executor,
 streams and HugeData transfers in a task that respects the socket's backlog.
+Every call that runs in a task or executor is registered under
+``(client_id, request_id)`` so that :meth:`Runner.cancel` can stop it when
+the broker says its caller is gone.  Any exception of user code, including a
+``BaseException`` such as ``SystemExit`` or ``GeneratorExit``, is answered
+with an error reply (``KeyboardInterrupt``/``SystemExit`` raised on the
+loop's own stack still propagate afterwards).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import sys
 import types
 from types import AsyncGeneratorType, GeneratorType
 
+from gaterpc.counters import count_drop
 from gaterpc.hugedata import HugeData, iter_hugedata_chunks
 from gaterpc.protocol import (
     HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
@@ -99,6 +106,27 @@ class Runner:
         self._lsock = lsock_getter
         self.tasks = tasks
         self.pack = msg_pack
+        # (client_id, request_id) -> the task/future running that request (for cancel())
+        self.active = {}
+
+    def cancel(self, client_id, request_id):
+        """Stop the request ``(client_id, request_id)`` if it runs in a task (True if it did).
+
+        Used when the broker says its caller is gone: a coroutine, a stream
+        or a HugeData transfer is cancelled (generators are closed, HugeData
+        destroyed); no reply is sent.  A function already running in an
+        executor cannot be interrupted: its result is discarded.
+        """
+        task = self.active.pop((client_id, request_id), None)
+        if task is None:
+            return False
+        self.tasks.discard(task)
+        task.cancel()
+        return True
+
+    def _track(self, client_id, request_id, task):
+        self.tasks.add(task)
+        self.active[(client_id, request_id)] = task
 
     # -- running --------------------------------------------------------------
 
@@ -116,13 +144,13 @@ class Runner:
                         return
                 else:
                     task = self.loop.create_task(coro)
-                self.tasks.add(task)
+                self._track(client_id, request_id, task)
                 task.add_done_callback(functools.partial(self._task_done, client_id, request_id))
                 return
             elif kind == KIND_THREAD:
                 fut = self.loop.run_in_executor(
                     self.owner.thread_executor, functools.partial(fn, *args, **kwargs))
-                self.tasks.add(fut)
+                self._track(client_id, request_id, fut)
                 fut.add_done_callback(functools.partial(self._task_done, client_id, request_id))
                 return
             else:
@@ -133,22 +161,34 @@ class Runner:
                 fut = self.loop.run_in_executor(
                     self.owner.process_executor,
                     functools.partial(_call_detached, func, detached, list(args), dict(kwargs)))
-                self.tasks.add(fut)
+                self._track(client_id, request_id, fut)
                 fut.add_done_callback(functools.partial(self._task_done, client_id, request_id))
                 return
         except Exception as exc:
             self.reply_error(client_id, request_id, exc)
             return
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt, GeneratorExit... raised by user code:
+            # the caller gets an error reply; the first two still stop the process.
+            self.reply_error(client_id, request_id, exc)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return
         self.deliver(client_id, request_id, result)
 
     def _task_done(self, client_id, request_id, task):
         self.tasks.discard(task)
+        active = self.active
+        key = (client_id, request_id)
+        if active.get(key) is task:
+            del active[key]
         if task.cancelled():
             return
         exc = task.exception()
         if exc is not None:
-            if isinstance(exc, Exception):
-                self.reply_error(client_id, request_id, exc)
+            # any BaseException too (the event loop itself re-raises
+            # KeyboardInterrupt/SystemExit of a task): never a silent caller
+            self.reply_error(client_id, request_id, exc)
             return
         self.deliver(client_id, request_id, task.result())
 
@@ -170,8 +210,8 @@ class Runner:
             else:
                 coro = self._send_stream(client_id, request_id, result)
             task = self.loop.create_task(coro)
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._track(client_id, request_id, task)
+            task.add_done_callback(functools.partial(self._transfer_done, client_id, request_id))
             return
         try:
             body = singleton_ok(self.pack(result))
@@ -179,6 +219,15 @@ class Runner:
             self.reply_error(client_id, request_id, exc, with_traceback=False)
             return
         self.send_body(client_id, request_id, (body,))
+
+    def _transfer_done(self, client_id, request_id, task):
+        self.tasks.discard(task)
+        active = self.active
+        key = (client_id, request_id)
+        if active.get(key) is task:
+            del active[key]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("stream transfer failed: %r", task.exception())
 
     async def _wait_backlog(self):
         lsock = self._lsock()
@@ -207,10 +256,13 @@ class Runner:
                         await lsock.drain()
         except asyncio.CancelledError:
             raise
-        except ConnectionError:
+        except ConnectionError:  # our socket closed: the broker tells the caller
+            count_drop("transfer_socket_closed")
             return
-        except Exception as exc:
+        except BaseException as exc:
             send(client_id, request_id, (STREAM_TAG, STREAM_EXC, pack(exception_triple(exc))))
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
             return
         send(client_id, request_id, (STREAM_TAG, STREAM_END))
 
@@ -222,10 +274,13 @@ class Runner:
                 await self._wait_backlog()
         except asyncio.CancelledError:
             raise
-        except ConnectionError:
+        except ConnectionError:  # our socket closed: the broker tells the caller
+            count_drop("transfer_socket_closed")
             return
-        except Exception as exc:
+        except BaseException as exc:
             send(client_id, request_id, (HUGE_TAG, STREAM_EXC, self.pack(exception_triple(exc))))
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
             return
         finally:
             try:

@@ -304,6 +304,11 @@ class GlobalSettings(metaclass=_SettingsMeta):
     # discovery uses (None: the system's choice, as the original).
     GATE_BIND_ADDR = None
     GATE_MULTICAST_INTERFACE = None
+    # Additions: the process-wide budget of messages waiting in socket
+    # backlogs (every socket, every peer; see gaterpc.loopio).  A message
+    # that would exceed it is refused with an error instead of queued.
+    BACKLOG_MAX_MESSAGES: int = 1_000_000
+    BACKLOG_MAX_BYTES: int = 256 * 1024 * 1024
     GATE_COMMAND_NOTICE: bytes = b"\x00"
     GATE_COMMAND_INVITE: bytes = b"\x01"
     GATE_COMMAND_JOIN: bytes = b"\x02"

@@ -27,6 +27,7 @@ import bz2
 import lzma
 import os
 import struct
+import threading
 import time
 import zlib
 from collections import deque
@@ -336,6 +337,8 @@ class HugeData:
             self._pipe = deque()
             self._pipe_closed = False
             self._pipe_event = None
+            self._pipe_loop = None
+            self._pipe_thread = None
 
     @classmethod
     def get_process_executor(cls):
@@ -363,16 +366,19 @@ class HugeData:
             self._wake()
 
     def _wake(self):
+        # The consumer (_input) publishes its loop and thread before it first
+        # looks at the pipe, so a producer that finds no event yet needs no wake-up.
         ev = self._pipe_event
-        if ev is not None:
-            loop = ev._loop if hasattr(ev, "_loop") else None
-            try:
-                if loop is not None and loop.is_running():
-                    loop.call_soon_threadsafe(ev.set)
-                else:
-                    ev.set()
-            except RuntimeError:
-                pass
+        loop = self._pipe_loop
+        if ev is None or loop is None:
+            return
+        try:
+            if threading.get_ident() == self._pipe_thread:
+                ev.set()
+            else:
+                loop.call_soon_threadsafe(ev.set)  # asyncio.Event is not thread-safe
+        except RuntimeError:  # the consumer's loop is closed
+            pass
 
     async def _input(self):
         """The input pieces: slices of ``data`` or what ``add_data`` delivered."""
@@ -381,10 +387,20 @@ class HugeData:
             for i in range(0, len(view), _SLICE):
                 yield view[i:i + _SLICE]
             return
-        self._pipe_event = asyncio.Event()
+        ev = asyncio.Event()
+        self._pipe_loop = asyncio.get_running_loop()
+        self._pipe_thread = threading.get_ident()
+        self._pipe_event = ev
+        pipe = self._pipe
         while True:
-            while self._pipe:
-                piece = self._pipe.popleft()
+            # Clear first, then read "closed", then drain: a piece added (and a
+            # wake-up sent) after the clear is seen by the wait below, and every
+            # piece added before flush() is already in the pipe when "closed"
+            # reads true (a producer appends before it closes).
+            ev.clear()
+            closed = self._pipe_closed
+            while pipe:
+                piece = pipe.popleft()
                 if piece.endswith(self.end_tag) and len(piece) >= len(self.end_tag):
                     # The original's pipe protocol: the end tag closes the input.
                     piece = piece[:-len(self.end_tag)]
@@ -393,11 +409,10 @@ class HugeData:
                         yield piece
                     return
                 yield piece
-            if self._pipe_closed:
+            if closed:
                 return
-            self._pipe_event.clear()
             try:
-                await asyncio.wait_for(self._pipe_event.wait(), self.timeout or None)
+                await asyncio.wait_for(ev.wait(), self.timeout or None)
             except asyncio.TimeoutError:
                 pass
 

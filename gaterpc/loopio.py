@@ -16,11 +16,22 @@ per iteration).
 A ROUTER that sends (the broker's frontend and backend) runs in *per-peer*
 mode: ``ZMQ_ROUTER_MANDATORY`` is set, so a peer at its high-water mark
 makes the send fail with EAGAIN instead of dropping the message silently;
-the message waits in that peer's own backlog (other peers are not held up),
-and messages to peers that are gone (EHOSTUNREACH) are dropped.  A peer's
-backlog is bounded (``PEER_BACKLOG_MESSAGES``/``PEER_BACKLOG_BYTES``): a peer
-that stops reading loses what exceeds it, instead of growing the broker
-without bound.
+the message waits in that peer's own backlog (other peers are not held up).
+Messages to a peer that is gone (EHOSTUNREACH) are dropped, counted
+(``peer_unreachable``) and reported through ``on_unreachable(peer_id)``: the
+broker uses it to forget a vanished client.
+
+One **process-wide budget** bounds every backlog of every LoopSocket of the
+process together: ``Settings.BACKLOG_MAX_MESSAGES`` messages and
+``Settings.BACKLOG_MAX_BYTES`` bytes (default 1,000,000 and 256 MiB, read
+when a LoopSocket is created).  Only messages that have to wait count; a
+message sent at once costs nothing.  A message that would push the process
+over the budget is not queued: the drop is counted (``backlog_budget``) and
+the socket's ``on_over_budget(frames)`` callback decides what the sender is
+told (the broker ends that client's request with an error reply naming the
+budget and cancels it at the worker); a socket without that callback raises
+:class:`BacklogBudgetError` from :meth:`LoopSocket.send`.  Nothing is dropped
+silently.  :func:`backlog_budget` reports the current use.
 """
 
 from __future__ import annotations
@@ -32,17 +43,60 @@ import zmq
 
 from gaterpc._speedups.zmqio import ZSocketIO
 from gaterpc.counters import count_drop
+from gaterpc.global_settings import Settings
 
-__all__ = ("LoopSocket",)
+__all__ = ("LoopSocket", "BacklogBudgetError", "backlog_budget")
 
 _POLLIN = zmq.POLLIN
 _POLLOUT = zmq.POLLOUT
 _EHOSTUNREACH = zmq.EHOSTUNREACH
 logger = logging.getLogger("gaterpc")
 
-#: Per-peer backlog bounds of a per-peer (ROUTER) LoopSocket.
-PEER_BACKLOG_MESSAGES = 1_000_000
-PEER_BACKLOG_BYTES = 512 * 1024 * 1024
+
+class BacklogBudgetError(BufferError):
+    """A message would push the process over its backlog budget (it was not sent)."""
+
+
+class _Budget:
+    __slots__ = ("messages", "bytes", "max_messages", "max_bytes")
+
+    def __init__(self):
+        self.messages = 0
+        self.bytes = 0
+        self.max_messages = 1_000_000
+        self.max_bytes = 256 * 1024 * 1024
+
+    def refresh(self):
+        self.max_messages = int(Settings.BACKLOG_MAX_MESSAGES)
+        self.max_bytes = int(Settings.BACKLOG_MAX_BYTES)
+
+    def describe(self):
+        return (f"the process-wide send backlog budget is exhausted "
+                f"(Settings.BACKLOG_MAX_MESSAGES={self.max_messages}, "
+                f"Settings.BACKLOG_MAX_BYTES={self.max_bytes}; {self.messages} messages, "
+                f"{self.bytes} bytes waiting): the receiver does not keep up")
+
+
+_BUDGET = _Budget()
+
+
+def backlog_budget():
+    """``{"messages", "bytes", "max_messages", "max_bytes"}`` of the process-wide backlog budget."""
+    b = _BUDGET
+    return {"messages": b.messages, "bytes": b.bytes, "max_messages": b.max_messages,
+            "max_bytes": b.max_bytes}
+
+
+def budget_message():
+    """The text of the error given to whoever exceeds the budget."""
+    return _BUDGET.describe()
+
+
+def _size(frames):
+    size = 0
+    for f in frames:
+        size += len(f)
+    return size
 
 
 class LoopSocket:
@@ -51,11 +105,12 @@ class LoopSocket:
     __slots__ = (
         "loop", "socket", "io", "fd", "_handler", "_backlog", "_check_scheduled",
         "_drain_waiters", "_closed", "batch", "rounds", "_flush_timer", "_on_error",
-        "_per_peer", "_peers", "_peer_count", "dropped", "on_unreachable", "__weakref__",
+        "_per_peer", "_peers", "_peer_count", "dropped", "on_unreachable", "on_over_budget",
+        "_queued_bytes", "__weakref__",
     )
 
     def __init__(self, loop, sock, handler, *, batch=256, rounds=4, on_error=None, per_peer=False,
-                 on_unreachable=None):
+                 on_unreachable=None, on_over_budget=None):
         self.loop = loop
         self.socket = sock
         self.io = ZSocketIO(sock)
@@ -72,10 +127,15 @@ class LoopSocket:
         self._per_peer = per_peer
         self._peers = {}        # peer id -> [deque of messages, bytes]
         self._peer_count = 0    # messages in all peer backlogs
-        self.dropped = 0        # messages dropped: peer gone or its backlog full
+        self._queued_bytes = 0  # bytes in this socket's backlogs (part of the process budget)
+        self.dropped = 0        # messages dropped: peer gone or over the budget
         # per-peer mode: called with the peer id when a send finds the peer gone (EHOSTUNREACH);
-        # the message was dropped and counted.  Not called for a full backlog.
+        # the message was dropped and counted.
         self.on_unreachable = on_unreachable
+        # called with the frames of a message refused because of the process-wide budget
+        # (dropped and counted); without it send() raises BacklogBudgetError.
+        self.on_over_budget = on_over_budget
+        _BUDGET.refresh()
         if per_peer:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         loop.add_reader(self.fd, self._on_event)
@@ -89,6 +149,15 @@ class LoopSocket:
     def backlog_size(self):
         """Number of messages waiting for the socket to become writable."""
         return len(self._backlog) + self._peer_count
+
+    def backlog_bytes(self):
+        """Bytes of the messages waiting for the socket to become writable."""
+        return self._queued_bytes
+
+    def peer_backlog(self, peer):
+        """``(messages, bytes)`` waiting for ``peer`` (per-peer mode)."""
+        entry = self._peers.get(peer)
+        return (0, 0) if entry is None else (len(entry[0]), entry[1])
 
     # -- reading --------------------------------------------------------------
 
@@ -132,28 +201,81 @@ class LoopSocket:
     # -- writing --------------------------------------------------------------
 
     def send(self, frames):
-        """Send one multipart message without blocking (queued at the HWM)."""
+        """Send one multipart message without blocking (queued at the HWM).
+
+        Returns True when the message was sent or queued, False when it was
+        dropped (socket closed, peer gone, or over the process-wide budget
+        with an ``on_over_budget`` callback, which was called).  Raises
+        :class:`BacklogBudgetError` when it would exceed the budget and the
+        socket has no ``on_over_budget`` callback.
+        """
         if self._closed:
             return False
         if self._per_peer:
-            return self._send_to_peer(frames)
+            return self._send_to_peer(frames, False)
         backlog = self._backlog
         if backlog:
-            backlog.append(frames)
-        else:
-            try:
-                if not self.io.send(frames):
-                    backlog.append(frames)
-                    self._arm_flush_timer()
-            except zmq.ZMQError as exc:
-                self._fail(exc)
-                return False
+            return self._enqueue(frames, False)
+        try:
+            if not self.io.send(frames):
+                if not self._enqueue(frames, False):
+                    return False
+                self._arm_flush_timer()
+        except zmq.ZMQError as exc:
+            self._fail(exc)
+            return False
         if not self._check_scheduled:
             self._check_scheduled = True
             self.loop.call_soon(self._check)
         return True
 
-    def _send_to_peer(self, frames):
+    def send_forced(self, frames):
+        """Like :meth:`send`, but a message that has to wait is queued even over the budget.
+
+        For the few small messages that tell a receiver its request failed.
+        """
+        if self._closed:
+            return False
+        if self._per_peer:
+            return self._send_to_peer(frames, True)
+        if not self._backlog:
+            try:
+                if self.io.send(frames):
+                    self._schedule_check()
+                    return True
+            except zmq.ZMQError as exc:
+                self._fail(exc)
+                return False
+            self._arm_flush_timer()
+        return self._enqueue(frames, True)
+
+    def _enqueue(self, frames, force):
+        size = _size(frames)
+        b = _BUDGET
+        if not force and (b.messages >= b.max_messages or b.bytes + size > b.max_bytes):
+            return self._over_budget(frames)
+        b.messages += 1
+        b.bytes += size
+        self._queued_bytes += size
+        self._backlog.append(frames)
+        if not self._check_scheduled:
+            self._check_scheduled = True
+            self.loop.call_soon(self._check)
+        return True
+
+    def _over_budget(self, frames):
+        self.dropped += 1
+        count_drop("backlog_budget")
+        cb = self.on_over_budget
+        if cb is None:
+            raise BacklogBudgetError(_BUDGET.describe())
+        try:
+            cb(frames)
+        except Exception:  # a handler bug must not stop the socket
+            logger.exception("error in the over-budget handler")
+        return False
+
+    def _send_to_peer(self, frames, force):
         peer = frames[0]
         entry = self._peers.get(peer)
         if entry is None:
@@ -169,25 +291,47 @@ class LoopSocket:
                     return False
                 self._fail(exc)
                 return False
+        size = _size(frames)
+        b = _BUDGET
+        if not force and (b.messages >= b.max_messages or b.bytes + size > b.max_bytes):
+            return self._over_budget(frames)
+        if entry is None:
             entry = self._peers[peer] = [deque(), 0]
             self._arm_flush_timer()
-        size = 0
-        for f in frames:
-            size += len(f)
-        if len(entry[0]) >= PEER_BACKLOG_MESSAGES or entry[1] + size > PEER_BACKLOG_BYTES:
-            self.dropped += 1
-            return False
         entry[0].append(frames)
         entry[1] += size
         self._peer_count += 1
+        self._queued_bytes += size
+        b.messages += 1
+        b.bytes += size
         return True
+
+    def drop_peer(self, peer):
+        """Drop everything waiting for ``peer`` (counted); returns the number of messages."""
+        entry = self._peers.pop(peer, None)
+        if entry is None:
+            return 0
+        n = len(entry[0])
+        self._release(n, entry[1])
+        self._peer_count -= n
+        self.dropped += n
+        count_drop("peer_dropped", n)
+        return n
+
+    def _release(self, n, size):
+        self._queued_bytes -= size
+        b = _BUDGET
+        b.messages -= n
+        b.bytes -= size
 
     def _flush_peers(self):
         send = self.io.send
         peers = self._peers
         gone = None
         for peer in list(peers):
-            entry = peers[peer]
+            entry = peers.get(peer)
+            if entry is None:
+                continue
             queue = entry[0]
             while queue:
                 frames = queue[0]
@@ -199,6 +343,8 @@ class LoopSocket:
                         raise
                     n = len(queue)
                     self._peer_count -= n
+                    self._release(n, entry[1])
+                    entry[1] = 0
                     queue.clear()
                     if gone is None:
                         gone = []
@@ -206,8 +352,9 @@ class LoopSocket:
                     break
                 queue.popleft()
                 self._peer_count -= 1
-                for f in frames:
-                    entry[1] -= len(f)
+                size = _size(frames)
+                entry[1] -= size
+                self._release(1, size)
             if not queue:
                 del peers[peer]
         if gone is not None:
@@ -234,10 +381,12 @@ class LoopSocket:
         backlog = self._backlog
         send = self.io.send
         while backlog:
-            if not send(backlog[0]):
+            frames = backlog[0]
+            if not send(frames):
                 self._arm_flush_timer()
                 return
             backlog.popleft()
+            self._release(1, _size(frames))
         waiters = self._drain_waiters
         if waiters:
             self._drain_waiters = []
@@ -287,6 +436,10 @@ class LoopSocket:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        pending = len(self._backlog) + self._peer_count
+        if pending:
+            count_drop("socket_closed", pending)
+        self._release(pending, self._queued_bytes)
         self._backlog.clear()
         self._peers.clear()
         self._peer_count = 0

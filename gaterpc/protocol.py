@@ -12,7 +12,7 @@ import traceback
 from gaterpc._speedups.frames import singleton_error, singleton_ok
 
 __all__ = (
-    "EMPTY", "READY", "REQUEST", "REPLY", "HEARTBEAT", "DISCONNECT",
+    "EMPTY", "READY", "REQUEST", "REPLY", "HEARTBEAT", "DISCONNECT", "CANCEL",
     "STREAM_TAG", "STREAM_END", "STREAM_EXC", "HUGE_TAG", "HUGE_END", "HUGE_EXC",
     "GATE_NOTICE", "GATE_INVITE", "GATE_JOIN", "GATE_WHISPER", "GATE_HEARTBEAT", "GATE_LEAVE",
     "KEEPALIVE_ARG", "KEEPALIVE_OK", "KEEPALIVE_BAD",
@@ -25,6 +25,10 @@ REQUEST = b"\x02"
 REPLY = b"\x03"
 HEARTBEAT = b"\x04"
 DISCONNECT = b"\x05"
+#: Addition (broker -> worker): ``[worker, '', MDPW01, 06, client_id, '', request_id]``
+#: -- stop producing for that request (its client vanished or cannot keep up).
+#: The original 0.2.x worker ignores command bytes it does not know.
+CANCEL = b"\x06"
 
 STREAM_TAG = b"GateStreamGenerator"
 STREAM_END = b"GateStreamEnd"

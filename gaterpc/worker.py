@@ -13,7 +13,10 @@ an error reply instead of being dropped (generic text under
 the process pool with a stand-in ``self`` (``execute.DetachedSelf``) instead
 of failing to pickle the worker; on ``stop()`` the worker tells the broker
 with a DISCONNECT so that in-flight callers learn at once; ``close()`` shuts
-down only executors the worker created itself.
+down only executors the worker created itself.  Our broker may send CANCEL
+(``06``) for a request whose caller vanished or cannot keep up: the worker
+cancels that request's task (coroutine, stream, HugeData transfer) and sends
+nothing more for it.
 
 Reconnection (also a difference): a worker whose broker goes silent for
 heartbeat x liveness, or that gets a plain DISCONNECT from the broker (broker
@@ -43,7 +46,7 @@ from gaterpc.execute import Runner, collect_interfaces
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, interface, name2uuid, to_bytes
 from gaterpc.loopio import LoopSocket
-from gaterpc.protocol import DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST
+from gaterpc.protocol import CANCEL, DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST
 from gaterpc.serialization import msg_unpack
 
 __all__ = ("Worker", "Service", "RemoteWorker")
@@ -505,6 +508,10 @@ class Worker(ABCWorker):
                 lsock = self._lsock
                 if lsock is not None:
                     self._send_heartbeat(lsock)
+            elif command == CANCEL:
+                # [CANCEL, client_id, '', request_id]: our broker says the caller is gone
+                if len(msg) == 6 and not msg[4]:
+                    self._runner.cancel(msg[3], msg[5])
             elif command == DISCONNECT:
                 final = len(msg) > 3
                 if final:

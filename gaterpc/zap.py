@@ -51,10 +51,11 @@ from zmq.utils import z85
 from zmq.auth import Authenticator
 
 from gaterpc.base import Context, current_loop, new_socket, set_ctx
+from gaterpc.counters import count_drop
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, to_bytes
 from gaterpc.loopio import LoopSocket
-from gaterpc.protocol import DISCONNECT
+from gaterpc.protocol import DISCONNECT, REPLY
 
 __all__ = ("AsyncZAPService", "ZapChecker", "zap_link_socket", "ZAP_CACHE_TTL")
 
@@ -436,6 +437,7 @@ class ZapChecker:
             return
         mechanism, credentials, end = parsed
         if len(msg) <= end:
+            count_drop("zap_no_request_id")  # names no request: nobody to answer
             return
         key = self._key(_CH_FRONTEND, msg[0], mechanism, credentials)
         entry = self._lookup(key)
@@ -554,6 +556,7 @@ class ZapChecker:
         for item in items:
             if self._closed:
                 return
+            caller = _caller_of(broker, item)
             try:
                 if ok:
                     channel, msg, end, extra = item
@@ -567,8 +570,15 @@ class ZapChecker:
                         extra[0](_strip_gate(msg, end, extra[1]))
                 else:
                     self._fail(item, reason is None, reason)
-            except Exception:
+            except Exception as exc:
+                # the message is dropped: counted, and its caller (if it names one) told
                 broker._count_error()
+                count_drop("zap_release_error")
+                if caller is not None:
+                    try:
+                        broker._reply_error(caller[0], caller[1], caller[2], exc)
+                    except Exception:
+                        broker._count_error()
 
     # -- refusing -------------------------------------------------------------------
 
@@ -609,6 +619,27 @@ class ZapChecker:
         if lback is not None:
             text = b"authentication failed" if Settings.SECURE else b"authentication failed: " + reason
             lback.send((worker_id, b"", broker._mdp_worker, DISCONNECT, text))
+
+
+def _caller_of(broker, item):
+    """``(client_id, service_b, request_id)`` of the request a held message belongs to, or None.
+
+    A client request names its caller; so does a worker REPLY (the client it
+    answers).  Read before the message is handled (which rewrites it).
+    """
+    channel, msg, end, _ = item
+    try:
+        if channel is _CH_FRONTEND:
+            if len(msg) > end:
+                return msg[0], msg[3], msg[end]
+        elif channel is _CH_BACKEND:
+            if msg[3] == REPLY and len(msg) > end + 2:
+                w = broker.workers.get(msg[0])
+                service_b = w.service._name_b if w is not None else b""
+                return msg[end], service_b, msg[end + 2]
+    except (IndexError, TypeError):
+        pass
+    return None
 
 
 def _split(msg, start):

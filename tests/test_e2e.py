@@ -465,7 +465,26 @@ async def test_busy_worker_error_after_timeout(tmp_path):
         with pytest.raises(RemoteException, match="BusyWorkerError"):
             await cli.Calc.add(1, 1)
         assert await first == 1.0
+        remote = next(iter(broker.workers.values()))
+        # exactly one unit back: the refused call took none, the finished one gave back one
+        assert remote.max_allowed_request == 1 and remote._inflight == {}
         assert await cli.Calc.add(1, 1) == 2  # capacity came back
+        assert remote.max_allowed_request == 1 and remote._inflight == {}
+        # a stream, a failing stream and an error each give back exactly one unit
+        assert [i async for i in await cli.Calc.count(50)] == list(range(50))
+        assert remote.max_allowed_request == 1
+        with pytest.raises(RemoteException, match="stream broke"):
+            [i async for i in await cli.Calc.fail_later(3)]
+        assert remote.max_allowed_request == 1
+        with pytest.raises(RemoteException, match="missing"):
+            await cli.Calc.fail()
+        assert remote.max_allowed_request == 1 and remote._inflight == {}
+        # one unit: a second call while one runs still waits (no over-release)
+        first = asyncio.ensure_future(cli.Calc.sleep(0.5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RemoteException, match="BusyWorkerError"):
+            await cli.Calc.add(1, 1)
+        assert await first == 0.5
     finally:
         Settings.TIMEOUT = old
         cli.close()

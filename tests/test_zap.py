@@ -252,6 +252,7 @@ async def test_refused_requests_never_reach_a_worker_and_fail_fast(env, case):
     }[case]
     sock = env.raw_dealer()
     loop = asyncio.get_running_loop()
+    n_zap = len(env.zap.seen)
     for i in range(3):  # the first asks the ZAP service, the next ones hit the cached failure
         rid = secrets.token_bytes(16)
         t0 = loop.time()
@@ -268,6 +269,26 @@ async def test_refused_requests_never_reach_a_worker_and_fail_fast(env, case):
         assert "authentication failed" in body["exception"][1]
         assert PASSWORD not in repr(body)
     assert env.workers[0].calls == []
+    # the cache: at most one round trip to the ZAP service for the three refusals
+    # the cache: one round trip to the ZAP service for the three refusals, none when the
+    # frames cannot be parsed; PLAIN with a user and no password reads the request id
+    # as the password, so each request is a distinct credential and is asked again
+    expected = {"missing_frames": 0, "unknown_mechanism": 0, "short_plain": 3}.get(case, 1)
+    assert len(env.zap.seen) - n_zap == expected
+    # exact capacity accounting: refusals take nothing and give nothing back;
+    # a good call after them takes one unit and gives back exactly one
+    remote = next(iter(env.broker.workers.values()))
+    full = env.workers[0].max_allowed_request
+    assert remote.max_allowed_request == full and remote._inflight == {}
+    c = env.client()
+    await c.connect()
+    assert await c.Echo.echo("ok") == ["ok"]
+    for _ in range(100):
+        if remote.max_allowed_request == full:
+            break
+        await asyncio.sleep(0.01)
+    assert remote.max_allowed_request == full and remote._inflight == {}
+    assert list(env.broker.services["Echo"]._ready) == [remote]
 
 
 async def test_client_with_wrong_password_gets_permission_error(env):
