@@ -216,6 +216,9 @@ class AsyncZAPService(Authenticator):
         domain = domain.decode(self.encoding, "replace")
         address = address.decode(self.encoding, "replace")
 
+        # Credit: this allow/deny block (and the structure of _authenticate_plain
+        # below) closely follows pyzmq's zmq/auth/base.py (Authenticator), by the
+        # PyZMQ Developers, BSD-3-Clause licence; see the NOTICE file.
         allowed = False
         denied = False
         reason = b"NO ACCESS"
