@@ -1,4 +1,4 @@
-"""Module-level pieces of ``gaterpc.core`` (API.md §6).
+"""Module-level pieces of ``gaterpc.core``.
 
 ``Context``, the socket/context helpers, ``generate_reply``, the ZAP argument
 helpers and the two abstract bases.  Also the small shared helpers every role

@@ -1,4 +1,4 @@
-"""Caches of API.md §4.13: ``KVLRUCache`` (alias ``LRUCache``) and ``coroutine_lru_cache``.
+"""Caches: ``KVLRUCache`` (alias ``LRUCache``) and ``coroutine_lru_cache``.
 
 ``KVLRUCache`` comes from the ``_speedups.lru`` selector (compiled when
 available).  ``coroutine_lru_cache`` is ``functools.lru_cache`` for
@@ -19,7 +19,7 @@ from gaterpc._speedups.lru import KVLRUCache
 __all__ = ("KVLRUCache", "LRUCache", "coroutine_lru_cache")
 
 LRUCache = KVLRUCache
-"""Alias of :class:`KVLRUCache` (the original 0.2.12 has no ``LRUCache``; API.md §4.13 allows it)."""
+"""Alias of :class:`KVLRUCache` (the original 0.2.12 has no ``LRUCache``; an extra name)."""
 
 _CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
 

@@ -1,4 +1,6 @@
-"""Client side: ``Client``, ``SimpleClient`` and the dot-call proxy (API.md §9).
+"""Client side: ``Client``, ``SimpleClient`` and the dot-call proxy.
+
+Frames: docs/PROTOCOL.md, "Client and broker".
 
 ``Client`` sends each call as one request message and keeps a Future per
 request id.  Replies are read in batches from the socket's event-loop
@@ -24,13 +26,13 @@ The next call on the same client connects again with a new socket.  A
 client binds to the running loop at its first use (``_bind_loop``), so it
 may be built outside one.
 
-Differences from the original (API.md §13): user keyword arguments named
-``service_name``/``func_name`` pass through (C2); finished, failed and
-abandoned streams leave ``client.replies`` (C3); a client can reconnect after
-the broker went offline or after ``close()`` (C4); a ``connect()`` timeout
-does not poison later calls (C6); a service unknown to the client's list is
-looked up once more before ``AttributeError`` (C1); HugeData transfers have
-a per-chunk timeout (H2); ``SimpleClient`` honours ``reply_timeout`` (SC2);
+Differences from the original: user keyword arguments named
+``service_name``/``func_name`` pass through; finished, failed and
+abandoned streams leave ``client.replies``; a client can reconnect after
+the broker went offline or after ``close()``; a ``connect()`` timeout
+does not poison later calls; a service unknown to the client's list is
+looked up once more before ``AttributeError``; HugeData transfers have
+a per-chunk timeout; ``SimpleClient`` honours ``reply_timeout``;
 a lost broker fails calls within ``heartbeat x liveness`` instead of
 ``reply_timeout``; large HugeData results are decoded in a thread.
 """

@@ -1,4 +1,4 @@
-"""``gaterpc.core``: the RPC roles (API.md §6–§10).
+"""``gaterpc.core``: the RPC roles.
 
 This module re-exports the roles from their own modules (``gaterpc.base``,
 ``gaterpc.worker``, ``gaterpc.broker``, ``gaterpc.client``, ``gaterpc.zap``,

@@ -3,7 +3,7 @@
 Every place that drops something (a message it cannot route, a request it
 cannot serve, a backlog over its budget) calls :func:`count_drop` with a short
 reason name; nothing is dropped silently.  The figures are read by
-:func:`drops_snapshot` (and exported by the metrics endpoint).  Counting is a
+:func:`drops_snapshot` (tests, operators' own monitoring).  Counting is a
 dict update: cheap enough for the rare paths where drops happen, and never
 called per message on the normal path.
 """

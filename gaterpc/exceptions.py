@@ -1,4 +1,4 @@
-"""Exception classes of gaterpc (API.md §3).
+"""Exception classes of gaterpc.
 
 The hierarchy is part of the public contract: user code catches these
 bases.  ``RemoteException`` is what a client raises for every error reported

@@ -1,7 +1,7 @@
 """Global settings of gaterpc: ``GlobalSettings`` and the ``Settings`` singleton.
 
 Every component reads its configuration from :data:`Settings` at the time
-of use (API.md §2).  Settings come in three kinds:
+of use.  Settings come in three kinds:
 
 * plain class attributes (``TIMEOUT``, ``ZMQ_SOCK``, protocol constants);
   assigning one creates an instance attribute;
@@ -13,8 +13,8 @@ of use (API.md §2).  Settings come in three kinds:
 
 Unlike the original, the render cache is cleared by *every* assignment
 (instance or class level), so derived values always follow their inputs
-(S2), and a ``LazyAttribute`` installed by :meth:`GlobalSettings.configure`
-or by class assignment gets its name bound (S3).
+and a ``LazyAttribute`` installed by :meth:`GlobalSettings.configure`
+or by class assignment gets its name bound.
 
 Importing this module creates nothing on disk and starts nothing; the
 directories are created when the path settings are first read.
@@ -224,7 +224,7 @@ class _SettingsMeta(type):
 
 
 class GlobalSettings(metaclass=_SettingsMeta):
-    """All gaterpc settings (API.md §2.2); use the :data:`Settings` instance.
+    """All gaterpc settings; use the :data:`Settings` instance.
 
     Call :meth:`setup` once at start-up (inside or outside the event loop)
     to apply a user settings module, keyword options, environment variables
@@ -324,7 +324,7 @@ class GlobalSettings(metaclass=_SettingsMeta):
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
-        # Derived settings must follow plain assignments too (S2).
+        # Derived settings must follow plain assignments too.
         _clear_render_cache(self)
 
     def __delattr__(self, name: str) -> None:
@@ -347,7 +347,7 @@ class GlobalSettings(metaclass=_SettingsMeta):
         _clear_render_cache(self)
 
     def setup(self, **options: Any) -> None:
-        """Apply the settings and configure logging (API.md §2.4 order).
+        """Apply the settings and configure logging, in this order:
 
         1. upper-case names of ``USER_SETTINGS``; 2. upper-case keyword
         ``options`` (others are ignored); 3. create ``BASE_PATH``,

@@ -1,4 +1,4 @@
-"""Small helpers shared by every role (API.md §4.5–4.8, §4.11, §4.15).
+"""Small helpers shared by every role.
 
 Byte conversion of frames, identity derivation, address checks, dotted-path
 resolution, the ``interface`` marker, executor and async-generator helpers,

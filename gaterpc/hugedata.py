@@ -1,4 +1,6 @@
-"""HugeData: large replies compressed and sent in chunks (API.md §4.12, WIRE.md §4.3).
+"""HugeData: large replies compressed and sent in chunks.
+
+Frames: docs/PROTOCOL.md, "HugeData".
 
 A worker returns ``HugeData(end_tag, except_tag, data=...)``; the reply is
 one compressed stream cut into ``blksize``-byte chunks.  The client feeds the
@@ -17,7 +19,8 @@ never allocates much beyond the limit.
 Formats: ``gzip`` (the default and the only one the original reads; the
 header is the original's: FLG 0, MTIME, XFL, OS 255), ``bz2``, ``lzma`` (xz),
 ``lz4`` (``lz4.frame``) and any module given by dotted path that offers
-``compressor(level)`` and ``decompressor()`` (API.md's plug-in contract).
+``compressor(level)`` and ``decompressor()`` (the original's plug-in contract; ``tests/plugins/xorzlib.py`` is
+an example).
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ class GzipCompressor:
 
 
 class GzipDecompressor:
-    """Incremental gzip decompression; CRC-32 and size are verified (H6)."""
+    """Incremental gzip decompression; CRC-32 and size are verified
+    (the original does not check them)."""
 
     def __init__(self):
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -499,7 +503,7 @@ class HugeData:
 async def iter_hugedata_chunks(hd, loop=None):
     """Yield the wire chunks of ``hd``: compressed pieces of at most ``hd.blksize``
     bytes (the first one holding the whole format header), then one empty
-    chunk ``b""`` (wire compatibility, WIRE.md §4.3 rule 3).  Errors raise
+    chunk ``b""`` (the original always sends one; docs/PROTOCOL.md, "HugeData").  Errors raise
     ``HugeDataException`` (the caller turns them into the error frame).
 
     With a ``blksize`` below the gzip header length the first chunk is made

@@ -1,7 +1,7 @@
 """The "not set" sentinel, validators and the lazily rendered descriptor.
 
 These are the building blocks of :mod:`gaterpc.global_settings`
-(API.md §4.1–4.4).  The module imports nothing from the rest of the
+(and public in ``gaterpc.utils``).  The module imports nothing from the rest of the
 package, so every other module can depend on it.
 """
 

@@ -1,4 +1,4 @@
-"""Logging helpers (API.md §4.14): colour formatter and non-blocking queue logging.
+"""Logging helpers: colour formatter and non-blocking queue logging.
 
 Records logged through :class:`AQueueHandler` are formatted on the calling
 thread and put on an unbounded queue with ``put_nowait``; a background

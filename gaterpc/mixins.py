@@ -1,4 +1,4 @@
-"""Event-loop binding mixin (API.md §5)."""
+"""Event-loop binding mixin."""
 
 from __future__ import annotations
 

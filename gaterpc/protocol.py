@@ -1,4 +1,4 @@
-"""Wire constants and small helpers shared by the roles (WIRE.md §2).
+"""Wire constants and small helpers shared by the roles (docs/PROTOCOL.md, "Constants").
 
 Roles copy the values they need from ``Settings`` when they are built (the
 header frames depend on ``MDP_VERSION``/``GATE_VERSION``); the defaults here
@@ -50,7 +50,7 @@ KEEPALIVE_BAD = b"400"
 
 
 def exception_triple(exc, with_traceback=True):
-    """``[class_name, repr, traceback_text]`` as the original sends it (WIRE.md §1.6)."""
+    """``[class_name, repr, traceback_text]`` as the original sends it (docs/PROTOCOL.md, "Exception triple")."""
     tb = "".join(traceback.format_tb(exc.__traceback__)) if with_traceback else ""
     return [type(exc).__name__, repr(exc), tb]
 

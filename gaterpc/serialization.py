@@ -1,9 +1,9 @@
 """Library-wide msgpack configuration and the pack/unpack helpers.
 
-The encoding is byte-exact with the original's (WIRE.md §1.2): msgpack
+The encoding is byte-exact with the original's (docs/PROTOCOL.md, "Encoding"): msgpack
 defaults with the bin type for bytes, float64 for every float, tuples and
 lists as arrays.  Decoding uses ``raw=False``, ``strict_map_key=False`` and
-the size limits of :class:`MessagePack` (API.md §4.9).
+the size limits of :class:`MessagePack`.
 
 ``message_pack`` is the single global :class:`MessagePack`.  Its settings
 are compiled into module-level state whenever a hook or a limit changes
@@ -54,7 +54,7 @@ _LIMITS = {
     "max_array_len": "DEFAULT_MAX_ARRAY_LEN",
     "max_map_len": "DEFAULT_MAX_MAP_LEN",
 }
-# README spelling of the list hook (API.md §13 U3); honoured as an alias.
+# The original's README spells the list hook this way; honoured as an alias.
 _ALIASES = {"unpack_object_list_hook": "unpack_list_hook"}
 
 # Types whose instances can never be (or contain at top level) a manager proxy.

@@ -1,12 +1,13 @@
-"""``StreamReply``: the client-side object of a streamed reply (API.md §4.10).
+"""``StreamReply``: the client-side object of a streamed reply (the streaming reply of a call).
+
+Frames: docs/PROTOCOL.md, "Reply bodies".
 
 A client gets a ``StreamReply`` as soon as the first stream message of a call
 arrives, and iterates it with ``async for``.  The client feeds it through the
 private, synchronous ``_put*`` methods (no task or await per item); the public
 ``asend``/``athrow``/``aclose`` keep the original's semantics.
 
-Differences from the original, all on the receiving side (API.md §13 U1, U2,
-U8, C3):
+Differences from the original, all on the receiving side:
 
 * ``None`` items fed by the client are delivered (the public ``asend(None)``
   still ignores ``None``, as documented);

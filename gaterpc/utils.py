@@ -1,4 +1,4 @@
-"""Public utility namespace of gaterpc (API.md §4), kept for compatibility.
+"""Public utility namespace of gaterpc, kept for compatibility.
 
 This module only re-exports: every name the original ``gaterpc.utils``
 offered is importable from here, but each is defined in its own module

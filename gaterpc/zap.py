@@ -1,4 +1,6 @@
-"""Application-level ZAP authentication (API.md §8.2, §11.10; WIRE.md §6).
+"""Application-level ZAP authentication.
+
+Frames: docs/PROTOCOL.md, "ZAP".
 
 Two halves:
 
@@ -6,17 +8,17 @@ Two halves:
   constructor, read in batches from an event-loop callback (no task per
   request); verdicts follow pyzmq's ``Authenticator`` (which it subclasses for
   ``allow``/``deny``/``configure_plain``/``configure_curve``/...) with the
-  original's envelope and reasons (WIRE.md §6.3).
+  original's envelope and reasons.
 * :class:`ZapChecker` -- the broker side, plugged into ``AMajordomo`` by
   ``connect_zap``.  Every client, worker and gate message carries ZAP frames;
   the checker strips them, answers from a cache when it can and otherwise
   asks the ZAP service, queueing the messages of one cache key behind a
   single ZAP round trip.
 
-Differences from the original (WIRE.md §11 Z1-Z6, API.md §13 Z3-Z6):
+Differences from the original:
 
-* NULL works (Z3); requests with 4-7 frames get a proper ``400`` reply (Z6);
-  ``stop()`` works before ``start()`` (Z5).
+* NULL works; requests with 4-7 frames get a proper ``400`` reply;
+  ``stop()`` works before ``start()``.
 * A denied client request is answered at once with an error reply (the
   client raises ``RemoteException`` for ``PermissionError``; the text is
   generic under ``Settings.SECURE``) instead of a silent drop; a denied
@@ -217,6 +219,9 @@ class AsyncZAPService(Authenticator):
         domain = domain.decode(self.encoding, "replace")
         address = address.decode(self.encoding, "replace")
 
+        # Credit: this allow/deny block (and the structure of _authenticate_plain
+        # below) closely follows pyzmq's zmq/auth/base.py (Authenticator), by the
+        # PyZMQ Developers, BSD-3-Clause licence; see the NOTICE file.
         allowed = False
         denied = False
         reason = b"NO ACCESS"
@@ -432,7 +437,7 @@ class ZapChecker:
         """``msg`` = ``[client, '', MDPC01, service, *zap, request_id, *body]``."""
         parsed = _split(msg, 4)
         if parsed is None:
-            # no/unknown ZAP frames: msg[4] is most likely the request id (WIRE.md entry 84)
+            # no/unknown ZAP frames: msg[4] is most likely the request id (a client without ZAP frames)
             self._deny_client(msg[0], msg[3], msg[4], b"missing or malformed ZAP frames")
             return
         mechanism, credentials, end = parsed

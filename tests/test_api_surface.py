@@ -1,4 +1,4 @@
-"""The import surface and signatures of API.md §1.4, §6–§10."""
+"""The import surface and signatures of the original's public modules (``gaterpc.core``, ``gaterpc.utils``, ...)."""
 
 from __future__ import annotations
 

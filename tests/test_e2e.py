@@ -197,7 +197,7 @@ async def test_stream_errors_and_bookkeeping(cluster):
             items.append(i)
     assert items == [0, 1]
     assert len(cli.replies) == 0, "an errored stream leaves client.replies"
-    # None items and an item equal to the end tag are delivered (U1, U2)
+    # None items and an item equal to the end tag are delivered (the original lost them)
     assert [i async for i in await cli.Calc.odd_items()] == [None, b"GateStreamEnd", "last"]
     # an abandoned stream (aclose) is forgotten
     stream = await cli.Calc.count(100000)
@@ -312,7 +312,7 @@ async def test_simple_client(cluster):
 
 
 async def test_example_12_1_runs_unchanged(tmp_path):
-    """API.md §12.1, with our addresses."""
+    """The original's broker/worker/client example, with our addresses."""
     Settings.setup()
     ctx = Context()
     broker = AMajordomo(context=ctx)
@@ -356,7 +356,7 @@ class StatsBroker(AMajordomo):
         await self.request_backend("Calc", self.identity, request_id,
                                    (msg_pack("add"), msg_pack((a, b)), msg_pack({})))
         frames = await self.internal_requests[request_id]
-        self.internal_requests.pop(request_id)  # tolerated after resolution (B11)
+        self.internal_requests.pop(request_id)  # tolerated after resolution
         return frames
 
     @interface

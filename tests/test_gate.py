@@ -288,7 +288,7 @@ async def test_internal_gate_to_gate_call(nodes):
     await a.gate.send_whisper_command(peer, rid, "Gate", (msg_pack("info"), msg_pack(()), msg_pack({})))
     reply = await asyncio.wait_for(fut, 5)
     assert reply["exception"] is None and reply["result"]["my_id"] == b.gate.identity
-    assert a.gate.gate_replies.pop(rid) is None  # already cleaned (G8)
+    assert a.gate.gate_replies.pop(rid) is None  # already cleaned
     with pytest.raises(RemoteException):
         await a.gate.call_gate(peer, "no_such_function")
     assert not a.gate.gate_replies

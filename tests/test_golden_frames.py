@@ -25,7 +25,8 @@ from gaterpc.exceptions import RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.utils import HugeData, interface, msg_pack, name2uuid
 
-# A copy of shared/spec/captured_frames.json (the golden data of WIRE.md §13.2).
+# Messages captured from the original 0.2.x on loopback (tests/data/captured_frames.json;
+# each entry's "id" is the "entry N" of the comments below, "note" says what it shows).
 DATA = Path(__file__).resolve().parent / "data"
 CAPTURE = {e["id"]: e for e in json.loads((DATA / "captured_frames.json").read_text())}
 

@@ -1,4 +1,4 @@
-"""Helpers (API.md §4.1–4.8, §4.11, §4.15, §5)."""
+"""Helpers of ``gaterpc.utils``, ``gaterpc.lazy``, ``gaterpc.helpers`` and ``gaterpc.mixins``."""
 
 from __future__ import annotations
 
@@ -444,7 +444,7 @@ def test_loop_bound_mixin():
         loop2.close()
 
 
-# -- gaterpc.utils inventory (API.md §1.4) -----------------------------------
+# -- gaterpc.utils inventory (the original's names) -----------------------------------
 
 UTILS_NAMES = {
     None: ["SyncManager", "UnixEPollEventLoopPolicy", "singleton", "resolve_module_attr", "check_socket_addr",

@@ -1,4 +1,4 @@
-"""Logging helpers (API.md §4.14) and ``Settings.setup()`` logging (S1, L2 fixed)."""
+"""Logging helpers and ``Settings.setup()`` logging."""
 
 from __future__ import annotations
 

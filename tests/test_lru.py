@@ -1,4 +1,4 @@
-"""``KVLRUCache`` (both twins), the selector, and ``gaterpc.cache`` (API.md §4.13, U5)."""
+"""``KVLRUCache`` (both twins), the selector, and ``gaterpc.cache``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""msgpack profile (WIRE.md §1.2, §13.1) and MessagePack behaviour (API.md §4.9)."""
+"""msgpack profile (docs/PROTOCOL.md, "Encoding"), golden vectors and MessagePack behaviour."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_golden_vector_decodes_and_reencodes_byte_exact(name):
     assert unpack_fast(data) == value
 
 
-# WIRE.md §13.1 "additional deterministic vectors" (the msgpack ones).
+# More msgpack vectors, computed with the original's encoder.
 ADDITIONAL = [
     ("echo", "a46563686f"),
     (("hello", 42), "92a568656c6c6f2a"),

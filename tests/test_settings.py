@@ -1,4 +1,4 @@
-"""Global settings (API.md §2): defaults, kinds, derivations, configure, setup."""
+"""Global settings: defaults, kinds, derivations, configure, setup."""
 
 from __future__ import annotations
 

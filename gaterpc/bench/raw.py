@@ -1,6 +1,7 @@
 """Raw-pyzmq baseline of the echo benchmark (``gaterpc bench --vs-raw``).
 
-The same message pattern as gaterpc (WIRE.md §4-§5): client DEALER
+The same message pattern as gaterpc (docs/PROTOCOL.md, "Client and broker"
+and "Broker and worker"): client DEALER
 ``['', 'MDPC01', service, rid, mp(func), mp(args), mp(kwargs)]``, broker
 ROUTER (clients) / ROUTER (workers), worker DEALER with ``MDPW01`` frames
 (READY, REQUEST, REPLY), replies ``mp({"result": ..., "exception": None})``

@@ -1,4 +1,4 @@
-"""A HugeData plug-in compression module (API.md §4.12 contract), for tests.
+"""A HugeData plug-in compression module (``compressor(level)``/``decompressor()``), for tests.
 
 zlib with no header (raw deflate), so it has no magic bytes: the receiver
 must fall back to ``Settings.HUGE_DATA_COMPRESS_MODULE``.
