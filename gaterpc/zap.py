@@ -596,7 +596,10 @@ class ZapChecker:
             else:
                 self._deny_client(msg[0], msg[3], msg[end], reason)
         elif channel is _CH_BACKEND:
-            self._deny_worker(msg[0], b"authentication service unavailable" if timed_out else reason)
+            # A slow ZAP service is transient: a plain DISCONNECT lets our worker register again
+            # (with backoff); a refusal carries its reason, and our worker stops on it.
+            self._deny_worker(msg[0], b"authentication service unavailable" if timed_out else reason,
+                              final=not timed_out)
 
     def _deny_client(self, client_id, service_b, request_id, reason):
         if Settings.SECURE:
@@ -605,7 +608,7 @@ class ZapChecker:
             exc = PermissionError(f"authentication failed: {reason.decode('utf-8', 'replace')}")
         self.broker._reply_error(client_id, service_b, request_id, exc)
 
-    def _deny_worker(self, worker_id, reason):
+    def _deny_worker(self, worker_id, reason, final=True):
         broker = self.broker
         w = broker.workers.get(worker_id)
         if w is not None:
@@ -622,6 +625,11 @@ class ZapChecker:
         told[worker_id] = now
         lback = broker._lback
         if lback is not None:
+            if not final:
+                Zlogger.warning("worker %s told to register again: %s", worker_id.hex(),
+                                reason.decode("utf-8", "replace"))
+                lback.send((worker_id, b"", broker._mdp_worker, DISCONNECT))
+                return
             text = b"authentication failed" if Settings.SECURE else b"authentication failed: " + reason
             lback.send((worker_id, b"", broker._mdp_worker, DISCONNECT, text))
 

@@ -409,6 +409,22 @@ async def test_zap_service_down_gives_clear_error_and_others_keep_working(env, c
     assert "TimeoutError" in text and "authentication service" in text
 
 
+async def test_worker_registers_once_a_slow_zap_service_answers(env, clean_settings):
+    """A ZAP timeout is transient for workers: a plain DISCONNECT, and ours registers again."""
+    clean_settings.ZAP_REPLY_TIMEOUT = 0.3
+    clean_settings.MDP_HEARTBEAT_INTERVAL = 300
+    zap = env.start_zap(start=False)  # bound, not answering yet
+    env.start_broker()
+    worker = env.start_worker()
+    assert not await env.registered(timeout=1.0)
+    assert worker._recv_task is not None and not worker._recv_task.done(), "the worker gave up"
+    zap.start()
+    assert await env.registered(timeout=10.0)
+    cli = env.client()
+    await cli.connect()
+    assert await cli.Echo.echo(7) == [7]
+
+
 async def test_zap_service_never_started(env, clean_settings):
     clean_settings.ZAP_REPLY_TIMEOUT = 0.3
     env.start_broker()  # nothing listens on zap_addr
