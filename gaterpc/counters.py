@@ -10,7 +10,7 @@ called per message on the normal path.
 
 from __future__ import annotations
 
-__all__ = ("count_drop", "drops_snapshot", "reset_drops")
+__all__ = ("count_drop", "drops_snapshot", "reset_drops", "count_event", "events_snapshot")
 
 _drops: dict[str, int] = {}
 
@@ -28,3 +28,16 @@ def drops_snapshot() -> dict[str, int]:
 def reset_drops() -> None:
     """Zero every drop counter (tests)."""
     _drops.clear()
+
+
+_events: dict[str, int] = {}
+
+
+def count_event(name: str, n: int = 1) -> None:
+    """Add ``n`` to the event counter ``name`` (reconnections, HugeData transfers, ...)."""
+    _events[name] = _events.get(name, 0) + n
+
+
+def events_snapshot() -> dict[str, int]:
+    """A copy of every event counter (name -> count)."""
+    return dict(_events)
