@@ -38,7 +38,7 @@ __all__ = ("main", "run_benchmark", "build_parser", "BenchError")
 HERE = Path(__file__).resolve().parent
 ROLES_FILE = HERE / "roles.py"
 LAYOUTS = ("3proc", "2proc", "inproc", "gate")
-IMPLS = ("ours", "original", "raw", "limit")
+IMPLS = ("ours", "original", "raw", "limit")  # plus "direct"/"metrics": ours, run another way
 LOOPS = ("asyncio", "uvloop")
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 GRACE = 3.0
@@ -365,6 +365,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
         "mode": opts.mode, "workers": workers, "uvloop": opts.uvloop, "timeout": opts.timeout,
         "progress": show is not None, "settle": 0.3 if workers > 1 else 0.0,
         "queued": 1000 * workers if opts.mode == "hol" else 0,
+        "metrics": getattr(opts, "metrics", None),
     }
     if opts.hwm is not None:
         cfg["hwm"] = opts.hwm
@@ -373,7 +374,9 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
     children: list[Child] = []
 
     layout = "3proc" if impl == "direct" else opts.layout
-    real_impl = "ours" if impl == "direct" else impl
+    real_impl = "ours" if impl in ("direct", "metrics") else impl
+    if impl == "metrics":
+        cfg["metrics"] = opts.metrics or 1.0
     if layout == "gate":
         ports = set()
         while len(ports) < 2:
@@ -700,6 +703,12 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
     p.add_argument("--vs-limit", action="store_true",
                    help="also run the limit row: the same three processes as libzmq loops doing no RPC "
                         "work (C proxy broker, C reflector worker, compiled batch-I/O client)")
+    p.add_argument("--metrics", type=float, default=None, metavar="S",
+                   help="ours: every role serves its metrics on 127.0.0.1 and is scraped every S seconds "
+                        "(the cost of metrics, to compare with a run without)")
+    p.add_argument("--vs-metrics", action="store_true",
+                   help="also run ours with metrics served and scraped (every --metrics S seconds, default "
+                        "1), in the same run: the cost of metrics as a ratio")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--repeat", type=int, default=1, metavar="R", help="report the median of R runs")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S", help="deadline of each run (s)")
@@ -752,7 +761,7 @@ def run_benchmark(opts) -> dict:
     ratios are computed only between runs on the same event loop."""
     impls = [opts.impl]
     for flag, name in ((opts.vs_original, "original"), (opts.vs_raw, "raw"), (opts.vs_limit, "limit"),
-                       (opts.vs_direct, "direct")):
+                       (opts.vs_direct, "direct"), (opts.vs_metrics, "metrics")):
         if flag and name not in impls:
             impls.append(name)
     loops = list(LOOPS) if opts.loop == "both" else [opts.loop]
@@ -806,7 +815,7 @@ def run_benchmark(opts) -> dict:
             else:
                 ratios[name] = "n/a (a run failed)"
     config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "loop", "backend",
-                                             "workers", "clients", "layout", "transport", "mode", "repeat", "timeout")}
+                                             "metrics", "workers", "clients", "layout", "transport", "mode", "repeat", "timeout")}
     config["uvloop"] = opts.loop
     config["python"] = sys.version.split()[0]
     config["backend_active"] = active

@@ -211,6 +211,29 @@ async def wait_service(ctx, front, deadline):
             await asyncio.sleep(0.05)
 
 
+def start_metrics(cfg, *roles):
+    """``--metrics S`` (ours only): serve the roles' metrics on 127.0.0.1 and scrape every S seconds,
+    as an operator's Prometheus would, so that the run pays the whole cost of metrics."""
+    if not cfg.get("metrics") or implementation() != "ours":
+        return None
+    import threading
+    import urllib.request
+
+    from gaterpc import metrics
+
+    server = metrics.start_metrics_server("127.0.0.1:0", roles)
+    period = float(cfg["metrics"])
+
+    def scrape():
+        while True:
+            time.sleep(period)
+            with urllib.request.urlopen(server.url, timeout=5) as resp:
+                resp.read()
+
+    threading.Thread(target=scrape, name="bench-scraper", daemon=True).start()
+    return server
+
+
 async def read_line(loop):
     return await loop.run_in_executor(None, sys.stdin.readline)
 
@@ -404,6 +427,7 @@ async def client_phase(cfg, ctx, loop):
     await wait_service(ctx, cfg["front"], deadline)
     cli = Client(cfg["front"], context=ctx, reply_timeout=float(cfg["timeout"]))
     await cli.connect()
+    start_metrics(cfg, cli)
     # One warm-up call (not measured), also proves the service answers.
     warm = await cli.knock(SERVICE, "echo", WORD, -1)
     if list(warm) != [WORD, -1]:
@@ -460,6 +484,7 @@ async def main(role, cfg):
             await join_gate(broker, cfg, role)
         if role in ("worker", "server", "all"):
             workers = start_workers(cfg, ctx, int(cfg["workers"]) if role != "worker" else 1)
+        start_metrics(cfg, *([broker] if broker is not None else []), *workers)
         await asyncio.sleep(0.05)
         info = {"impl": implementation(), "version": getattr(gaterpc, "__version__", None),
                 "loop": type(loop).__module__ + "." + type(loop).__name__, "pid": os.getpid()}
