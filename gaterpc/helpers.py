@@ -19,7 +19,7 @@ import threading
 import uuid
 from functools import partial
 from importlib import import_module
-from typing import Any, AsyncGenerator, Callable, Iterable, Optional
+from typing import Any, AsyncGenerator, Callable, Iterable, Optional, overload
 
 __all__ = (
     "to_bytes",
@@ -115,6 +115,12 @@ class SocketAddressError(ValueError, SystemError):
 
 
 _ADDR_FORMS = "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+
+
+@overload
+def check_socket_addr(addr: None) -> None: ...
+@overload
+def check_socket_addr(addr: str) -> str: ...
 
 
 def check_socket_addr(addr: Optional[str]) -> Optional[str]:
