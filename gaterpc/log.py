@@ -293,6 +293,7 @@ class AQueueListener(QueueListener):
     with or without a running event loop and across event loops.
     """
 
+    # dequeue and handle are coroutines here, as in the original's listener.
     async def dequeue(self, block: bool = True) -> Any:  # type: ignore[override]
         """Wait for the next queued item without blocking the event loop."""
         try:
@@ -340,6 +341,7 @@ class AQueueHandler(logging.Handler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """Copy the record with the formatted text as message, tagged with ``h_name``."""
+        # QueueHandler.prepare only formats and copies the record: it needs no queue.
         record = logging.handlers.QueueHandler.prepare(self, record)  # type: ignore[arg-type]
         record.h_name = self.h_name
         return record
