@@ -14,6 +14,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from types import GeneratorType
+from typing import Any, AsyncGenerator, Mapping, Optional, Sequence, Union
 
 import zmq
 import zmq.asyncio
@@ -36,14 +37,14 @@ _HWM = z_const.SocketOption.HWM
 class Context(zmq.asyncio.Context):
     """A ``zmq.asyncio.Context`` (keyword-only arguments, as the original)."""
 
-    def __init__(self, *, io_threads=1, shadow=0):
+    def __init__(self, *, io_threads: int = 1, shadow: int = 0) -> None:
         if shadow:
             super().__init__(shadow=shadow)
         else:
             super().__init__(io_threads=io_threads)
 
 
-def set_ctx(ctx, options=None):
+def set_ctx(ctx: zmq.Context[Any], options: Optional[Mapping[int, Any]] = None) -> None:
     """Apply ``Settings.ZMQ_CONTEXT`` (updated with ``options``) to a context."""
     opts = dict(Settings.ZMQ_CONTEXT)
     if options:
@@ -55,7 +56,7 @@ def set_ctx(ctx, options=None):
             logger.error("cannot set context option %r: %s", option, exc)
 
 
-def set_sock(sock, options=None):
+def set_sock(sock: zmq.Socket[Any], options: Optional[Mapping[int, Any]] = None) -> None:
     """Apply ``Settings.ZMQ_SOCK`` (updated with ``options``, which win) to a socket."""
     opts = dict(Settings.ZMQ_SOCK)
     if options:
@@ -70,18 +71,24 @@ def set_sock(sock, options=None):
             logger.error("cannot set socket option %r: %s", option, exc)
 
 
-def new_socket(ctx, socket_type, options=None):
+def new_socket(
+    ctx: zmq.Context[Any], socket_type: int, options: Optional[Mapping[int, Any]] = None
+) -> zmq.Socket[bytes]:
     """A plain pyzmq socket from ``ctx`` with the library's options applied.
 
     The roles drive their sockets through :mod:`gaterpc.loopio`, so they use
     synchronous sockets even on our (``zmq.asyncio``) ``Context``.
     """
-    sock = ctx.socket(socket_type, socket_class=zmq.Socket)
+    sock: zmq.Socket[bytes] = ctx.socket(socket_type, socket_class=zmq.Socket)
     set_sock(sock, options)
     return sock
 
 
-def own_executors(owner, thread_executor, process_executor):
+def own_executors(
+    owner: Any,
+    thread_executor: Optional[ThreadPoolExecutor],
+    process_executor: Optional[ProcessPoolExecutor],
+) -> None:
     """Give ``owner`` its executors: the ones passed in, or new default ones.
 
     Defaults as the original: threads ``min(32, cpu + 4)``, processes
@@ -93,7 +100,7 @@ def own_executors(owner, thread_executor, process_executor):
     owner.process_executor = process_executor or ProcessPoolExecutor(max_workers=min(4, cpus + 1))
 
 
-def shutdown_own_executors(owner):
+def shutdown_own_executors(owner: Any) -> None:
     """Shut down (without waiting) only the executors ``owner`` created itself."""
     own_thread, own_process = owner._own_executors
     if own_thread:
@@ -102,7 +109,7 @@ def shutdown_own_executors(owner):
         owner.process_executor.shutdown(wait=False, cancel_futures=True)
 
 
-def current_loop():
+def current_loop() -> asyncio.AbstractEventLoop:
     """The running loop, else the policy's loop (construction outside a loop)."""
     try:
         return asyncio.get_running_loop()
@@ -118,7 +125,9 @@ def current_loop():
         return loop
 
 
-async def generate_reply(result=None, exception=None):
+async def generate_reply(
+    result: Any = None, exception: Optional[BaseException] = None
+) -> Union[dict[str, Any], AsyncGenerator[Any, None], Any]:
     """Build the single-reply envelope (streams and HugeData pass through)."""
     from gaterpc.hugedata import HugeData
 
@@ -133,7 +142,9 @@ async def generate_reply(result=None, exception=None):
 _MECHANISMS = (b"NULL", b"PLAIN", b"CURVE")
 
 
-def check_zap_args(mechanism, credentials):
+def check_zap_args(
+    mechanism: Union[str, bytes, None], credentials: Optional[Sequence[Union[str, bytes]]]
+) -> tuple[Union[str, bytes, None], Any]:
     """Normalise ZAP arguments: ``(mechanism_bytes, credentials_tuple)``.
 
     Raises ``RuntimeError`` for CURVE (as the original), ``ValueError`` for an
@@ -147,11 +158,11 @@ def check_zap_args(mechanism, credentials):
     if credentials is None:
         credentials = ()
     if mechanism == Settings.ZAP_MECHANISM_CURVE:
-        raise RuntimeError(f'The "{mechanism}" mechanism is not implemented yet.')
+        raise RuntimeError(f'The "{mechanism!r}" mechanism is not implemented yet.')
     if mechanism not in (Settings.ZAP_MECHANISM_NULL, Settings.ZAP_MECHANISM_PLAIN, Settings.ZAP_MECHANISM_CURVE):
         raise ValueError(
-            f'mechanism can only be "{Settings.ZAP_MECHANISM_NULL}" or '
-            f'"{Settings.ZAP_MECHANISM_PLAIN}" or "{Settings.ZAP_MECHANISM_CURVE}"')
+            f'mechanism can only be "{Settings.ZAP_MECHANISM_NULL!r}" or '
+            f'"{Settings.ZAP_MECHANISM_PLAIN!r}" or "{Settings.ZAP_MECHANISM_CURVE!r}"')
     credentials = tuple(credentials)
     if mechanism == Settings.ZAP_MECHANISM_NULL and credentials:
         raise ValueError("the NULL mechanism takes no credentials")
@@ -160,7 +171,9 @@ def check_zap_args(mechanism, credentials):
     return mechanism, credentials
 
 
-def zap_frames_of(mechanism, credentials):
+def zap_frames_of(
+    mechanism: Union[str, bytes, None], credentials: Sequence[Any]
+) -> tuple[Optional[tuple[Any, ...]], tuple[bytes, ...]]:
     """``(zap_frames, zap_frames_bytes)`` for a component, or ``(None, ())``."""
     if not mechanism:
         return None, ()
@@ -168,7 +181,7 @@ def zap_frames_of(mechanism, credentials):
     return frames, tuple(to_bytes(f) for f in frames)
 
 
-def parse_zap_frame(messages):
+def parse_zap_frame(messages: Sequence[bytes]) -> Optional[tuple[bytes, Any, Sequence[bytes]]]:
     """Split ZAP frames off the front of ``messages``.
 
     Returns ``(mechanism, credentials, rest)`` -- credentials ``None`` for
@@ -203,7 +216,7 @@ class ABCWorker(ABC):
     max_allowed_request: int
 
     @abstractmethod
-    def is_alive(self):
+    def is_alive(self) -> bool:
         """True while the worker is usable."""
 
 
@@ -213,25 +226,25 @@ class ABCService(ABC):
     name: str
     running: bool
     description: str
-    workers: dict
+    workers: dict[bytes, Any]
     idle_workers: object
 
     @abstractmethod
-    def add_worker(self, worker):
+    def add_worker(self, worker: Any) -> None:
         """Add a worker to the service."""
 
     @abstractmethod
-    def remove_worker(self, worker):
+    def remove_worker(self, worker: Any) -> None:
         """Remove a worker from the service."""
 
     @abstractmethod
-    def get_workers(self):
+    def get_workers(self) -> Any:
         """The workers of the service."""
 
     @abstractmethod
-    async def acquire_idle_worker(self):
+    async def acquire_idle_worker(self) -> Any:
         """Wait for a worker with spare capacity."""
 
     @abstractmethod
-    async def release_worker(self, worker):
+    async def release_worker(self, worker: Any) -> None:
         """Give a unit of capacity back."""

@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import threading
 from collections import OrderedDict, namedtuple
-from functools import _make_key, update_wrapper  # type: ignore[attr-defined]
+from functools import _make_key, update_wrapper
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from gaterpc._speedups.lru import KVLRUCache
@@ -21,7 +21,8 @@ __all__ = ("KVLRUCache", "LRUCache", "coroutine_lru_cache")
 LRUCache = KVLRUCache
 """Alias of :class:`KVLRUCache` (the original 0.2.12 has no ``LRUCache``; an extra name)."""
 
-_CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
+# Named "CacheInfo" (its repr) like functools' own; the module name is private.
+_CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])  # type: ignore[name-match]
 
 _MISSING = object()
 
@@ -38,8 +39,8 @@ def _coroutine_lru_cache_wrapper(
     cancellation) of the call is propagated to every caller and nothing is
     cached.  No event loop is touched until the wrapper is called.
     """
-    cache: OrderedDict = OrderedDict()
-    pending: Dict[Any, Tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+    cache: OrderedDict[Any, Any] = OrderedDict()
+    pending: Dict[Any, Tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
     hits = misses = 0
     lock = threading.RLock()
     make_key = _make_key
@@ -115,6 +116,7 @@ def _coroutine_lru_cache_wrapper(
             cache.clear()
             hits = misses = 0
 
+    # functools.lru_cache's attributes, set on the coroutine function object.
     wrapper.cache_info = cache_info  # type: ignore[attr-defined]
     wrapper.cache_clear = cache_clear  # type: ignore[attr-defined]
     return wrapper
@@ -135,14 +137,14 @@ def coroutine_lru_cache(maxsize: Any = 128, typed: bool = False) -> Any:
     elif inspect.iscoroutinefunction(maxsize) and isinstance(typed, bool):
         user_function, maxsize = maxsize, 128
         wrapper = _coroutine_lru_cache_wrapper(user_function, maxsize, typed, _CacheInfo)
-        wrapper.cache_parameters = lambda: {"maxsize": maxsize, "typed": typed}  # type: ignore[attr-defined]
+        wrapper.cache_parameters = lambda: {"maxsize": maxsize, "typed": typed}  # type: ignore[attr-defined]  # set on the function object
         return update_wrapper(wrapper, user_function)
     elif maxsize is not None:
         raise TypeError("Expected first argument to be an integer, a callable, or None")
 
     def decorating_function(user_function: Callable[..., Any]) -> Callable[..., Any]:
         wrapper = _coroutine_lru_cache_wrapper(user_function, maxsize, typed, _CacheInfo)
-        wrapper.cache_parameters = lambda: {"maxsize": maxsize, "typed": typed}  # type: ignore[attr-defined]
+        wrapper.cache_parameters = lambda: {"maxsize": maxsize, "typed": typed}  # type: ignore[attr-defined]  # set on the function object
         return update_wrapper(wrapper, user_function)
 
     return decorating_function

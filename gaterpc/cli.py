@@ -35,8 +35,18 @@ import logging
 import logging.config
 import os
 import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Optional, Sequence
 
 from gaterpc import __version__
+
+if TYPE_CHECKING:
+    from gaterpc.client import Client
+    from gaterpc.global_settings import GlobalSettings
+    from gaterpc.worker import Worker
+
+_Remaining = Callable[[], float]
+_Body = Callable[["Client", _Remaining], Awaitable[int]]
 
 __all__ = ("main", "build_parser", "parse_value", "to_json")
 
@@ -51,7 +61,7 @@ class UsageError(Exception):
 
 # --------------------------------------------------------------------------- values
 
-def parse_value(text):
+def parse_value(text: str) -> Any:
     """A command line value: its JSON value when ``text`` is valid JSON, else ``text``."""
     try:
         return json.loads(text)
@@ -59,7 +69,7 @@ def parse_value(text):
         return text
 
 
-def _jsonable(value, depth=0):
+def _jsonable(value: Any, depth: int = 0) -> Any:
     if depth > 100:
         raise ValueError("the value is nested too deeply to print")
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -73,19 +83,19 @@ def _jsonable(value, depth=0):
     return repr(value)
 
 
-def to_json(value):
+def to_json(value: Any) -> str:
     """``value`` as one JSON line (bytes as ``{"$bytes": base64}``)."""
     return json.dumps(_jsonable(value), ensure_ascii=False)
 
 
-def _split_kv(text, what):
+def _split_kv(text: str, what: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise UsageError(f"{what} must look like NAME=VALUE, got {text!r}")
     return name, value
 
 
-def _plain(text):
+def _plain(text: Optional[str]) -> tuple[Optional[str], Optional[tuple[str, str]]]:
     if text is None:
         return None, None
     user, sep, password = text.partition(":")
@@ -94,7 +104,7 @@ def _plain(text):
     return "PLAIN", (user, password)
 
 
-def _addr(text, option):
+def _addr(text: str, option: str) -> str:
     from gaterpc.helpers import check_socket_addr
 
     try:
@@ -103,7 +113,7 @@ def _addr(text, option):
         raise UsageError(f"{option}: {exc}") from None
 
 
-def _import_on_path(name):
+def _import_on_path(name: str) -> ModuleType:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
@@ -112,7 +122,7 @@ def _import_on_path(name):
 
 # --------------------------------------------------------------------------- set-up
 
-def _setup(args, default_level="INFO"):
+def _setup(args: argparse.Namespace, default_level: str = "INFO") -> GlobalSettings:
     """Import ``--settings`` then configure console logging."""
     from gaterpc.global_settings import Settings
     from gaterpc.log import console_logging_config
@@ -132,7 +142,7 @@ def _setup(args, default_level="INFO"):
     return Settings
 
 
-def _add_common(p, logs=True):
+def _add_common(p: argparse.ArgumentParser, logs: bool = True) -> None:
     p.add_argument("--settings", metavar="MODULE",
                    help="import MODULE first (it sets gaterpc.global_settings.Settings attributes)")
     if logs:
@@ -145,9 +155,9 @@ def _add_common(p, logs=True):
 
 # --------------------------------------------------------------------------- broker
 
-def _read_plain_users(path):
+def _read_plain_users(path: str) -> dict[str, str]:
     """``user:password`` per line; blank lines and lines starting with ``#`` are ignored."""
-    users = {}
+    users: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -166,7 +176,7 @@ def _read_plain_users(path):
     return users
 
 
-async def _run_broker(args):
+async def _run_broker(args: argparse.Namespace) -> int:
     from gaterpc.base import Context
     from gaterpc.broker import AMajordomo
     from gaterpc.global_settings import Settings
@@ -175,7 +185,7 @@ async def _run_broker(args):
 
     frontend = _addr(args.frontend, "--frontend")
     backend = _addr(args.backend, "--backend")
-    peers = []
+    peers: list[tuple[bytes, str]] = []
     for item in args.connect_gate or ():
         name, addr = _split_kv(item, "--connect-gate")
         peers.append((name2uuid(name).bytes, _addr(addr, "--connect-gate")))
@@ -183,7 +193,7 @@ async def _run_broker(args):
         raise UsageError("--connect-gate needs --gate PORT")
     users = _read_plain_users(args.zap_plain) if args.zap_plain else None
     ctx = Context()
-    roles = []
+    roles: list[Any] = []
     zap = None
     if users is not None:
         from gaterpc.zap import AsyncZAPService
@@ -192,10 +202,12 @@ async def _run_broker(args):
         zap = AsyncZAPService(addr=_addr(zap_addr, "--zap-addr"), context=ctx)
         zap.configure_plain(Settings.ZAP_DEFAULT_DOMAIN, users)
         zap.start()
+    broker: AMajordomo
+    gate = None
     if args.gate is not None:
         from gaterpc.gate import Gate
 
-        broker = Gate(args.gate, identity=args.identity, context=ctx, heartbeat=args.heartbeat,
+        broker = gate = Gate(args.gate, identity=args.identity, context=ctx, heartbeat=args.heartbeat,
                       multicast=args.multicast, cluster_name=args.cluster, gate_bind=args.gate_bind,
                       multicast_interface=args.multicast_interface)
     else:
@@ -205,8 +217,9 @@ async def _run_broker(args):
     if zap is not None:
         broker.connect_zap(zap_addr=zap.addr)
     broker.run()
-    for gate_id, addr in peers:
-        await broker.connect_gate(gate_id, addr)
+    if gate is not None:  # peers need --gate (checked above)
+        for gate_id, addr in peers:
+            await gate.connect_gate(gate_id, addr)
     kind = "gate" if args.gate is not None else "broker"
     logger.info("%s serving: frontend %s, backend %s%s%s", kind, frontend, backend,
                 f", gate port {args.gate}" if args.gate is not None else "",
@@ -222,7 +235,7 @@ async def _run_broker(args):
 
 # --------------------------------------------------------------------------- worker
 
-def _load_class(spec):
+def _load_class(spec: str) -> type[Worker]:
     from gaterpc.worker import Worker
 
     module_name, sep, attr = spec.partition(":")
@@ -232,7 +245,7 @@ def _load_class(spec):
         module = _import_on_path(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import {module_name!r}: {exc}") from None
-    obj = module
+    obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -243,7 +256,7 @@ def _load_class(spec):
     return obj
 
 
-async def _run_worker(args):
+async def _run_worker(args: argparse.Namespace) -> int:
     from gaterpc.base import Context
     from gaterpc.serve import serve
     from gaterpc.worker import Service
@@ -268,16 +281,16 @@ async def _run_worker(args):
 
 # --------------------------------------------------------------------------- call / info
 
-def _err(message):
+def _err(message: str) -> None:
     sys.stderr.write(f"gaterpc: {message}\n")
     sys.stderr.flush()
 
 
-def _remote_message(exc):
+def _remote_message(exc: BaseException) -> str:
     rtype = getattr(exc, "remote_type", None)
     if rtype:
-        text = exc.remote_repr or ""
-        tb = (exc.remote_traceback or "").rstrip()
+        text = getattr(exc, "remote_repr", None) or ""
+        tb = (getattr(exc, "remote_traceback", None) or "").rstrip()
         return f"remote error {rtype}: {text}" + (f"\n{tb}" if tb else "")
     return f"remote error: {exc}"
 
@@ -286,7 +299,7 @@ class _Deadline(Exception):
     pass
 
 
-async def _with_client(args, body):
+async def _with_client(args: argparse.Namespace, body: _Body) -> int:
     """Connect a client to ``args.addr`` and run ``body(client, remaining)``; map failures to exit codes."""
     from gaterpc.base import Context
     from gaterpc.client import Client
@@ -303,8 +316,8 @@ async def _with_client(args, body):
     client = Client(addr, context=ctx, reply_timeout=timeout, zap_mechanism=mechanism,
                     zap_credentials=credentials)
 
-    def remaining():
-        left = timeout - (loop.time() - start)
+    def remaining() -> float:
+        left: float = timeout - (loop.time() - start)
         if left <= 0:
             raise _Deadline()
         return left
@@ -329,19 +342,19 @@ async def _with_client(args, body):
         ctx.destroy(linger=0)
 
 
-async def _run_call(args):
+async def _run_call(args: argparse.Namespace) -> int:
     from gaterpc.streams import StreamReply
 
     service, dot, method = args.target.rpartition(".")
     if not dot or not service or not method:
         raise UsageError(f"the method must be given as SERVICE.METHOD, got {args.target!r}")
     call_args = [parse_value(a) for a in args.args]
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for item in args.kwargs or ():
         name, value = _split_kv(item, "-k")
         kwargs[name] = parse_value(value)
 
-    async def body(client, remaining):
+    async def body(client: Client, remaining: _Remaining) -> int:
         try:
             result = await asyncio.wait_for(client.knock(service, method, *call_args, **kwargs), remaining())
         except AttributeError as exc:
@@ -374,7 +387,7 @@ async def _run_call(args):
     return await _with_client(args, body)
 
 
-async def collect_info(client):
+async def collect_info(client: Client) -> dict[str, Any]:
     """``{"broker": {...}, "services": {name: {"workers": N or None, ...}}, "internal_service": name}``.
 
     Uses the broker's internal service: ``get_services``, ``info`` and
@@ -390,11 +403,11 @@ async def collect_info(client):
     info = info if isinstance(info, dict) else {}
     details = info.get("services")
     details = details if isinstance(details, dict) else {}
-    services = {}
+    services: dict[str, dict[str, Any]] = {}
     for name in names if isinstance(names, list) else ():
         if not isinstance(name, str) or name == internal:
             continue
-        entry = {"workers": None}
+        entry: dict[str, Any] = {"workers": None}
         query = await client.knock(internal, "query_service", name)
         if isinstance(query, dict):
             entry.update(query)
@@ -413,8 +426,8 @@ async def collect_info(client):
     return {"broker": broker, "services": services, "internal_service": internal}
 
 
-async def _run_info(args):
-    async def body(client, remaining):
+async def _run_info(args: argparse.Namespace) -> int:
+    async def body(client: Client, remaining: _Remaining) -> int:
         data = await asyncio.wait_for(collect_info(client), remaining())
         data["broker"]["address"] = args.addr
         out = sys.stdout
@@ -443,7 +456,7 @@ async def _run_info(args):
 
 # --------------------------------------------------------------------------- parser
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The ``argparse`` parser of every command but ``bench`` (which has its own)."""
     from gaterpc.serve import DEFAULT_GRACE
 
@@ -515,10 +528,10 @@ def build_parser():
     return parser
 
 
-_RUNNERS = {"broker": _run_broker, "worker": _run_worker, "call": _run_call, "info": _run_info}
+_RUNNERS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {"broker": _run_broker, "worker": _run_worker, "call": _run_call, "info": _run_info}
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] == "bench":

@@ -47,6 +47,7 @@ import secrets
 import struct
 import sys
 import uuid
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import zmq
 from zmq import constants as z_const
@@ -86,7 +87,7 @@ else:  # pragma: no cover - exercised on 3.10 only
         """A reply did not arrive in time (also an ``asyncio.TimeoutError``)."""
 
 
-def _remote_error(info):
+def _remote_error(info: Any) -> RemoteException:
     """``RemoteException`` from a wire exception triple (or anything else sent)."""
     if isinstance(info, (list, tuple)) and len(info) == 3:
         return RemoteException([str(x) for x in info])
@@ -98,95 +99,107 @@ class _RemoteMethodProxy:
 
     __slots__ = ("_client", "_service", "_func")
 
-    def __init__(self, client, service=None, func=None):
+    def __init__(
+        self, client: Union[Client, SimpleClient], service: Optional[str] = None, func: Optional[str] = None
+    ) -> None:
         object.__setattr__(self, "_client", client)
         object.__setattr__(self, "_service", service)
         object.__setattr__(self, "_func", func)
 
-    def __getattr__(self, name):
+    # Slots, declared for type checkers (set with object.__setattr__ above).
+    _client: Union[Client, SimpleClient]
+    _service: Optional[str]
+    _func: str  # every proxy that is called was built with a name (by __getattr__)
+
+    def __getattr__(self, name: str) -> _RemoteMethodProxy:
         if name.startswith("_"):
             raise AttributeError(name)
         service = self._func if self._service is None else f"{self._service}.{self._func}"
         return _RemoteMethodProxy(self._client, service, name)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("remote method proxies are immutable")
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._client._invoke_remote(self._service, self._func, args, kwargs)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<remote method {self._service or '<default>'}.{self._func}>"
 
 
 class Client:
     """Asynchronous client of a broker frontend (DEALER socket)."""
 
-    def __init__(self, broker_addr=None, identity=None, context=None, heartbeat=None,
-                 reply_timeout=None, zap_mechanism=None, zap_credentials=None):
+    def __init__(self, broker_addr: Optional[str] = None, identity: Optional[str] = None,
+                 context: Optional[zmq.Context[Any]] = None, heartbeat: Optional[int] = None,
+                 reply_timeout: Optional[float] = None, zap_mechanism: Union[str, bytes, None] = None,
+                 zap_credentials: Optional[Sequence[Union[str, bytes]]] = None) -> None:
         self._broker_addr = broker_addr
         identity = identity or f"gc-{secrets.token_hex(8)}"
         self.identity = name2uuid(identity).bytes
-        self.ready = None
-        self.ctx = context if context is not None else Context()
+        self.ready: Optional[asyncio.Future[bool]] = None
+        self.ctx: zmq.Context[Any] = context if context is not None else Context()
         set_ctx(self.ctx)
-        self.socket = None
+        self.socket: Optional[zmq.Socket[bytes]] = None
         self.heartbeat = heartbeat or Settings.MDP_HEARTBEAT_INTERVAL
         self.heartbeat_liveness = Settings.MDP_HEARTBEAT_LIVENESS
         self.last_message_sent_time = 0.0
         self.reply_timeout = float(reply_timeout or Settings.REPLY_TIMEOUT)
-        self.replies = {}
+        self.replies: dict[bytes, asyncio.Future[Any]] = {}
         self.stream_reply_maxsize = Settings.STREAM_REPLY_MAXSIZE
         self.default_service = Settings.SERVICE_DEFAULT_NAME
         zap_mechanism, zap_credentials = check_zap_args(zap_mechanism, zap_credentials)
         self.zap_frames, self._zap_frames_bytes = zap_frames_of(zap_mechanism, zap_credentials)
         # Bound to the running loop at first use (a Client may be built before
         # ``asyncio.run``), see ``_bind_loop``.
+        self._loop: Optional[asyncio.AbstractEventLoop]
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
-        self._recv_task = None
-        self._remote_services = set()
-        self._poller = None
-        self._heartbeat_task = None
-        self._executor = None
-        self._process_replies_tasks = set()
-        self._lsock = None
+        self._recv_task: Optional[asyncio.Task[None]] = None
+        self._remote_services: set[str] = set()
+        self._poller: object = None
+        self._heartbeat_task: Optional[asyncio.Task[Any]] = None
+        self._executor: object = None
+        self._process_replies_tasks: set[asyncio.Task[Any]] = set()
+        self._lsock: Optional[LoopSocket] = None
         self._is_ready = False
         self._last_recv = 0.0
         self._table = RequestTable()
-        self._streams = {}
-        self._huge = {}
-        self._service_cache = {}
-        self._func_cache = {}
+        self._streams: dict[bytes, StreamReply] = {}
+        self._huge: dict[bytes, HugeDataReceiver] = {}
+        self._service_cache: dict[str, bytes] = {}
+        self._func_cache: dict[str, bytes] = {}
         self._header = Settings.MDP_CLIENT
         self._internal_name = Settings.MDP_INTERNAL_SERVICE
-        self._monitor = None        # LoopSocket of the DEALER's monitor (tcp/ipc)
-        self._addr = None           # the address of the current connection
+        self._monitor: Optional[LoopSocket] = None  # LoopSocket of the DEALER's monitor (tcp/ipc)
+        self._addr: Optional[str] = None            # the address of the current connection
         self._last_probe = 0.0
-        self._probe_id = None       # request id of the last keepalive probe
-        self._lost = None           # why the last connection was given up
+        self._probe_id: Optional[bytes] = None      # request id of the last keepalive probe
+        self._lost: Optional[BrokerUnavailableError] = None  # why the last connection was given up
 
     # -- the dot-call namespace -------------------------------------------------
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> _RemoteMethodProxy:
         if name.startswith("_"):
             raise AttributeError(name)
         return _RemoteMethodProxy(self, None, name)
 
-    def _invoke_remote(self, service, func, args, kwargs):
+    def _invoke_remote(
+        self, service: Optional[str], func: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> Any:
         return self._call(service or self.default_service, func, args, kwargs)
 
     # -- connection -------------------------------------------------------------
 
-    async def connect(self, broker_addr=None):
+    async def connect(self, broker_addr: Optional[str] = None) -> None:
         """Connect to the broker and fetch its service list.
 
         Raises ``BrokerUnavailableError`` (a ``TimeoutError``) when the broker
         does not answer within ``heartbeat x liveness``.
         """
-        self._bind_loop()
+        loop = self._bind_loop()
         task = self._recv_task
         if task is not None and not task.done():
             raise RuntimeError("Broker is connected.")
@@ -195,7 +208,6 @@ class Client:
         if not self._broker_addr:
             raise ValueError("no broker address: give one to Client() or to connect()")
         addr = check_socket_addr(self._broker_addr)
-        loop = self._loop
         self._close_sockets()
         sock = new_socket(self.ctx, zmq.DEALER, {z_const.IDENTITY: self.identity})
         self._monitor = self._open_monitor(sock, addr, loop)
@@ -212,7 +224,7 @@ class Client:
         self._recv_task = loop.create_task(self._recv())
         await self._fetch_services()
 
-    def _bind_loop(self):
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop; the client binds to it at its first use there.
 
         State left from a connection on another (finished) loop is dropped
@@ -235,12 +247,14 @@ class Client:
                 self._is_ready = False
         return loop
 
-    def _open_monitor(self, sock, addr, loop):
+    def _open_monitor(
+        self, sock: zmq.Socket[bytes], addr: str, loop: asyncio.AbstractEventLoop
+    ) -> Optional[LoopSocket]:
         """Watch ``sock`` for a lost connection (tcp/ipc; inproc has no such events)."""
         if addr.startswith("inproc://"):
             return None
         maddr = f"inproc://gaterpc.client-monitor.{secrets.token_hex(8)}"
-        mon = None
+        mon: Optional[zmq.Socket[bytes]] = None
         try:
             sock.monitor(maddr, zmq.EVENT_DISCONNECTED)
             mon = self.ctx.socket(zmq.PAIR, socket_class=zmq.Socket)
@@ -253,16 +267,17 @@ class Client:
                 mon.close(linger=0)
             return None
 
-    def _on_monitor(self, msgs):
+    def _on_monitor(self, msgs: Sequence[Sequence[bytes]]) -> None:
         for msg in msgs:
             if len(msg) == 2 and len(msg[0]) >= 2 and struct.unpack_from("=H", msg[0])[0] == _EVENT_DISCONNECTED:
                 # Requests in flight cannot be answered over a connection the broker lost.
                 self._lose("peer disconnected")
                 return
 
-    def _lose(self, cause):
+    def _lose(self, cause: str) -> None:
         """Give up the connection now: every pending call fails with ``BrokerUnavailableError``."""
         loop = self._loop
+        assert loop is not None  # a connection exists only on a bound loop
         waited = loop.time() - self._last_recv
         task = self._recv_task
         self._recv_task = None
@@ -272,7 +287,7 @@ class Client:
         self._teardown(cause, waited=waited, lost=True)
         self.ready = None
 
-    async def _fetch_services(self):
+    async def _fetch_services(self) -> None:
         ready = self.ready
         try:
             services = await self._request(self._internal_name, "get_services", (), None)
@@ -293,10 +308,12 @@ class Client:
         self._remote_services = {s for s in services if isinstance(s, str)} if isinstance(services, list) else set()
         self._is_ready = True
         if ready is None or ready.done():
-            ready = self.ready = self._loop.create_future()
+            loop = self._loop
+            assert loop is not None  # bound by connect()
+            ready = self.ready = loop.create_future()
         ready.set_result(True)
 
-    async def _ensure_ready(self):
+    async def _ensure_ready(self) -> None:
         self._bind_loop()
         task = self._recv_task
         if task is None or task.done():
@@ -320,11 +337,11 @@ class Client:
                 raise RuntimeError("Gate service not yet ready.")
             await self._fetch_services()
 
-    async def disconnect(self):
+    async def disconnect(self) -> None:
         """Close the socket (the maintenance task keeps running)."""
         self._close_sockets()
 
-    def close(self):
+    def close(self) -> None:
         """Stop the client; it can be connected again later."""
         task = self._recv_task
         self._recv_task = None
@@ -334,7 +351,7 @@ class Client:
         self.ready = None
         self._is_ready = False
 
-    def _close_sockets(self):
+    def _close_sockets(self) -> None:
         mon = self._monitor
         self._monitor = None
         lsock = self._lsock
@@ -350,7 +367,7 @@ class Client:
         if lsock is not None:
             lsock.close()
 
-    def _teardown(self, reason, waited=None, lost=False):
+    def _teardown(self, reason: str, waited: Optional[float] = None, lost: bool = False) -> None:
         """Close the connection and fail every pending request.
 
         ``lost``: the broker is gone (``reason`` is the cause): the requests
@@ -362,7 +379,7 @@ class Client:
         self._remote_services = set()
         pending = list(self.replies)
         if lost:
-            addr = self._addr or self._broker_addr
+            addr = self._addr or self._broker_addr or ""
             self._lost = BrokerUnavailableError(addr, waited, reason)
             n = len(pending)
             for rid in pending:
@@ -374,16 +391,18 @@ class Client:
                 self._fail(rid, err)
         self._table.clear()
 
-    def _on_socket_error(self, exc):
+    def _on_socket_error(self, exc: BaseException) -> None:
         Clogger.error("client socket failed: %s", exc)
 
     # -- calls ------------------------------------------------------------------
 
-    async def knock(self, service_name, func_name, *args, **kwargs):
+    async def knock(self, service_name: str, func_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``service_name.func_name(*args, **kwargs)`` remotely."""
         return await self._call(service_name, func_name, args, kwargs)
 
-    async def _call(self, service_name, func_name, args, kwargs):
+    async def _call(
+        self, service_name: Optional[str], func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
+    ) -> Any:
         if not self._is_ready:
             await self._ensure_ready()
         if not service_name:
@@ -400,7 +419,9 @@ class Client:
             Clogger.warning(message)
         return await self._request(service_name, func_name, args, kwargs)
 
-    async def _request(self, service_name, func_name, args, kwargs):
+    async def _request(
+        self, service_name: str, func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
+    ) -> Any:
         """Send one request and wait for its reply (the value, a stream or HugeData)."""
         lsock = self._lsock
         if lsock is None:
@@ -422,7 +443,8 @@ class Client:
         else:
             frames = (b"", self._header, service_b, request_id, func_b, args_b, kwargs_b)
         loop = self._loop
-        fut = loop.create_future()
+        assert loop is not None  # bound before the socket exists
+        fut: asyncio.Future[Any] = loop.create_future()
         now = loop.time()
         self.replies[request_id] = fut
         self._table.add(request_id, fut, now + self.reply_timeout)
@@ -434,10 +456,10 @@ class Client:
             if request_id not in self._streams:
                 self._forget(request_id)
 
-    async def _majordomo_service(self, func_name, *args, **kwargs):
+    async def _majordomo_service(self, func_name: str, *args: Any, **kwargs: Any) -> Any:
         return await self._request(self._internal_name, func_name, args, kwargs)
 
-    async def _get_services(self):
+    async def _get_services(self) -> None:
         if self._lsock is None:
             return
         try:
@@ -449,13 +471,13 @@ class Client:
         if isinstance(services, list):
             self._remote_services = {s for s in services if isinstance(s, str)}
 
-    async def _query_service(self, service_name):
+    async def _query_service(self, service_name: str) -> Any:
         return await self._request(self._internal_name, "query_service", (service_name,), None)
 
-    async def _send_heartbeat(self):
+    async def _send_heartbeat(self) -> None:
         await self._request(self._internal_name, "keepalive", (KEEPALIVE_ARG,), None)
 
-    def _probe(self, now):
+    def _probe(self, now: float) -> None:
         """Send the broker's internal ``keepalive``; any reply proves it alive (no Future kept)."""
         lsock = self._lsock
         self._last_probe = now
@@ -467,12 +489,15 @@ class Client:
             frames = (b"", self._header, service_b, *zap, rid, _KEEPALIVE_FUNC, _KEEPALIVE_ARGS, _EMPTY_MAP)
         else:
             frames = (b"", self._header, service_b, rid, _KEEPALIVE_FUNC, _KEEPALIVE_ARGS, _EMPTY_MAP)
-        lsock.send(frames)
+        if lsock is not None:
+            lsock.send(frames)
 
     # -- replies ----------------------------------------------------------------
 
-    def _on_messages(self, msgs):
-        self._last_recv = self._loop.time()
+    def _on_messages(self, msgs: Sequence[Sequence[bytes]]) -> None:
+        loop = self._loop
+        assert loop is not None  # the socket exists only on a bound loop
+        self._last_recv = loop.time()
         header = self._header
         replies = self.replies
         for msg in msgs:
@@ -497,9 +522,9 @@ class Client:
                 except MsgUnpackError as exc:
                     fut.set_exception(exc)
                     continue
-                exc = reply.get("exception")
-                if exc:
-                    fut.set_exception(_remote_error(exc))
+                err = reply.get("exception")
+                if err:
+                    fut.set_exception(_remote_error(err))
                 else:
                     fut.set_result(reply.get("result"))
             else:
@@ -508,7 +533,9 @@ class Client:
                 except Exception as exc:  # corrupt stream or HugeData
                     self._fail(request_id, exc)
 
-    def _on_multi(self, request_id, fut, body):
+    def _on_multi(self, request_id: bytes, fut: asyncio.Future[Any], body: Sequence[bytes]) -> None:
+        loop = self._loop
+        assert loop is not None  # the socket exists only on a bound loop
         tag = body[0]
         n = len(body)
         if tag == STREAM_TAG:
@@ -533,7 +560,7 @@ class Client:
                 stream._put_exception(_remote_error(msg_unpack(body[2])))
                 self._forget(request_id)
                 return
-            self._table.touch(request_id, self._loop.time() + self.reply_timeout)
+            self._table.touch(request_id, loop.time() + self.reply_timeout)
         elif tag == HUGE_TAG:
             receiver = self._huge.get(request_id)
             if receiver is None:
@@ -551,7 +578,7 @@ class Client:
                     self._forget(request_id)
                     if len(data) > INLINE_DECODE_MAX:
                         # Decoding a large result would stall every other call: use a thread.
-                        self._loop.run_in_executor(None, msg_unpack, data).add_done_callback(
+                        loop.run_in_executor(None, msg_unpack, data).add_done_callback(
                             functools.partial(_settle, fut))
                         return
                     try:
@@ -567,9 +594,9 @@ class Client:
             elif n == 3 and (body[1] == STREAM_EXC or body[1] == HUGE_EXC):
                 self._fail(request_id, _remote_error(msg_unpack(body[2])))
                 return
-            self._table.touch(request_id, self._loop.time() + self.reply_timeout)
+            self._table.touch(request_id, loop.time() + self.reply_timeout)
 
-    def _forget(self, request_id):
+    def _forget(self, request_id: bytes) -> None:
         """Drop every trace of a request (reply, stream, HugeData receiver)."""
         self.replies.pop(request_id, None)
         self._table.pop(request_id)
@@ -578,7 +605,7 @@ class Client:
         if receiver is not None:
             receiver.close()
 
-    def _fail(self, request_id, exc):
+    def _fail(self, request_id: bytes, exc: BaseException) -> None:
         """End a request with ``exc`` (raised by the call, or inside its stream)."""
         fut = self.replies.get(request_id)
         stream = self._streams.get(request_id)
@@ -590,13 +617,14 @@ class Client:
 
     # -- maintenance --------------------------------------------------------------
 
-    async def _recv(self):
+    async def _recv(self) -> None:
         loop = self._loop
+        assert loop is not None  # started by connect() on the bound loop
         interval = self.heartbeat / 1000
         liveness_span = interval * self.heartbeat_liveness
         sweep = max(0.01, min(0.1, self.reply_timeout / 20, interval / 4))
         reason = "the client was closed"
-        waited = None
+        waited: Optional[float] = None
         try:
             while True:
                 await asyncio.sleep(sweep)
@@ -627,16 +655,16 @@ class Client:
                 self._teardown(reason, waited=waited, lost=waited is not None)
                 self.ready = None
 
-    def _cleanup_process_tasks(self, task):
+    def _cleanup_process_tasks(self, task: asyncio.Task[Any]) -> None:
         self._process_replies_tasks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: a lost keepalive is not an error
 
-    def _clear_reply(self, request_id):
+    def _clear_reply(self, request_id: bytes) -> None:
         self._forget(request_id)
 
 
-def _settle(fut, done):
+def _settle(fut: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
     """Copy the outcome of an executor job into ``fut`` (if still waiting)."""
     if fut.done():
         return
@@ -657,9 +685,11 @@ class SimpleClient:
     (remote errors are not raised), as the original.
     """
 
-    def __init__(self, broker_addr, reply_timeout=None, zap_mechanism=None, zap_credentials=None):
-        self.socket = None
-        self.ctx = None
+    def __init__(self, broker_addr: str, reply_timeout: Optional[float] = None,
+                 zap_mechanism: Union[str, bytes, None] = None,
+                 zap_credentials: Optional[Sequence[Union[str, bytes]]] = None) -> None:
+        self.socket: Optional[zmq.Socket[bytes]] = None
+        self.ctx: Optional[zmq.Context[zmq.Socket[bytes]]] = None
         self._broker_addr = check_socket_addr(broker_addr)
         self.identity = name2uuid(f"sgc-{secrets.token_hex(8)}").bytes
         zap_mechanism, zap_credentials = check_zap_args(zap_mechanism, zap_credentials)
@@ -668,28 +698,34 @@ class SimpleClient:
         self.ctx = zmq.Context()
         self._open()
 
-    def _open(self):
-        self.socket = self.ctx.socket(zmq.REQ)
-        set_sock(self.socket, {z_const.IDENTITY: self.identity})
-        self.socket.connect(self._broker_addr)
+    def _open(self) -> None:
+        ctx = self.ctx
+        assert ctx is not None  # set by __init__ before the first _open
+        self.socket = sock = ctx.socket(zmq.REQ)
+        set_sock(sock, {z_const.IDENTITY: self.identity})
+        sock.connect(self._broker_addr)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> _RemoteMethodProxy:
         if name.startswith("_"):
             raise AttributeError(name)
         return _RemoteMethodProxy(self, None, name)
 
-    def _invoke_remote(self, service, func, args, kwargs):
+    def _invoke_remote(
+        self, service: Optional[str], func: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> Any:
         service = service or Settings.SERVICE_DEFAULT_NAME
+        sock = self.socket
+        assert sock is not None  # open from __init__ on
         request_id = uuid.uuid4().bytes
         frames = [Settings.MDP_CLIENT, service.encode("utf-8"), *self._zap_frames_bytes, request_id,
                   msg_pack(func), msg_pack(args), msg_pack(kwargs)]
-        self.socket.send_multipart(frames)
-        if not self.socket.poll(int(self.reply_timeout * 1000)):
+        sock.send_multipart(frames)
+        if not sock.poll(int(self.reply_timeout * 1000)):
             # A REQ socket cannot send again before it receives: start afresh.
-            self.socket.close(linger=0)
+            sock.close(linger=0)
             self._open()
             raise ReplyTimeout(_TIMEOUT_MESSAGE)
-        reply = self.socket.recv_multipart()
+        reply = sock.recv_multipart()
         if len(reply) < 3 or reply[2] != request_id:
             raise RuntimeError("request_id inconsistent")
         body = reply[3:]
@@ -699,7 +735,7 @@ class SimpleClient:
             raise RuntimeError("Does not support streaming data.")
         return msg_unpack(body[0])
 
-    def _close(self):
+    def _close(self) -> None:
         sock = getattr(self, "socket", None)
         if sock is not None and not sock.closed:
             sock.close(linger=0)
@@ -707,7 +743,7 @@ class SimpleClient:
         if ctx is not None and not ctx.closed:
             ctx.term()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self._close()
         except Exception:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any, Sequence
 
 __all__ = (
     "ServiceUnAvailableError",
@@ -33,28 +34,28 @@ __all__ = (
 class ServiceUnAvailableError(Exception):
     """No worker (and, for a gate, no peer) serves the requested service."""
 
-    def __init__(self, name):
+    def __init__(self, name: str) -> None:
         super().__init__(f"The {name} Service unavailable.")
 
 
 class GateUnAvailableError(ServiceUnAvailableError):
     """A gate would forward the request, but no peer gate is connected."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         Exception.__init__(self, "The Gate Service unavailable.")
 
 
 class BusyWorkerError(Exception):
     """Every worker of the service stayed at capacity for ``Settings.TIMEOUT``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("No idle worker.")
 
 
 class BusyGateError(Exception):
     """Every peer gate of the service stayed at capacity for ``Settings.TIMEOUT``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("No idle gate.")
 
 
@@ -68,11 +69,11 @@ class RemoteException(Exception):
     message).
     """
 
-    remote_type = None
-    remote_repr = None
-    remote_traceback = None
+    remote_type: str | None = None
+    remote_repr: str | None = None
+    remote_traceback: str | None = None
 
-    def __init__(self, except_info):
+    def __init__(self, except_info: str | Sequence[str]) -> None:
         if isinstance(except_info, str):
             message = except_info
         elif isinstance(except_info, (tuple, list)):
@@ -97,7 +98,7 @@ class HugeDataException(OSError):
 class DictFull(Exception):
     """A bounded dict reached its maximum number of keys."""
 
-    def __init__(self, maxsize):
+    def __init__(self, maxsize: int) -> None:
         super().__init__(f"The number of keys in the dict reached the maximum of {maxsize}.")
 
 
@@ -107,7 +108,9 @@ else:  # pragma: no cover - 3.10: asyncio.TimeoutError is another class there
     _TIMEOUT_BASES = (TimeoutError, ConnectionError, asyncio.TimeoutError)
 
 
-class BrokerUnavailableError(*_TIMEOUT_BASES):
+# A type checker cannot follow bases unpacked from a tuple; it sees the class
+# as a subclass of unknown bases (still a valid exception for it).
+class BrokerUnavailableError(*_TIMEOUT_BASES):  # type: ignore[misc]
     """The broker cannot be reached, or the connection to it was lost.
 
     Raised by a ``Client`` call (and inside an open stream's iteration, and
@@ -133,7 +136,9 @@ class BrokerUnavailableError(*_TIMEOUT_BASES):
     pending requests failed with it; 0 when unknown).
     """
 
-    def __init__(self, address, waited=None, cause="no reply", failed=0):
+    def __init__(
+        self, address: str, waited: float | None = None, cause: str = "no reply", failed: int = 0
+    ) -> None:
         self.address = address
         self.waited = waited
         self.cause = cause
@@ -146,5 +151,5 @@ class BrokerUnavailableError(*_TIMEOUT_BASES):
                 message += f"; {failed} call{'s' if failed != 1 else ''} failed"
         super().__init__(message)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[BrokerUnavailableError], tuple[str, float | None, str, int]]:
         return type(self), (self.address, self.waited, self.cause, self.failed)

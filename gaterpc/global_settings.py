@@ -27,7 +27,7 @@ import weakref
 from importlib import import_module
 from logging.config import dictConfig
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq.constants as z_const
 
@@ -59,6 +59,7 @@ __all__ = (
 _CACHE_KEY = LazyAttribute._CACHE_KEY
 
 
+# The concrete Path class of this platform is only known at run time.
 class _AutoLogPath(type(Path())):  # type: ignore[misc]
     """A log file name filled in by :func:`logging_render` (not by the user).
 
@@ -75,7 +76,7 @@ def user_settings_render(settings: "GlobalSettings", user_settings: Any) -> Any:
     return user_settings
 
 
-def logging_render(settings: "GlobalSettings", logging: Any) -> dict:
+def logging_render(settings: "GlobalSettings", logging: Any) -> dict[str, Any]:
     """Render ``LOGGING``/``DEFAULT_LOGGING``.
 
     ``empty`` → a new empty dict.  Otherwise every handler whose
@@ -95,24 +96,24 @@ def logging_render(settings: "GlobalSettings", logging: Any) -> dict:
             wanted = _AutoLogPath(log_path.joinpath(f"{name}.log"))
             if filename is empty or filename != wanted:
                 handler["filename"] = wanted
-    return logging
+    return cast("dict[str, Any]", logging)
 
 
-def logging_process(settings: "GlobalSettings", logging: Any) -> dict:
+def logging_process(settings: "GlobalSettings", logging: Any) -> dict[str, Any]:
     """Validate an assigned logging config: it must be a dict (else ``TypeError``)."""
-    return TypeValidator(dict)(logging)
+    return cast("dict[str, Any]", TypeValidator(dict)(logging))
 
 
 def _int_process(settings: "GlobalSettings", value: Any) -> int:
-    return TypeValidator(int)(value)
+    return cast(int, TypeValidator(int)(value))
 
 
-def _dict_process(settings: "GlobalSettings", value: Any) -> dict:
-    return TypeValidator(dict)(value)
+def _dict_process(settings: "GlobalSettings", value: Any) -> dict[str, str]:
+    return cast("dict[str, str]", TypeValidator(dict)(value))
 
 
 def _path_process(settings: "GlobalSettings", value: Any) -> Path:
-    return TypeValidator(Path)(value)
+    return cast(Path, TypeValidator(Path)(value))
 
 
 def _base_path_render(settings: "GlobalSettings", raw: Path) -> Path:
@@ -130,7 +131,7 @@ def _log_path_render(settings: "GlobalSettings", raw: Any) -> Path:
 def _zap_addr_render(settings: "GlobalSettings", raw: Any) -> str:
     if raw is empty:
         return f"ipc://{settings.RUN_PATH.joinpath('gate.zap').as_posix()}"
-    return raw
+    return cast(str, raw)
 
 
 def _heartbeat_interval_render(settings: "GlobalSettings", raw: Any) -> int:
@@ -164,7 +165,7 @@ verbose_format = "%(asctime)s %(name)s %(module)s.[%(funcName)s:%(lineno)d] \n- 
 simple_format = "%(asctime)s %(name)s %(module)s - %(levelname)s %(message)s"
 
 
-def _queue_file_handler(formatter: str) -> dict:
+def _queue_file_handler(formatter: str) -> dict[str, Any]:
     return {
         "level": "DEBUG",
         "class": "gaterpc.utils.AQueueHandler",
@@ -177,7 +178,7 @@ def _queue_file_handler(formatter: str) -> dict:
     }
 
 
-_DEFAULT_LOGGING: dict = {
+_DEFAULT_LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
@@ -234,11 +235,11 @@ class GlobalSettings(metaclass=_SettingsMeta):
     _instances: "weakref.WeakSet[GlobalSettings]" = weakref.WeakSet()
 
     # system
-    DEBUG = LazyAttribute(raw=0, process=_int_process)
-    ENVIRONMENT = LazyAttribute(raw={}, process=_dict_process)
-    BASE_PATH: Path = LazyAttribute(Path("/tmp/gate-rpc/"), render=_base_path_render, process=_path_process)  # type: ignore[assignment]
-    RUN_PATH: Path = LazyAttribute(render=_run_path_render, process=_path_process)  # type: ignore[assignment]
-    LOG_PATH: Path = LazyAttribute(render=_log_path_render, process=_path_process)  # type: ignore[assignment]
+    DEBUG: LazyAttribute[int] = LazyAttribute(raw=0, process=_int_process)
+    ENVIRONMENT: LazyAttribute[dict[str, str]] = LazyAttribute(raw={}, process=_dict_process)
+    BASE_PATH: LazyAttribute[Path] = LazyAttribute(Path("/tmp/gate-rpc/"), render=_base_path_render, process=_path_process)
+    RUN_PATH: LazyAttribute[Path] = LazyAttribute(render=_run_path_render, process=_path_process)
+    LOG_PATH: LazyAttribute[Path] = LazyAttribute(render=_log_path_render, process=_path_process)
     USER_SETTINGS = LazyAttribute(render=user_settings_render)
     WINDOWS_MAX_WORKERS: int = 61
     WORKER_ADDR: str = "ipc:///tmp/gate-rpc/w1"
@@ -246,13 +247,13 @@ class GlobalSettings(metaclass=_SettingsMeta):
     # timing
     HEARTBEAT: int = 5000  # milliseconds
     TIMEOUT: float = 30.0  # seconds
-    MDP_HEARTBEAT_INTERVAL: int = LazyAttribute(render=_heartbeat_interval_render)  # type: ignore[assignment]
+    MDP_HEARTBEAT_INTERVAL: LazyAttribute[int] = LazyAttribute(render=_heartbeat_interval_render)
     MDP_HEARTBEAT_LIVENESS: int = 3
-    REPLY_TIMEOUT: float = LazyAttribute(render=_reply_timeout_render)  # type: ignore[assignment]
+    REPLY_TIMEOUT: LazyAttribute[float] = LazyAttribute(render=_reply_timeout_render)
     ZAP_REPLY_TIMEOUT: float = 5.0
     # ZeroMQ
-    ZMQ_CONTEXT: dict = {}
-    ZMQ_SOCK: dict = {z_const.SocketOption.HWM: 3000}
+    ZMQ_CONTEXT: dict[int, Any] = {}
+    ZMQ_SOCK: dict[int, Any] = {z_const.SocketOption.HWM: 3000}
     # ZAP
     ZAP_VERSION: bytes = b"1.0"
     ZAP_DEFAULT_DOMAIN: str = "gate"
@@ -262,12 +263,12 @@ class GlobalSettings(metaclass=_SettingsMeta):
     ZAP_MECHANISM_GSSAPI: bytes = b"GSSAPI"
     ZAP_PLAIN_DEFAULT_USER: str = "\u5821\u5792"
     ZAP_PLAIN_DEFAULT_PASSWORD: str = "\u54d4" * 5
-    ZAP_ADDR: str = LazyAttribute(render=_zap_addr_render)  # type: ignore[assignment]
+    ZAP_ADDR: LazyAttribute[str] = LazyAttribute(render=_zap_addr_render)
     # MDP
     MDP_INTERNAL_SERVICE: str = "Gate"
     MDP_VERSION: str = "01"
-    MDP_CLIENT: bytes = LazyAttribute(render=_mdp_client_render)  # type: ignore[assignment]
-    MDP_WORKER: bytes = LazyAttribute(render=_mdp_worker_render)  # type: ignore[assignment]
+    MDP_CLIENT: LazyAttribute[bytes] = LazyAttribute(render=_mdp_client_render)
+    MDP_WORKER: LazyAttribute[bytes] = LazyAttribute(render=_mdp_worker_render)
     MDP_COMMAND_READY: bytes = b"\x01"
     MDP_COMMAND_REQUEST: bytes = b"\x02"
     MDP_COMMAND_REPLY: bytes = b"\x03"
@@ -291,7 +292,7 @@ class GlobalSettings(metaclass=_SettingsMeta):
     GATE_CLUSTER_NAME: str = "GateCluster"
     GATE_CLUSTER_DESCRIPTION: str = "GateRPC cluster service"
     GATE_VERSION: str = "01"
-    GATE_MEMBER: bytes = LazyAttribute(render=_gate_member_render)  # type: ignore[assignment]
+    GATE_MEMBER: LazyAttribute[bytes] = LazyAttribute(render=_gate_member_render)
     GATE_CURVE_PUBKEY: bytes = b""
     GATE_CURVE_KEY: bytes = b""
     GATE_IP_VERSION: int = 4
@@ -302,8 +303,8 @@ class GlobalSettings(metaclass=_SettingsMeta):
     # Additions (not in the original): the address the gate ROUTER binds
     # (None: every interface, as the original) and the interface multicast
     # discovery uses (None: the system's choice, as the original).
-    GATE_BIND_ADDR = None
-    GATE_MULTICAST_INTERFACE = None
+    GATE_BIND_ADDR: str | None = None
+    GATE_MULTICAST_INTERFACE: str | None = None
     # Additions: the process-wide budget of messages waiting in socket
     # backlogs (every socket, every peer; see gaterpc.loopio).  A message
     # that would exceed it is refused with an error instead of queued.
@@ -316,8 +317,8 @@ class GlobalSettings(metaclass=_SettingsMeta):
     GATE_COMMAND_HEARTBEAT: bytes = b"\x04"
     GATE_COMMAND_LEAVE: bytes = b"\x05"
     # logging
-    DEFAULT_LOGGING: dict = LazyAttribute(_DEFAULT_LOGGING, render=logging_render, process=logging_process)  # type: ignore[assignment]
-    LOGGING: dict = LazyAttribute(render=logging_render, process=logging_process)  # type: ignore[assignment]
+    DEFAULT_LOGGING: LazyAttribute[dict[str, Any]] = LazyAttribute(_DEFAULT_LOGGING, render=logging_render, process=logging_process)
+    LOGGING: LazyAttribute[dict[str, Any]] = LazyAttribute(render=logging_render, process=logging_process)
 
     def __init__(self) -> None:
         type(self)._instances.add(self)

@@ -19,7 +19,7 @@ import threading
 import uuid
 from functools import partial
 from importlib import import_module
-from typing import Any, Callable, Optional
+from typing import Any, AsyncGenerator, Callable, Iterable, Optional, overload
 
 __all__ = (
     "to_bytes",
@@ -59,10 +59,9 @@ def to_bytes(s: Any, fmt: Optional[str] = None) -> bytes:
     ``"!d"`` and an int the smallest of ``"!b"``, ``"!h"``, ``"!i"``;
     other values raise ``TypeError``.
     """
-    cls = type(s)
-    if cls is bytes:
+    if type(s) is bytes:
         return s
-    if cls is str:
+    if type(s) is str:
         return s.encode("utf-8")
     if isinstance(s, bytes):
         return s
@@ -82,7 +81,7 @@ def to_bytes(s: Any, fmt: Optional[str] = None) -> bytes:
         except struct.error as e:
             raise TypeError(f"{s!r} does not fit in 32 bits; pass an explicit fmt") from e
     # Same error type as struct would give for an unsupported value.
-    raise TypeError(f"cannot convert {cls.__name__} to bytes without a struct format")
+    raise TypeError(f"cannot convert {type(s).__name__} to bytes without a struct format")
 
 
 def from_bytes(b: bytes, to_num: bool = False) -> Any:
@@ -116,6 +115,12 @@ class SocketAddressError(ValueError, SystemError):
 
 
 _ADDR_FORMS = "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+
+
+@overload
+def check_socket_addr(addr: None) -> None: ...
+@overload
+def check_socket_addr(addr: str) -> str: ...
 
 
 def check_socket_addr(addr: Optional[str]) -> Optional[str]:
@@ -171,7 +176,7 @@ def singleton(cls: Callable[..., Any]) -> Callable[..., Any]:
 
     Arguments of calls after the first are ignored.
     """
-    instance: list = []
+    instance: list[Any] = []
     lock = threading.Lock()
 
     def get_instance(*args: Any, **kwargs: Any) -> Any:
@@ -183,7 +188,7 @@ def singleton(cls: Callable[..., Any]) -> Callable[..., Any]:
         return instance[0]
 
     get_instance.__doc__ = f"Return the process-wide instance of {getattr(cls, '__qualname__', cls)!s}."
-    get_instance.__wrapped__ = cls  # type: ignore[attr-defined]
+    get_instance.__wrapped__ = cls  # type: ignore[attr-defined]  # attribute set on a function object
     return get_instance
 
 
@@ -201,6 +206,7 @@ _EXECUTORS = ("none", "thread", "process")
 
 
 def _mark(func: Callable[..., Any], executor: str) -> Callable[..., Any]:
+    # Marker attributes set on the function object.
     func.__interface__ = True  # type: ignore[attr-defined]
     func.__executor__ = executor  # type: ignore[attr-defined]
     return func
@@ -233,7 +239,7 @@ def run_in_executor(loop: asyncio.AbstractEventLoop, executor: Any, func: Callab
     return loop.run_in_executor(executor, partial(func, *args, **kwargs))
 
 
-async def generator_to_agenerator(generator: Any):
+async def generator_to_agenerator(generator: Iterable[Any]) -> AsyncGenerator[Any, None]:
     """Yield the items of a synchronous iterable from an async generator."""
     for item in generator:
         yield item
@@ -290,7 +296,7 @@ class _EPollSelectorEventLoop(asyncio.SelectorEventLoop):
         super().__init__(selector)
 
 
-class UnixEPollEventLoopPolicy(_BaseEventLoopPolicy):  # type: ignore[misc,valid-type]
+class UnixEPollEventLoopPolicy(_BaseEventLoopPolicy):
     """Default event-loop policy whose new loops use an epoll selector (Linux)."""
 
     _loop_factory = _EPollSelectorEventLoop
@@ -307,7 +313,7 @@ class MulticastProtocol(asyncio.DatagramProtocol):
         self.recv_callback = recv_callback
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint always gets a DatagramTransport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.recv_callback(data, addr)

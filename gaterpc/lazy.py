@@ -8,7 +8,7 @@ package, so every other module can depend on it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Generic, Optional, TypeVar, Union, overload
 
 __all__ = (
     "Empty",
@@ -56,9 +56,11 @@ class TypeValidator(Validator):
     ``TypeValidator(int)("x")`` raises ``TypeError("require <class 'int'>.")``.
     """
 
-    error_message = "require {require_type}."
+    error_message: str = "require {require_type}."
 
-    def __init__(self, require_type, error_message: Optional[str] = None) -> None:
+    def __init__(
+        self, require_type: Union[type, tuple[type, ...]], error_message: Optional[str] = None
+    ) -> None:
         super().__init__(error_message)
         self.require_type = require_type
 
@@ -68,7 +70,7 @@ class TypeValidator(Validator):
         raise TypeError(self.error_message.format(require_type=self.require_type))
 
 
-def ensure_mkdir(p) -> Path:
+def ensure_mkdir(p: Union[str, Path]) -> Path:
     """Create directory ``p`` (with parents, if missing) and return it as a Path."""
     if isinstance(p, str):
         p = Path(p)
@@ -76,7 +78,10 @@ def ensure_mkdir(p) -> Path:
     return p
 
 
-class LazyAttribute:
+_T = TypeVar("_T")
+
+
+class LazyAttribute(Generic[_T]):
     """A data descriptor whose value may be rendered lazily and cached.
 
     * ``raw`` is the stored value; it is kept on the descriptor, so it is
@@ -95,17 +100,23 @@ class LazyAttribute:
     def __init__(
         self,
         raw: Any = empty,
-        render: Optional[Callable[[Any, Any], Any]] = None,
+        render: Optional[Callable[[Any, Any], _T]] = None,
         process: Optional[Callable[[Any, Any], Any]] = None,
     ) -> None:
         self.raw = raw
         self.render = render
         self.process = process
 
-    def __set_name__(self, owner, name: str) -> None:
+    def __set_name__(self, owner: type, name: str) -> None:
         self._name = name
 
-    def __get__(self, instance, owner=None):
+    @overload
+    def __get__(self, instance: None, owner: Optional[type] = None) -> LazyAttribute[_T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: Optional[type] = None) -> _T: ...
+
+    def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
         if instance is None:
             return self
         render = self.render
@@ -124,7 +135,7 @@ class LazyAttribute:
         cache[name] = value
         return value
 
-    def __set__(self, instance, value) -> None:
+    def __set__(self, instance: Any, value: Any) -> None:
         if self.process is not None:
             value = self.process(instance, value)
         self.raw = value

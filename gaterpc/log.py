@@ -30,9 +30,18 @@ import os
 import queue
 import threading
 import weakref
-from typing import Any, Iterable, Optional
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Tuple, Type, Union
 
 from gaterpc.helpers import resolve_module_attr, singleton
+
+if TYPE_CHECKING:
+    from queue import SimpleQueue
+
+_ExcInfo = Union[
+    Tuple[Type[BaseException], BaseException, Optional[TracebackType]],
+    Tuple[None, None, None],
+]
 
 __all__ = (
     "ColorFormatter",
@@ -104,7 +113,7 @@ class ColorFormatter(logging.Formatter):
         finally:
             record.msg = original
 
-    def formatException(self, ei) -> str:  # noqa: N802 (stdlib name)
+    def formatException(self, ei: _ExcInfo) -> str:  # noqa: N802 (stdlib name)
         return self.colorize(super().formatException(ei), fg="red", opts=("bold", "reverse"))
 
 
@@ -158,9 +167,11 @@ class QueueListener(logging.handlers.QueueListener):
     e.g. in a forked child); ``stop()`` drains the queue and joins it.
     """
 
+    queue: SimpleQueue[Any]
+
     def __init__(self, handlers: Optional[Iterable[logging.Handler]] = None, respect_handler_level: bool = True) -> None:
         super().__init__(queue.SimpleQueue(), respect_handler_level=respect_handler_level)
-        self._handlers: dict = {}
+        self._handlers: dict[Optional[str], logging.Handler] = {}
         self._lock = threading.Lock()
         if handlers:
             self.add_handlers(handlers)
@@ -227,7 +238,7 @@ class QueueListener(logging.handlers.QueueListener):
 
     def _monitor(self) -> None:
         q = self.queue
-        sentinel = self._sentinel
+        sentinel: object = getattr(self, "_sentinel")  # private in the stdlib, absent from its stubs
         while True:
             record = q.get()
             if record is sentinel:
@@ -282,6 +293,7 @@ class AQueueListener(QueueListener):
     with or without a running event loop and across event loops.
     """
 
+    # dequeue and handle are coroutines here, as in the original's listener.
     async def dequeue(self, block: bool = True) -> Any:  # type: ignore[override]
         """Wait for the next queued item without blocking the event loop."""
         try:
@@ -329,6 +341,7 @@ class AQueueHandler(logging.Handler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """Copy the record with the formatted text as message, tagged with ``h_name``."""
+        # QueueHandler.prepare only formats and copies the record: it needs no queue.
         record = logging.handlers.QueueHandler.prepare(self, record)  # type: ignore[arg-type]
         record.h_name = self.h_name
         return record
@@ -396,7 +409,7 @@ class JsonFormatter(logging.Formatter):
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def console_logging_config(level: str = "INFO", fmt: str = "text", log_file: Optional[str] = None) -> dict:
+def console_logging_config(level: str = "INFO", fmt: str = "text", log_file: Optional[str] = None) -> dict[str, Any]:
     """A ``dictConfig`` dict: gaterpc (and root) logs to stderr as ``fmt`` ("text" or "json").
 
     Records go through :class:`AQueueHandler` (written on the listener's
@@ -409,7 +422,7 @@ def console_logging_config(level: str = "INFO", fmt: str = "text", log_file: Opt
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError(f"log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}")
     formatter = {"()": "gaterpc.log.JsonFormatter"} if fmt == "json" else {"format": _TEXT_FORMAT}
-    handlers = {
+    handlers: dict[str, dict[str, Any]] = {
         "console": {
             "class": "gaterpc.log.AQueueHandler",
             "handler_class": "logging.StreamHandler",

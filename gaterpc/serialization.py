@@ -22,10 +22,19 @@ from __future__ import annotations
 
 import re
 import threading
-from multiprocessing.managers import ArrayProxy, BaseProxy, DictProxy, ListProxy, ValueProxy
-from typing import Any
+from multiprocessing.managers import (  # type: ignore[attr-defined]  # ArrayProxy exists at runtime but not in the stdlib stubs
+    ArrayProxy,
+    BaseProxy,
+    DictProxy,
+    ListProxy,
+    ValueProxy,
+)
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import msgpack
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = (
     "MessagePack",
@@ -62,10 +71,10 @@ _PLAIN_TYPES = frozenset((bytes, str, int, float, bool, type(None), list, tuple,
 
 # Compiled state, rebuilt by ``_compile`` when the global MessagePack changes.
 _tls = threading.local()
-_pack_default = None  # the prepare_pack hook, or None
-_unpack_kwargs: dict = {}
-_packb = msgpack.packb
-_unpackb = msgpack.unpackb
+_pack_default: Callable[[Any], Any] | None = None  # the prepare_pack hook, or None
+_unpack_kwargs: dict[str, Any] = {}
+_packb: Callable[..., bytes] = msgpack.packb
+_unpackb: Callable[..., Any] = msgpack.unpackb
 
 
 class MessagePack:
@@ -118,11 +127,11 @@ class MessagePack:
         else:
             object.__delattr__(self, name)
 
-    def _pack_kwargs(self) -> dict:
+    def _pack_kwargs(self) -> dict[str, Any]:
         return {"default": self.prepare_pack or None}
 
-    def _unpack_kwargs(self) -> dict:
-        kwargs: dict = {"raw": False, "strict_map_key": False}
+    def _unpack_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"raw": False, "strict_map_key": False}
         for hook, key in (
             ("unpack_object_hook", "object_hook"),
             ("unpack_object_pairs_hook", "object_pairs_hook"),
@@ -139,13 +148,14 @@ class MessagePack:
         if globals().get("message_pack") is self:
             _compile(self)
 
-    def loads(self, data) -> Any:
+    def loads(self, data: Buffer) -> Any:
         """Decode one msgpack object; trailing bytes are an error."""
         return msgpack.unpackb(data, **self._unpack_kwargs())
 
     def dumps(self, obj: Any) -> bytes:
         """Encode ``obj`` with msgpack defaults and ``prepare_pack``."""
-        return msgpack.packb(obj, **self._pack_kwargs())
+        packed: bytes = msgpack.packb(obj, **self._pack_kwargs())
+        return packed
 
 
 def _compile(mp: MessagePack) -> None:
@@ -157,8 +167,13 @@ def _compile(mp: MessagePack) -> None:
     _tls = threading.local()
 
 
-def _new_packer() -> msgpack.Packer:
-    packer = _tls.packer = msgpack.Packer()
+class _Packer(Protocol):
+    def pack(self, obj: Any) -> bytes: ...
+
+
+def _new_packer() -> _Packer:
+    packer: _Packer = msgpack.Packer()
+    _tls.packer = packer
     return packer
 
 
@@ -242,6 +257,7 @@ def msg_pack(obj: Any) -> bytes:
         obj = _unwrap_proxy(obj)
     try:
         if _pack_default is None:
+            packer: _Packer
             try:
                 packer = _tls.packer
             except AttributeError:
@@ -253,7 +269,7 @@ def msg_pack(obj: Any) -> bytes:
         raise _pack_error(obj, e).with_traceback(e.__traceback__)
 
 
-def msg_unpack(data) -> Any:
+def msg_unpack(data: Buffer) -> Any:
     """Deserialize one msgpack object with the global :data:`message_pack` settings.
 
     Any failure (including trailing data) is raised as :class:`MsgUnpackError`.
@@ -272,6 +288,7 @@ def pack_fast(obj: Any) -> bytes:
     """
     if _pack_default is None and type(obj) in _PLAIN_TYPES:
         try:
+            packer: _Packer
             try:
                 packer = _tls.packer
             except AttributeError:

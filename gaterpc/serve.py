@@ -33,6 +33,7 @@ import asyncio
 import inspect
 import logging
 import signal
+from typing import Any, Iterable, Optional
 
 __all__ = ("serve", "shutdown_roles", "DEFAULT_GRACE")
 
@@ -42,7 +43,7 @@ DEFAULT_GRACE = 10.0
 """Seconds a worker gets to finish its requests in flight (``--grace``)."""
 
 
-def _kind(role):
+def _kind(role: Any) -> int:
     from gaterpc.broker import AMajordomo
     from gaterpc.worker import Worker
 
@@ -53,19 +54,19 @@ def _kind(role):
     return 2
 
 
-async def shutdown_roles(roles, grace=DEFAULT_GRACE):
+async def shutdown_roles(roles: Iterable[Any], grace: float = DEFAULT_GRACE) -> None:
     """Shut ``roles`` down in the order described in the module docstring."""
-    roles = list(roles)
-    workers = [r for r in roles if _kind(r) == 0]
+    role_list = list(roles)
+    workers = [r for r in role_list if _kind(r) == 0]
     if workers:
         results = await asyncio.gather(*(w.shutdown(grace) for w in workers), return_exceptions=True)
         for w, res in zip(workers, results):
             if isinstance(res, BaseException):
                 logger.error("worker %r failed to shut down: %r", getattr(w, "service", w), res)
-    for role in roles:
+    for role in role_list:
         if _kind(role) == 1:
             role.stop()
-    for role in roles:
+    for role in role_list:
         if _kind(role) == 2:
             stop = getattr(role, "stop", None) or getattr(role, "close", None)
             if callable(stop):
@@ -76,7 +77,12 @@ async def shutdown_roles(roles, grace=DEFAULT_GRACE):
     await asyncio.sleep(0.05)
 
 
-async def serve(*roles, grace=DEFAULT_GRACE, signals=(signal.SIGTERM, signal.SIGINT), stop=None):
+async def serve(
+    *roles: Any,
+    grace: float = DEFAULT_GRACE,
+    signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+    stop: Optional[asyncio.Event] = None,
+) -> Optional[str]:
     """Run ``roles`` until a signal in ``signals`` arrives (or ``stop`` is set), then shut them down.
 
     ``roles``: workers, brokers, gates, ZAP services..., built in the
@@ -90,16 +96,16 @@ async def serve(*roles, grace=DEFAULT_GRACE, signals=(signal.SIGTERM, signal.SIG
     (``"SIGTERM"``...), or ``None`` when ``stop`` ended the wait.
     """
     loop = asyncio.get_running_loop()
-    stop = stop if stop is not None else asyncio.Event()
-    received = []
+    stop_event = stop if stop is not None else asyncio.Event()
+    received: list[str] = []
 
-    def on_signal(sig):
+    def on_signal(sig: int) -> None:
         if not received:
             logger.info("%s received: shutting down (grace %.1f s)", signal.Signals(sig).name, grace)
         received.append(signal.Signals(sig).name)
-        stop.set()
+        stop_event.set()
 
-    installed = []
+    installed: list[int] = []
     for sig in signals:
         try:
             loop.add_signal_handler(sig, on_signal, sig)
@@ -109,7 +115,7 @@ async def serve(*roles, grace=DEFAULT_GRACE, signals=(signal.SIGTERM, signal.SIG
     try:
         for role in roles:
             _start(role)
-        await stop.wait()
+        await stop_event.wait()
     finally:
         try:
             await shutdown_roles(roles, grace)
@@ -119,7 +125,7 @@ async def serve(*roles, grace=DEFAULT_GRACE, signals=(signal.SIGTERM, signal.SIG
     return received[0] if received else None
 
 
-def _start(role):
+def _start(role: Any) -> None:
     # Worker.run() and AMajordomo.run() do nothing when already running.
     if _kind(role) < 2:
         role.run()

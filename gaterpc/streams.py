@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator
+from types import TracebackType
+from typing import Any, Callable, Optional
 
 __all__ = ("StreamReply",)
 
@@ -40,10 +42,10 @@ OVERFLOW_FACTOR = 64
 OVERFLOW_BYTES = 256 * 1024 * 1024
 
 
-class StreamReply(AsyncGenerator):
+class StreamReply(AsyncGenerator[Any, Any]):
     """An asynchronous iterator over the items of a streamed reply."""
 
-    def __init__(self, end_message, maxsize=0, timeout=0):
+    def __init__(self, end_message: bytes, maxsize: int = 0, timeout: float = 0) -> None:
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -54,26 +56,26 @@ class StreamReply(AsyncGenerator):
         # The original exposes an asyncio.Queue as ``replies``; items live in
         # ``_items`` and ``replies`` is a small read-only view of them.
         self.replies = _QueueView(self)
-        self._items = deque()
+        self._items: deque[Any] = deque()
         self._bytes = 0
-        self._space_waiters = deque()
-        self._waiter = None
+        self._space_waiters: deque[asyncio.Future[None]] = deque()
+        self._waiter: Optional[asyncio.Future[None]] = None
         self._exit = False
         self._pause = False
         self._raise = False
         self._ended = False
-        self._on_close = None
+        self._on_close: Optional[Callable[[], object]] = None
 
     # -- feeding (client side, synchronous) ---------------------------------
 
-    def _wake(self):
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _put(self, item, size=0):
+    def _put(self, item: Any, size: int = 0) -> bool:
         """Queue one item (``size``: its encoded length); False and the stream ends on overflow."""
         if self._ended:
             return False
@@ -93,13 +95,13 @@ class StreamReply(AsyncGenerator):
         self._wake()
         return True
 
-    def _put_end(self):
+    def _put_end(self) -> None:
         if not self._ended:
             self._ended = True
             self._items.append(_END)
             self._wake()
 
-    def _put_exception(self, exc):
+    def _put_exception(self, exc: BaseException) -> None:
         """Deliver ``exc`` to the consumer after the queued items; the stream ends."""
         if not self._ended:
             self._ended = True
@@ -107,16 +109,16 @@ class StreamReply(AsyncGenerator):
             self._items.append(_END)
             self._wake()
 
-    def _finished(self):
+    def _finished(self) -> bool:
         """True when no more items will be fed."""
         return self._ended or self._exit
 
     # -- consuming ------------------------------------------------------------
 
-    def __aiter__(self):
+    def __aiter__(self) -> StreamReply:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> Any:
         while True:
             if self._exit:
                 raise StopAsyncIteration
@@ -155,11 +157,11 @@ class StreamReply(AsyncGenerator):
                     if self._waiter is waiter:
                         self._waiter = None
 
-    def is_exit(self):
+    def is_exit(self) -> bool:
         """True once the end of the stream was consumed or ``aclose()`` was called."""
         return self._exit
 
-    def _mark_exit(self):
+    def _mark_exit(self) -> None:
         if not self._exit:
             self._exit = True
             self._items.clear()
@@ -172,7 +174,7 @@ class StreamReply(AsyncGenerator):
                 self._on_close = None
                 cb()
 
-    def _wake_space(self):
+    def _wake_space(self) -> None:
         waiters = self._space_waiters
         while waiters:
             w = waiters.popleft()
@@ -180,7 +182,7 @@ class StreamReply(AsyncGenerator):
                 w.set_result(None)
                 return
 
-    async def asend(self, value):
+    async def asend(self, value: Any) -> None:
         """Queue ``value``, waiting while ``maxsize`` items are queued (``None`` is ignored)."""
         if value is None:
             return None
@@ -193,7 +195,7 @@ class StreamReply(AsyncGenerator):
             self._wake()
         return None
 
-    async def athrow(self, typ, val=None, tb=None):
+    async def athrow(self, typ: Any, val: Any = None, tb: Optional[TracebackType] = None) -> None:
         """Queue an exception that the consumer will raise at that position."""
         if tb is not None:
             exc = typ.with_traceback(tb) if isinstance(typ, BaseException) else typ(val).with_traceback(tb)
@@ -208,7 +210,7 @@ class StreamReply(AsyncGenerator):
         self._items.append(_Raise(exc) if isinstance(exc, BaseException) else exc)
         self._wake()
 
-    async def aclose(self):
+    async def aclose(self) -> None:
         """Stop the stream: queued and later items are discarded."""
         self._mark_exit()
 
@@ -216,14 +218,14 @@ class StreamReply(AsyncGenerator):
 class _Raise:
     __slots__ = ("exc",)
 
-    def __init__(self, exc):
+    def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
 
 class _Sized:
     __slots__ = ("item", "size")
 
-    def __init__(self, item, size):
+    def __init__(self, item: Any, size: int) -> None:
         self.item = item
         self.size = size
 
@@ -233,24 +235,24 @@ class _QueueView:
 
     __slots__ = ("_stream",)
 
-    def __init__(self, stream):
+    def __init__(self, stream: StreamReply) -> None:
         self._stream = stream
 
-    def qsize(self):
+    def qsize(self) -> int:
         return sum(1 for i in self._stream._items if i is not _END and type(i) is not _Raise)
 
-    def empty(self):
+    def empty(self) -> bool:
         return not self.qsize()
 
-    def full(self):
+    def full(self) -> bool:
         m = self._stream.maxsize
         return bool(m) and self.qsize() >= m
 
     @property
-    def maxsize(self):
+    def maxsize(self) -> int:
         return self._stream.maxsize
 
 
-def _timeout_waiter(waiter):
+def _timeout_waiter(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(asyncio.TimeoutError())
