@@ -283,7 +283,7 @@ class MetricsServer:
         from prometheus_client import CollectorRegistry, start_http_server
 
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector())  # type: ignore[arg-type]  # duck-typed collector
+        self.registry.register(_Collector())
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         self.host = host
         self.port = int(self._server.server_address[1])
