@@ -142,6 +142,27 @@ def _setup(args: argparse.Namespace, default_level: str = "INFO") -> GlobalSetti
     return Settings
 
 
+def _add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics (/metrics) on HOST:PORT, e.g. 127.0.0.1:9464; "
+                        "off unless given")
+
+
+def _start_metrics(args: argparse.Namespace, *roles: Any) -> Any:
+    """The metrics endpoint asked for with ``--metrics`` (``None`` without it)."""
+    if not getattr(args, "metrics", None):
+        return None
+    from gaterpc.metrics import parse_hostport, start_metrics_server
+
+    try:
+        parse_hostport(args.metrics)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    server = start_metrics_server(args.metrics, roles)
+    logger.info("metrics on %s", server.url)
+    return server
+
+
 def _add_common(p: argparse.ArgumentParser, logs: bool = True) -> None:
     p.add_argument("--settings", metavar="MODULE",
                    help="import MODULE first (it sets gaterpc.global_settings.Settings attributes)")
@@ -227,7 +248,12 @@ async def _run_broker(args: argparse.Namespace) -> int:
     roles.append(broker)
     if zap is not None:
         roles.append(zap)
-    await serve(*roles, grace=0)
+    metrics_server = _start_metrics(args, broker)
+    try:
+        await serve(*roles, grace=0)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     logger.info("%s stopped", kind)
     ctx.destroy(linger=0)
     return EXIT_OK
@@ -273,7 +299,12 @@ async def _run_worker(args: argparse.Namespace) -> int:
                                    zap_mechanism=mechanism, zap_credentials=credentials,
                                    max_allowed_request=args.max_requests)
     logger.info("worker of %s serving on %s (%s)", service.name, backend, args.worker_class)
-    await serve(worker, grace=args.grace)
+    metrics_server = _start_metrics(args, worker)
+    try:
+        await serve(worker, grace=args.grace)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     logger.info("worker of %s stopped", service.name)
     ctx.destroy(linger=0)
     return EXIT_OK
@@ -487,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--zap-addr", metavar="ADDR",
                    help="address of the in-process ZAP service (default inproc://gaterpc-zap-<pid>)")
     _add_common(b)
+    _add_metrics(b)
 
     w = sub.add_parser("worker", help="serve a Worker subclass",
                        description="Import MODULE:CLASS (the current directory is on sys.path) and serve "
@@ -501,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-requests", type=int, metavar="N", help="requests in flight at most (capacity)")
     w.add_argument("--plain", metavar="USER:PASSWORD", help="PLAIN ZAP credentials")
     _add_common(w)
+    _add_metrics(w)
 
     c = sub.add_parser("call", help="call a method and print the result as JSON",
                        description="Call SERVICE.METHOD on the broker at ADDR. Each ARG and VALUE is JSON "

@@ -216,3 +216,42 @@ def test_zap_plain_bad_file_is_a_usage_error(procs, short_tmp):
 def test_bench_still_works(procs):
     p = procs.run(gaterpc_cmd("bench", "--help"))
     assert p.returncode == 0 and "usage: gaterpc bench" in p.out
+
+
+def _scrape_until(url, needle, deadline=20.0):
+    import urllib.error
+    import urllib.request
+
+    end = time.monotonic() + deadline
+    text = ""
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                text = resp.read().decode()
+            if needle in text:
+                return text
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{needle!r} not served at {url} within {deadline} s; last:\n{text[-2000:]}")
+
+
+def test_metrics_endpoints_of_broker_and_worker(procs, short_tmp):
+    bport, wport = free_port(), free_port()
+    front, broker, worker = start_cluster(procs, short_tmp, broker_extra=("--metrics", f"127.0.0.1:{bport}"),
+                                          worker_extra=("--metrics", f"127.0.0.1:{wport}"))
+    wait_service(procs, front, "Calc")
+    p = procs.run(gaterpc_cmd("call", front, "Calc.add", "1", "2"))
+    assert p.returncode == 0 and p.out.strip() == "3", p.err
+    text = _scrape_until(f"http://127.0.0.1:{bport}/metrics", 'gaterpc_workers{')
+    assert "# TYPE gaterpc_workers gauge" in text
+    assert 'service="Calc"' in text
+    wtext = _scrape_until(f"http://127.0.0.1:{wport}/metrics", "gaterpc_connected{")
+    assert 'role="worker"' in wtext
+    assert stop(worker)[0] == 0 and stop(broker)[0] == 0
+
+
+def test_metrics_address_is_checked(procs, short_tmp):
+    p = procs.run(gaterpc_cmd("broker", "--frontend", f"ipc://{short_tmp}/f", "--backend",
+                              f"ipc://{short_tmp}/b", "--metrics", "nowhere"), timeout=30)
+    assert p.returncode == 2 and "HOST:PORT" in p.err
