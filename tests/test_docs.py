@@ -106,9 +106,11 @@ def _local(args, mapping):
 
 
 def test_systemd_units_run_as_written(procs, short_tmp):
-    port = free_port()
-    mapping = {"tcp://0.0.0.0:5555": f"tcp://127.0.0.1:{port}", "/run/gaterpc": short_tmp}
+    port, mport = free_port(), free_port()
+    mapping = {"tcp://0.0.0.0:5555": f"tcp://127.0.0.1:{port}", "/run/gaterpc": short_tmp,
+               "127.0.0.1:9464": f"127.0.0.1:{mport}"}
     broker_args, bfields = _unit_cmd("gaterpc-broker.service")
+    assert broker_args[broker_args.index("--metrics") + 1] == "127.0.0.1:9464"  # loopback only
     worker_args, wfields = _unit_cmd("gaterpc-worker@.service")
     assert bfields["KillSignal"] == wfields["KillSignal"] == "SIGTERM"
     grace = float(worker_args[worker_args.index("--grace") + 1])
@@ -121,6 +123,13 @@ def test_systemd_units_run_as_written(procs, short_tmp):
     wait_service(procs, front, "Calc")
     c = procs.run(gaterpc_cmd("call", front, "Calc.add", "2", "3"))
     assert (c.returncode, c.out) == (0, "5\n"), c.err
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as resp:
+        scraped = resp.read().decode()
+    assert 'gaterpc_workers{id=' in scraped and 'service="Calc"' in scraped
+    prom = (ROOT / "deploy" / "prometheus.yml").read_text()
+    assert '"127.0.0.1:9464"' in prom
     for w in workers:
         rc, _, err = stop(w)
         assert rc == 0, err
@@ -163,9 +172,9 @@ def test_compose_commands_run_as_written(procs, short_tmp):
     services, text = _compose_commands()
     assert set(services) == {"broker", "worker"}
     assert "stop_signal: SIGTERM" in text
-    fport, bport = free_port(), free_port()
+    fport, bport, mport = free_port(), free_port(), free_port()
     mapping = {"tcp://0.0.0.0:5555": f"tcp://127.0.0.1:{fport}", "tcp://0.0.0.0:5556": f"tcp://127.0.0.1:{bport}",
-               "tcp://broker:5556": f"tcp://127.0.0.1:{bport}"}
+               "tcp://broker:5556": f"tcp://127.0.0.1:{bport}", "0.0.0.0:9464": f"127.0.0.1:{mport}"}
     app = str(ROOT / "examples")  # the image's WORKDIR /app is examples/
     broker = procs.start(gaterpc_cmd(*_local(services["broker"], mapping)), cwd=app)
     worker = procs.start(gaterpc_cmd(*_local(services["worker"], mapping)), cwd=app)
