@@ -557,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--plain", metavar="USER:PASSWORD", help="PLAIN ZAP credentials")
     _add_common(i, logs=False)
 
-    sub.add_parser("bench", help="the echo benchmark ('gaterpc bench --help')", add_help=False)
+    sub.add_parser("bench", help="benchmarks: the echo benchmark ('gaterpc bench --help'), 'gaterpc bench "
+                                 "soak' (churn and memory) and 'gaterpc bench fuzz' (endpoint fuzzing)",
+                   add_help=False)
     return parser
 
 
@@ -568,6 +570,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] == "bench":
+        if len(args) > 1 and args[1] == "soak":
+            from gaterpc.bench.soak import main as soak_main
+
+            return int(soak_main(args[2:]) or 0)
+        if len(args) > 1 and args[1] == "fuzz":
+            from gaterpc.bench.fuzz import main as fuzz_main
+
+            return int(fuzz_main(args[2:]) or 0)
         from gaterpc.bench.echo import main as bench_main
 
         return bench_main(args[1:], prog="gaterpc bench")

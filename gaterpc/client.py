@@ -40,6 +40,7 @@ a lost broker fails calls within ``heartbeat x liveness`` instead of
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import logging
 import os
@@ -58,6 +59,7 @@ from gaterpc.exceptions import BrokerUnavailableError, RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.hugedata import HugeDataReceiver
+from gaterpc.metrics import LATENCY_BUCKETS
 from gaterpc.loopio import LoopSocket
 from gaterpc.protocol import HUGE_END, HUGE_EXC, HUGE_TAG, KEEPALIVE_ARG, STREAM_END, STREAM_EXC, STREAM_TAG
 from gaterpc.serialization import MsgUnpackError, msg_pack, msg_unpack
@@ -71,6 +73,52 @@ Clogger = logging.getLogger("gaterpc.client")
 _TIMEOUT_MESSAGE = "Timeout while requesting the Majordomo service."
 _EMPTY_MAP = b"\x80"
 _EMPTY_ARRAY = b"\x90"
+#: What msgpack decoders accept in one str/bytes value by default (ours and the original's).
+_VALUE_LIMIT = 32 * 1024 * 1024
+
+
+def _oversized(value: Any, depth: int = 0) -> Optional[int]:
+    """The size of the first str/bytes value over the decode limit in ``value``, or None."""
+    if isinstance(value, (str, bytes, bytearray, memoryview)):
+        size = len(value.encode("utf-8")) if isinstance(value, str) else memoryview(value).nbytes
+        return size if size > _VALUE_LIMIT else None
+    if depth < 32:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                found = _oversized(item, depth + 1)
+                if found is not None:
+                    return found
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                found = _oversized(key, depth + 1)
+                if found is None:
+                    found = _oversized(item, depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def _check_value_sizes(func_name: str, args: Any, kwargs: Any) -> None:
+    """Refuse, before sending, an argument no receiver would decode (only asked for large frames)."""
+    size = _oversized(args)
+    if size is None:
+        size = _oversized(kwargs)
+    if size is not None:
+        raise ValueError(
+            f"an argument of {func_name}() is {size:,} bytes: a single str/bytes value above "
+            f"{_VALUE_LIMIT:,} bytes (32 MiB) is refused by msgpack receivers. Send large data as "
+            "several smaller values, or return it from the worker as HugeData (gaterpc.utils.HugeData), "
+            "which is compressed and sent in chunks.")
+
+
+def _observe(latency: dict[str, list[Any]], service: str, seconds: float) -> None:
+    """Add one call's latency to the per-service histogram (buckets of gaterpc.metrics)."""
+    entry = latency.get(service)
+    if entry is None:
+        entry = latency[service] = [[0] * (len(LATENCY_BUCKETS) + 1), 0, 0.0]
+    entry[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+    entry[1] += 1
+    entry[2] += seconds
 _KEEPALIVE_FUNC = msg_pack("keepalive")
 _KEEPALIVE_ARGS = msg_pack((KEEPALIVE_ARG,))
 _EVENT_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
@@ -168,6 +216,11 @@ class Client:
         self._last_recv = 0.0
         self._table = RequestTable()
         self._streams: dict[bytes, StreamReply] = {}
+        # figures read by gaterpc.metrics; the latency histogram is kept only once the
+        # client is registered there (service -> [bucket counts], count, sum)
+        self.stat_calls = 0
+        self.stat_errors = 0
+        self._latency: Optional[dict[str, list[Any]]] = None
         self._huge: dict[bytes, HugeDataReceiver] = {}
         self._service_cache: dict[str, bytes] = {}
         self._func_cache: dict[str, bytes] = {}
@@ -436,6 +489,8 @@ class Client:
                 self._func_cache[func_name] = func_b
         args_b = msg_pack(args) if args else _EMPTY_ARRAY
         kwargs_b = msg_pack(kwargs) if kwargs else _EMPTY_MAP
+        if len(args_b) > _VALUE_LIMIT or len(kwargs_b) > _VALUE_LIMIT:
+            _check_value_sizes(func_name, args, kwargs)
         request_id = os.urandom(16)
         zap = self._zap_frames_bytes
         if zap:
@@ -450,11 +505,18 @@ class Client:
         self._table.add(request_id, fut, now + self.reply_timeout)
         self.last_message_sent_time = now
         lsock.send(frames)
+        self.stat_calls += 1
         try:
             return await fut
+        except BaseException:
+            self.stat_errors += 1
+            raise
         finally:
             if request_id not in self._streams:
                 self._forget(request_id)
+            latency = self._latency
+            if latency is not None:
+                _observe(latency, service_name, loop.time() - now)
 
     async def _majordomo_service(self, func_name: str, *args: Any, **kwargs: Any) -> Any:
         return await self._request(self._internal_name, func_name, args, kwargs)

@@ -47,10 +47,14 @@ _lock = threading.Lock()
 
 
 def register(*roles: Any) -> None:
-    """Report these roles (brokers, gates, workers, clients) in :func:`snapshot` and the endpoint."""
+    """Report these roles (brokers, gates, workers, clients) in :func:`snapshot` and the endpoint.
+
+    A registered client also starts keeping its call latency histogram."""
     with _lock:
         for role in roles:
             _roles.add(role)
+            if "_latency" in vars(role) and vars(role)["_latency"] is None:
+                role._latency = {}
 
 
 def unregister(*roles: Any) -> None:

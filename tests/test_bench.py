@@ -213,3 +213,11 @@ def test_bench_gate_layout_against_direct(tmp_path):
         assert res["completed"] == 2000 and res["errors"] == 0 and res["mismatches"] == 0
     assert report["ratios"]["ours / direct on uvloop (calls/s)"] == pytest.approx(
         by["ours"]["calls_per_s"] / by["direct"]["calls_per_s"])
+
+
+def test_bench_subcommands_are_reachable():
+    for sub, word in (("soak", "--client-churns"), ("fuzz", "--cases")):
+        proc = subprocess.run([sys.executable, "-m", "gaterpc", "bench", sub, "--help"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert word in proc.stdout

@@ -189,12 +189,17 @@ async def test_worker_frames_match_capture(zctx, tmp_path):
         await broker.send_multipart(sent(63))
         assert_matches(await recv(broker), 64)
 
+        # A plain DISCONNECT: ours registers again (a new socket, the same READY frames) ...
+        await broker.send_multipart(sent(65))
+        assert_matches(await recv(broker, timeout=5.0), 1)
+        # ... and with reconnection turned off, DISCONNECT ends the receive loop, as the original's.
+        worker._reconnect = False
         await broker.send_multipart(sent(65))
         for _ in range(100):
-            if worker._recv_task.done():
+            if worker._recv_task is None or worker._recv_task.done():
                 break
             await asyncio.sleep(0.02)
-        assert worker._recv_task.done(), "DISCONNECT ends the worker's receive loop"
+        assert worker._recv_task is None or worker._recv_task.done(), "DISCONNECT ends the worker's receive loop"
     finally:
         worker.stop()
         await asyncio.sleep(0.05)

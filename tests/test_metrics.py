@@ -106,3 +106,35 @@ def test_metrics_address_must_name_a_port():
         metrics.parse_hostport("localhost")
     assert metrics.parse_hostport(":9464") == ("127.0.0.1", 9464)
     assert metrics.parse_hostport("[::1]:9") == ("::1", 9)
+
+
+async def test_registered_client_keeps_a_latency_histogram(roles):
+    broker, worker, client = roles
+    for i in range(4):
+        assert await client.Echo.echo(i) == i
+    with pytest.raises(Exception):
+        await client.Echo.fail()
+    st = metrics.client_stats(client)
+    assert st["calls"] >= 5 and st["errors"] >= 1
+    hist = st["latency"]["Echo"]
+    assert hist["count"] == 5 and sum(hist["buckets"]) == 5 and hist["sum"] > 0
+    server = metrics.start_metrics_server("127.0.0.1:0")
+    try:
+        text = await asyncio.get_running_loop().run_in_executor(None, _scrape, server.url)
+    finally:
+        server.close()
+    assert "# TYPE gaterpc_call_latency_seconds histogram" in text
+    assert _value(text, "gaterpc_call_latency_seconds_count", role="client", service="Echo") == 5
+    assert _value(text, "gaterpc_call_latency_seconds_bucket", role="client", service="Echo", le="+Inf") == 5
+
+
+async def test_oversized_argument_is_refused_before_sending(roles):
+    broker, worker, client = roles
+    big = b"x" * (32 * 1024 * 1024 + 1)
+    with pytest.raises(ValueError) as info:
+        await client.Echo.echo(big)
+    text = str(info.value)
+    assert "33,554,433 bytes" in text and "HugeData" in text and "xxxx" not in text
+    # several values that are each under the limit still go
+    half = b"y" * (17 * 1024 * 1024)
+    assert await client.Echo.echo([half, half]) == [half, half]
