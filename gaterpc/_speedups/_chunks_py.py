@@ -9,11 +9,12 @@ exceptions.
 from __future__ import annotations
 
 from gaterpc.exceptions import HugeDataException
+from gaterpc.protocol import HUGE_UNLIMITED_STEP
 
 __all__ = ("ChunkCutter", "OutputLimiter", "UNLIMITED_STEP")
 
 #: Output asked of a decompressor per call when there is no limit.
-UNLIMITED_STEP = 64 * 1024 * 1024
+UNLIMITED_STEP: int = HUGE_UNLIMITED_STEP
 
 
 class ChunkCutter:

@@ -32,9 +32,10 @@ import heapq
 from math import isnan
 from typing import Any, Hashable, Iterator, List, Tuple
 
+from gaterpc.protocol import REQTABLE_SLACK as _SLACK
+
 __all__ = ("RequestTable",)
 
-_SLACK = 1024
 _DEADLINE, _SEQ, _KEY, _VALUE = 0, 1, 2, 3
 
 
