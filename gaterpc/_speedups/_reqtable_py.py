@@ -44,11 +44,18 @@ class RequestTable:
 
     __slots__ = ("_map", "_fifo", "_head", "_heap", "_seq")
 
+    # An entry is ``[deadline, seq, key, value]`` (a list, for speed).
+    _map: dict[Any, list[Any]]
+    _fifo: list[list[Any]]
+    _head: int
+    _heap: list[tuple[float, int, list[Any]]]
+    _seq: int
+
     def __init__(self) -> None:
-        self._map: dict = {}
-        self._fifo: list = []
+        self._map = {}
+        self._fifo = []
         self._head = 0
-        self._heap: list = []
+        self._heap = []
         self._seq = 0
 
     def _push(self, key: Hashable, value: Any, deadline: Any) -> None:
@@ -104,7 +111,7 @@ class RequestTable:
 
     def expire(self, now: float) -> List[Tuple[Any, Any]]:
         """Remove and return ``[(key, value), ...]`` of every entry with deadline <= now."""
-        out: list = []
+        out: List[Tuple[Any, Any]] = []
         m = self._map
         fifo = self._fifo
         heap = self._heap
@@ -141,7 +148,7 @@ class RequestTable:
         self._head = head
         return out
 
-    def clear(self) -> list:
+    def clear(self) -> List[Any]:
         """Remove and return all values (insertion order)."""
         values = [e[_VALUE] for e in self._map.values()]
         self._map.clear()
@@ -156,7 +163,7 @@ class RequestTable:
     def __contains__(self, key: object) -> bool:
         return key in self._map
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self._map)
 
     def __repr__(self) -> str:
