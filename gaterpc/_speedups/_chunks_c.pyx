@@ -56,6 +56,8 @@ cdef class ChunkCutter:
 
     def feed(self, data):
         """Add ``data``; return the list of complete chunks now available."""
+        if data is None:  # a typed memoryview would take None as empty
+            raise TypeError("a bytes-like object is required, not 'NoneType'")
         cdef const unsigned char[::1] view = data
         cdef Py_ssize_t n = view.shape[0]
         cdef Py_ssize_t bs = self.blksize

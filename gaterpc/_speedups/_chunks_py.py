@@ -40,7 +40,11 @@ class ChunkCutter:
     def feed(self, data: Buffer) -> List[bytes]:
         """Add ``data``; return the list of complete chunks now available."""
         buf = self._buf
-        buf += data
+        try:
+            buf += data
+        except TypeError:
+            # The compiled twin's message (bytearray's names the operation).
+            raise TypeError(f"a bytes-like object is required, not '{type(data).__name__}'") from None
         bs = self.blksize
         n = len(buf) // bs
         if not n:
@@ -86,9 +90,10 @@ class OutputLimiter:
 
     def add(self, piece: Buffer) -> None:
         """Add a piece; ``HugeDataException`` once the total exceeds the limit."""
-        if not piece:
+        n = len(piece)
+        if not n:
             return
-        self.total += len(piece)
+        self.total += n
         if self.limit and self.total > self.limit:
             self._buf = bytearray()
             raise HugeDataException(

@@ -36,6 +36,16 @@ from gaterpc.protocol import REQTABLE_SLACK as _SLACK
 
 __all__ = ("RequestTable",)
 
+
+def _to_double(x: Any) -> float:
+    """``x`` converted as the compiled twin's ``double`` arguments are (same result, same ``TypeError``)."""
+    if type(x) is float:
+        return x
+    t = type(x)
+    if hasattr(t, "__float__") or hasattr(t, "__index__"):
+        return float(x)
+    raise TypeError(f"must be real number, not {t.__name__}")
+
 _DEADLINE, _SEQ, _KEY, _VALUE = 0, 1, 2, 3
 
 
@@ -58,8 +68,7 @@ class RequestTable:
         self._heap = []
         self._seq = 0
 
-    def _push(self, key: Hashable, value: Any, deadline: Any) -> None:
-        deadline = deadline + 0.0
+    def _push(self, key: Hashable, value: Any, deadline: float) -> None:
         if isnan(deadline):
             raise ValueError("deadline must not be NaN")
         seq = self._seq
@@ -85,12 +94,13 @@ class RequestTable:
 
     def add(self, key: Hashable, value: Any, deadline: float) -> None:
         """Store ``value`` under ``key`` until ``deadline``; replaces an existing key."""
-        self._push(key, value, deadline)
+        self._push(key, value, deadline if type(deadline) is float else _to_double(deadline))
 
     def pop(self, key: Hashable, default: Any = None) -> Any:
         """Remove ``key`` and return its value, or ``default`` if absent."""
         entry = self._map.pop(key, None)
         if entry is None:
+            hash(key)  # an unhashable key raises even on an empty table, as in the compiled twin
             return default
         return entry[_VALUE]
 
@@ -103,6 +113,8 @@ class RequestTable:
 
     def touch(self, key: Hashable, deadline: float) -> bool:
         """Move the deadline of ``key``; ``False`` if absent."""
+        if type(deadline) is not float:
+            deadline = _to_double(deadline)
         entry = self._map.get(key)
         if entry is None:
             return False
@@ -111,6 +123,8 @@ class RequestTable:
 
     def expire(self, now: float) -> List[Tuple[Any, Any]]:
         """Remove and return ``[(key, value), ...]`` of every entry with deadline <= now."""
+        if type(now) is not float:
+            now = _to_double(now)
         out: List[Tuple[Any, Any]] = []
         m = self._map
         fifo = self._fifo

@@ -116,8 +116,12 @@ class ZSocketIO:
         # Validate every frame before sending the first one: a failure in the
         # middle would leave a partial multipart message in the socket.
         nbytes = 0
-        for f in frames:
-            nbytes += len(f) if type(f) is bytes else memoryview(f).nbytes
+        try:
+            for f in frames:
+                nbytes += len(f) if type(f) is bytes else memoryview(f).nbytes
+        except TypeError:
+            # The compiled twin's message (memoryview's names itself).
+            raise TypeError(f"a bytes-like object is required, not '{type(f).__name__}'") from None
         send = self._send
         try:
             send(frames[0], _NOBLOCK | _SNDMORE if n > 1 else _NOBLOCK)
