@@ -3,19 +3,29 @@
 Roles copy the values they need from ``Settings`` when they are built (the
 header frames depend on ``MDP_VERSION``/``GATE_VERSION``); the defaults here
 are the original's.  Frame splitting lives in ``gaterpc._speedups.frames``.
+
+This module is the single Python definition of every constant the hot paths
+share: the pure twins in ``gaterpc._speedups`` import theirs from here, and
+the compiled twins ``cimport`` the same values from
+``gaterpc/_speedups/_wire.pxd`` (``tests/test_twins_parity.py`` checks that
+the two agree).  It imports nothing from ``gaterpc._speedups``, so any of
+them may import it.
 """
 
 from __future__ import annotations
 
 import traceback
-
-from gaterpc._speedups.frames import singleton_error, singleton_ok
+from typing import Any, Callable, List
 
 __all__ = (
     "EMPTY", "READY", "REQUEST", "REPLY", "HEARTBEAT", "DISCONNECT", "CANCEL",
     "STREAM_TAG", "STREAM_END", "STREAM_EXC", "HUGE_TAG", "HUGE_END", "HUGE_EXC",
     "GATE_NOTICE", "GATE_INVITE", "GATE_JOIN", "GATE_WHISPER", "GATE_HEARTBEAT", "GATE_LEAVE",
     "KEEPALIVE_ARG", "KEEPALIVE_OK", "KEEPALIVE_BAD",
+    "SINGLE_HEAD", "SINGLE_OK_TAIL", "SINGLE_ERR_MID",
+    "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
+    "KIND_HUGE_CHUNK", "KIND_HUGE_END", "KIND_HUGE_ERROR",
+    "REQTABLE_SLACK", "HUGE_UNLIMITED_STEP",
     "exception_triple", "error_body", "ok_body",
 )
 
@@ -48,18 +58,41 @@ KEEPALIVE_ARG = b"heartbeat"
 KEEPALIVE_OK = b"200"
 KEEPALIVE_BAD = b"400"
 
+# A single-frame reply body is the msgpack map {"result": r, "exception": e}
+# (the original's format).  With the packed value or error triple in hand it is built
+# by concatenation: HEAD + mp(r) + OK_TAIL, or HEAD + ERR_MID + mp(triple).
+SINGLE_HEAD = b"\x82\xa6result"
+SINGLE_OK_TAIL = b"\xa9exception\xc0"
+SINGLE_ERR_MID = b"\xc0\xa9exception"
 
-def exception_triple(exc, with_traceback=True):
-    """``[class_name, repr, traceback_text]`` as the original sends it (docs/PROTOCOL.md, "Exception triple")."""
+# Reply body kinds returned by ``gaterpc._speedups.frames.reply_kind``.
+KIND_INVALID = -1
+KIND_SINGLE = 0
+KIND_STREAM_ITEM = 1
+KIND_STREAM_END = 2
+KIND_STREAM_ERROR = 3
+KIND_HUGE_CHUNK = 4
+KIND_HUGE_END = 5
+KIND_HUGE_ERROR = 6
+
+# Not on the wire, but shared by both twins of a hot path.
+#: ``RequestTable``: stale index references tolerated beyond twice the live entries before a rebuild.
+REQTABLE_SLACK = 1024
+#: HugeData: output asked of a decompressor per call when there is no size limit.
+HUGE_UNLIMITED_STEP = 64 * 1024 * 1024
+
+
+def exception_triple(exc: BaseException, with_traceback: bool = True) -> List[str]:
+    """``[class_name, repr, traceback_text]`` as the original sends it in error replies."""
     tb = "".join(traceback.format_tb(exc.__traceback__)) if with_traceback else ""
     return [type(exc).__name__, repr(exc), tb]
 
 
-def error_body(pack, exc, with_traceback=True):
+def error_body(pack: Callable[[Any], bytes], exc: BaseException, with_traceback: bool = True) -> bytes:
     """The single-frame error reply body for ``exc``."""
-    return singleton_error(pack(exception_triple(exc, with_traceback)))
+    return SINGLE_HEAD + SINGLE_ERR_MID + pack(exception_triple(exc, with_traceback))
 
 
-def ok_body(pack, value):
+def ok_body(pack: Callable[[Any], bytes], value: Any) -> bytes:
     """The single-frame reply body for ``value`` (raises the packer's error)."""
-    return singleton_ok(pack(value))
+    return SINGLE_HEAD + pack(value) + SINGLE_OK_TAIL

@@ -6,11 +6,13 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcpy, memmove
 from libc.stdlib cimport malloc, realloc, free
 
+from gaterpc._speedups._wire cimport HUGE_UNLIMITED_STEP
+
 from gaterpc.exceptions import HugeDataException
 
 __all__ = ("ChunkCutter", "OutputLimiter", "UNLIMITED_STEP")
 
-UNLIMITED_STEP = 64 * 1024 * 1024
+UNLIMITED_STEP = HUGE_UNLIMITED_STEP
 
 
 @cython.final
@@ -54,6 +56,8 @@ cdef class ChunkCutter:
 
     def feed(self, data):
         """Add ``data``; return the list of complete chunks now available."""
+        if data is None:  # a typed memoryview would take None as empty
+            raise TypeError("a bytes-like object is required, not 'NoneType'")
         cdef const unsigned char[::1] view = data
         cdef Py_ssize_t n = view.shape[0]
         cdef Py_ssize_t bs = self.blksize
@@ -116,7 +120,7 @@ cdef class OutputLimiter:
         """How much output to ask for next: one byte past the limit, to detect it."""
         cdef Py_ssize_t left
         if not self.limit:
-            return UNLIMITED_STEP
+            return HUGE_UNLIMITED_STEP
         left = self.limit - self.total + 1
         return left if left > 0 else 1
 

@@ -8,12 +8,18 @@ exceptions.
 
 from __future__ import annotations
 
+from typing import List, Union
+
 from gaterpc.exceptions import HugeDataException
+from gaterpc.protocol import HUGE_UNLIMITED_STEP
 
 __all__ = ("ChunkCutter", "OutputLimiter", "UNLIMITED_STEP")
 
 #: Output asked of a decompressor per call when there is no limit.
-UNLIMITED_STEP = 64 * 1024 * 1024
+UNLIMITED_STEP: int = HUGE_UNLIMITED_STEP
+
+#: What ``feed``/``add`` accept: any contiguous bytes-like object.
+Buffer = Union[bytes, bytearray, memoryview]
 
 
 class ChunkCutter:
@@ -21,17 +27,24 @@ class ChunkCutter:
 
     __slots__ = ("blksize", "_buf")
 
-    def __init__(self, blksize):
+    blksize: int
+    _buf: bytearray
+
+    def __init__(self, blksize: int) -> None:
         blksize = int(blksize)
         if blksize <= 0:
             raise ValueError("blksize must be a positive integer")
         self.blksize = blksize
         self._buf = bytearray()
 
-    def feed(self, data):
+    def feed(self, data: Buffer) -> List[bytes]:
         """Add ``data``; return the list of complete chunks now available."""
         buf = self._buf
-        buf += data
+        try:
+            buf += data
+        except TypeError:
+            # The compiled twin's message (bytearray's names the operation).
+            raise TypeError(f"a bytes-like object is required, not '{type(data).__name__}'") from None
         bs = self.blksize
         n = len(buf) // bs
         if not n:
@@ -40,11 +53,11 @@ class ChunkCutter:
         del buf[:n * bs]
         return chunks
 
-    def pending(self):
+    def pending(self) -> int:
         """Bytes held back, waiting to complete a chunk."""
         return len(self._buf)
 
-    def rest(self):
+    def rest(self) -> bytes:
         """The held-back bytes (possibly empty); the cutter is then empty."""
         out = bytes(self._buf)
         self._buf.clear()
@@ -56,7 +69,11 @@ class OutputLimiter:
 
     __slots__ = ("limit", "total", "_buf")
 
-    def __init__(self, limit):
+    limit: int
+    total: int
+    _buf: bytearray
+
+    def __init__(self, limit: int) -> None:
         limit = int(limit)
         if limit < 0:
             raise ValueError("limit must be >= 0")
@@ -64,18 +81,19 @@ class OutputLimiter:
         self.total = 0
         self._buf = bytearray()
 
-    def room(self):
+    def room(self) -> int:
         """How much output to ask for next: one byte past the limit, to detect it."""
         if not self.limit:
             return UNLIMITED_STEP
         left = self.limit - self.total + 1
         return left if left > 0 else 1
 
-    def add(self, piece):
+    def add(self, piece: Buffer) -> None:
         """Add a piece; ``HugeDataException`` once the total exceeds the limit."""
-        if not piece:
+        n = len(piece)
+        if not n:
             return
-        self.total += len(piece)
+        self.total += n
         if self.limit and self.total > self.limit:
             self._buf = bytearray()
             raise HugeDataException(
@@ -83,7 +101,7 @@ class OutputLimiter:
                 "aborting to prevent decompression bomb")
         self._buf += piece
 
-    def take(self):
+    def take(self) -> bytes:
         """The output gathered since the last ``take``, as bytes (the total keeps counting)."""
         if not self._buf:
             return b""
@@ -91,7 +109,7 @@ class OutputLimiter:
         self._buf.clear()
         return out
 
-    def getvalue(self):
+    def getvalue(self) -> bytearray:
         """All output gathered (and not taken), without a copy: the buffer itself."""
         out = self._buf
         self._buf = bytearray()

@@ -2,13 +2,16 @@
 """Frame splitting and building for every role (compiled twin of ``_frames_py``).
 
 Same functions, constants and results as the pure twin; parsers return
-``None`` for messages without the expected shape.
+``None`` for messages without the expected shape.  The constants come from
+``_wire.pxd`` (their Python twins live in ``gaterpc.protocol``).
 """
 
 cimport cython
 from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING
 from cpython.list cimport PyList_GET_SIZE
 from libc.string cimport memcmp
+
+from gaterpc._speedups cimport _wire as W
 
 __all__ = (
     "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
@@ -17,33 +20,39 @@ __all__ = (
     "reply_kind", "is_terminal", "singleton_ok", "singleton_error",
 )
 
-DEF _KIND_INVALID = -1
-DEF _KIND_SINGLE = 0
-DEF _KIND_STREAM_ITEM = 1
-DEF _KIND_STREAM_END = 2
-DEF _KIND_STREAM_ERROR = 3
-DEF _KIND_HUGE_CHUNK = 4
-DEF _KIND_HUGE_END = 5
-DEF _KIND_HUGE_ERROR = 6
+KIND_INVALID = W.KIND_INVALID
+KIND_SINGLE = W.KIND_SINGLE
+KIND_STREAM_ITEM = W.KIND_STREAM_ITEM
+KIND_STREAM_END = W.KIND_STREAM_END
+KIND_STREAM_ERROR = W.KIND_STREAM_ERROR
+KIND_HUGE_CHUNK = W.KIND_HUGE_CHUNK
+KIND_HUGE_END = W.KIND_HUGE_END
+KIND_HUGE_ERROR = W.KIND_HUGE_ERROR
 
-KIND_INVALID = _KIND_INVALID
-KIND_SINGLE = _KIND_SINGLE
-KIND_STREAM_ITEM = _KIND_STREAM_ITEM
-KIND_STREAM_END = _KIND_STREAM_END
-KIND_STREAM_ERROR = _KIND_STREAM_ERROR
-KIND_HUGE_CHUNK = _KIND_HUGE_CHUNK
-KIND_HUGE_END = _KIND_HUGE_END
-KIND_HUGE_ERROR = _KIND_HUGE_ERROR
+cdef bytes _STREAM_TAG = <bytes>W.STREAM_TAG
+cdef bytes _STREAM_END = <bytes>W.STREAM_END
+cdef bytes _STREAM_EXC = <bytes>W.STREAM_EXC
+cdef bytes _HUGE_TAG = <bytes>W.HUGE_TAG
+cdef bytes _HUGE_END = <bytes>W.HUGE_END
+cdef bytes _HUGE_EXC = <bytes>W.HUGE_EXC
+cdef bytes _SINGLE_HEAD = <bytes>W.SINGLE_HEAD
+cdef bytes _SINGLE_OK_TAIL = <bytes>W.SINGLE_OK_TAIL
+cdef bytes _SINGLE_ERR_MID = <bytes>W.SINGLE_ERR_MID
 
-cdef bytes _STREAM_TAG = b"GateStreamGenerator"
-cdef bytes _STREAM_END = b"GateStreamEnd"
-cdef bytes _STREAM_EXC = b"GateStreamException"
-cdef bytes _HUGE_TAG = b"GateStreamHugData"
-cdef bytes _HUGE_END = b"HugeDataEND"
-cdef bytes _HUGE_EXC = b"HugeDataException"
-cdef bytes _SINGLE_HEAD = b"\x82\xa6result"
-cdef bytes _SINGLE_OK_TAIL = b"\xa9exception\xc0"
-cdef bytes _SINGLE_ERR_MID = b"\xc0\xa9exception"
+
+def _wire_constants():
+    """Every constant of ``_wire.pxd`` as the compiled modules see it (for the parity test)."""
+    return {
+        "STREAM_TAG": _STREAM_TAG, "STREAM_END": _STREAM_END, "STREAM_EXC": _STREAM_EXC,
+        "HUGE_TAG": _HUGE_TAG, "HUGE_END": _HUGE_END, "HUGE_EXC": _HUGE_EXC,
+        "SINGLE_HEAD": _SINGLE_HEAD, "SINGLE_OK_TAIL": _SINGLE_OK_TAIL, "SINGLE_ERR_MID": _SINGLE_ERR_MID,
+        "KIND_INVALID": W.KIND_INVALID, "KIND_SINGLE": W.KIND_SINGLE,
+        "KIND_STREAM_ITEM": W.KIND_STREAM_ITEM, "KIND_STREAM_END": W.KIND_STREAM_END,
+        "KIND_STREAM_ERROR": W.KIND_STREAM_ERROR, "KIND_HUGE_CHUNK": W.KIND_HUGE_CHUNK,
+        "KIND_HUGE_END": W.KIND_HUGE_END, "KIND_HUGE_ERROR": W.KIND_HUGE_ERROR,
+        "REQTABLE_SLACK": W.REQTABLE_SLACK, "HUGE_UNLIMITED_STEP": W.HUGE_UNLIMITED_STEP,
+        "ZMQ_DONTWAIT": W.ZMQ_DONTWAIT, "ZMQ_SNDMORE": W.ZMQ_SNDMORE, "ZMQ_EVENTS": W.ZMQ_EVENTS,
+    }
 
 
 cdef inline bint _is_empty(object frame):
@@ -93,34 +102,34 @@ def split_client_reply(msg, header):
 cdef int _reply_kind(object body) except -2:
     cdef Py_ssize_t n = len(body)
     if n == 1:
-        return _KIND_SINGLE
+        return W.KIND_SINGLE
     if n < 2:
-        return _KIND_INVALID
+        return W.KIND_INVALID
     tag = body[0]
     if _eq(tag, _STREAM_TAG):
         if n == 2:
-            return _KIND_STREAM_END if _eq(body[1], _STREAM_END) else _KIND_STREAM_ITEM
+            return W.KIND_STREAM_END if _eq(body[1], _STREAM_END) else W.KIND_STREAM_ITEM
         if n == 3 and _eq(body[1], _STREAM_EXC):
-            return _KIND_STREAM_ERROR
-        return _KIND_INVALID
+            return W.KIND_STREAM_ERROR
+        return W.KIND_INVALID
     if _eq(tag, _HUGE_TAG):
         if n == 2:
-            return _KIND_HUGE_END if _eq(body[1], _HUGE_END) else _KIND_HUGE_CHUNK
+            return W.KIND_HUGE_END if _eq(body[1], _HUGE_END) else W.KIND_HUGE_CHUNK
         if n == 3 and (_eq(body[1], _STREAM_EXC) or _eq(body[1], _HUGE_EXC)):
-            return _KIND_HUGE_ERROR
-        return _KIND_INVALID
-    return _KIND_INVALID
+            return W.KIND_HUGE_ERROR
+        return W.KIND_INVALID
+    return W.KIND_INVALID
 
 
 def reply_kind(body):
-    """Classify a reply body (WIRE.md §4.3)."""
+    """Classify a reply body: one of the ``KIND_*`` constants."""
     return _reply_kind(body)
 
 
 def is_terminal(body):
     """True when a reply body completes its request (single, end or error)."""
     cdef int k = _reply_kind(body)
-    return not (k == _KIND_STREAM_ITEM or k == _KIND_HUGE_CHUNK)
+    return not (k == W.KIND_STREAM_ITEM or k == W.KIND_HUGE_CHUNK)
 
 
 def singleton_ok(packed_result):

@@ -2,10 +2,34 @@
 
 The compiled twin ``_frames_c`` has the same functions, constants and
 results.  Parsers never raise on junk: they return ``None`` for a message
-that does not have the expected shape, so that a role drops it.
+that does not have the expected shape, so that a role drops it.  The
+constants are ``gaterpc.protocol``'s (the compiled twin's come from
+``_wire.pxd``).
 """
 
 from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+from gaterpc.protocol import (
+    HUGE_END as _HUGE_END,
+    HUGE_EXC as _HUGE_EXC,
+    HUGE_TAG as _HUGE_TAG,
+    KIND_HUGE_CHUNK,
+    KIND_HUGE_END,
+    KIND_HUGE_ERROR,
+    KIND_INVALID,
+    KIND_SINGLE,
+    KIND_STREAM_END,
+    KIND_STREAM_ERROR,
+    KIND_STREAM_ITEM,
+    SINGLE_ERR_MID as _SINGLE_ERR_MID,
+    SINGLE_HEAD as _SINGLE_HEAD,
+    SINGLE_OK_TAIL as _SINGLE_OK_TAIL,
+    STREAM_END as _STREAM_END,
+    STREAM_EXC as _STREAM_EXC,
+    STREAM_TAG as _STREAM_TAG,
+)
 
 __all__ = (
     "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
@@ -14,57 +38,40 @@ __all__ = (
     "reply_kind", "is_terminal", "singleton_ok", "singleton_error",
 )
 
-KIND_INVALID = -1
-KIND_SINGLE = 0
-KIND_STREAM_ITEM = 1
-KIND_STREAM_END = 2
-KIND_STREAM_ERROR = 3
-KIND_HUGE_CHUNK = 4
-KIND_HUGE_END = 5
-KIND_HUGE_ERROR = 6
-
-_STREAM_TAG = b"GateStreamGenerator"
-_STREAM_END = b"GateStreamEnd"
-_STREAM_EXC = b"GateStreamException"
-_HUGE_TAG = b"GateStreamHugData"
-_HUGE_END = b"HugeDataEND"
-_HUGE_EXC = b"HugeDataException"
-
-_SINGLE_HEAD = b"\x82\xa6result"
-_SINGLE_OK_TAIL = b"\xa9exception\xc0"
-_SINGLE_ERR_MID = b"\xc0\xa9exception"
+#: A received message: its frames (``bytes`` from a socket; tests also pass other buffers).
+Message = Sequence[Any]
 
 
-def split_frontend(msg, header):
+def split_frontend(msg: Message, header: Any) -> Optional[Tuple[Any, Any, Sequence[Any]]]:
     """Broker frontend: ``[client, '', header, service, ...rest]`` -> ``(client, service, rest)``."""
     if len(msg) < 5 or msg[1] or msg[2] != header:
         return None
     return msg[0], msg[3], msg[4:]
 
 
-def split_backend(msg, header):
+def split_backend(msg: Message, header: Any) -> Optional[Tuple[Any, Any, Sequence[Any]]]:
     """Broker backend: ``[worker, '', header, command, ...rest]`` -> ``(worker, command, rest)``."""
     if len(msg) < 4 or msg[1] or msg[2] != header:
         return None
     return msg[0], msg[3], msg[4:]
 
 
-def split_worker(msg, header):
+def split_worker(msg: Message, header: Any) -> Optional[Tuple[Any, Sequence[Any]]]:
     """Worker side: ``['', header, command, ...rest]`` -> ``(command, rest)``."""
     if len(msg) < 3 or msg[0] or msg[1] != header:
         return None
     return msg[2], msg[3:]
 
 
-def split_client_reply(msg, header):
+def split_client_reply(msg: Message, header: Any) -> Optional[Tuple[Any, Any, Sequence[Any]]]:
     """Client side: ``['', header, service, rid, ...body]`` -> ``(service, rid, body)``."""
     if len(msg) < 5 or msg[0] or msg[1] != header:
         return None
     return msg[2], msg[3], msg[4:]
 
 
-def reply_kind(body):
-    """Classify a reply body (WIRE.md §4.3)."""
+def reply_kind(body: Message) -> int:
+    """Classify a reply body: one of the ``KIND_*`` constants."""
     n = len(body)
     if n == 1:
         return KIND_SINGLE
@@ -86,17 +93,17 @@ def reply_kind(body):
     return KIND_INVALID
 
 
-def is_terminal(body):
+def is_terminal(body: Message) -> bool:
     """True when a reply body completes its request (single, end or error)."""
     k = reply_kind(body)
     return not (k == KIND_STREAM_ITEM or k == KIND_HUGE_CHUNK)
 
 
-def singleton_ok(packed_result):
+def singleton_ok(packed_result: bytes) -> bytes:
     """``mp({"result": <value>, "exception": nil})`` from ``mp(value)``."""
     return _SINGLE_HEAD + packed_result + _SINGLE_OK_TAIL
 
 
-def singleton_error(packed_triple):
+def singleton_error(packed_triple: bytes) -> bytes:
     """``mp({"result": nil, "exception": <triple>})`` from ``mp(triple)``."""
     return _SINGLE_HEAD + _SINGLE_ERR_MID + packed_triple

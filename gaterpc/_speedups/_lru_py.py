@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional, Tuple
 
 __all__ = ("KVLRUCache",)
 
-_MARKER = object()
+_MARKER: Any = object()
 
 
 class KVLRUCache:
@@ -40,8 +40,21 @@ class KVLRUCache:
 
     __slots__ = (
         "_maxsize", "max_tracking_entries", "debug", "_cache", "_tracking_entries",
-        "full", "hits", "misses", "_ttl", "_stamps", "_timer",
+        "full", "hits", "misses", "_ttl", "_ttl_c", "_stamps", "_timer",
     )
+
+    _maxsize: int
+    max_tracking_entries: int
+    debug: bool
+    _cache: OrderedDict[Any, Any]
+    _tracking_entries: OrderedDict[Any, Tuple[int, int]]
+    full: bool
+    hits: int
+    misses: int
+    _ttl: Optional[float]
+    _ttl_c: float  # ``_ttl`` as a float (0.0 without a ttl), for the arithmetic
+    _stamps: OrderedDict[Any, float]
+    _timer: Callable[[], float]
 
     def __init__(
         self,
@@ -56,8 +69,8 @@ class KVLRUCache:
         self.maxsize = maxsize
         self.max_tracking_entries = max_tracking_entries
         self.debug = debug
-        self._cache: OrderedDict = OrderedDict()
-        self._tracking_entries: OrderedDict = OrderedDict()
+        self._cache = OrderedDict()
+        self._tracking_entries = OrderedDict()
         self.full = False
         self.hits = 0
         self.misses = 0
@@ -66,7 +79,8 @@ class KVLRUCache:
             if not ttl > 0:
                 raise ValueError("ttl must be a positive number of seconds or None")
         self._ttl = ttl
-        self._stamps: OrderedDict = OrderedDict()
+        self._ttl_c = 0.0 if ttl is None else ttl
+        self._stamps = OrderedDict()
         self._timer = time.monotonic if timer is None else timer
 
     @property
@@ -81,12 +95,12 @@ class KVLRUCache:
         self._maxsize = int(value)
 
     @property
-    def cache(self) -> OrderedDict:
+    def cache(self) -> OrderedDict[Any, Any]:
         """The entries, ``key -> value``, least recently used first (read-only attribute)."""
         return self._cache
 
     @property
-    def tracking_entries(self) -> OrderedDict:
+    def tracking_entries(self) -> OrderedDict[Any, Tuple[int, int]]:
         """Per-key ``(hits, misses)`` counted when ``debug`` (read-only attribute)."""
         return self._tracking_entries
 
@@ -109,7 +123,7 @@ class KVLRUCache:
         stamps = self._stamps
         if not stamps:
             return
-        limit = self._timer() - self._ttl  # type: ignore[operator]
+        limit = self._timer() - self._ttl_c
         cache = self._cache
         while stamps:
             key = next(iter(stamps))
@@ -119,10 +133,10 @@ class KVLRUCache:
             del cache[key]
         self.full = len(cache) >= self._maxsize
 
-    def _expired(self, key: Hashable) -> bool:
+    def _expired(self, key: object) -> bool:
         """True (and the entry dropped) if ``key`` is present but expired."""
         stamp = self._stamps.get(key)
-        if stamp is None or self._timer() - stamp < self._ttl:  # type: ignore[operator]
+        if stamp is None or self._timer() - stamp < self._ttl_c:
             return False
         del self._stamps[key]
         del self._cache[key]
@@ -181,7 +195,7 @@ class KVLRUCache:
     def __contains__(self, key: object) -> bool:
         if key not in self._cache:
             return False
-        return self._ttl is None or not self._expired(key)  # type: ignore[arg-type]
+        return self._ttl is None or not self._expired(key)
 
     def __len__(self) -> int:
         if self._ttl is not None:
@@ -195,7 +209,7 @@ class KVLRUCache:
             return default
         self.full = len(self._cache) >= self._maxsize
         stamp = self._stamps.pop(key, None)
-        if stamp is not None and self._timer() - stamp >= self._ttl:  # type: ignore[operator]
+        if stamp is not None and self._timer() - stamp >= self._ttl_c:
             return default
         return value
 

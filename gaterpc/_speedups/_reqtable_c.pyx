@@ -13,11 +13,11 @@ from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.object cimport PyObject
 from libc.math cimport isnan
 
+from gaterpc._speedups._wire cimport REQTABLE_SLACK as _SLACK
+
 import heapq
 
 __all__ = ("RequestTable",)
-
-DEF _SLACK = 1024
 
 cdef object _heappush = heapq.heappush
 cdef object _heappop = heapq.heappop

@@ -32,9 +32,20 @@ import heapq
 from math import isnan
 from typing import Any, Hashable, Iterator, List, Tuple
 
+from gaterpc.protocol import REQTABLE_SLACK as _SLACK
+
 __all__ = ("RequestTable",)
 
-_SLACK = 1024
+
+def _to_double(x: Any) -> float:
+    """``x`` converted as the compiled twin's ``double`` arguments are (same result, same ``TypeError``)."""
+    if type(x) is float:
+        return x
+    t = type(x)
+    if hasattr(t, "__float__") or hasattr(t, "__index__"):
+        return float(x)
+    raise TypeError(f"must be real number, not {t.__name__}")
+
 _DEADLINE, _SEQ, _KEY, _VALUE = 0, 1, 2, 3
 
 
@@ -43,15 +54,21 @@ class RequestTable:
 
     __slots__ = ("_map", "_fifo", "_head", "_heap", "_seq")
 
+    # An entry is ``[deadline, seq, key, value]`` (a list, for speed).
+    _map: dict[Any, list[Any]]
+    _fifo: list[list[Any]]
+    _head: int
+    _heap: list[tuple[float, int, list[Any]]]
+    _seq: int
+
     def __init__(self) -> None:
-        self._map: dict = {}
-        self._fifo: list = []
+        self._map = {}
+        self._fifo = []
         self._head = 0
-        self._heap: list = []
+        self._heap = []
         self._seq = 0
 
-    def _push(self, key: Hashable, value: Any, deadline: Any) -> None:
-        deadline = deadline + 0.0
+    def _push(self, key: Hashable, value: Any, deadline: float) -> None:
         if isnan(deadline):
             raise ValueError("deadline must not be NaN")
         seq = self._seq
@@ -77,12 +94,13 @@ class RequestTable:
 
     def add(self, key: Hashable, value: Any, deadline: float) -> None:
         """Store ``value`` under ``key`` until ``deadline``; replaces an existing key."""
-        self._push(key, value, deadline)
+        self._push(key, value, deadline if type(deadline) is float else _to_double(deadline))
 
     def pop(self, key: Hashable, default: Any = None) -> Any:
         """Remove ``key`` and return its value, or ``default`` if absent."""
         entry = self._map.pop(key, None)
         if entry is None:
+            hash(key)  # an unhashable key raises even on an empty table, as in the compiled twin
             return default
         return entry[_VALUE]
 
@@ -95,6 +113,8 @@ class RequestTable:
 
     def touch(self, key: Hashable, deadline: float) -> bool:
         """Move the deadline of ``key``; ``False`` if absent."""
+        if type(deadline) is not float:
+            deadline = _to_double(deadline)
         entry = self._map.get(key)
         if entry is None:
             return False
@@ -103,7 +123,9 @@ class RequestTable:
 
     def expire(self, now: float) -> List[Tuple[Any, Any]]:
         """Remove and return ``[(key, value), ...]`` of every entry with deadline <= now."""
-        out: list = []
+        if type(now) is not float:
+            now = _to_double(now)
+        out: List[Tuple[Any, Any]] = []
         m = self._map
         fifo = self._fifo
         heap = self._heap
@@ -140,7 +162,7 @@ class RequestTable:
         self._head = head
         return out
 
-    def clear(self) -> list:
+    def clear(self) -> List[Any]:
         """Remove and return all values (insertion order)."""
         values = [e[_VALUE] for e in self._map.values()]
         self._map.clear()
@@ -155,7 +177,7 @@ class RequestTable:
     def __contains__(self, key: object) -> bool:
         return key in self._map
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self._map)
 
     def __repr__(self) -> str:

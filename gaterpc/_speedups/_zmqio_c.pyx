@@ -18,6 +18,8 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport malloc, free
 
+from gaterpc._speedups._wire cimport ZMQ_DONTWAIT, ZMQ_EVENTS, ZMQ_SNDMORE
+
 import ctypes
 import errno as _errno
 import os
@@ -50,10 +52,8 @@ ctypedef int (*f_errno)() noexcept nogil
 ctypedef int (*f_getsockopt)(void*, int, void*, size_t*) noexcept nogil
 ctypedef int (*f_send)(void*, const void*, size_t, int) noexcept nogil
 
-DEF ZMQ_DONTWAIT = 1
-DEF ZMQ_SNDMORE = 2
-DEF ZMQ_EVENTS = 15
-DEF STACK_FRAMES = 16
+cdef enum:
+    STACK_FRAMES = 16  # Py_buffer views of a message kept on the C stack; more are malloc'ed
 
 cdef f_msg_init z_msg_init = NULL
 cdef f_msg_init_size z_msg_init_size = NULL
@@ -193,10 +193,21 @@ cdef class ZSocketIO:
     ``close(linger)`` closes the socket, after which every call raises
     ``zmq.ZMQError(ENOTSOCK)``.  Errors other than EAGAIN are raised as
     pyzmq raises them (EINTR is retried).
+
+    Counters (read-only ints, for metrics): ``rx_msgs``/``rx_bytes`` count
+    the complete messages returned by ``recv_batch`` and the sum of their
+    frame sizes; ``tx_msgs``/``tx_bytes`` the messages ``send``/
+    ``send_many`` sent whole and their frame sizes (a message that would
+    block is not counted).  Every frame counts, including a ROUTER's
+    routing-id frame.
     """
 
     cdef readonly object socket
     cdef void* _handle
+    cdef readonly unsigned long long rx_msgs
+    cdef readonly unsigned long long rx_bytes
+    cdef readonly unsigned long long tx_msgs
+    cdef readonly unsigned long long tx_bytes
 
     def __init__(self, sock):
         if not isinstance(sock, Socket):
@@ -222,9 +233,11 @@ cdef class ZSocketIO:
         cdef gaterpc_zmq_msg_t zmsg
         cdef int rc, err
         cdef Py_ssize_t count = 0
+        cdef size_t size, nbytes
         cdef bytes frame
         while count < max_msgs:
             msg = []
+            nbytes = 0
             while True:
                 z_msg_init(&zmsg)
                 rc = z_msg_recv(&zmsg, h, ZMQ_DONTWAIT)
@@ -237,16 +250,20 @@ cdef class ZSocketIO:
                     if err == EAGAIN and not msg:
                         return out
                     raise _error(err)
+                size = z_msg_size(&zmsg)
                 try:
-                    frame = PyBytes_FromStringAndSize(<char*>z_msg_data(&zmsg), <Py_ssize_t>z_msg_size(&zmsg))
+                    frame = PyBytes_FromStringAndSize(<char*>z_msg_data(&zmsg), <Py_ssize_t>size)
                 finally:
                     rc = z_msg_more(&zmsg)
                     z_msg_close(&zmsg)
                 msg.append(frame)
+                nbytes += size
                 if not rc:
                     break
             out.append(msg)
             count += 1
+            self.rx_msgs += 1
+            self.rx_bytes += nbytes
         return out
 
     cdef int _send_frames(self, void* h, object frames) except -1:
@@ -254,6 +271,7 @@ cdef class ZSocketIO:
         cdef Py_buffer stack_views[STACK_FRAMES]
         cdef Py_buffer* views = stack_views
         cdef Py_ssize_t n, i, got = 0
+        cdef size_t nbytes = 0
         cdef int rc, err, flags
         cdef object seq
         if type(frames) is list or type(frames) is tuple:
@@ -273,6 +291,7 @@ cdef class ZSocketIO:
             for i in range(n):
                 PyObject_GetBuffer(seq[i], &views[i], PyBUF_SIMPLE)
                 got += 1
+                nbytes += <size_t>views[i].len
             i = 0
             while i < n:
                 flags = ZMQ_DONTWAIT | ZMQ_SNDMORE if i < n - 1 else ZMQ_DONTWAIT
@@ -286,6 +305,8 @@ cdef class ZSocketIO:
                         return 0
                     raise _error(err)
                 i += 1
+            self.tx_msgs += 1
+            self.tx_bytes += nbytes
             return 1
         finally:
             for i in range(got):

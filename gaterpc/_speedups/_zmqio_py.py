@@ -7,16 +7,16 @@ give the same results and raise the same exceptions (including ``errno``).
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any, List, Sequence
+from typing import Any, Callable, Iterable, List, Optional
 
 import zmq
 import zmq.asyncio
 
 __all__ = ("ZSocketIO",)
 
-_NOBLOCK = zmq.NOBLOCK
-_SNDMORE = zmq.SNDMORE
-_EVENTS = zmq.EVENTS
+_NOBLOCK: int = zmq.NOBLOCK
+_SNDMORE: int = zmq.SNDMORE
+_EVENTS: int = zmq.EVENTS
 _Again = zmq.Again
 
 
@@ -31,11 +31,23 @@ class ZSocketIO:
     ``close(linger)`` closes the socket, after which every call raises
     ``zmq.ZMQError(ENOTSOCK)``.  Errors other than EAGAIN are raised as
     pyzmq raises them (EINTR is retried).
+
+    Counters (read-only ints, for metrics): ``rx_msgs``/``rx_bytes`` count
+    the complete messages returned by ``recv_batch`` and the sum of their
+    frame sizes; ``tx_msgs``/``tx_bytes`` the messages ``send``/
+    ``send_many`` sent whole and their frame sizes (a message that would
+    block is not counted).  Every frame counts, including a ROUTER's
+    routing-id frame.
     """
 
-    __slots__ = ("socket", "_io", "_recv", "_send")
+    __slots__ = ("socket", "_io", "_recv", "_send", "_rx_msgs", "_rx_bytes", "_tx_msgs", "_tx_bytes")
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    socket: zmq.Socket[Any]
+    _io: zmq.Socket[Any]
+    _recv: Callable[[int], List[bytes]]
+    _send: Callable[..., Optional[Any]]
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
         if not isinstance(sock, zmq.Socket):
             raise TypeError(f"expected a zmq.Socket, got {type(sock).__name__}")
         if sock.closed:
@@ -43,25 +55,57 @@ class ZSocketIO:
         self.socket = sock
         # An asyncio socket's methods return futures: do the I/O on a
         # synchronous shadow of the same libzmq socket instead.
-        io = zmq.Socket.shadow(sock.underlying) if isinstance(sock, zmq.asyncio.Socket) else sock
+        io: zmq.Socket[Any] = zmq.Socket.shadow(sock.underlying) if isinstance(sock, zmq.asyncio.Socket) else sock
         self._io = io
         self._recv = io.recv_multipart
         self._send = io.send
+        self._rx_msgs = 0
+        self._rx_bytes = 0
+        self._tx_msgs = 0
+        self._tx_bytes = 0
+
+    @property
+    def rx_msgs(self) -> int:
+        """Complete messages received."""
+        return self._rx_msgs
+
+    @property
+    def rx_bytes(self) -> int:
+        """Bytes of the frames of the messages received."""
+        return self._rx_bytes
+
+    @property
+    def tx_msgs(self) -> int:
+        """Messages sent whole."""
+        return self._tx_msgs
+
+    @property
+    def tx_bytes(self) -> int:
+        """Bytes of the frames of the messages sent."""
+        return self._tx_bytes
 
     def recv_batch(self, max_msgs: int) -> List[List[bytes]]:
         """Up to ``max_msgs`` complete multipart messages; ``[]`` when nothing is ready."""
         if self.socket.closed:
             raise zmq.ZMQError(_errno.ENOTSOCK)
-        out: list = []
+        out: List[List[bytes]] = []
         recv = self._recv
-        for _ in range(max_msgs):
-            try:
-                out.append(recv(_NOBLOCK))
-            except _Again:
-                break
+        nbytes = 0
+        try:
+            for _ in range(max_msgs):
+                try:
+                    msg = recv(_NOBLOCK)
+                except _Again:
+                    break
+                out.append(msg)
+                nbytes += sum(map(len, msg))
+        finally:
+            # Messages already taken off the socket count even if a later one raised.
+            self._rx_msgs += len(out)
+            self._rx_bytes += nbytes
         return out
 
-    def send(self, frames: Sequence[Any]) -> bool:
+    def send(self, frames: Iterable[Any]) -> bool:
         """Send one multipart message; ``False`` and nothing sent if it would block."""
         if self.socket.closed:
             raise zmq.ZMQError(_errno.ENOTSOCK)
@@ -71,9 +115,13 @@ class ZSocketIO:
             raise ValueError("a message needs at least one frame")
         # Validate every frame before sending the first one: a failure in the
         # middle would leave a partial multipart message in the socket.
-        for f in frames:
-            if type(f) is not bytes:
-                memoryview(f)
+        nbytes = 0
+        try:
+            for f in frames:
+                nbytes += len(f) if type(f) is bytes else memoryview(f).nbytes
+        except TypeError:
+            # The compiled twin's message (memoryview's names itself).
+            raise TypeError(f"a bytes-like object is required, not '{type(f).__name__}'") from None
         send = self._send
         try:
             send(frames[0], _NOBLOCK | _SNDMORE if n > 1 else _NOBLOCK)
@@ -82,9 +130,11 @@ class ZSocketIO:
         last = n - 1
         for i in range(1, n):
             send(frames[i], _NOBLOCK | _SNDMORE if i < last else _NOBLOCK)
+        self._tx_msgs += 1
+        self._tx_bytes += nbytes
         return True
 
-    def send_many(self, messages: Sequence[Sequence[Any]]) -> int:
+    def send_many(self, messages: Iterable[Iterable[Any]]) -> int:
         """Send messages in order, stopping at the first that would block; return how many were sent."""
         sent = 0
         send = self.send

@@ -1,0 +1,29 @@
+"""Type stub of the compiled ``_frames_c``: the same API as the pure twin ``_frames_py``."""
+
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+__all__ = (
+    "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
+    "KIND_HUGE_CHUNK", "KIND_HUGE_END", "KIND_HUGE_ERROR",
+    "split_frontend", "split_backend", "split_worker", "split_client_reply",
+    "reply_kind", "is_terminal", "singleton_ok", "singleton_error",
+)
+
+KIND_INVALID: int
+KIND_SINGLE: int
+KIND_STREAM_ITEM: int
+KIND_STREAM_END: int
+KIND_STREAM_ERROR: int
+KIND_HUGE_CHUNK: int
+KIND_HUGE_END: int
+KIND_HUGE_ERROR: int
+
+def _wire_constants() -> Dict[str, Union[int, bytes]]: ...
+def split_frontend(msg: Sequence[Any], header: Any) -> Optional[Tuple[Any, Any, Sequence[Any]]]: ...
+def split_backend(msg: Sequence[Any], header: Any) -> Optional[Tuple[Any, Any, Sequence[Any]]]: ...
+def split_worker(msg: Sequence[Any], header: Any) -> Optional[Tuple[Any, Sequence[Any]]]: ...
+def split_client_reply(msg: Sequence[Any], header: Any) -> Optional[Tuple[Any, Any, Sequence[Any]]]: ...
+def reply_kind(body: Sequence[Any]) -> int: ...
+def is_terminal(body: Sequence[Any]) -> bool: ...
+def singleton_ok(packed_result: bytes) -> bytes: ...
+def singleton_error(packed_triple: bytes) -> bytes: ...
