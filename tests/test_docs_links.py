@@ -31,8 +31,6 @@ ALLOW = {
     "gaterpc/broker.py",
     "gaterpc/worker.py",
     "gaterpc/gate.py",
-    "gaterpc/_speedups/_frames_py.py",
-    "gaterpc/_speedups/_frames_c.pyx",
 }
 
 PREFIXES = ("gaterpc", "docs", "tests", "examples", "deploy", "bench")
