@@ -81,17 +81,15 @@ from typing import Any, Coroutine, Optional
 import zmq
 from zmq import constants as z_const
 
-from gaterpc.base import check_zap_args, new_socket
 from gaterpc.broker import AMajordomo  # noqa: F401 (reachable from gaterpc.gate, as before)
-from gaterpc.exceptions import BusyGateError
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, to_bytes
-from gaterpc.loopio import LoopSocket
 from gaterpc.protocol import (
     GATE_HEARTBEAT, GATE_INVITE, GATE_JOIN, GATE_LEAVE, GATE_NOTICE, GATE_WHISPER,
 )
-from gaterpc.worker import RemoteWorker  # noqa: F401
+from gaterpc.worker import RemoteWorker
 
+from ._typed import BusyGateError, LoopSocket, check_zap_args, new_socket
 from ._base import HOOKS
 from ._common import (  # noqa: F401 (the helpers stay reachable from gaterpc.gate)
     _MCAST_LEN, _PORT, _UPDATE_EVENTS, Glogger, _Forward, _ignore, _is_ipv4, _new_stream,
@@ -228,7 +226,10 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
     def unbind_gate(self, addr: str) -> None:
         """Unbind the gate socket from ``addr``."""
         if self.gate is not None:
-            self.gate.unbind(check_socket_addr(addr))
+            checked = check_socket_addr(addr)
+            if checked is None:
+                raise TypeError("addr must be an address the gate socket is bound to")
+            self.gate.unbind(checked)
 
     def build_gate_zap_frames(self) -> tuple[bytes, ...]:
         """The ZAP frames put in every message sent to peers (bytes tuple)."""

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Optional
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
 
 from gaterpc.broker import AMajordomo
 
 if TYPE_CHECKING:
     import zmq
 
-    from gaterpc.loopio import LoopSocket
-    from gaterpc.streams import StreamReply
 
     from ._common import Frames, _Forward, _Replies
+    from ._typed import LoopSocket
     from .peers import GateClusterService, RemoteGate
 
 #: Methods of the original's Gate that user subclasses override.  When a
@@ -45,7 +44,7 @@ HOOKS = (
 Waiting = tuple[bytes, bytes, bytes, "list[bytes]", float]
 
 
-class _GateBase(AMajordomo):  # type: ignore[misc]
+class _GateBase(AMajordomo):
     """Declarations shared by the gate's mixins (see the module docstring)."""
 
     # -- the gate's own attributes (set in Gate.__init__) -----------------------------
@@ -54,7 +53,7 @@ class _GateBase(AMajordomo):  # type: ignore[misc]
     gate_bind: str
     multicast_interface: Optional[str]
     gate_cluster: GateClusterService
-    event_handlers: dict[str, Callable[..., Awaitable[Any]]]
+    event_handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]]
     gate_replies: _Replies
     request_map: dict[bytes, bytes]
     gate_tasks: set[asyncio.Task[Any]]
@@ -107,7 +106,7 @@ class _GateBase(AMajordomo):  # type: ignore[misc]
         ctx: Any
         services: dict[str, Any]
         workers: dict[bytes, Any]
-        internal_requests: dict[bytes, asyncio.Future[Any]]
+        internal_requests: Any
         _loop: asyncio.AbstractEventLoop
         _closed: bool
         _broker_task: Optional[asyncio.Task[Any]]
@@ -117,6 +116,14 @@ class _GateBase(AMajordomo):  # type: ignore[misc]
         _mdp_client: bytes
         _internal_name: str
 
+        def __init__(self, *, identity: Optional[str] = None, context: Any = None,
+                     heartbeat: Optional[int] = None, thread_executor: Any = None,
+                     process_executor: Any = None) -> None: ...
+        def run(self) -> None: ...
+        def stop(self) -> None: ...
+        async def disconnect_all(self) -> None: ...
+        def _service_unavailable(self, client_id: bytes, service_b: bytes, request_id: bytes,
+                                 body: Any) -> None: ...
         def _attach(self) -> None: ...
         def _shutdown(self) -> None: ...
         def _tick(self, now: float) -> None: ...
@@ -188,4 +195,3 @@ class _GateBase(AMajordomo):  # type: ignore[misc]
         async def ban_gate(self, gate: RemoteGate) -> bool: ...
         async def send_gate_heartbeat(self, gate: RemoteGate) -> None: ...
         async def process_mcast_messages(self, messages: bytes, addr: tuple[Any, ...]) -> None: ...
-        def _new_stream(self) -> StreamReply: ...

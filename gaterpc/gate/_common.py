@@ -6,17 +6,15 @@ import ipaddress
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import zmq
 
-from gaterpc.exceptions import RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.protocol import STREAM_END
 from gaterpc.serialization import msg_unpack
 
-if TYPE_CHECKING:
-    from gaterpc.streams import StreamReply
+from ._typed import RemoteException, StreamReply
 
 Glogger = logging.getLogger("gaterpc.gate")
 
@@ -93,8 +91,6 @@ def _is_ipv4(value: object) -> bool:
 
 
 def _new_stream() -> StreamReply:
-    from gaterpc.streams import StreamReply
-
     return StreamReply(STREAM_END, maxsize=Settings.STREAM_REPLY_MAXSIZE, timeout=Settings.REPLY_TIMEOUT)
 
 

@@ -20,14 +20,14 @@ from typing import Any, Optional
 import zmq
 
 from gaterpc.counters import count_drop
-from gaterpc.exceptions import BusyGateError, GateUnAvailableError
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import to_bytes
 from gaterpc.protocol import (
-    GATE_HEARTBEAT, GATE_INVITE, GATE_JOIN, GATE_LEAVE, GATE_NOTICE, GATE_WHISPER, error_body,
+    GATE_HEARTBEAT, GATE_INVITE, GATE_JOIN, GATE_LEAVE, GATE_NOTICE, GATE_WHISPER,
 )
 from gaterpc.serialization import msg_pack, msg_unpack
 
+from ._typed import BusyGateError, GateUnAvailableError, error_body
 from ._base import _GateBase
 from ._common import Frames, _send_raw
 from .peers import RemoteGate

@@ -51,7 +51,10 @@ class _DiscoveryMixin(_GateBase):
         if gate_id not in self._known_ids() and len(self._known_ids()) >= self.max_gate_peers:
             raise RuntimeError(f"this gate already tracks {self.max_gate_peers} peer gates "
                                f"(Gate.max_gate_peers); not connecting to another one")
-        self._connect(gate_id, check_socket_addr(addr), sock_opt, manual=True)
+        checked = check_socket_addr(addr)
+        if checked is None:
+            raise TypeError("addr must be the peer gate's address, e.g. tcp://HOST:PORT")
+        self._connect(gate_id, checked, sock_opt, manual=True)
         await asyncio.sleep(0)
 
     def _connect(self, gate_id: bytes, addr: str, sock_opt: Optional[dict[Any, Any]] = None,
@@ -125,7 +128,7 @@ class _DiscoveryMixin(_GateBase):
                 return False
             gate._lsock.send(frames)
             gate._sent = True
-        elif not _send_raw(sock, frames):
+        elif sock is None or not _send_raw(sock, frames):
             # not connected yet: the peer invites again
             self._want_join(gate_id, now)
             return False
@@ -210,12 +213,13 @@ class _DiscoveryMixin(_GateBase):
         Glogger.warning("the gate at %s now answers as %s (was %s): joining it instead",
                         addr, gate_id.hex(), old.hex())
         unready[gate_id] = unready.pop(old)
-        self._pending[gate_id] = self._pending.pop(old, None) or [self._loop.time(), True,
+        self._pending[gate_id] = self._pending.pop(old, []) or [self._loop.time(), True,
                                                                    self.heartbeat / 1000]
         self._manual_gates.discard(old)
         self._manual_gates.add(gate_id)
         self._forget_peer(old)
-        self._gate_addrs[gate_id] = addr
+        if addr is not None:
+            self._gate_addrs[gate_id] = addr
         return True
 
     def _gate_heartbeats(self, now: float) -> None:

@@ -18,14 +18,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Optional
 
-from gaterpc.broker import AMajordomo
 from gaterpc.counters import count_drop
-from gaterpc.exceptions import BusyGateError, GateUnAvailableError, ServiceUnAvailableError
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import to_bytes
 from gaterpc.protocol import HUGE_END, HUGE_EXC, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG
 from gaterpc.serialization import msg_unpack
 
+from ._typed import BusyGateError, GateUnAvailableError, HugeDataReceiver, ServiceUnAvailableError
 from ._base import _GateBase
 from ._common import Frames, _Forward, _new_stream, _remote_error
 from .peers import RemoteGate
@@ -111,8 +110,6 @@ class _ForwardingMixin(_GateBase):
                 stream._put(item)
             return
         if n >= 2 and body[0] == HUGE_TAG:
-            from gaterpc.hugedata import HugeDataReceiver
-
             receiver = stream
             if receiver is None:
                 receiver = self._gate_streams[rid] = HugeDataReceiver(
@@ -121,6 +118,7 @@ class _ForwardingMixin(_GateBase):
             if n == 2 and body[1] == HUGE_END:
                 del self._gate_streams[rid]
                 self.gate_replies.pop(rid)
+                value: Any
                 try:
                     value = {"result": msg_unpack(receiver.finish()), "exception": None}
                 except Exception as exc:
@@ -178,7 +176,7 @@ class _ForwardingMixin(_GateBase):
         """No local worker: forward to a peer that has the service (not for peers' requests)."""
         if client_id in self._peer_ids:
             # loop prevention: a request that came from a gate is not sent back to gates
-            AMajordomo._service_unavailable(self, client_id, service_b, request_id, body)
+            _GateBase._service_unavailable(self, client_id, service_b, request_id, body)
             return
         try:
             service = service_b.decode("utf-8")
@@ -186,7 +184,7 @@ class _ForwardingMixin(_GateBase):
             service = None
         cluster = self.gate_cluster
         if service is None or service not in cluster.services:
-            AMajordomo._service_unavailable(self, client_id, service_b, request_id, body)
+            _GateBase._service_unavailable(self, client_id, service_b, request_id, body)
             return
         if not body:
             self._reply_error(client_id, service_b, request_id,
@@ -244,7 +242,7 @@ class _ForwardingMixin(_GateBase):
         waiting = self._fwd_waiting.pop(service, None)
         while waiting:
             requester, service_b, rid, body, _ = waiting.popleft()
-            AMajordomo._service_unavailable(self, requester, service_b, rid, body)
+            _GateBase._service_unavailable(self, requester, service_b, rid, body)
 
     def _deliver_special(self, client_id: bytes, service_b: bytes, request_id: bytes,
                          body: Any) -> None:

@@ -15,22 +15,19 @@ from typing import Any, Optional
 
 import zmq
 
-from gaterpc.base import ABCService
-from gaterpc.exceptions import BusyGateError, ServiceUnAvailableError
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import name2uuid
-from gaterpc.loopio import LoopSocket
 from gaterpc.protocol import GATE_HEARTBEAT, GATE_LEAVE
 from gaterpc.serialization import msg_unpack
-from gaterpc.worker import RemoteWorker
 
+from ._typed import ABCService, BusyGateError, LoopSocket, RemoteWorker, ServiceUnAvailableError
 from ._base import _GateBase
 from ._common import Glogger, _Forward, _ignore
 
 __all__ = ("RemoteGate", "GateClusterService")
 
 
-class RemoteGate(RemoteWorker):  # type: ignore[misc]
+class RemoteGate(RemoteWorker):
     """A registered peer gate (see ``docs/GATE.md``).
 
     ``sock`` is this gate's DEALER to the peer; ``active_services`` maps a
@@ -67,7 +64,7 @@ class RemoteGate(RemoteWorker):  # type: ignore[misc]
         self.expiry = now + self._life
 
 
-class GateClusterService(ABCService):  # type: ignore[misc]
+class GateClusterService(ABCService):
     """The cluster registry of a gate (``gate.gate_cluster``): peers, their services and capacity."""
 
     def __init__(self, cluster_name: str, local_gate: _PeersMixin) -> None:

@@ -17,16 +17,16 @@ See ``docs/GATE.md``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Coroutine, Optional
 from uuid import uuid4
 
 from gaterpc.counters import count_drop
-from gaterpc.exceptions import GateUnAvailableError
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import interface, to_bytes
 from gaterpc.protocol import GATE_NOTICE
 from gaterpc.serialization import msg_pack
 
+from ._typed import GateUnAvailableError
 from ._base import _GateBase
 from ._common import Frames, _remote_error_info
 from .peers import RemoteGate
@@ -36,8 +36,8 @@ class _ServiceMixin(_GateBase):
     """Notices, event handlers, calls to peers and the internal service."""
 
     def _service_capacity(self, svc: Any) -> int:
-        return min(sum(w.max_allowed_request + len(w._inflight) for w in svc.workers.values()),
-                   Settings.MESSAGE_MAX)
+        return int(min(sum(w.max_allowed_request + len(w._inflight) for w in svc.workers.values()),
+                       Settings.MESSAGE_MAX))
 
     def _worker_ready(self, worker: Any, service: Any) -> None:
         super()._worker_ready(worker, service)
@@ -63,7 +63,7 @@ class _ServiceMixin(_GateBase):
                 lsock.send(frames)
                 gate._sent = True
 
-    def register_event_handler(self, name: str, coro_func: Callable[..., Awaitable[Any]]) -> None:
+    def register_event_handler(self, name: str, coro_func: Callable[..., Coroutine[Any, Any, Any]]) -> None:
         """Register the coroutine function handling notices of event ``name``."""
         self.event_handlers[name] = coro_func
 
@@ -104,9 +104,10 @@ class _ServiceMixin(_GateBase):
         A stream comes back as a ``StreamReply``; errors raise ``RemoteException``.
         """
         if isinstance(gate, bytes):
-            gate = self.gate_cluster.get_workers().get(gate)
-            if gate is None:
+            peer = self.gate_cluster.get_workers().get(gate)
+            if peer is None:
                 raise GateUnAvailableError()
+            gate = peer
         rid = uuid4().bytes
         fut = self._loop.create_future()
         self.gate_replies[rid] = fut
@@ -176,7 +177,8 @@ class _ServiceMixin(_GateBase):
             return None
         svc = self.services.get(service_name)
         if svc is not None:
-            return svc.description
+            description: Optional[str] = svc.description
+            return description
         if service_name in self.gate_cluster.services:
             return f"{self.gate_cluster.name}.{service_name}"
         return None
