@@ -30,7 +30,6 @@ PKG = ROOT / "gaterpc"
 ALLOW = {
     "gaterpc/broker.py",
     "gaterpc/worker.py",
-    "gaterpc/gate.py",
 }
 
 PREFIXES = ("gaterpc", "docs", "tests", "examples", "deploy", "bench")

@@ -34,7 +34,9 @@ from gaterpc.core import Context, Gate, Service, Worker
 from gaterpc.global_settings import Settings
 from gaterpc.utils import interface, msg_pack, msg_unpack
 
-IMPL = "ours" if os.path.isfile(os.path.join(os.path.dirname(__import__("gaterpc").__file__), "gate.py")) \
+_PKG = os.path.dirname(__import__("gaterpc").__file__)
+# ours has a gate module (a package since the split); the original keeps its gate in core.py
+IMPL = "ours" if os.path.exists(os.path.join(_PKG, "gate.py")) or os.path.isdir(os.path.join(_PKG, "gate")) \
     else "orig"
 
 
