@@ -139,7 +139,7 @@ class BrokerAPI(BrokerInternal):
             self.services[service.name] = service
             service._name_b = service.name.encode("utf-8")
             self._services_b[service._name_b] = service
-        self._register(worker_id, max_allowed_request, service)
+        self._register_worker_now(worker_id, max_allowed_request, service)
 
     async def ban_worker(self, worker: RemoteWorker) -> bool:
         """Ban ``worker``: DISCONNECT if it is still ready, forget it, fail its requests."""

@@ -108,9 +108,9 @@ class BrokerBackend(BrokerState):
             # a subclass overrides register_worker: it registers (super() does the work)
             self._spawn(self.register_worker(worker_id, capacity, self.backend, svc))
             return
-        self._register(worker_id, capacity, svc)
+        self._register_worker_now(worker_id, capacity, svc)
 
-    def _register(self, worker_id: bytes, capacity: int, svc: Service) -> None:
+    def _register_worker_now(self, worker_id: bytes, capacity: int, svc: Service) -> None:
         """Record a worker of ``svc`` with ``capacity``, greet it, give it waiting requests."""
         if worker_id in self.workers:
             return
