@@ -85,17 +85,18 @@ class BrokerBackend(BrokerState):
             self._refuse_worker(worker_id, f"READY must carry exactly one body frame, not {len(frames)}")
             return
         sep = Settings.MDP_DESCRIPTION_SEP
+        parts: list[str]
         try:
             parts = frames[0].decode("utf-8").split(sep)
         except UnicodeDecodeError:
-            parts = ()
+            parts = []
         if len(parts) != 3:
             self._refuse_worker(worker_id, f"malformed READY body (expected name{sep}description{sep}capacity, "
                                            f"with no {sep!r} in the name or description)")
             return
-        name, description, capacity = parts
+        name, description, capacity_text = parts
         try:
-            capacity = int(capacity)
+            capacity = int(capacity_text)
         except ValueError:
             capacity = 0
         if not name or capacity < 1:
@@ -116,7 +117,7 @@ class BrokerBackend(BrokerState):
             return
         lback = self._lback
         w = self.RemoteWorkerClass(worker_id, self.heartbeat, capacity, self.backend,
-                                   Settings.MDP_VERSION, svc)
+                                   Settings.MDP_WORKER, svc)
         self.workers[worker_id] = w
         svc.add_worker(w)
         w.prolong(self._loop.time())

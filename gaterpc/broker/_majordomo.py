@@ -65,8 +65,8 @@ class AMajordomo(BrokerAPI):
         self.internal_requests = InternalRequests()
         self.cache_request = {}
         self.running = False
-        self._poller = None
-        self._broker_task = None
+        self._poller: Any = None
+        self._broker_task: Optional[asyncio.Task[None]] = None
         self._lfront = None
         self._lback = None
         self._services_b = {}
@@ -91,7 +91,7 @@ class AMajordomo(BrokerAPI):
 
     def bind_frontend(self, addr: str, sock_opt: Optional[dict[Any, Any]] = None) -> None:
         """Bind the client-facing ROUTER socket to ``addr``."""
-        addr = check_socket_addr(addr)
+        addr = check_socket_addr(addr) or addr
         if sock_opt is None:
             sock_opt = {}
         sock_opt[z_const.IDENTITY] = self.identity
@@ -132,10 +132,9 @@ class AMajordomo(BrokerAPI):
         """Authenticate every client, worker (and gate) message with a ZAP service."""
         from gaterpc.zap import ZapChecker, zap_link_socket
 
-        self.zap_domain = (zap_domain or Settings.ZAP_DEFAULT_DOMAIN)
-        if isinstance(self.zap_domain, str):
-            self.zap_domain = self.zap_domain.encode("utf-8")
-        self.zap_addr = check_socket_addr(zap_addr or Settings.ZAP_ADDR)
+        domain: Any = zap_domain or Settings.ZAP_DEFAULT_DOMAIN
+        self.zap_domain = domain.encode("utf-8") if isinstance(domain, str) else domain
+        self.zap_addr = check_socket_addr(zap_addr or Settings.ZAP_ADDR) or ""
         self.zap = zap_link_socket(self.ctx, zmq.DEALER)  # never CURVE, even with ZMQ_SOCK keys
         self.zap.connect(self.zap_addr)
         self._zap_checker = ZapChecker(self)
@@ -197,8 +196,8 @@ class AMajordomo(BrokerAPI):
 
     def stop(self) -> None:
         """Stop the broker: cancel its tasks, say DISCONNECT to workers, close the sockets."""
-        for task in list(self.internal_tasks):
-            task.cancel()
+        for internal in list(self.internal_tasks):
+            internal.cancel()
         task = self._broker_task
         self._broker_task = None
         if task is not None and not task.done():
