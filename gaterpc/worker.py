@@ -1,4 +1,4 @@
-"""Worker side: ``Worker``, ``Service`` and the broker's ``RemoteWorker`` (API.md §7).
+"""Worker side: ``Worker`` and ``Service`` (``RemoteWorker`` is re-exported from :mod:`gaterpc.bookkeeping`).
 
 A worker connects a DEALER socket to the broker backend, sends READY and
 then serves REQUEST messages.  Messages are read in batches from the
@@ -6,7 +6,7 @@ socket's event-loop callback; plain synchronous methods run and reply right
 there, coroutine methods run in a task, executor methods in their executor,
 generators and HugeData in a transfer task (see :mod:`gaterpc.execute`).
 
-Differences from the original (API.md §13): malformed requests, unknown
+Differences from the original: malformed requests, unknown
 methods, ``__`` keyword arguments and unencodable results are answered with
 an error reply instead of being dropped (generic text under
 ``Settings.SECURE``); ``@interface("process")`` runs the method's function in
@@ -32,7 +32,7 @@ import asyncio
 import logging
 import random
 import secrets
-from collections import deque
+from typing import Any, Optional
 
 import zmq
 from zmq import constants as z_const
@@ -41,70 +41,38 @@ from gaterpc.base import (
     ABCService, ABCWorker, Context, check_zap_args, current_loop, new_socket, own_executors, set_ctx,
     shutdown_own_executors, zap_frames_of,
 )
-from gaterpc.exceptions import BusyWorkerError, ServiceUnAvailableError
+from gaterpc.bookkeeping import RemoteWorker, ServiceCapacity
+from gaterpc.exceptions import ServiceUnAvailableError
 from gaterpc.execute import Runner, collect_interfaces
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, interface, name2uuid, to_bytes
 from gaterpc.loopio import LoopSocket
 from gaterpc.protocol import CANCEL, DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST
-from gaterpc.serialization import msg_unpack
+from gaterpc.wire import decode_request
 
 __all__ = ("Worker", "Service", "RemoteWorker")
 
 Wlogger = logging.getLogger("gaterpc.worker")
 
 
-class _BadRequest(Exception):
-    """A request the worker cannot run (reported to the caller)."""
+class Service(ServiceCapacity, ABCService):
+    """A named service: describes workers on the worker side, balances them in the broker.
 
+    One class for both sides, as in the original: ``Service(name=...)
+    .create_worker(...)`` builds workers, and the broker keeps one per
+    service name (``AMajordomo.RemoteServiceClass``) with the capacity
+    bookkeeping of :class:`gaterpc.bookkeeping.ServiceCapacity`.
+    """
 
-class RemoteWorker(ABCWorker):
-    """The broker's record of a connected worker."""
-
-    def __init__(self, identity, heartbeat, max_allowed_request, sock, mdp_version, service):
-        self.identity = identity
-        self.sock = sock
-        self.mdp_version = mdp_version
-        self.ready = True
-        self.service = service
-        self.heartbeat = heartbeat or Settings.MDP_HEARTBEAT_INTERVAL
-        self.heartbeat_liveness = Settings.MDP_HEARTBEAT_LIVENESS
-        self.last_message_sent_time = 0.0
-        self.heartbeat_task = None
-        self.destroy_task = None
-        self.max_allowed_request = max_allowed_request
-        self.expiry = 0.0
-        # request id -> requester id, for requests dispatched and not yet answered
-        self._inflight = {}
-        # request id -> stream/HugeData tag, for those of them whose replies have begun
-        self._partial = {}
-        self._in_ready = False
-
-    def is_alive(self):
-        """True while the worker is registered and ready."""
-        return self.ready
-
-    def prolong(self, now):
-        """Push the expiry to ``now + heartbeat × liveness``."""
-        self.expiry = now + self.heartbeat * self.heartbeat_liveness / 1000
-
-
-class Service(ABCService):
-    """A named service: describes workers on the worker side, balances them in the broker."""
-
-    def __init__(self, name=None, description="gate-rpc service"):
+    def __init__(self, name: Optional[str] = None, description: str = "gate-rpc service") -> None:
         self.name = name or Settings.SERVICE_DEFAULT_NAME
         self.description = description
-        self.workers = {}
+        self.workers: dict[bytes, Any] = {}
         # Kept for code written for the original; nothing reads or fills it any more
         # (the broker balances with ``_ready``).
-        self.idle_workers = asyncio.Queue()
+        self.idle_workers: asyncio.Queue[bytes] = asyncio.Queue()
         self.running = False
-        # Broker side: workers with spare capacity, round robin (each at most once).
-        self._ready = deque()
-        # Broker side: requests waiting for capacity, oldest first.
-        self._waiting = deque()
-        self._capacity_waiters = deque()
+        self._init_capacity()
 
     def create_worker(self, worker_class=None, workers_addr=None, workers_heartbeat=None, context=None,
                       zap_mechanism=None, zap_credentials=None, max_allowed_request=None,
@@ -133,10 +101,7 @@ class Service(ABCService):
         worker.service = self
         self.workers[worker.identity] = worker
         self.running = True
-        if isinstance(worker, RemoteWorker) and worker.max_allowed_request > 0 and not worker._in_ready:
-            worker._in_ready = True
-            self._ready.append(worker)
-            self._wake_capacity_waiter()
+        self._capacity_added(worker)
 
     def remove_worker(self, worker):
         """Forget a worker (stopping it if it can be stopped)."""
@@ -146,101 +111,13 @@ class Service(ABCService):
             stop = getattr(worker, "stop", None)
             if callable(stop):
                 stop()
-        if getattr(worker, "_in_ready", False):
-            worker._in_ready = False
-            try:
-                self._ready.remove(worker)
-            except ValueError:
-                pass
         if not self.workers:
             self.running = False
-            # Requests waiting for capacity learn at once that nobody is left.
-            waiters = self._capacity_waiters
-            while waiters:
-                fut = waiters.popleft()
-                if not fut.done():
-                    fut.set_result(None)
+        self._capacity_removed(worker)
 
     def get_workers(self):
         """The workers of the service (identity → worker)."""
         return self.workers
-
-    # -- broker-side capacity (O(1) on the hot path) ----------------------------
-
-    def _take(self):
-        """A worker with spare capacity (one unit taken), or ``None``."""
-        ready = self._ready
-        workers = self.workers
-        while ready:
-            w = ready[0]
-            if not w.ready or w.max_allowed_request <= 0 or w.identity not in workers:
-                ready.popleft()
-                w._in_ready = False
-                continue
-            w.max_allowed_request -= 1
-            if w.max_allowed_request > 0:
-                ready.rotate(-1)
-            else:
-                ready.popleft()
-                w._in_ready = False
-            return w
-        return None
-
-    def _give_back(self, worker):
-        """Return one unit of capacity of ``worker``."""
-        worker.max_allowed_request += 1
-        if not worker._in_ready and worker.ready and worker.max_allowed_request > 0 \
-                and worker.identity in self.workers:
-            worker._in_ready = True
-            self._ready.append(worker)
-        if self._capacity_waiters:
-            self._wake_capacity_waiter()
-
-    def _wake_capacity_waiter(self):
-        waiters = self._capacity_waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-
-    async def acquire_idle_worker(self):
-        """Take a unit of capacity of some worker, waiting up to ``Settings.TIMEOUT``."""
-        if not self.running:
-            raise ServiceUnAvailableError(self.name)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + Settings.TIMEOUT
-        while True:
-            w = self._take()
-            if w is not None:
-                return w
-            if not self.running:
-                raise ServiceUnAvailableError(self.name)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise BusyWorkerError()
-            fut = loop.create_future()
-            waiters = self._capacity_waiters
-            waiters.append(fut)
-            woken = False
-            try:
-                await asyncio.wait_for(fut, remaining)
-                woken = True
-            except asyncio.TimeoutError:
-                raise BusyWorkerError() from None
-            finally:
-                if not woken:
-                    if fut.done() and not fut.cancelled():
-                        self._wake_capacity_waiter()  # woken just too late: pass the unit on
-                    try:
-                        waiters.remove(fut)  # timed out or cancelled: do not leave it behind
-                    except ValueError:
-                        pass
-
-    async def release_worker(self, worker):
-        """Give back one unit of capacity of ``worker``."""
-        if worker is not None and worker.identity in self.workers and worker.is_alive():
-            self._give_back(worker)
 
 
 class Worker(ABCWorker):
@@ -300,7 +177,13 @@ class Worker(ABCWorker):
         self._stop_signal = None
         self._header = Settings.MDP_WORKER
         self._reply_prefix = ()
-        self._dynamic_zap = type(self).build_zap_frames is not Worker.build_zap_frames
+        cls = type(self)
+        self._dynamic_zap = cls.build_zap_frames is not Worker.build_zap_frames
+        # Hooks of the original a subclass overrides are called where the original
+        # called them; when none is overridden the receive path never looks at them.
+        self._hook_request = cls.process_request is not Worker.process_request
+        self._hook_send = cls.send_to_majordomo is not Worker.send_to_majordomo
+        self._hook_tasks: set[asyncio.Task[Any]] = set()
         self._runner = Runner(self, self._loop, self._send_reply_body, self._get_lsock, self.requests)
         self.interfaces, self._table = collect_interfaces(self)
 
@@ -313,7 +196,7 @@ class Worker(ABCWorker):
     @interface
     def get_interfaces(self):
         # No docstring on purpose: the original reports {"doc": None} for it,
-        # and get_interfaces() replies must be byte-identical (WIRE.md §5.10).
+        # and get_interfaces() replies must be byte-identical (see docs/PROTOCOL.md).
         return self.interfaces
 
     def _get_interfaces(self):
@@ -354,7 +237,10 @@ class Worker(ABCWorker):
         self._lsock = LoopSocket(self._loop, sock, self._on_messages, on_error=self._on_socket_error)
         sep = Settings.MDP_DESCRIPTION_SEP
         body = f"{self.service.name}{sep}{self.service.description}{sep}{self.max_allowed_request}"
-        self._lsock.send((b"", self._header, READY) + zap + (body.encode("utf-8"),))
+        if self._hook_send:
+            await self.send_to_majordomo(READY, messages=body.encode("utf-8"))
+        else:
+            self._lsock.send((b"", self._header, READY) + zap + (body.encode("utf-8"),))
         self.ready = True
 
     async def disconnect(self, notify=False):
@@ -374,7 +260,13 @@ class Worker(ABCWorker):
                 lsock.close()
 
     async def send_to_majordomo(self, command, option=None, messages=None):
-        """Send ``['', MDPW01, command, *zap, *option, *messages]`` to the broker."""
+        """Send ``['', MDPW01, command, *zap, *option, *messages]`` to the broker.
+
+        Overridable as in the original: when a subclass overrides it, READY,
+        the worker's HEARTBEATs and every REPLY (``option`` = ``(client_id,
+        b"", request_id)``, ``messages`` = the reply body) go through it, in
+        order; ``super().send_to_majordomo(...)`` sends.
+        """
         lsock = self._lsock
         if lsock is None:
             return
@@ -396,8 +288,24 @@ class Worker(ABCWorker):
         await self._runner._send_stream(option[0], option[-1], agenerator)
 
     async def process_request(self, messages):
-        """Handle one REQUEST given as ``[client_id, b"", request_id, func, args, kwargs]``."""
+        """Handle one REQUEST given as ``[client_id, b"", request_id, func, args, kwargs]``.
+
+        Overridable as in the original: when a subclass overrides it, every
+        REQUEST from the broker is handed to it in a task of its own (the
+        frames after the command); calling ``super().process_request(messages)``
+        runs the request.  Without an override, requests are handled inline.
+        """
         self._handle_request(list(messages), 0)
+
+    def _spawn_hook(self, coro):
+        task = self._loop.create_task(coro)
+        self._hook_tasks.add(task)
+        task.add_done_callback(self._hook_done)
+
+    def _hook_done(self, task):
+        self._hook_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            Wlogger.error("overridden hook failed: %r", task.exception())
 
     def cleanup_sent(self, task):
         """Done-callback of heartbeat-send tasks."""
@@ -470,9 +378,13 @@ class Worker(ABCWorker):
     def _cancel_requests(self):
         for task in list(self.requests):
             task.cancel()
+        for task in list(self._hook_tasks):
+            task.cancel()
 
     def _send_heartbeat(self, lsock):
-        if self._dynamic_zap:
+        if self._hook_send:
+            self._spawn_hook(self.send_to_majordomo(HEARTBEAT))
+        elif self._dynamic_zap:
             lsock.send((b"", self._header, HEARTBEAT) + tuple(self.build_zap_frames() or ()))
         else:
             lsock.send(self._hb_frames)
@@ -488,6 +400,9 @@ class Worker(ABCWorker):
     def _send_reply_body(self, client_id, request_id, body):
         lsock = self._lsock
         if lsock is not None:
+            if self._hook_send:
+                self._spawn_hook(self.send_to_majordomo(REPLY, (client_id, b"", request_id), body))
+                return
             if self._dynamic_zap:
                 prefix = (b"", self._header, REPLY) + tuple(self.build_zap_frames() or ())
             else:
@@ -502,7 +417,10 @@ class Worker(ABCWorker):
                 continue
             command = msg[2]
             if command == REQUEST:
-                self._handle_request(msg, 3)
+                if self._hook_request:
+                    self._spawn_hook(self.process_request(msg[3:]))
+                else:
+                    self._handle_request(msg, 3)
             elif command == HEARTBEAT:
                 self._retries = 0  # the broker knows us: the next reconnection starts quickly
                 lsock = self._lsock
@@ -532,19 +450,8 @@ class Worker(ABCWorker):
         request_id = msg[i + 2]
         runner = self._runner
         try:
-            if n < 4 or n > 6:
-                raise _BadRequest(f"malformed request: {n - 3} body frames (1 to 3 expected)")
-            func_name = msg_unpack(msg[i + 3])
-            args = msg_unpack(msg[i + 4]) if n > 4 else []
-            kwargs = msg_unpack(msg[i + 5]) if n > 5 else {}
-            if not isinstance(args, (list, tuple)):
-                raise _BadRequest("malformed request: the arguments frame is not an array")
-            if type(kwargs) is not dict:
-                raise _BadRequest("malformed request: the keyword arguments frame is not a map")
-            if kwargs:
-                for key in kwargs:
-                    if type(key) is not str or key.startswith("__"):
-                        raise _BadRequest("keyword argument names must be str and must not start with '__'")
+            req = decode_request(msg, i + 3)
+            func_name = req.func_name
             entry = self._table.get(func_name) if type(func_name) is str else None
             if entry is None:
                 if Settings.SECURE:
@@ -555,7 +462,7 @@ class Worker(ABCWorker):
         except Exception as exc:
             runner.reply_error(client_id, request_id, exc, with_traceback=False)
             return
-        runner.run(client_id, request_id, entry[0], entry[1], args, kwargs)
+        runner.run(client_id, request_id, entry[0], entry[1], req.args, req.kwargs)
 
     # -- graceful stop ----------------------------------------------------------
 

@@ -21,7 +21,7 @@ PKG = ROOT / "gaterpc"
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
 BEGIN = "<!-- imports:begin -->"
 END = "<!-- imports:end -->"
-PACKAGES = ("_speedups", "bench")
+PACKAGES = {"_speedups", "bench", "broker", "gate"}
 EDGE = re.compile(r"^\s*([A-Za-z_][\w]*)\s*-->\s*([A-Za-z_][\w]*)\s*$")
 
 

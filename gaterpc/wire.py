@@ -1,0 +1,160 @@
+"""Request and reply bodies, decoded without I/O: bytes in, events out.
+
+The roles own the sockets; this module only reads the frames they received
+(see ``docs/PROTOCOL.md``, "Request body" and "Reply body").
+
+* :func:`decode_request` turns the body frames of a request
+  (``func_name[, args[, kwargs]]``, each a MessagePack frame) into a
+  :class:`Request`, or raises :class:`BadRequest` with a message the caller
+  can act on.  The worker and the broker's internal service both use it, so
+  a malformed call is refused with the same words wherever it lands.
+* :func:`classify_reply` tells what one reply body is: a single reply, a
+  stream item, the end of a stream, a stream error, a HugeData chunk, the end
+  of a HugeData transfer or a HugeData error (:data:`ReplyEvent`).
+
+Neither checks that the function exists: that is the receiver's business
+(its table of ``@interface`` methods).  The broker's per-message path keeps
+the compiled ``is_terminal`` for its terminal test (cheaper than building an
+event); :func:`classify_reply` is for code that needs the parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence, Union
+
+from gaterpc._speedups.frames import (
+    KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_SINGLE, KIND_STREAM_END, KIND_STREAM_ERROR,
+    KIND_STREAM_ITEM, reply_kind,
+)
+from gaterpc.serialization import msg_unpack
+
+__all__ = (
+    "BadRequest", "Request", "decode_request",
+    "Single", "StreamItem", "StreamEnd", "StreamError", "HugeChunk", "HugeEnd", "HugeError",
+    "ReplyEvent", "classify_reply", "is_partial",
+)
+
+Frame = Union[bytes, bytearray, memoryview]
+
+
+class BadRequest(ValueError):
+    """A request body that cannot be run; the message says what is wrong."""
+
+
+class Request(NamedTuple):
+    """A decoded request body: the function name (any decoded value) and its arguments."""
+
+    func_name: Any
+    args: Union[list[Any], tuple[Any, ...]]
+    kwargs: dict[str, Any]
+
+
+def decode_request(frames: Sequence[Frame], start: int = 0) -> Request:
+    """Decode the request body ``frames[start:]`` = ``[func_name[, args[, kwargs]]]``.
+
+    (``start`` lets a role decode in place, without slicing the message.)
+
+    Raises :class:`BadRequest` for a wrong frame count, arguments that are
+    not an array, keyword arguments that are not a map, or keyword names
+    that are not ``str`` or start with ``__`` (reserved for the broker's own
+    ``__client_id``/``__request_id``); a frame that is not MessagePack raises
+    the serializer's error.  ``func_name`` is returned as decoded: the caller
+    looks it up (a non-``str`` name is simply not found).
+    """
+    n = len(frames) - start
+    if n < 1 or n > 3:
+        raise BadRequest(f"malformed request: {n} body frames (1 to 3 expected)")
+    func_name = msg_unpack(frames[start])
+    args = msg_unpack(frames[start + 1]) if n > 1 else []
+    kwargs = msg_unpack(frames[start + 2]) if n > 2 else {}
+    if not isinstance(args, (list, tuple)):
+        raise BadRequest("malformed request: the arguments frame is not an array")
+    if type(kwargs) is not dict:
+        raise BadRequest("malformed request: the keyword arguments frame is not a map")
+    if kwargs:
+        for key in kwargs:
+            if type(key) is not str or key.startswith("__"):
+                raise BadRequest("keyword argument names must be str and must not start with '__'")
+    return Request(func_name, args, kwargs)
+
+
+# -- reply bodies -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Single:
+    """A complete reply: one MessagePack ``{"result": ..., "exception": ...}`` frame."""
+
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    """One item of a stream (its packed value)."""
+
+    item: bytes
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The stream ended normally."""
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """The stream ended with an error (a packed ``[class, repr, traceback]``)."""
+
+    triple: bytes
+
+
+@dataclass(frozen=True)
+class HugeChunk:
+    """One compressed chunk of a HugeData transfer."""
+
+    chunk: bytes
+
+
+@dataclass(frozen=True)
+class HugeEnd:
+    """The HugeData transfer is complete."""
+
+
+@dataclass(frozen=True)
+class HugeError:
+    """The HugeData transfer failed (a packed ``[class, repr, traceback]``)."""
+
+    triple: bytes
+
+
+ReplyEvent = Union[Single, StreamItem, StreamEnd, StreamError, HugeChunk, HugeEnd, HugeError]
+
+
+def classify_reply(body: Sequence[bytes]) -> ReplyEvent:
+    """What the reply body ``body`` (the frames after the request id) is.
+
+    Raises :class:`ValueError` for a body that is none of them (a relaying
+    broker passes such bodies on unchanged; a client drops them).
+    :func:`is_partial` tells whether more replies of the request follow.
+    """
+    k = reply_kind(body)
+    if k == KIND_SINGLE:
+        return Single(bytes(body[0]))
+    if k == KIND_STREAM_ITEM:
+        return StreamItem(bytes(body[1]))
+    if k == KIND_STREAM_END:
+        return StreamEnd()
+    if k == KIND_STREAM_ERROR:
+        return StreamError(bytes(body[2]))
+    if k == KIND_HUGE_CHUNK:
+        return HugeChunk(bytes(body[1]))
+    if k == KIND_HUGE_END:
+        return HugeEnd()
+    if k == KIND_HUGE_ERROR:
+        return HugeError(bytes(body[2]))
+    raise ValueError(f"not a reply body ({len(body)} frames)")
+
+
+def is_partial(event: ReplyEvent) -> bool:
+    """True for events after which more replies of the same request follow."""
+    return isinstance(event, (StreamItem, HugeChunk))
