@@ -218,8 +218,8 @@ class Client:
         self._streams: dict[bytes, StreamReply] = {}
         # figures read by gaterpc.metrics; the latency histogram is kept only once the
         # client is registered there (service -> [bucket counts], count, sum)
-        self.stat_calls = 0
-        self.stat_errors = 0
+        self._stat_calls = 0
+        self._stat_errors = 0
         self._latency: Optional[dict[str, list[Any]]] = None
         self._huge: dict[bytes, HugeDataReceiver] = {}
         self._service_cache: dict[str, bytes] = {}
@@ -505,11 +505,11 @@ class Client:
         self._table.add(request_id, fut, now + self.reply_timeout)
         self.last_message_sent_time = now
         lsock.send(frames)
-        self.stat_calls += 1
+        self._stat_calls += 1
         try:
             return await fut
         except BaseException:
-            self.stat_errors += 1
+            self._stat_errors += 1
             raise
         finally:
             if request_id not in self._streams:

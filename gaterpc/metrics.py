@@ -160,9 +160,8 @@ def client_stats(client: Any) -> dict[str, Any]:
         "id": _hex(client.identity),
         "in_flight": len(getattr(client, "replies", ())),
         "streams": len(getattr(client, "_streams", ())),
-        # vars(): a Client answers any other public attribute with a remote-method proxy
-        "calls": vars(client).get("stat_calls", 0),
-        "errors": vars(client).get("stat_errors", 0),
+        "calls": getattr(client, "_stat_calls", 0),
+        "errors": getattr(client, "_stat_errors", 0),
         "latency": {svc: {"buckets": list(h[0]), "count": h[1], "sum": h[2]} for svc, h in latency.items()},
         "sockets": {"broker": _socket_stats(getattr(client, "_lsock", None))},
     }
