@@ -84,6 +84,11 @@ class ServiceCapacity:
         # requests waiting for capacity, oldest first
         self._waiting: Deque[Waiting] = deque()
         self._capacity_waiters: Deque[asyncio.Future[None]] = deque()
+        # counts read by gaterpc.metrics: requests routed to the service, answered to
+        # completion, and answered with an error by the broker
+        self.stat_requests = 0
+        self.stat_served = 0
+        self.stat_errors = 0
 
     def _capacity_added(self, worker: Any) -> None:
         """A worker was added: a broker's worker with capacity joins the round robin."""

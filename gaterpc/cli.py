@@ -428,12 +428,25 @@ async def collect_info(client: Client) -> dict[str, Any]:
     """
     from gaterpc.global_settings import Settings
 
+    from gaterpc.exceptions import RemoteException
+
     internal = Settings.MDP_INTERNAL_SERVICE
     names = await client.knock(internal, "get_services")
     info = await client.knock(internal, "info")
     info = info if isinstance(info, dict) else {}
     details = info.get("services")
     details = details if isinstance(details, dict) else {}
+    try:  # our brokers' per-service figures (the original's broker has no "stats")
+        stats = await client.knock(internal, "stats")
+    except RemoteException:
+        stats = None
+    if isinstance(stats, dict):
+        per_service = stats.get("services")
+        if isinstance(per_service, dict):
+            details = {**per_service, **details}
+        for key in ("workers", "errors", "peers"):
+            if key in stats:
+                info.setdefault(f"total_{key}" if key == "workers" else key, stats[key])
     services: dict[str, dict[str, Any]] = {}
     for name in names if isinstance(names, list) else ():
         if not isinstance(name, str) or name == internal:

@@ -72,6 +72,10 @@ async def test_snapshot_reads_the_roles(roles):
     by_role = {r["role"]: r for r in snap["roles"]}
     svc = by_role["broker"]["services"]["Echo"]
     assert svc["workers"] == 1 and svc["in_flight"] == 0 and svc["waiting"] == 0
+    assert svc["requests"] == 5 and svc["served"] == 5 and svc["errors"] == 0
+    # the broker's internal service reports the same figures (what 'gaterpc info' reads)
+    remote = await client.knock("Gate", "stats")
+    assert remote["services"]["Echo"]["served"] == 5 and remote["workers"] == 1
     assert by_role["worker"]["service"] == "Echo" and by_role["worker"]["connected"] is True
     assert by_role["client"]["in_flight"] == 0
     assert by_role["broker"]["id"] == broker.identity.hex()

@@ -358,6 +358,7 @@ class BrokerBackend(BrokerState):
             return
         svc = w.service
         if is_terminal(msg[7:]):
+            svc.stat_served += 1
             del inflight[request_id]
             if w._partial:
                 w._partial.pop(request_id, None)

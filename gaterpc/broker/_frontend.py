@@ -66,6 +66,7 @@ class BrokerFrontend(BrokerBackend):
         if svc is None or not svc.workers:
             self._service_unavailable(msg[0], service_b, msg[4], msg[5:])
             return
+        svc.stat_requests += 1
         if len(msg) < 6:
             self._reply_error(msg[0], service_b, msg[4], BadRequest("malformed request: no function frame"))
             return

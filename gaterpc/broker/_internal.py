@@ -86,6 +86,17 @@ class BrokerInternal(BrokerFrontend):
         return {"my_id": self.identity, "services": list(self.services)}
 
     @interface
+    def stats(self, **kwargs: Any) -> dict[str, Any]:
+        """What this broker knows of its services, workers and load (our addition; ``gaterpc info``).
+
+        ``{"role", "id", "services": {name: {"workers", "in_flight", "free_capacity", "waiting",
+        "requests", "served", "errors", "description"}}, "workers", "sockets", "errors", ...}``
+        """
+        from gaterpc.metrics import broker_stats
+
+        return broker_stats(self)
+
+    @interface
     def keepalive(self, heartbeat: Any, **kwargs: Any) -> bytes:
         """Client keepalive: ``b"200"`` for ``b"heartbeat"``, else ``b"400"``."""
         return KEEPALIVE_OK if heartbeat == KEEPALIVE_ARG else KEEPALIVE_BAD

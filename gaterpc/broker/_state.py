@@ -112,6 +112,9 @@ class BrokerState:
 
     def _reply_error(self, client_id: bytes, service_b: bytes, request_id: bytes, exc: BaseException) -> None:
         """Send the error reply for ``exc`` to whoever asked."""
+        svc = self._services_b.get(service_b)
+        if svc is not None:
+            svc.stat_errors += 1
         self._deliver(client_id, service_b, request_id, (error_body(msg_pack, exc, False),))
 
     def _deliver(self, client_id: bytes, service_b: bytes, request_id: bytes, body: Frames) -> None:
