@@ -40,8 +40,6 @@ a lost broker fails calls within ``heartbeat x liveness`` instead of
 from __future__ import annotations
 
 import asyncio
-import bisect
-import functools
 import logging
 import os
 import secrets
@@ -57,12 +55,13 @@ from gaterpc.base import Context, check_zap_args, new_socket, set_ctx, set_sock,
 from gaterpc.counters import count_drop
 from gaterpc.exceptions import BrokerUnavailableError, RemoteException
 from gaterpc.global_settings import Settings
+from gaterpc.client_replies import INLINE_DECODE_MAX, _remote_error, _ReplyHandler  # noqa: F401 (re-exported)
+from gaterpc.calls import VALUE_LIMIT as _VALUE_LIMIT, check_value_sizes as _check_value_sizes, observe as _observe
 from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.hugedata import HugeDataReceiver
-from gaterpc.metrics import LATENCY_BUCKETS
 from gaterpc.loopio import LoopSocket
-from gaterpc.protocol import HUGE_END, HUGE_EXC, HUGE_TAG, KEEPALIVE_ARG, STREAM_END, STREAM_EXC, STREAM_TAG
-from gaterpc.serialization import MsgUnpackError, msg_pack, msg_unpack
+from gaterpc.protocol import KEEPALIVE_ARG
+from gaterpc.serialization import msg_pack, msg_unpack
 from gaterpc.streams import StreamReply
 from gaterpc._speedups.reqtable import RequestTable
 
@@ -73,58 +72,10 @@ Clogger = logging.getLogger("gaterpc.client")
 _TIMEOUT_MESSAGE = "Timeout while requesting the Majordomo service."
 _EMPTY_MAP = b"\x80"
 _EMPTY_ARRAY = b"\x90"
-#: What msgpack decoders accept in one str/bytes value by default (ours and the original's).
-_VALUE_LIMIT = 32 * 1024 * 1024
 
-
-def _oversized(value: Any, depth: int = 0) -> Optional[int]:
-    """The size of the first str/bytes value over the decode limit in ``value``, or None."""
-    if isinstance(value, (str, bytes, bytearray, memoryview)):
-        size = len(value.encode("utf-8")) if isinstance(value, str) else memoryview(value).nbytes
-        return size if size > _VALUE_LIMIT else None
-    if depth < 32:
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                found = _oversized(item, depth + 1)
-                if found is not None:
-                    return found
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                found = _oversized(key, depth + 1)
-                if found is None:
-                    found = _oversized(item, depth + 1)
-                if found is not None:
-                    return found
-    return None
-
-
-def _check_value_sizes(func_name: str, args: Any, kwargs: Any) -> None:
-    """Refuse, before sending, an argument no receiver would decode (only asked for large frames)."""
-    size = _oversized(args)
-    if size is None:
-        size = _oversized(kwargs)
-    if size is not None:
-        raise ValueError(
-            f"an argument of {func_name}() is {size:,} bytes: a single str/bytes value above "
-            f"{_VALUE_LIMIT:,} bytes (32 MiB) is refused by msgpack receivers. Send large data as "
-            "several smaller values, or return it from the worker as HugeData (gaterpc.utils.HugeData), "
-            "which is compressed and sent in chunks.")
-
-
-def _observe(latency: dict[str, list[Any]], service: str, seconds: float) -> None:
-    """Add one call's latency to the per-service histogram (buckets of gaterpc.metrics)."""
-    entry = latency.get(service)
-    if entry is None:
-        entry = latency[service] = [[0] * (len(LATENCY_BUCKETS) + 1), 0, 0.0]
-    entry[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-    entry[1] += 1
-    entry[2] += seconds
 _KEEPALIVE_FUNC = msg_pack("keepalive")
 _KEEPALIVE_ARGS = msg_pack((KEEPALIVE_ARG,))
 _EVENT_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
-#: HugeData results whose encoded form is larger than this are decoded in the
-#: default thread executor instead of on the event loop.
-INLINE_DECODE_MAX = 1024 * 1024
 
 
 if sys.version_info >= (3, 11):
@@ -135,11 +86,6 @@ else:  # pragma: no cover - exercised on 3.10 only
         """A reply did not arrive in time (also an ``asyncio.TimeoutError``)."""
 
 
-def _remote_error(info: Any) -> RemoteException:
-    """``RemoteException`` from a wire exception triple (or anything else sent)."""
-    if isinstance(info, (list, tuple)) and len(info) == 3:
-        return RemoteException([str(x) for x in info])
-    return RemoteException(str(info))
 
 
 class _RemoteMethodProxy:
@@ -175,7 +121,7 @@ class _RemoteMethodProxy:
         return f"<remote method {self._service or '<default>'}.{self._func}>"
 
 
-class Client:
+class Client(_ReplyHandler):
     """Asynchronous client of a broker frontend (DEALER socket)."""
 
     def __init__(self, broker_addr: Optional[str] = None, identity: Optional[str] = None,
@@ -554,129 +500,6 @@ class Client:
         if lsock is not None:
             lsock.send(frames)
 
-    # -- replies ----------------------------------------------------------------
-
-    def _on_messages(self, msgs: Sequence[Sequence[bytes]]) -> None:
-        loop = self._loop
-        assert loop is not None  # the socket exists only on a bound loop
-        self._last_recv = loop.time()
-        header = self._header
-        replies = self.replies
-        for msg in msgs:
-            if len(msg) < 5 or msg[0] or msg[1] != header:
-                count_drop("client_malformed_reply")
-                continue
-            request_id = msg[3]
-            fut = replies.get(request_id)
-            if fut is None:
-                if request_id != self._probe_id:
-                    count_drop("client_unknown_reply")  # late (timed out) or abandoned
-                continue
-            if len(msg) == 5:
-                if fut.done():
-                    continue
-                del replies[request_id]
-                self._table.pop(request_id)
-                try:
-                    reply = msg_unpack(msg[4])
-                    if type(reply) is not dict:
-                        raise MsgUnpackError("the reply is not a map")
-                except MsgUnpackError as exc:
-                    fut.set_exception(exc)
-                    continue
-                err = reply.get("exception")
-                if err:
-                    fut.set_exception(_remote_error(err))
-                else:
-                    fut.set_result(reply.get("result"))
-            else:
-                try:
-                    self._on_multi(request_id, fut, msg[4:])
-                except Exception as exc:  # corrupt stream or HugeData
-                    self._fail(request_id, exc)
-
-    def _on_multi(self, request_id: bytes, fut: asyncio.Future[Any], body: Sequence[bytes]) -> None:
-        loop = self._loop
-        assert loop is not None  # the socket exists only on a bound loop
-        tag = body[0]
-        n = len(body)
-        if tag == STREAM_TAG:
-            stream = self._streams.get(request_id)
-            if stream is None:
-                if fut.done():
-                    return
-                stream = StreamReply(STREAM_END, maxsize=self.stream_reply_maxsize, timeout=self.reply_timeout)
-                stream._on_close = functools.partial(self._forget, request_id)
-                self._streams[request_id] = stream
-                fut.set_result(stream)
-            if n == 2:
-                if body[1] == STREAM_END:
-                    stream._put_end()
-                    self._forget(request_id)
-                    return
-                frame = body[1]
-                if not stream._put(msg_unpack(frame), len(frame)):
-                    self._forget(request_id)
-                    return
-            elif n == 3 and body[1] == STREAM_EXC:
-                stream._put_exception(_remote_error(msg_unpack(body[2])))
-                self._forget(request_id)
-                return
-            self._table.touch(request_id, loop.time() + self.reply_timeout)
-        elif tag == HUGE_TAG:
-            receiver = self._huge.get(request_id)
-            if receiver is None:
-                if fut.done():
-                    return
-                receiver = self._huge[request_id] = HugeDataReceiver(
-                    default_module=Settings.HUGE_DATA_COMPRESS_MODULE)
-            if n == 2:
-                if body[1] == HUGE_END:
-                    try:
-                        data = receiver.finish()
-                    except Exception as exc:
-                        self._fail(request_id, exc)
-                        return
-                    self._forget(request_id)
-                    if len(data) > INLINE_DECODE_MAX:
-                        # Decoding a large result would stall every other call: use a thread.
-                        loop.run_in_executor(None, msg_unpack, data).add_done_callback(
-                            functools.partial(_settle, fut))
-                        return
-                    try:
-                        result = msg_unpack(data)
-                    except Exception as exc:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                        return
-                    if not fut.done():
-                        fut.set_result(result)
-                    return
-                receiver.feed(body[1])
-            elif n == 3 and (body[1] == STREAM_EXC or body[1] == HUGE_EXC):
-                self._fail(request_id, _remote_error(msg_unpack(body[2])))
-                return
-            self._table.touch(request_id, loop.time() + self.reply_timeout)
-
-    def _forget(self, request_id: bytes) -> None:
-        """Drop every trace of a request (reply, stream, HugeData receiver)."""
-        self.replies.pop(request_id, None)
-        self._table.pop(request_id)
-        self._streams.pop(request_id, None)
-        receiver = self._huge.pop(request_id, None)
-        if receiver is not None:
-            receiver.close()
-
-    def _fail(self, request_id: bytes, exc: BaseException) -> None:
-        """End a request with ``exc`` (raised by the call, or inside its stream)."""
-        fut = self.replies.get(request_id)
-        stream = self._streams.get(request_id)
-        self._forget(request_id)
-        if stream is not None:
-            stream._put_exception(exc)
-        elif fut is not None and not fut.done():
-            fut.set_exception(exc)
-
     # -- maintenance --------------------------------------------------------------
 
     async def _recv(self) -> None:
@@ -726,18 +549,6 @@ class Client:
         self._forget(request_id)
 
 
-def _settle(fut: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
-    """Copy the outcome of an executor job into ``fut`` (if still waiting)."""
-    if fut.done():
-        return
-    if done.cancelled():
-        fut.cancel()
-        return
-    exc = done.exception()
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(done.result())
 
 
 class SimpleClient:

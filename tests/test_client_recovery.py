@@ -315,7 +315,7 @@ async def test_busy_client_with_long_calls_is_not_declared_lost(ctx):
 
 
 async def test_large_hugedata_result_is_decoded_off_the_loop(ctx, monkeypatch):
-    import gaterpc.client as client_mod
+    import gaterpc.client_replies as client_mod
 
     threads = []
     real = client_mod.msg_unpack

@@ -1,0 +1,186 @@
+"""Reply handling of :class:`gaterpc.client.Client`: single replies, streams and HugeData.
+
+Replies arrive in batches from the client socket's event-loop callback and
+resolve their futures there (no task per reply).  Frames are described in
+``docs/PROTOCOL.md`` ("Reply body").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from gaterpc.counters import count_drop
+from gaterpc.exceptions import RemoteException
+from gaterpc.global_settings import Settings
+from gaterpc.hugedata import HugeDataReceiver
+from gaterpc.protocol import HUGE_END, HUGE_EXC, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG
+from gaterpc.serialization import MsgUnpackError, msg_unpack
+from gaterpc.streams import StreamReply
+
+if TYPE_CHECKING:
+    from gaterpc._speedups.reqtable import RequestTable
+
+__all__ = ("INLINE_DECODE_MAX", "_ReplyHandler", "_remote_error")
+
+#: HugeData results whose encoded form is larger than this are decoded in the
+#: default thread executor instead of on the event loop.
+INLINE_DECODE_MAX = 1024 * 1024
+
+
+def _remote_error(info: Any) -> RemoteException:
+    """``RemoteException`` from a wire exception triple (or anything else sent)."""
+    if isinstance(info, (list, tuple)) and len(info) == 3:
+        return RemoteException([str(x) for x in info])
+    return RemoteException(str(info))
+
+
+def _settle(fut: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
+    """Copy the outcome of an executor job into ``fut`` (if still waiting)."""
+    if fut.done():
+        return
+    if done.cancelled():
+        fut.cancel()
+        return
+    exc = done.exception()
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(done.result())
+
+
+class _ReplyHandler:
+    """The reply side of a client (mixed into ``Client``, which owns the attributes below)."""
+
+    _loop: Optional[asyncio.AbstractEventLoop]
+    _last_recv: float
+    _header: bytes
+    _probe_id: Optional[bytes]
+    _table: RequestTable
+    _streams: dict[bytes, StreamReply]
+    _huge: dict[bytes, HugeDataReceiver]
+    replies: dict[bytes, asyncio.Future[Any]]
+    stream_reply_maxsize: int
+    reply_timeout: float
+
+    def _on_messages(self, msgs: Sequence[Sequence[bytes]]) -> None:
+        loop = self._loop
+        assert loop is not None  # the socket exists only on a bound loop
+        self._last_recv = loop.time()
+        header = self._header
+        replies = self.replies
+        for msg in msgs:
+            if len(msg) < 5 or msg[0] or msg[1] != header:
+                count_drop("client_malformed_reply")
+                continue
+            request_id = msg[3]
+            fut = replies.get(request_id)
+            if fut is None:
+                if request_id != self._probe_id:
+                    count_drop("client_unknown_reply")  # late (timed out) or abandoned
+                continue
+            if len(msg) == 5:
+                if fut.done():
+                    continue
+                del replies[request_id]
+                self._table.pop(request_id)
+                try:
+                    reply = msg_unpack(msg[4])
+                    if type(reply) is not dict:
+                        raise MsgUnpackError("the reply is not a map")
+                except MsgUnpackError as exc:
+                    fut.set_exception(exc)
+                    continue
+                err = reply.get("exception")
+                if err:
+                    fut.set_exception(_remote_error(err))
+                else:
+                    fut.set_result(reply.get("result"))
+            else:
+                try:
+                    self._on_multi(request_id, fut, msg[4:])
+                except Exception as exc:  # corrupt stream or HugeData
+                    self._fail(request_id, exc)
+
+    def _on_multi(self, request_id: bytes, fut: asyncio.Future[Any], body: Sequence[bytes]) -> None:
+        loop = self._loop
+        assert loop is not None  # the socket exists only on a bound loop
+        tag = body[0]
+        n = len(body)
+        if tag == STREAM_TAG:
+            stream = self._streams.get(request_id)
+            if stream is None:
+                if fut.done():
+                    return
+                stream = StreamReply(STREAM_END, maxsize=self.stream_reply_maxsize, timeout=self.reply_timeout)
+                stream._on_close = functools.partial(self._forget, request_id)
+                self._streams[request_id] = stream
+                fut.set_result(stream)
+            if n == 2:
+                if body[1] == STREAM_END:
+                    stream._put_end()
+                    self._forget(request_id)
+                    return
+                frame = body[1]
+                if not stream._put(msg_unpack(frame), len(frame)):
+                    self._forget(request_id)
+                    return
+            elif n == 3 and body[1] == STREAM_EXC:
+                stream._put_exception(_remote_error(msg_unpack(body[2])))
+                self._forget(request_id)
+                return
+            self._table.touch(request_id, loop.time() + self.reply_timeout)
+        elif tag == HUGE_TAG:
+            receiver = self._huge.get(request_id)
+            if receiver is None:
+                if fut.done():
+                    return
+                receiver = self._huge[request_id] = HugeDataReceiver(
+                    default_module=Settings.HUGE_DATA_COMPRESS_MODULE)
+            if n == 2:
+                if body[1] == HUGE_END:
+                    try:
+                        data = receiver.finish()
+                    except Exception as exc:
+                        self._fail(request_id, exc)
+                        return
+                    self._forget(request_id)
+                    if len(data) > INLINE_DECODE_MAX:
+                        # Decoding a large result would stall every other call: use a thread.
+                        loop.run_in_executor(None, msg_unpack, data).add_done_callback(
+                            functools.partial(_settle, fut))
+                        return
+                    try:
+                        result = msg_unpack(data)
+                    except Exception as exc:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                        return
+                    if not fut.done():
+                        fut.set_result(result)
+                    return
+                receiver.feed(body[1])
+            elif n == 3 and (body[1] == STREAM_EXC or body[1] == HUGE_EXC):
+                self._fail(request_id, _remote_error(msg_unpack(body[2])))
+                return
+            self._table.touch(request_id, loop.time() + self.reply_timeout)
+
+    def _forget(self, request_id: bytes) -> None:
+        """Drop every trace of a request (reply, stream, HugeData receiver)."""
+        self.replies.pop(request_id, None)
+        self._table.pop(request_id)
+        self._streams.pop(request_id, None)
+        receiver = self._huge.pop(request_id, None)
+        if receiver is not None:
+            receiver.close()
+
+    def _fail(self, request_id: bytes, exc: BaseException) -> None:
+        """End a request with ``exc`` (raised by the call, or inside its stream)."""
+        fut = self.replies.get(request_id)
+        stream = self._streams.get(request_id)
+        self._forget(request_id)
+        if stream is not None:
+            stream._put_exception(exc)
+        elif fut is not None and not fut.done():
+            fut.set_exception(exc)
