@@ -47,28 +47,36 @@ def _run(cmd, require=False, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env, **kw)
 
 
-def test_binary_wheel_installs_compiled_modules(tmp_path):
-    dist = tmp_path / "dist"
-    build = _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)], cwd=tmp_path)
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory):
+    """An sdist, and a wheel built from that sdist (``python -m build``'s default: proves the sdist builds)."""
+    out = tmp_path_factory.mktemp("dist")
+    build = _run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], cwd=out)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     assert "Accelerated build" in build.stdout + build.stderr
-    wheels = list(dist.glob("*.whl"))
-    assert len(wheels) == 1 and not wheels[0].name.endswith("-none-any.whl"), wheels
+    sdists = list(out.glob("*.tar.gz"))
+    wheels = list(out.glob("*.whl"))
+    assert len(sdists) == 1 and len(wheels) == 1, (sdists, wheels)
+    assert not wheels[0].name.endswith("-none-any.whl"), wheels
+    return sdists[0], wheels[0]
 
+
+def _fresh_venv(tmp_path):
+    """A new virtual environment whose run-time dependencies come from the one running the tests."""
     venv = tmp_path / "venv"
     made = _run([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, made.stderr
     py = venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-    # The run-time dependencies come from the environment running the tests (plain path lines:
-    # that environment's own .pth files, such as an editable gaterpc, are not processed).
+    # plain path lines: that environment's own .pth files (an editable gaterpc) are not processed
     site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     assert site.returncode == 0, site.stderr
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(site.stdout.strip(), "test-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
-    inst = _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", str(wheels[0])])
-    assert inst.returncode == 0, inst.stdout[-3000:] + inst.stderr[-3000:]
+    return venv, py
 
-    probe = _run([str(py), "-c", PROBE, *SELECTORS], cwd=tmp_path, require=True)  # cwd outside the checkout
+
+def _probe_compiled(py, venv, cwd):
+    probe = _run([str(py), "-c", PROBE, *SELECTORS], cwd=cwd, require=True)  # cwd outside the checkout
     assert probe.returncode == 0, probe.stderr
     info = json.loads(probe.stdout.strip().splitlines()[-1])
     assert Path(info["gaterpc"]).is_relative_to(venv)
@@ -77,3 +85,27 @@ def test_binary_wheel_installs_compiled_modules(tmp_path):
         assert sel["USE_C"] is True, name
         assert Path(sel["file"]).is_relative_to(venv)
         assert sel["file"].endswith((".so", ".pyd")), sel["file"]
+
+
+def test_binary_wheel_installs_compiled_modules(dists, tmp_path):
+    venv, py = _fresh_venv(tmp_path)
+    inst = _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", str(dists[1])])
+    assert inst.returncode == 0, inst.stdout[-3000:] + inst.stderr[-3000:]
+    _probe_compiled(py, venv, tmp_path)
+
+
+def test_sdist_installs_in_a_fresh_venv(dists, tmp_path):
+    venv, py = _fresh_venv(tmp_path)
+    # build isolation: setuptools and Cython come from the package index, as for any user
+    inst = _run([str(py), "-m", "pip", "install", "--no-deps", str(dists[0])])
+    assert inst.returncode == 0, inst.stdout[-3000:] + inst.stderr[-3000:]
+    _probe_compiled(py, venv, tmp_path)
+    cli = _run([str(venv / "bin" / "gaterpc"), "--version"], cwd=tmp_path)
+    assert cli.returncode == 0 and cli.stdout.strip(), cli.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="auditwheel inspects Linux wheels")
+def test_wheel_is_manylinux_consistent(dists):
+    show = _run([sys.executable, "-m", "auditwheel", "show", str(dists[1])])
+    assert show.returncode == 0, show.stdout + show.stderr
+    assert "consistent with the" in show.stdout and "manylinux_" in show.stdout, show.stdout
