@@ -233,9 +233,10 @@ class Worker(ABCWorker):
         return self.ready
 
     @interface
-    def get_interfaces(self) -> dict[str, Any]:
-        # No docstring on purpose: the original reports {"doc": None} for it,
-        # and get_interfaces() replies must be byte-identical (see docs/PROTOCOL.md).
+    def get_interfaces(self):  # type: ignore[no-untyped-def]  # reply carries the signature text "()"
+        # No docstring and no annotation on purpose: the original reports
+        # {"doc": None, "signature": "()"} for it, and get_interfaces() replies
+        # must be byte-identical (see docs/PROTOCOL.md).
         return self.interfaces
 
     def _get_interfaces(self) -> dict[str, Any]:
