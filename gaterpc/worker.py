@@ -32,7 +32,8 @@ import asyncio
 import logging
 import random
 import secrets
-from typing import Any, Optional
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, Optional, Sequence, TypeVar, Union, overload
 
 import zmq
 from zmq import constants as z_const
@@ -50,9 +51,17 @@ from gaterpc.loopio import LoopSocket
 from gaterpc.protocol import CANCEL, DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST
 from gaterpc.wire import decode_request
 
+if TYPE_CHECKING:
+    from gaterpc.hugedata import HugeData
+
 __all__ = ("Worker", "Service", "RemoteWorker")
 
 Wlogger = logging.getLogger("gaterpc.worker")
+
+_W = TypeVar("_W", bound="Worker")
+#: ZAP arguments as the roles accept them (see :func:`gaterpc.base.check_zap_args`)
+_Mechanism = Union[str, bytes, None]
+_Credentials = Optional[Sequence[Union[str, bytes]]]
 
 
 class Service(ServiceCapacity, ABCService):
@@ -74,9 +83,28 @@ class Service(ServiceCapacity, ABCService):
         self.running = False
         self._init_capacity()
 
-    def create_worker(self, worker_class=None, workers_addr=None, workers_heartbeat=None, context=None,
-                      zap_mechanism=None, zap_credentials=None, max_allowed_request=None,
-                      thread_executor=None, process_executor=None):
+    @overload
+    def create_worker(self, worker_class: None = None, workers_addr: Optional[str] = None,
+                      workers_heartbeat: Optional[int] = None, context: Optional[zmq.Context[Any]] = None,
+                      zap_mechanism: _Mechanism = None, zap_credentials: _Credentials = None,
+                      max_allowed_request: Optional[int] = None,
+                      thread_executor: Optional[ThreadPoolExecutor] = None,
+                      process_executor: Optional[ProcessPoolExecutor] = None) -> Worker: ...
+
+    @overload
+    def create_worker(self, worker_class: type[_W], workers_addr: Optional[str] = None,
+                      workers_heartbeat: Optional[int] = None, context: Optional[zmq.Context[Any]] = None,
+                      zap_mechanism: _Mechanism = None, zap_credentials: _Credentials = None,
+                      max_allowed_request: Optional[int] = None,
+                      thread_executor: Optional[ThreadPoolExecutor] = None,
+                      process_executor: Optional[ProcessPoolExecutor] = None) -> _W: ...
+
+    def create_worker(self, worker_class: Optional[type[Worker]] = None, workers_addr: Optional[str] = None,
+                      workers_heartbeat: Optional[int] = None, context: Optional[zmq.Context[Any]] = None,
+                      zap_mechanism: _Mechanism = None, zap_credentials: _Credentials = None,
+                      max_allowed_request: Optional[int] = None,
+                      thread_executor: Optional[ThreadPoolExecutor] = None,
+                      process_executor: Optional[ProcessPoolExecutor] = None) -> Worker:
         """Create a worker of this service (not started: call ``worker.run()``)."""
         worker_class = worker_class or Worker
         worker = worker_class(
@@ -94,7 +122,7 @@ class Service(ServiceCapacity, ABCService):
         self.add_worker(worker)
         return worker
 
-    def add_worker(self, worker):
+    def add_worker(self, worker: Optional[ABCWorker]) -> None:
         """Add a worker (ignored if its identity is known)."""
         if worker is None or worker.identity in self.workers:
             return
@@ -103,7 +131,7 @@ class Service(ServiceCapacity, ABCService):
         self.running = True
         self._capacity_added(worker)
 
-    def remove_worker(self, worker):
+    def remove_worker(self, worker: Optional[ABCWorker]) -> None:
         """Forget a worker (stopping it if it can be stopped)."""
         if worker is None:
             return
@@ -115,7 +143,7 @@ class Service(ServiceCapacity, ABCService):
             self.running = False
         self._capacity_removed(worker)
 
-    def get_workers(self):
+    def get_workers(self) -> dict[bytes, Any]:
         """The workers of the service (identity → worker)."""
         return self.workers
 
@@ -147,9 +175,18 @@ class Worker(ABCWorker):
     ``run()`` for the original's behaviour: the worker stops for good.
     """
 
-    def __init__(self, broker_addr, service, identity=None, heartbeat=None, context=None,
-                 zap_mechanism=None, zap_credentials=None, max_allowed_request=None,
-                 thread_executor=None, process_executor=None):
+    service: Service
+    #: name -> description of the ``@interface`` methods (what ``get_interfaces`` replies)
+    interfaces: dict[str, Any]
+    thread_executor: ThreadPoolExecutor
+    process_executor: ProcessPoolExecutor
+
+    def __init__(self, broker_addr: str, service: Service, identity: Optional[str] = None,
+                 heartbeat: Optional[int] = None, context: Optional[zmq.Context[Any]] = None,
+                 zap_mechanism: _Mechanism = None, zap_credentials: _Credentials = None,
+                 max_allowed_request: Optional[int] = None,
+                 thread_executor: Optional[ThreadPoolExecutor] = None,
+                 process_executor: Optional[ProcessPoolExecutor] = None) -> None:
         self._broker_addr = check_socket_addr(broker_addr)
         self.service = service
         identity = identity or f"gw{secrets.token_hex(8)}"
@@ -161,22 +198,24 @@ class Worker(ABCWorker):
         self.heartbeat_liveness = Settings.MDP_HEARTBEAT_LIVENESS
         self.max_allowed_request = max_allowed_request or Settings.MESSAGE_MAX
         self.expiry = 0.0
-        self._ctx = context if context is not None else Context()
+        self._ctx: zmq.Context[Any] = context if context is not None else Context()
         set_ctx(self._ctx)
         self._loop = current_loop()
         own_executors(self, thread_executor, process_executor)
-        self.requests = set()
-        self.sent_tasks = set()
-        self._recv_task = None
+        self.requests: set[asyncio.Task[Any]] = set()
+        self.sent_tasks: set[asyncio.Task[Any]] = set()
+        self._recv_task: Optional[asyncio.Task[None]] = None
         self._reconnect = True
         self._retries = 0  # failed (re)connection rounds since the last accepted registration
-        self._socket = None
-        self._poller = None
-        self._lsock = None
+        self._socket: Optional[zmq.Socket[bytes]] = None
+        self._poller: Any = None
+        self._lsock: Optional[LoopSocket] = None
         self._last_recv = 0.0
-        self._stop_signal = None
-        self._header = Settings.MDP_WORKER
-        self._reply_prefix = ()
+        # resolved by the receive callback: True = stop for good, False = reconnect
+        self._stop_signal: Optional[asyncio.Future[bool]] = None
+        self._header: bytes = Settings.MDP_WORKER
+        self._reply_prefix: tuple[bytes, ...] = ()
+        self._hb_frames: tuple[bytes, ...] = ()
         cls = type(self)
         self._dynamic_zap = cls.build_zap_frames is not Worker.build_zap_frames
         # Hooks of the original a subclass overrides are called where the original
@@ -189,40 +228,42 @@ class Worker(ABCWorker):
 
     # -- public API -----------------------------------------------------------
 
-    def is_alive(self):
+    def is_alive(self) -> bool:
         """True while connected to the broker."""
         return self.ready
 
     @interface
-    def get_interfaces(self):
-        # No docstring on purpose: the original reports {"doc": None} for it,
-        # and get_interfaces() replies must be byte-identical (see docs/PROTOCOL.md).
+    def get_interfaces(self):  # type: ignore[no-untyped-def]  # reply carries the signature text "()"
+        # No docstring and no annotation on purpose: the original reports
+        # {"doc": None, "signature": "()"} for it, and get_interfaces() replies
+        # must be byte-identical (see docs/PROTOCOL.md).
         return self.interfaces
 
-    def _get_interfaces(self):
-        return collect_interfaces(self)[0]
+    def _get_interfaces(self) -> dict[str, Any]:
+        interfaces: dict[str, Any] = collect_interfaces(self)[0]
+        return interfaces
 
-    def build_zap_frames(self):
+    def build_zap_frames(self) -> Sequence[bytes]:
         """The ZAP frames put in every message to the broker (override for dynamic credentials)."""
         return self._zap_frames_bytes
 
-    def run(self):
+    def run(self) -> None:
         """Start the receive task (connects, then serves)."""
         if self._recv_task is None:
             self._recv_task = self._loop.create_task(self.recv())
 
-    def stop(self):
+    def stop(self) -> None:
         """Cancel the receive task; clean-up happens when the task processes it."""
         task = self._recv_task
         self._recv_task = None
         if task is not None and not task.done():
             task.cancel()
 
-    def close(self):
+    def close(self) -> None:
         """Shut down the executors this worker created."""
         shutdown_own_executors(self)
 
-    async def connect(self):
+    async def connect(self) -> None:
         """Connect to the broker and send READY."""
         if self.ready:
             return
@@ -243,7 +284,7 @@ class Worker(ABCWorker):
             self._lsock.send((b"", self._header, READY) + zap + (body.encode("utf-8"),))
         self.ready = True
 
-    async def disconnect(self, notify=False):
+    async def disconnect(self, notify: bool = False) -> None:
         """Close the connection (with ``notify``, tell the broker first)."""
         if not self.ready:
             return
@@ -259,7 +300,8 @@ class Worker(ABCWorker):
             else:
                 lsock.close()
 
-    async def send_to_majordomo(self, command, option=None, messages=None):
+    async def send_to_majordomo(self, command: Union[bytes, str], option: Optional[Sequence[Any]] = None,
+                                messages: Union[bytes, str, Sequence[Any], None] = None) -> None:
         """Send ``['', MDPW01, command, *zap, *option, *messages]`` to the broker.
 
         Overridable as in the original: when a subclass overrides it, READY,
@@ -279,15 +321,15 @@ class Worker(ABCWorker):
         frames.extend(to_bytes(f) for f in messages)
         lsock.send(frames)
 
-    async def send_hugedata(self, option, hugedata):
+    async def send_hugedata(self, option: Sequence[bytes], hugedata: HugeData) -> None:
         """Send a HugeData reply; ``option`` is ``(client_id, b"", request_id)``."""
         await self._runner._send_hugedata(option[0], option[-1], hugedata)
 
-    async def send_agenerator(self, option, agenerator):
+    async def send_agenerator(self, option: Sequence[bytes], agenerator: AsyncIterator[Any]) -> None:
         """Send a stream reply; ``option`` is ``(client_id, b"", request_id)``."""
         await self._runner._send_stream(option[0], option[-1], agenerator)
 
-    async def process_request(self, messages):
+    async def process_request(self, messages: Sequence[bytes]) -> None:
         """Handle one REQUEST given as ``[client_id, b"", request_id, func, args, kwargs]``.
 
         Overridable as in the original: when a subclass overrides it, every
@@ -297,21 +339,21 @@ class Worker(ABCWorker):
         """
         self._handle_request(list(messages), 0)
 
-    def _spawn_hook(self, coro):
+    def _spawn_hook(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coro)
         self._hook_tasks.add(task)
         task.add_done_callback(self._hook_done)
 
-    def _hook_done(self, task):
+    def _hook_done(self, task: asyncio.Task[Any]) -> None:
         self._hook_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             Wlogger.error("overridden hook failed: %r", task.exception())
 
-    def cleanup_sent(self, task):
+    def cleanup_sent(self, task: asyncio.Task[Any]) -> None:
         """Done-callback of heartbeat-send tasks."""
         self.sent_tasks.discard(task)
 
-    def cleanup_request(self, task):
+    def cleanup_request(self, task: asyncio.Task[Any]) -> None:
         """Done-callback of request tasks."""
         self.requests.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -319,7 +361,7 @@ class Worker(ABCWorker):
 
     # -- receive loop ---------------------------------------------------------
 
-    async def recv(self):
+    async def recv(self) -> None:
         """Connect and serve until stopped; reconnect after a lost broker (see the class doc)."""
         cancelled = False
         try:
@@ -341,7 +383,7 @@ class Worker(ABCWorker):
             self._cancel_requests()
             self.close()
 
-    async def _session(self):
+    async def _session(self) -> bool:
         """One connection: True if the worker must stop, False if the connection was lost."""
         loop = self._loop
         await self.connect()
@@ -349,7 +391,8 @@ class Worker(ABCWorker):
         liveness = self.heartbeat_liveness
         try:
             while True:
-                stop = self._stop_signal = loop.create_future()
+                stop: asyncio.Future[bool] = loop.create_future()
+                self._stop_signal = stop
                 await asyncio.wait((stop,), timeout=interval)
                 if stop.done():
                     return stop.result()
@@ -367,21 +410,21 @@ class Worker(ABCWorker):
         finally:
             self._stop_signal = None
 
-    def _backoff(self):
+    def _backoff(self) -> float:
         """Seconds to wait before the next connection attempt."""
         base = min(self.heartbeat / 1000, 1.0)
         cap = max(base, self.heartbeat * self.heartbeat_liveness / 1000)
-        delay = min(cap, base * (2 ** min(self._retries, 30)))
+        delay = min(cap, base * (2.0 ** min(self._retries, 30)))
         self._retries += 1
         return delay * random.uniform(0.5, 1.0)
 
-    def _cancel_requests(self):
+    def _cancel_requests(self) -> None:
         for task in list(self.requests):
             task.cancel()
         for task in list(self._hook_tasks):
             task.cancel()
 
-    def _send_heartbeat(self, lsock):
+    def _send_heartbeat(self, lsock: LoopSocket) -> None:
         if self._hook_send:
             self._spawn_hook(self.send_to_majordomo(HEARTBEAT))
         elif self._dynamic_zap:
@@ -389,15 +432,15 @@ class Worker(ABCWorker):
         else:
             lsock.send(self._hb_frames)
 
-    def _on_socket_error(self, exc):
+    def _on_socket_error(self, exc: BaseException) -> None:
         Wlogger.error("worker socket failed: %s", exc)
         if self._stop_signal is not None and not self._stop_signal.done():
             self._stop_signal.set_result(False)
 
-    def _get_lsock(self):
+    def _get_lsock(self) -> Optional[LoopSocket]:
         return self._lsock
 
-    def _send_reply_body(self, client_id, request_id, body):
+    def _send_reply_body(self, client_id: bytes, request_id: bytes, body: Sequence[bytes]) -> None:
         lsock = self._lsock
         if lsock is not None:
             if self._hook_send:
@@ -409,7 +452,7 @@ class Worker(ABCWorker):
                 prefix = self._reply_prefix
             lsock.send(prefix + (client_id, b"", request_id) + tuple(body))
 
-    def _on_messages(self, msgs):
+    def _on_messages(self, msgs: list[list[bytes]]) -> None:
         self._last_recv = self._loop.time()
         header = self._header
         for msg in msgs:
@@ -441,7 +484,7 @@ class Worker(ABCWorker):
                 if stop is not None and not stop.done():
                     stop.set_result(final)
 
-    def _handle_request(self, msg, i):
+    def _handle_request(self, msg: Sequence[bytes], i: int) -> None:
         # msg[i:] = client_id, '', request_id, func[, args[, kwargs]]
         n = len(msg) - i
         if n < 3 or msg[i + 1]:
@@ -466,7 +509,7 @@ class Worker(ABCWorker):
 
     # -- graceful stop ----------------------------------------------------------
 
-    async def shutdown(self, grace=10.0):
+    async def shutdown(self, grace: Optional[float] = 10.0) -> int:
         """Stop gracefully: take no new request, finish those in flight, then leave.
 
         From the call on, requests that still arrive are answered at once
@@ -480,8 +523,9 @@ class Worker(ABCWorker):
         of requests that had to be cancelled (0 when every one finished).
         """
         loop = self._loop
-        # An instance attribute shadows the method for the receive callback.
-        self._handle_request = self._refuse_request
+        # An instance attribute shadows the method for the receive callback (removed
+        # again below); same signature, so the callback needs no extra test per message.
+        self._handle_request = self._refuse_request  # type: ignore[method-assign]
         try:
             deadline = loop.time() + max(0.0, float(grace or 0.0))
             while self.requests:
@@ -501,17 +545,17 @@ class Worker(ABCWorker):
                     await asyncio.wait_for(lsock.drain(), max(1.0, deadline - loop.time()))
                 except (asyncio.TimeoutError, ConnectionError):
                     pass
-            task = self._recv_task
+            recv_task = self._recv_task
             self.stop()
-            if task is not None and not task.done():
-                await asyncio.wait((task,), timeout=2.0)
+            if recv_task is not None and not recv_task.done():
+                await asyncio.wait((recv_task,), timeout=2.0)
             if self.ready:
                 await self.disconnect(notify=True)
             return left
         finally:
             self.__dict__.pop("_handle_request", None)
 
-    def _refuse_request(self, msg, i):
+    def _refuse_request(self, msg: Sequence[bytes], i: int) -> None:
         """Answer a request that arrives while :meth:`shutdown` runs."""
         if len(msg) - i < 3 or msg[i + 1]:
             return

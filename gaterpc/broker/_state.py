@@ -30,7 +30,7 @@ __all__ = ("BrokerState", "InternalRequests")
 Frames = Sequence[bytes]
 
 
-class InternalRequests(dict):  # type: ignore[type-arg]
+class InternalRequests(dict[bytes, "asyncio.Future[Any]"]):
     """``request id -> Future`` of requests the broker sent itself.
 
     Entries are removed when they resolve; ``pop`` of a missing id returns

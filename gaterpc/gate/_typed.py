@@ -1,14 +1,31 @@
-"""Typed views of the collaborators of the gate package.
+"""The collaborators of the gate package, in one place.
 
-At run time this module only re-exports the real classes and functions; for
-the type checker it gives their signatures, as far as the gate uses them,
-for modules that are not annotated (yet).  Once they are, the names can be
-imported from their modules directly.
+Most names are re-exported from their (annotated) modules.  Two get a typed
+view of their own, for the type checker only (at run time they are the real
+classes):
+
+* :class:`HugeDataReceiver`, the signature the gate uses, as its module is
+  not annotated yet; once it is, import it from :mod:`gaterpc.hugedata`.
+* :class:`RemoteWorker`: the gate's ``RemoteGate`` subclasses the broker's
+  record of a worker, but its ``service`` is the cluster registry (not a
+  :class:`gaterpc.worker.Service`) and its ``_inflight`` maps request ids to
+  forwards (not to client ids), which the broker's precise type rejects.
+
+:class:`LoopSocket` is the real class (the broker the gate extends holds its
+sockets under that type).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+from gaterpc.base import ABCService, check_zap_args, new_socket
+from gaterpc.exceptions import (
+    BusyGateError, GateUnAvailableError, RemoteException, ServiceUnAvailableError,
+)
+from gaterpc.loopio import LoopSocket
+from gaterpc.protocol import error_body
+from gaterpc.streams import StreamReply
 
 __all__ = (
     "ABCService", "BusyGateError", "GateUnAvailableError", "HugeDataReceiver", "LoopSocket",
@@ -16,34 +33,6 @@ __all__ = (
 )
 
 if TYPE_CHECKING:
-    import asyncio
-
-    import zmq
-
-    class ServiceUnAvailableError(RuntimeError):
-        def __init__(self, name: Any) -> None: ...
-
-    class GateUnAvailableError(ServiceUnAvailableError):
-        def __init__(self) -> None: ...
-
-    class RemoteException(Exception):
-        def __init__(self, except_info: Any) -> None: ...
-
-    class StreamReply:
-        def __init__(self, end_message: bytes, maxsize: int = 0, timeout: float = 0) -> None: ...
-        def _put(self, item: Any, size: int = 0) -> None: ...
-        def _put_end(self) -> None: ...
-        def _put_exception(self, exc: BaseException) -> None: ...
-
-    class BusyGateError(RuntimeError):
-        def __init__(self) -> None: ...
-
-    class LoopSocket:
-        def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket[Any],
-                     handler: Callable[[list[list[bytes]]], None], **kwargs: Any) -> None: ...
-        def send(self, frames: Sequence[bytes]) -> Any: ...
-        def close(self, linger: int = 0) -> None: ...
-
     class HugeDataReceiver:
         def __init__(self, *, default_module: str = "gzip",
                      max_decompressed_size: Optional[int] = None) -> None: ...
@@ -51,12 +40,9 @@ if TYPE_CHECKING:
         def finish(self) -> bytes: ...
         def close(self) -> None: ...
 
-    class ABCService:
-        pass
-
     class RemoteWorker:
         identity: bytes
-        sock: zmq.Socket[Any]
+        sock: Any
         mdp_version: bytes
         ready: bool
         service: Any
@@ -69,21 +55,7 @@ if TYPE_CHECKING:
         expiry: float
 
         def __init__(self, identity: bytes, heartbeat: int, max_allowed_request: int,
-                     sock: zmq.Socket[Any], mdp_version: bytes, service: Any) -> None: ...
-
-    def error_body(pack: Callable[[Any], bytes], exc: BaseException,
-                   with_traceback: bool = True) -> bytes: ...
-
-    def new_socket(ctx: Any, socket_type: int, options: Optional[dict[Any, Any]] = None) -> zmq.Socket[Any]: ...
-
-    def check_zap_args(mechanism: Any, credentials: Any) -> tuple[Any, Any]: ...
+                     sock: Any, mdp_version: bytes, service: Any) -> None: ...
 else:
-    from gaterpc.base import ABCService, check_zap_args, new_socket
-    from gaterpc.exceptions import (
-        BusyGateError, GateUnAvailableError, RemoteException, ServiceUnAvailableError,
-    )
+    from gaterpc.bookkeeping import RemoteWorker
     from gaterpc.hugedata import HugeDataReceiver
-    from gaterpc.loopio import LoopSocket
-    from gaterpc.protocol import error_body
-    from gaterpc.streams import StreamReply
-    from gaterpc.worker import RemoteWorker
