@@ -25,7 +25,13 @@ import inspect
 import logging
 import sys
 import types
+from concurrent.futures import Executor
 from types import AsyncGeneratorType, GeneratorType
+from typing import (
+    AsyncIterator,
+    TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Protocol, Sequence,
+    Set, Tuple, Union,
+)
 
 from gaterpc.counters import count_drop
 from gaterpc.hugedata import HugeData, iter_hugedata_chunks
@@ -34,6 +40,9 @@ from gaterpc.protocol import (
 )
 from gaterpc._speedups.frames import singleton_ok
 from gaterpc.serialization import MsgPackError, msg_pack
+
+if TYPE_CHECKING:
+    from gaterpc.loopio import LoopSocket
 
 __all__ = ("KIND_CORO", "KIND_INLINE", "KIND_THREAD", "KIND_PROCESS", "Runner", "collect_interfaces")
 
@@ -47,15 +56,29 @@ KIND_PROCESS = 3
 _EAGER = sys.version_info >= (3, 12)
 _STREAM_KINDS = (GeneratorType, AsyncGeneratorType, HugeData)
 
+#: ``(bound method, KIND_*)`` of one remotely callable function.
+TableEntry = Tuple[Callable[..., Any], int]
+#: ``send_body(client_id, request_id, body_frames)``: sends one reply message.
+SendBody = Callable[[bytes, bytes, Tuple[bytes, ...]], object]
 
-def collect_interfaces(obj):
+class RunnerOwner(Protocol):
+    """What a :class:`Runner` needs of its owner (a worker or a broker)."""
+
+    @property
+    def thread_executor(self) -> Optional[Executor]: ...
+
+    @property
+    def process_executor(self) -> Optional[Executor]: ...
+
+
+def collect_interfaces(obj: object) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, TableEntry]]:
     """``(interfaces, table)`` of an object's public ``@interface`` methods.
 
     ``interfaces`` is the original's ``{name: {"doc", "signature"}}``;
     ``table`` maps a name to ``(bound_method, kind)`` for the dispatcher.
     """
-    interfaces = {}
-    table = {}
+    interfaces: Dict[str, Dict[str, Any]] = {}
+    table: Dict[str, TableEntry] = {}
     for name, member in inspect.getmembers(obj):
         if name.startswith("_"):
             continue
@@ -87,7 +110,9 @@ class DetachedSelf(types.SimpleNamespace):
     """
 
 
-def _call_detached(func, detached, args, kwargs):
+def _call_detached(
+    func: Callable[..., Any], detached: DetachedSelf, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> Any:
     return func(detached, *args, **kwargs)
 
 
@@ -99,7 +124,14 @@ class Runner:
     used to wait for its backlog in long transfers.
     """
 
-    def __init__(self, owner, loop, send_body, lsock_getter, tasks):
+    def __init__(
+        self,
+        owner: RunnerOwner,
+        loop: asyncio.AbstractEventLoop,
+        send_body: SendBody,
+        lsock_getter: Callable[[], Optional[LoopSocket]],
+        tasks: Set[Any],
+    ) -> None:
         self.owner = owner
         self.loop = loop
         self.send_body = send_body
@@ -107,9 +139,9 @@ class Runner:
         self.tasks = tasks
         self.pack = msg_pack
         # (client_id, request_id) -> the task/future running that request (for cancel())
-        self.active = {}
+        self.active: Dict[Tuple[bytes, bytes], asyncio.Future[Any]] = {}
 
-    def cancel(self, client_id, request_id):
+    def cancel(self, client_id: bytes, request_id: bytes) -> bool:
         """Stop the request ``(client_id, request_id)`` if it runs in a task (True if it did).
 
         Used when the broker says its caller is gone: a coroutine, a stream
@@ -124,13 +156,21 @@ class Runner:
         task.cancel()
         return True
 
-    def _track(self, client_id, request_id, task):
+    def _track(self, client_id: bytes, request_id: bytes, task: asyncio.Future[Any]) -> None:
         self.tasks.add(task)
         self.active[(client_id, request_id)] = task
 
     # -- running --------------------------------------------------------------
 
-    def run(self, client_id, request_id, fn, kind, args, kwargs):
+    def run(
+        self,
+        client_id: bytes,
+        request_id: bytes,
+        fn: Callable[..., Any],
+        kind: int,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> None:
         """Run ``fn(*args, **kwargs)`` and reply to ``(client_id, request_id)``."""
         try:
             if kind == KIND_INLINE:
@@ -138,7 +178,8 @@ class Runner:
             elif kind == KIND_CORO:
                 coro = fn(*args, **kwargs)
                 if _EAGER:
-                    task = asyncio.Task(coro, loop=self.loop, eager_start=True)
+                    # eager_start exists from 3.12 on (guarded by _EAGER); mypy checks against 3.10
+                    task = asyncio.Task(coro, loop=self.loop, eager_start=True)  # type: ignore[call-arg]
                     if task.done():
                         self._task_done(client_id, request_id, task)
                         return
@@ -176,7 +217,7 @@ class Runner:
             return
         self.deliver(client_id, request_id, result)
 
-    def _task_done(self, client_id, request_id, task):
+    def _task_done(self, client_id: bytes, request_id: bytes, task: asyncio.Future[Any]) -> None:
         self.tasks.discard(task)
         active = self.active
         key = (client_id, request_id)
@@ -194,7 +235,9 @@ class Runner:
 
     # -- replying -------------------------------------------------------------
 
-    def reply_error(self, client_id, request_id, exc, with_traceback=True):
+    def reply_error(
+        self, client_id: bytes, request_id: bytes, exc: BaseException, with_traceback: bool = True
+    ) -> None:
         """Send the error reply for ``exc``."""
         try:
             body = error_body(self.pack, exc, with_traceback)
@@ -202,7 +245,7 @@ class Runner:
             body = error_body(self.pack, RuntimeError(str(type(exc).__name__)), False)
         self.send_body(client_id, request_id, (body,))
 
-    def deliver(self, client_id, request_id, result):
+    def deliver(self, client_id: bytes, request_id: bytes, result: Any) -> None:
         """Send ``result`` as a single reply, a stream or a HugeData transfer."""
         if isinstance(result, _STREAM_KINDS):
             if isinstance(result, HugeData):
@@ -220,7 +263,7 @@ class Runner:
             return
         self.send_body(client_id, request_id, (body,))
 
-    def _transfer_done(self, client_id, request_id, task):
+    def _transfer_done(self, client_id: bytes, request_id: bytes, task: asyncio.Future[None]) -> None:
         self.tasks.discard(task)
         active = self.active
         key = (client_id, request_id)
@@ -229,12 +272,17 @@ class Runner:
         if not task.cancelled() and task.exception() is not None:
             logger.error("stream transfer failed: %r", task.exception())
 
-    async def _wait_backlog(self):
+    async def _wait_backlog(self) -> None:
         lsock = self._lsock()
         if lsock is not None and lsock.backlog_size():
             await lsock.drain()
 
-    async def _send_stream(self, client_id, request_id, gen):
+    async def _send_stream(
+        self,
+        client_id: bytes,
+        request_id: bytes,
+        gen: Union[GeneratorType[Any, Any, Any], AsyncIterator[Any]],
+    ) -> None:
         send = self.send_body
         pack = self.pack
         try:
@@ -266,7 +314,7 @@ class Runner:
             return
         send(client_id, request_id, (STREAM_TAG, STREAM_END))
 
-    async def _send_hugedata(self, client_id, request_id, hd):
+    async def _send_hugedata(self, client_id: bytes, request_id: bytes, hd: HugeData) -> None:
         send = self.send_body
         try:
             async for chunk in iter_hugedata_chunks(hd, self.loop):

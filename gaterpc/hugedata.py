@@ -34,11 +34,20 @@ import threading
 import time
 import zlib
 from collections import deque
+from types import ModuleType
+from typing import (
+    TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Deque, Dict, List, Optional, Protocol, Union,
+)
 
 from gaterpc.exceptions import BadGzip, HugeDataException, RemoteException
 from gaterpc.helpers import resolve_module_attr
 from gaterpc.serialization import msg_unpack
 from gaterpc._speedups.chunks import ChunkCutter, OutputLimiter
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from typing_extensions import Buffer
 
 __all__ = (
     "HugeData", "HugeDataReceiver", "GzipCompressor", "GzipDecompressor", "iter_hugedata_chunks",
@@ -59,22 +68,43 @@ _XZ_MAGIC = b"\xfd7zXZ\x00"
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"
 _MAGIC_LEN = 6
 
+#: A compression module: a built-in name ("gzip", "bz2", "lzma", "lz4"), a
+#: dotted path to a plug-in, or the plug-in module itself.
+CodecName = Union[str, ModuleType]
+#: The byte buffers HugeData compresses and decompresses.
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
+class Compressor(Protocol):
+    """An incremental compressor (``compressor(level)`` of a codec)."""
+
+    def compress(self, data: BytesLike, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class Decompressor(Protocol):
+    """An incremental decompressor (``decompressor()`` of a codec); ``eof`` and
+    ``needs_input`` are used when it has them."""
+
+    def decompress(self, data: Buffer, max_length: int = ..., /) -> bytes: ...
+
 
 class GzipCompressor:
     """Incremental gzip (RFC 1952) with the original's header: FLG 0, OS 255."""
 
-    def __init__(self, compresslevel=1):
+    def __init__(self, compresslevel: int = 1) -> None:
         self._level = compresslevel
         self._deflate = zlib.compressobj(compresslevel, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0)
         self._crc = 0
         self._size = 0
         self._header_sent = False
 
-    def _header(self):
+    def _header(self) -> bytes:
         xfl = b"\x02" if self._level == 9 else b"\x04" if self._level == 1 else b"\x00"
         return b"\x1f\x8b\x08\x00" + struct.pack("<I", int(time.time()) & 0xFFFFFFFF) + xfl + b"\xff"
 
-    def compress(self, data):
+    def compress(self, data: BytesLike) -> bytes:
         """Compress ``data``; the header precedes the first non-empty output."""
         self._crc = zlib.crc32(data, self._crc)
         self._size += len(data)
@@ -84,7 +114,7 @@ class GzipCompressor:
             out = self._header() + out
         return out
 
-    def flush(self):
+    def flush(self) -> bytes:
         """The rest of the deflate stream and the trailer (CRC-32, size)."""
         out = self._deflate.flush()
         if not self._header_sent:
@@ -97,17 +127,17 @@ class GzipDecompressor:
     """Incremental gzip decompression; CRC-32 and size are verified
     (the original does not check them)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._pending = b""
         self._full = False
 
-    def decompress(self, data, max_length=0):
+    def decompress(self, data: Buffer, max_length: Optional[int] = 0) -> bytes:
         """Decompress ``data`` (``max_length`` ≤ 0: unlimited); input beyond it is kept."""
         if max_length is None or max_length < 0:
             max_length = 0
         if self._pending:
-            data = self._pending + data
+            data = self._pending + bytes(data)
         try:
             out = self._z.decompress(data, max_length)
         except zlib.error as exc:
@@ -118,12 +148,12 @@ class GzipDecompressor:
         return out
 
     @property
-    def eof(self):
+    def eof(self) -> bool:
         """True once the whole member (with a valid trailer) was read."""
         return self._z.eof
 
     @property
-    def needs_input(self):
+    def needs_input(self) -> bool:
         """True when more input is required to make progress."""
         return not self._pending and not self._full and not self._z.eof
 
@@ -131,37 +161,41 @@ class GzipDecompressor:
 class _Codec:
     """A compression module: ``compressor(level)``, ``decompressor()``."""
 
-    def __init__(self, name, compressor, decompressor):
+    def __init__(
+        self, name: str, compressor: Callable[[int], Compressor], decompressor: Callable[[], Decompressor]
+    ) -> None:
         self.name = name
         self.compressor = compressor
         self.decompressor = decompressor
 
 
-def _lz4_codec():
+def _lz4_codec() -> _Codec:
     import lz4.frame
 
     class _Lz4Compressor:
-        def __init__(self, level):
+        def __init__(self, level: int) -> None:
             # The content checksum lets the receiver detect corruption (like gzip's CRC-32).
             self._c = lz4.frame.LZ4FrameCompressor(compression_level=level, content_checksum=True)
             self._started = False
 
-        def compress(self, data):
-            out = b""
+        def compress(self, data: BytesLike) -> bytes:
+            out: bytes = b""
             if not self._started:
                 self._started = True
                 out = self._c.begin()
-            return out + self._c.compress(data)
+            out += self._c.compress(data)
+            return out
 
-        def flush(self):
-            out = b"" if self._started else self._c.begin()
+        def flush(self) -> bytes:
+            out: bytes = b"" if self._started else self._c.begin()
             self._started = True
-            return out + self._c.flush()
+            out += self._c.flush()
+            return out
 
     return _Codec("lz4", _Lz4Compressor, lz4.frame.LZ4FrameDecompressor)
 
 
-_BUILTIN = {
+_BUILTIN: Dict[str, Callable[[], _Codec]] = {
     "gzip": lambda: _Codec("gzip", GzipCompressor, GzipDecompressor),
     "bz2": lambda: _Codec("bz2", bz2.BZ2Compressor, bz2.BZ2Decompressor),
     "lzma": lambda: _Codec("lzma", lambda level: lzma.LZMACompressor(preset=level), lzma.LZMADecompressor),
@@ -169,16 +203,16 @@ _BUILTIN = {
 }
 
 
-def get_codec(name):
+def get_codec(name: CodecName) -> _Codec:
     """The codec of a module name: a built-in or a dotted path to a plug-in."""
-    maker = _BUILTIN.get(name)
+    maker = _BUILTIN.get(name) if isinstance(name, str) else None
     if maker is not None:
         return maker()
-    module = resolve_module_attr(name) if isinstance(name, str) else name
+    module: Any = resolve_module_attr(name) if isinstance(name, str) else name
     return _Codec(getattr(module, "__name__", str(name)), module.compressor, module.decompressor)
 
 
-def detect_format(head):
+def detect_format(head: bytes) -> Optional[str]:
     """The built-in format whose magic bytes start ``head``, or ``None``."""
     if head.startswith(_GZIP_MAGIC):
         return "gzip"
@@ -191,7 +225,7 @@ def detect_format(head):
     return None
 
 
-def _could_be_magic(head):
+def _could_be_magic(head: bytes) -> bool:
     """True while ``head`` is a proper prefix of some magic number."""
     return any(m.startswith(head) and len(head) < len(m) for m in (_GZIP_MAGIC, _BZ2_MAGIC, _XZ_MAGIC, _LZ4_MAGIC))
 
@@ -199,21 +233,21 @@ def _could_be_magic(head):
 class HugeDataReceiver:
     """Reassembles one HugeData reply from its chunks (client side)."""
 
-    def __init__(self, *, default_module="gzip", max_decompressed_size=None):
+    def __init__(self, *, default_module: CodecName = "gzip", max_decompressed_size: Optional[int] = None) -> None:
         self.default_module = default_module
         self.max_decompressed_size = (HugeData.DEFAULT_MAX_DECOMPRESSED_SIZE
                                       if max_decompressed_size is None else max_decompressed_size)
         self._head = b""
-        self._decompressor = None
+        self._decompressor: Optional[Decompressor] = None
         self._out = OutputLimiter(self.max_decompressed_size)
         self._closed = False
         self._step = _STEP
 
-    def _start(self, head):
+    def _start(self, head: bytes) -> None:
         name = detect_format(head) or self.default_module
         self._decompressor = get_codec(name).decompressor()
 
-    def feed(self, chunk):
+    def feed(self, chunk: Buffer) -> None:
         """Decompress one chunk (empty chunks are ignored)."""
         if not chunk:
             return
@@ -229,7 +263,7 @@ class HugeDataReceiver:
             chunk = head
         self._decompress(chunk)
 
-    async def feed_async(self, chunk):
+    async def feed_async(self, chunk: BytesLike) -> None:
         """As :meth:`feed`, decompressing a large chunk in a thread."""
         if len(chunk) >= OFFLOAD_SIZE:
             await asyncio.to_thread(self.feed, chunk)
@@ -237,12 +271,13 @@ class HugeDataReceiver:
             self.feed(chunk)
 
     @property
-    def eof(self):
+    def eof(self) -> bool:
         """True once the decompressor reported the end of the compressed stream."""
         return bool(getattr(self._decompressor, "eof", False))
 
-    def _decompress(self, data):
+    def _decompress(self, data: Buffer) -> None:
         d = self._decompressor
+        assert d is not None  # started by feed()/_complete() before any data
         out = self._out
         step = self._step
         try:
@@ -263,7 +298,7 @@ class HugeDataReceiver:
         except Exception as exc:
             raise HugeDataException(f"corrupt HugeData stream: {type(exc).__name__}: {exc}") from None
 
-    def _complete(self):
+    def _complete(self) -> None:
         """Drain the decompressor and check the stream ended (the end tag arrived)."""
         if self._decompressor is None:
             if not self._head:
@@ -271,7 +306,7 @@ class HugeDataReceiver:
             head, self._head = self._head, b""
             self._start(head)
             self._decompress(head)
-        d = self._decompressor
+        d: Any = self._decompressor  # a plug-in's decompressor may lack eof/flush
         if not hasattr(d, "eof"):
             if hasattr(d, "flush"):
                 self._out.add(d.flush())
@@ -281,11 +316,12 @@ class HugeDataReceiver:
         if not d.eof:
             raise HugeDataException("truncated HugeData stream: the compressed data ended early")
 
-    def _take(self):
+    def _take(self) -> bytes:
         """Output gathered since the last call (streaming use)."""
-        return self._out.take()
+        out: bytes = self._out.take()
+        return out
 
-    def finish(self):
+    def finish(self) -> bytearray:
         """The decompressed payload, once the end tag arrived.
 
         Raises ``HugeDataException`` when the stream is empty or truncated.
@@ -294,11 +330,11 @@ class HugeDataReceiver:
         if self._closed:
             raise HugeDataException("the HugeData receiver is closed")
         self._complete()
-        payload = self._out.getvalue()
+        payload: bytearray = self._out.getvalue()
         self.close()
         return payload
 
-    def close(self):
+    def close(self) -> None:
         """Drop the buffers (idempotent)."""
         self._closed = True
         self._decompressor = None
@@ -310,10 +346,20 @@ class HugeData:
 
     DEFAULT_MAX_DECOMPRESSED_SIZE = 256 * 1024 * 1024
     _WRITE_BUFFER_COMPACT_THRESHOLD = 1024 * 1024
-    _shared_process_executor = None
+    _shared_process_executor: ClassVar[Optional[ProcessPoolExecutor]] = None
 
-    def __init__(self, end_tag, except_tag, *, data=None, compress_module="gzip", compress_level=1,
-                 blksize=1000, timeout=1, max_decompressed_size=None):
+    def __init__(
+        self,
+        end_tag: bytes,
+        except_tag: bytes,
+        *,
+        data: Optional[Buffer] = None,
+        compress_module: CodecName = "gzip",
+        compress_level: int = 1,
+        blksize: int = 1000,
+        timeout: Optional[float] = 1,
+        max_decompressed_size: Optional[int] = None,
+    ) -> None:
         self.end_tag = end_tag
         self.except_tag = except_tag
         self.compress_module = compress_module
@@ -322,16 +368,18 @@ class HugeData:
         self.timeout = timeout
         self.max_decompressed_size = (self.DEFAULT_MAX_DECOMPRESSED_SIZE
                                       if max_decompressed_size is None else max_decompressed_size)
-        self._remote_exception = None
-        self._p = None
-        self.sel = None
-        self._write_buffer = None
+        self._remote_exception: Optional[bytes] = None
+        self._p: Any = None
+        self.sel: Any = None
+        self._write_buffer: Optional[bytearray] = None
         self._write_offset = 0
         self._write_end = False
-        self._finalizer = None
+        self._finalizer: Any = None
         self._destroyed = False
         if data is not None and not isinstance(data, bytes):
             data = memoryview(data).cast("B")  # any buffer (bytearray, memoryview, array, ...)
+        self._pipe: Optional[Deque[bytes]]
+        self.data: Optional[Union[bytes, memoryview]]
         if data is not None and len(data):
             self.data = data
             self._pipe = None
@@ -340,12 +388,12 @@ class HugeData:
             self.data = None
             self._pipe = deque()
             self._pipe_closed = False
-            self._pipe_event = None
-            self._pipe_loop = None
-            self._pipe_thread = None
+            self._pipe_event: Optional[asyncio.Event] = None
+            self._pipe_loop: Optional[asyncio.AbstractEventLoop] = None
+            self._pipe_thread: Optional[int] = None
 
     @classmethod
-    def get_process_executor(cls):
+    def get_process_executor(cls) -> ProcessPoolExecutor:
         """Kept for compatibility; HugeData no longer uses a process pool."""
         from concurrent.futures import ProcessPoolExecutor
 
@@ -353,7 +401,7 @@ class HugeData:
             cls._shared_process_executor = ProcessPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1))
         return cls._shared_process_executor
 
-    def add_data(self, data):
+    def add_data(self, data: Buffer) -> None:
         """Append input (pipe mode only)."""
         if self._pipe is None:
             raise TypeError("data")
@@ -363,13 +411,13 @@ class HugeData:
             self._pipe.append(bytes(data))
             self._wake()
 
-    def flush(self):
+    def flush(self) -> None:
         """Declare the end of the input (pipe mode)."""
         if self._pipe is not None:
             self._pipe_closed = True
             self._wake()
 
-    def _wake(self):
+    def _wake(self) -> None:
         # The consumer (_input) publishes its loop and thread before it first
         # looks at the pipe, so a producer that finds no event yet needs no wake-up.
         ev = self._pipe_event
@@ -384,10 +432,12 @@ class HugeData:
         except RuntimeError:  # the consumer's loop is closed
             pass
 
-    async def _input(self):
+    async def _input(self) -> AsyncIterator[Union[bytes, memoryview]]:
         """The input pieces: slices of ``data`` or what ``add_data`` delivered."""
         if self._pipe is None:
-            view = memoryview(self.data).cast("B") if not isinstance(self.data, bytes) else memoryview(self.data)
+            data = self.data
+            assert data is not None  # not in pipe mode: the payload was given
+            view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
             for i in range(0, len(view), _SLICE):
                 yield view[i:i + _SLICE]
             return
@@ -420,7 +470,7 @@ class HugeData:
             except asyncio.TimeoutError:
                 pass
 
-    async def compress(self, loop=None):
+    async def compress(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> AsyncIterator[bytes]:
         """Yield compressed chunks of at most ``blksize`` bytes (the last may be empty)."""
         try:
             compressor = get_codec(self.compress_module).compressor(self.compress_level)
@@ -443,7 +493,9 @@ class HugeData:
             raise HugeDataException(exc) from exc
         yield cutter.rest()
 
-    async def decompress(self, loop=None, max_length=-1):
+    async def decompress(
+        self, loop: Optional[asyncio.AbstractEventLoop] = None, max_length: Optional[int] = -1
+    ) -> AsyncIterator[bytes]:
         """Yield decompressed pieces of at most ``blksize`` bytes (the last may be empty).
 
         The format is detected from the stream's magic bytes (``compress_module``
@@ -483,7 +535,7 @@ class HugeData:
             raise RemoteException(msg_unpack(self._remote_exception))
         yield cutter.rest()
 
-    def destroy(self):
+    def destroy(self) -> None:
         """Release the payload and buffers (idempotent)."""
         if self._destroyed:
             return
@@ -493,14 +545,16 @@ class HugeData:
             self._pipe.clear()
             self._pipe_closed = True
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.destroy()
         except Exception:
             pass
 
 
-async def iter_hugedata_chunks(hd, loop=None):
+async def iter_hugedata_chunks(
+    hd: HugeData, loop: Optional[asyncio.AbstractEventLoop] = None
+) -> AsyncIterator[bytes]:
     """Yield the wire chunks of ``hd``: compressed pieces of at most ``hd.blksize``
     bytes (the first one holding the whole format header), then one empty
     chunk ``b""`` (the original always sends one; docs/PROTOCOL.md, "HugeData").  Errors raise
@@ -509,7 +563,7 @@ async def iter_hugedata_chunks(hd, loop=None):
     With a ``blksize`` below the gzip header length the first chunk is made
     longer than ``blksize`` so that it still holds the whole header.
     """
-    head = b""
+    head: Optional[bytes] = b""
     async for chunk in hd.compress(loop):
         if not chunk:
             continue
@@ -524,11 +578,18 @@ async def iter_hugedata_chunks(hd, loop=None):
     yield b""
 
 
-def _incremental_compress(compress_module, compress_level, in_data, out_data, end_tag, blksize=1000):
+def _incremental_compress(
+    compress_module: CodecName,
+    compress_level: int,
+    in_data: Buffer,
+    out_data: object,
+    end_tag: bytes,
+    blksize: int = 1000,
+) -> List[bytes]:
     """Compress ``in_data`` (bytes) into a list of ``blksize`` chunks (kept for compatibility)."""
     compressor = get_codec(compress_module).compressor(compress_level)
     cutter = ChunkCutter(blksize)
-    chunks = list(cutter.feed(compressor.compress(bytes(in_data))))
+    chunks: List[bytes] = list(cutter.feed(compressor.compress(bytes(in_data))))
     chunks.extend(cutter.feed(compressor.flush()))
     rest = cutter.rest()
     if rest:
@@ -539,7 +600,14 @@ def _incremental_compress(compress_module, compress_level, in_data, out_data, en
     return chunks
 
 
-def _incremental_decompress(compress_module, in_data, out_data, end_tag, max_length=-1, blksize=1000):
+def _incremental_decompress(
+    compress_module: CodecName,
+    in_data: Buffer,
+    out_data: object,
+    end_tag: bytes,
+    max_length: int = -1,
+    blksize: int = 1000,
+) -> List[bytearray]:
     """Decompress ``in_data`` (bytes) into a list of ``blksize`` pieces (kept for compatibility)."""
     receiver = HugeDataReceiver(default_module=compress_module)
     receiver.feed(bytes(in_data))
@@ -551,7 +619,7 @@ def _incremental_decompress(compress_module, in_data, out_data, end_tag, max_len
     return pieces
 
 
-def ensure_shm_unlink(shm):
+def ensure_shm_unlink(shm: object) -> None:
     """Close and unlink a SharedMemory block, ignoring 'already gone'."""
     for step in ("close", "unlink"):
         try:

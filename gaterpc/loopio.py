@@ -36,8 +36,10 @@ silently.  :func:`backlog_budget` reports the current use.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
 import zmq
 
@@ -52,6 +54,11 @@ _POLLOUT = zmq.POLLOUT
 _EHOSTUNREACH = zmq.EHOSTUNREACH
 logger = logging.getLogger("gaterpc")
 
+#: One multipart message as handed to :meth:`LoopSocket.send` (its frames).
+Frames = Sequence[bytes]
+#: Receives each batch of multipart messages read from the socket.
+BatchHandler = Callable[[List[List[bytes]]], object]
+
 
 class BacklogBudgetError(BufferError):
     """A message would push the process over its backlog budget (it was not sent)."""
@@ -60,17 +67,17 @@ class BacklogBudgetError(BufferError):
 class _Budget:
     __slots__ = ("messages", "bytes", "max_messages", "max_bytes")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.messages = 0
         self.bytes = 0
         self.max_messages = 1_000_000
         self.max_bytes = 256 * 1024 * 1024
 
-    def refresh(self):
+    def refresh(self) -> None:
         self.max_messages = int(Settings.BACKLOG_MAX_MESSAGES)
         self.max_bytes = int(Settings.BACKLOG_MAX_BYTES)
 
-    def describe(self):
+    def describe(self) -> str:
         return (f"the process-wide send backlog budget is exhausted "
                 f"(Settings.BACKLOG_MAX_MESSAGES={self.max_messages}, "
                 f"Settings.BACKLOG_MAX_BYTES={self.max_bytes}; {self.messages} messages, "
@@ -80,19 +87,19 @@ class _Budget:
 _BUDGET = _Budget()
 
 
-def backlog_budget():
+def backlog_budget() -> Dict[str, int]:
     """``{"messages", "bytes", "max_messages", "max_bytes"}`` of the process-wide backlog budget."""
     b = _BUDGET
     return {"messages": b.messages, "bytes": b.bytes, "max_messages": b.max_messages,
             "max_bytes": b.max_bytes}
 
 
-def budget_message():
+def budget_message() -> str:
     """The text of the error given to whoever exceeds the budget."""
     return _BUDGET.describe()
 
 
-def _size(frames):
+def _size(frames: Frames) -> int:
     size = 0
     for f in frames:
         size += len(f)
@@ -109,23 +116,35 @@ class LoopSocket:
         "_queued_bytes", "__weakref__",
     )
 
-    def __init__(self, loop, sock, handler, *, batch=256, rounds=4, on_error=None, per_peer=False,
-                 on_unreachable=None, on_over_budget=None):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: zmq.Socket[bytes],
+        handler: BatchHandler,
+        *,
+        batch: int = 256,
+        rounds: int = 4,
+        on_error: Optional[Callable[[zmq.ZMQError], object]] = None,
+        per_peer: bool = False,
+        on_unreachable: Optional[Callable[[bytes], object]] = None,
+        on_over_budget: Optional[Callable[[Frames], object]] = None,
+    ) -> None:
         self.loop = loop
         self.socket = sock
         self.io = ZSocketIO(sock)
-        self.fd = sock.getsockopt(zmq.FD)
+        self.fd = int(sock.getsockopt(zmq.FD))  # an int for FD (getsockopt is typed int | bytes)
         self._handler = handler
-        self._backlog = deque()
+        self._backlog: Deque[Frames] = deque()
         self._check_scheduled = False
-        self._drain_waiters = []
+        self._drain_waiters: List[asyncio.Future[None]] = []
         self._closed = False
-        self._flush_timer = None
+        self._flush_timer: Optional[asyncio.TimerHandle] = None
         self._on_error = on_error
         self.batch = batch
         self.rounds = rounds
         self._per_peer = per_peer
-        self._peers = {}        # peer id -> [deque of messages, bytes]
+        # peer id -> [deque of messages (Deque[Frames]), bytes (int)]
+        self._peers: Dict[bytes, List[Any]] = {}
         self._peer_count = 0    # messages in all peer backlogs
         self._queued_bytes = 0  # bytes in this socket's backlogs (part of the process budget)
         self.dropped = 0        # messages dropped: peer gone or over the budget
@@ -142,35 +161,35 @@ class LoopSocket:
         self._schedule_check()
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         """True once :meth:`close` ran (or the socket failed)."""
         return self._closed
 
-    def backlog_size(self):
+    def backlog_size(self) -> int:
         """Number of messages waiting for the socket to become writable."""
         return len(self._backlog) + self._peer_count
 
-    def backlog_bytes(self):
+    def backlog_bytes(self) -> int:
         """Bytes of the messages waiting for the socket to become writable."""
         return self._queued_bytes
 
-    def peer_backlog(self, peer):
+    def peer_backlog(self, peer: bytes) -> tuple[int, int]:
         """``(messages, bytes)`` waiting for ``peer`` (per-peer mode)."""
         entry = self._peers.get(peer)
         return (0, 0) if entry is None else (len(entry[0]), entry[1])
 
     # -- reading --------------------------------------------------------------
 
-    def _schedule_check(self):
+    def _schedule_check(self) -> None:
         if not self._check_scheduled and not self._closed:
             self._check_scheduled = True
             self.loop.call_soon(self._check)
 
-    def _check(self):
+    def _check(self) -> None:
         self._check_scheduled = False
         self._on_event()
 
-    def _on_event(self):
+    def _on_event(self) -> None:
         if self._closed:
             return
         io = self.io
@@ -200,7 +219,7 @@ class LoopSocket:
 
     # -- writing --------------------------------------------------------------
 
-    def send(self, frames):
+    def send(self, frames: Frames) -> bool:
         """Send one multipart message without blocking (queued at the HWM).
 
         Returns True when the message was sent or queued, False when it was
@@ -229,7 +248,7 @@ class LoopSocket:
             self.loop.call_soon(self._check)
         return True
 
-    def send_forced(self, frames):
+    def send_forced(self, frames: Frames) -> bool:
         """Like :meth:`send`, but a message that has to wait is queued even over the budget.
 
         For the few small messages that tell a receiver its request failed.
@@ -249,7 +268,7 @@ class LoopSocket:
             self._arm_flush_timer()
         return self._enqueue(frames, True)
 
-    def _enqueue(self, frames, force):
+    def _enqueue(self, frames: Frames, force: bool) -> bool:
         size = _size(frames)
         b = _BUDGET
         if not force and (b.messages >= b.max_messages or b.bytes + size > b.max_bytes):
@@ -263,7 +282,7 @@ class LoopSocket:
             self.loop.call_soon(self._check)
         return True
 
-    def _over_budget(self, frames):
+    def _over_budget(self, frames: Frames) -> bool:
         self.dropped += 1
         count_drop("backlog_budget")
         cb = self.on_over_budget
@@ -275,7 +294,7 @@ class LoopSocket:
             logger.exception("error in the over-budget handler")
         return False
 
-    def _send_to_peer(self, frames, force):
+    def _send_to_peer(self, frames: Frames, force: bool) -> bool:
         peer = frames[0]
         entry = self._peers.get(peer)
         if entry is None:
@@ -306,7 +325,7 @@ class LoopSocket:
         b.bytes += size
         return True
 
-    def drop_peer(self, peer):
+    def drop_peer(self, peer: bytes) -> int:
         """Drop everything waiting for ``peer`` (counted); returns the number of messages."""
         entry = self._peers.pop(peer, None)
         if entry is None:
@@ -318,21 +337,21 @@ class LoopSocket:
         count_drop("peer_dropped", n)
         return n
 
-    def _release(self, n, size):
+    def _release(self, n: int, size: int) -> None:
         self._queued_bytes -= size
         b = _BUDGET
         b.messages -= n
         b.bytes -= size
 
-    def _flush_peers(self):
+    def _flush_peers(self) -> None:
         send = self.io.send
         peers = self._peers
-        gone = None
+        gone: Optional[List[tuple[bytes, int]]] = None
         for peer in list(peers):
             entry = peers.get(peer)
             if entry is None:
                 continue
-            queue = entry[0]
+            queue: Deque[Frames] = entry[0]
             while queue:
                 frames = queue[0]
                 try:
@@ -363,7 +382,7 @@ class LoopSocket:
         if peers:
             self._arm_flush_timer()
 
-    def _unreachable(self, peer, n):
+    def _unreachable(self, peer: bytes, n: int) -> None:
         self.dropped += n
         count_drop("peer_unreachable", n)
         cb = self.on_unreachable
@@ -373,7 +392,7 @@ class LoopSocket:
             except Exception:  # a handler bug must not stop the socket
                 logger.exception("error in the unreachable-peer handler")
 
-    def _flush(self):
+    def _flush(self) -> None:
         if self._peer_count:
             self._flush_peers()
             if self._peer_count:
@@ -394,19 +413,19 @@ class LoopSocket:
                 if not w.done():
                     w.set_result(None)
 
-    def _arm_flush_timer(self):
+    def _arm_flush_timer(self) -> None:
         # Safety net: the FD should signal writability, but poll now and then.
         if self._flush_timer is None and not self._closed:
             self._flush_timer = self.loop.call_later(0.01, self._flush_timer_fired)
 
-    def _flush_timer_fired(self):
+    def _flush_timer_fired(self) -> None:
         self._flush_timer = None
         if (self._backlog or self._peer_count) and not self._closed:
             self._on_event()
             if self._backlog or self._peer_count:
                 self._arm_flush_timer()
 
-    async def drain(self):
+    async def drain(self) -> None:
         """Wait until every queued message has been handed to ZeroMQ."""
         if not (self._backlog or self._peer_count) or self._closed:
             return
@@ -416,7 +435,7 @@ class LoopSocket:
 
     # -- closing --------------------------------------------------------------
 
-    def _fail(self, exc):
+    def _fail(self, exc: zmq.ZMQError) -> None:
         if self._closed:
             return
         self.close()
@@ -424,7 +443,7 @@ class LoopSocket:
         if cb is not None:
             cb(exc)
 
-    def close(self, linger=0):
+    def close(self, linger: int = 0) -> None:
         """Stop watching the socket and close it (pending messages are dropped)."""
         if self._closed:
             return

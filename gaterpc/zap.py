@@ -47,6 +47,9 @@ import hmac
 import logging
 import secrets
 from pathlib import Path
+from typing import (
+    Any, Callable, Coroutine, Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple, Union,
+)
 
 import zmq
 from zmq.utils import z85
@@ -70,8 +73,62 @@ _CH_FRONTEND = b"frontend"
 _CH_BACKEND = b"backend"
 _CH_GATE = b"gate"
 
+#: ``(channel, sender, domain, mechanism, digest of the credentials)``
+CacheKey = Tuple[bytes, bytes, bytes, bytes, bytes]
+#: ``(allowed, reason, expiry time on the loop's clock)``
+Verdict = Tuple[bool, bytes, float]
+#: Receives a verified gate command without its ZAP frames.
+GateHandler = Callable[[List[bytes]], object]
+#: A message held for a verdict: ``(channel, frames, end of the ZAP frames, (on_ok, whole) for gates)``.
+Held = Tuple[bytes, List[bytes], int, Optional[Tuple[GateHandler, bool]]]
 
-def zap_link_socket(ctx, socket_type):
+
+class VerdictCache(Protocol):
+    """The broker's cache of ZAP verdicts (``zap_cache``)."""
+
+    def get(self, key: CacheKey, /) -> Optional[Verdict]: ...
+
+    def pop(self, key: CacheKey, /) -> object: ...
+
+    def __setitem__(self, key: CacheKey, value: Verdict, /) -> None: ...
+
+
+class ZapBroker(Protocol):
+    """What a :class:`ZapChecker` uses of its broker."""
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def zap(self) -> Optional[zmq.Socket[bytes]]: ...
+
+    @property
+    def zap_domain(self) -> bytes: ...
+
+    @property
+    def zap_cache(self) -> VerdictCache: ...
+
+    @property
+    def workers(self) -> Mapping[bytes, Any]: ...
+
+    @property
+    def _lback(self) -> Optional[LoopSocket]: ...
+
+    @property
+    def _mdp_worker(self) -> bytes: ...
+
+    def _route_request(self, msg: List[bytes], service_b: bytes, /) -> object: ...
+
+    def _backend_checked(self, msg: List[bytes], /) -> object: ...
+
+    def _reply_error(self, client_id: bytes, service_b: bytes, request_id: bytes, exc: BaseException, /) -> object: ...
+
+    def _count_error(self) -> object: ...
+
+    def _remove_worker(self, w: Any, send_disconnect: bool, /) -> object: ...
+
+
+def zap_link_socket(ctx: zmq.Context[Any], socket_type: int) -> zmq.Socket[bytes]:
     """A socket for the ZAP link: ``Settings.ZMQ_SOCK`` applied, security mechanism reset to NULL."""
     sock = new_socket(ctx, socket_type)
     if sock.get(zmq.MECHANISM) != 0:
@@ -81,7 +138,7 @@ def zap_link_socket(ctx, socket_type):
     return sock
 
 
-def _ensure_ipc_dir(addr):
+def _ensure_ipc_dir(addr: str) -> None:
     if addr.startswith("ipc://"):
         path = addr[6:]
         if path and not path.startswith("@"):
@@ -97,42 +154,44 @@ class AsyncZAPService(Authenticator):
     """ZAP server answering the brokers' DEALER requests (RFC 27 + a leading delimiter)."""
 
     encoding = "utf-8"
+    # the base class declares a Socket; ours is None once closed
+    zap_socket: Optional[zmq.Socket[bytes]]  # type: ignore[assignment]
 
-    def __init__(self, addr=None, context=None):
+    def __init__(self, addr: Optional[str] = None, context: Optional[zmq.Context[Any]] = None) -> None:
         self._loop = current_loop()
         if not context:
             context = Context()
         set_ctx(context)
         super().__init__(context=context, log=logging.getLogger("gaterpc.zap"))
         self.encoding = "utf-8"
-        self.addr = addr or Settings.ZAP_ADDR
+        self.addr: str = addr or Settings.ZAP_ADDR
         check_socket_addr(self.addr)
-        self.zap_socket = zap_link_socket(self.context, zmq.ROUTER)
+        sock = self.zap_socket = zap_link_socket(self.context, zmq.ROUTER)
         try:
             _ensure_ipc_dir(self.addr)
-            self.zap_socket.bind(self.addr)
+            sock.bind(self.addr)
         except Exception:
-            self.zap_socket.close(linger=0)
+            sock.close(linger=0)
             self.zap_socket = None
             raise
-        self._poller = None
-        self._recv_task = None
-        self._lsock = None
-        self.request = set()
+        self._poller: Any = None
+        self._recv_task: Optional[asyncio.Task[None]] = None
+        self._lsock: Optional[LoopSocket] = None
+        self.request: Set[asyncio.Task[None]] = set()
         self._custom_handler = type(self).handle_zap_message is not AsyncZAPService.handle_zap_message
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} addr={self.addr!r} running={self._recv_task is not None}>"
 
     # -- lifecycle ------------------------------------------------------------
 
-    def start(self):
+    def start(self) -> None:
         """Start answering requests (creates ``_recv_task``)."""
         if self._recv_task is None and self.zap_socket is not None:
             self.log.debug("ZAP service start.")
             self._recv_task = self._loop.create_task(self.handle_zap())
 
-    async def handle_zap(self):
+    async def handle_zap(self) -> None:
         """Read the socket from an event-loop callback until cancelled."""
         if self._lsock is None and self.zap_socket is not None:
             self._lsock = LoopSocket(self._loop, self.zap_socket, self._on_messages,
@@ -144,17 +203,17 @@ class AsyncZAPService(Authenticator):
         finally:
             self._detach()
 
-    def _on_socket_error(self, exc):
+    def _on_socket_error(self, exc: zmq.ZMQError) -> None:
         self.log.error("ZAP socket failed: %s", exc)
 
-    def _detach(self):
+    def _detach(self) -> None:
         lsock = self._lsock
         self._lsock = None
         if lsock is not None:
             lsock.close(0)
             self.zap_socket = None
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop answering, close the socket (also fine before ``start()``)."""
         task = self._recv_task
         self._recv_task = None
@@ -167,7 +226,7 @@ class AsyncZAPService(Authenticator):
             self.zap_socket.close(linger=0)
         self.zap_socket = None
 
-    def cleanup_request(self, task):
+    def cleanup_request(self, task: asyncio.Task[None]) -> None:
         """Done-callback of the (rare) request tasks."""
         self.request.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -175,7 +234,7 @@ class AsyncZAPService(Authenticator):
 
     # -- requests -------------------------------------------------------------
 
-    def _on_messages(self, msgs):
+    def _on_messages(self, msgs: List[List[bytes]]) -> None:
         for msg in msgs:
             try:
                 if self._custom_handler:
@@ -187,18 +246,18 @@ class AsyncZAPService(Authenticator):
             except Exception as exc:
                 self.log.error("error while handling a ZAP request: %r", type(exc).__name__)
 
-    def _spawn(self, coro):
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = self._loop.create_task(coro)
         self.request.add(t)
         t.add_done_callback(self.cleanup_request)
 
-    async def handle_zap_message(self, msg):
+    async def handle_zap_message(self, msg: List[bytes]) -> None:
         """Answer one request ``[sender, '', version, request_id, domain, address, identity, mechanism, *creds]``."""
         pending = self._process(msg)
         if pending is not None:
             await pending
 
-    def _process(self, msg):
+    def _process(self, msg: List[bytes]) -> Optional[Coroutine[Any, Any, None]]:
         """Answer ``msg`` now, or return a coroutine that answers it (CURVE)."""
         n = len(msg)
         if n < 8:
@@ -216,8 +275,8 @@ class AsyncZAPService(Authenticator):
             self.log.error("Invalid ZAP version")
             self._zap_reply(reply_address, request_id, b"400", b"Invalid version")
             return None
-        domain = domain.decode(self.encoding, "replace")
-        address = address.decode(self.encoding, "replace")
+        domain_s = domain.decode(self.encoding, "replace")
+        address_s = address.decode(self.encoding, "replace")
 
         # Credit: this allow/deny block (and the structure of _authenticate_plain
         # below) closely follows pyzmq's zmq/auth/base.py (Authenticator), by the
@@ -226,13 +285,13 @@ class AsyncZAPService(Authenticator):
         denied = False
         reason = b"NO ACCESS"
         if self._allowed:
-            if address in self._allowed:
+            if address_s in self._allowed:
                 allowed = True
             else:
                 denied = True
                 reason = b"Address not allowed"
         elif self._denied:
-            if address in self._denied:
+            if address_s in self._denied:
                 denied = True
                 reason = b"Address denied"
             else:
@@ -248,13 +307,13 @@ class AsyncZAPService(Authenticator):
                     self._zap_reply(reply_address, request_id, b"400", b"Invalid credentials")
                     return None
                 username, password = (c.decode(self.encoding, "replace") for c in credentials)
-                allowed, reason = self._authenticate_plain(domain, username, password)
+                allowed, reason = self._authenticate_plain(domain_s, username, password)
             elif mechanism == b"CURVE":
                 if len(credentials) != 1:
                     self.log.error("Invalid CURVE credentials: %d frames", len(credentials))
                     self._zap_reply(reply_address, request_id, b"400", b"Invalid credentials")
                     return None
-                return self._curve(reply_address, request_id, domain, credentials[0])
+                return self._curve(reply_address, request_id, domain_s, credentials[0])
             elif mechanism == b"GSSAPI":
                 if len(credentials) != 1:
                     self.log.error("Invalid GSSAPI credentials: %d frames", len(credentials))
@@ -262,14 +321,14 @@ class AsyncZAPService(Authenticator):
                     return None
                 principal = credentials[0]
                 username = principal.decode("utf-8", "replace")
-                allowed, reason = self._authenticate_gssapi(domain, principal)
+                allowed, reason = self._authenticate_gssapi(domain_s, principal)
         if allowed:
             self._zap_reply(reply_address, request_id, b"200", b"OK", username)
         else:
             self._zap_reply(reply_address, request_id, b"400", reason)
         return None
 
-    async def _curve(self, reply_address, request_id, domain, key):
+    async def _curve(self, reply_address: bytes, request_id: bytes, domain: str, key: bytes) -> None:
         if len(key) == 40:  # Z85 text -> raw
             try:
                 key = z85.decode(key)
@@ -284,7 +343,7 @@ class AsyncZAPService(Authenticator):
         else:
             self._zap_reply(reply_address, request_id, b"400", reason)
 
-    def _authenticate_plain(self, domain, username, password):
+    def _authenticate_plain(self, domain: str, username: str, password: str) -> Tuple[bool, bytes]:
         """PLAIN check: ``(allowed, reason)``; never logs the password."""
         allowed = False
         reason = b""
@@ -312,7 +371,14 @@ class AsyncZAPService(Authenticator):
                 self.log.debug("DENIED (PLAIN) %s", reason)
         return allowed, reason
 
-    def _zap_reply(self, reply_address, request_id, status_code, status_text, user_id="anonymous"):
+    def _zap_reply(
+        self,
+        reply_address: bytes,
+        request_id: bytes,
+        status_code: bytes,
+        status_text: Union[str, bytes],
+        user_id: Union[str, bytes] = "anonymous",
+    ) -> None:
         user_id = user_id if status_code == b"200" else b""
         if isinstance(user_id, str):
             user_id = user_id.encode(self.encoding, "replace")
@@ -327,13 +393,21 @@ class AsyncZAPService(Authenticator):
             except zmq.ZMQError as exc:
                 self.log.warning("cannot send a ZAP reply: %s", exc)
 
-    async def _asend_zap_reply(self, reply_address, request_id, status_code, status_text,
-                               user_id="anonymous"):
+    async def _asend_zap_reply(
+        self,
+        reply_address: Union[str, bytes],
+        request_id: Union[str, bytes],
+        status_code: Union[str, bytes],
+        status_text: Union[str, bytes],
+        user_id: Union[str, bytes] = "anonymous",
+    ) -> None:
         """Send one reply ``[address, '', '1.0', request_id, code, text, user_id, '']``."""
         self._zap_reply(to_bytes(reply_address), to_bytes(request_id), to_bytes(status_code),
                         to_bytes(status_text), user_id)
 
-    def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous"):
+    def _send_zap_reply(
+        self, request_id: bytes, status_code: bytes, status_text: bytes, user_id: str = "anonymous"
+    ) -> None:
         # The base class' REP-socket reply cannot be routed on a ROUTER socket.
         self.log.error("a ZAP reply without a routing envelope was dropped")
 
@@ -348,10 +422,10 @@ class _Pending:
 
     __slots__ = ("zap_id", "deadline", "items")
 
-    def __init__(self, zap_id, deadline):
+    def __init__(self, zap_id: bytes, deadline: float) -> None:
         self.zap_id = zap_id
         self.deadline = deadline
-        self.items = []
+        self.items: List[Held] = []
 
 
 _OK = 1
@@ -376,29 +450,30 @@ class ZapChecker:
     #: most messages waiting behind one key
     max_queued = 5000
 
-    def __init__(self, broker):
+    def __init__(self, broker: ZapBroker) -> None:
         self.broker = broker
         self._loop = broker._loop
-        self._lzap = None
-        self._pending = {}  # cache key -> _Pending (insertion order == deadline order)
-        self._by_id = {}  # ZAP request id -> cache key
-        self._timer = None
+        self._lzap: Optional[LoopSocket] = None
+        self._pending: Dict[CacheKey, _Pending] = {}  # cache key -> _Pending (insertion order == deadline order)
+        self._by_id: Dict[bytes, CacheKey] = {}  # ZAP request id -> cache key
+        self._timer: Optional[asyncio.TimerHandle] = None
         self._hkey = secrets.token_bytes(32)
-        self._told = {}  # worker id -> time a DISCONNECT with a reason was last sent
+        self._told: Dict[bytes, float] = {}  # worker id -> time a DISCONNECT with a reason was last sent
         self._closed = False
         self.requests_sent = 0
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<ZapChecker pending={len(self._pending)}>"
 
     # -- plumbing ---------------------------------------------------------------
 
-    def attach(self):
+    def attach(self) -> None:
         """Start reading the broker's ZAP DEALER socket."""
-        if self._lzap is None and not self._closed and self.broker.zap is not None:
-            self._lzap = LoopSocket(self._loop, self.broker.zap, self._on_replies)
+        zap = self.broker.zap
+        if self._lzap is None and not self._closed and zap is not None:
+            self._lzap = LoopSocket(self._loop, zap, self._on_replies)
 
-    def close(self):
+    def close(self) -> None:
         """Stop: drop waiting messages, close the ZAP socket."""
         if self._closed:
             return
@@ -411,17 +486,19 @@ class ZapChecker:
         if self._lzap is not None:
             self._lzap.close(0)
             self._lzap = None
-        elif self.broker.zap is not None:
-            self.broker.zap.close(linger=0)
+        else:
+            zap = self.broker.zap
+            if zap is not None:
+                zap.close(linger=0)
 
-    def _key(self, channel, sender, mechanism, credentials):
+    def _key(self, channel: bytes, sender: bytes, mechanism: bytes, credentials: Sequence[bytes]) -> CacheKey:
         h = hashlib.blake2b(key=self._hkey, digest_size=20)
         for c in credentials:
             h.update(len(c).to_bytes(4, "big"))
             h.update(c)
         return (channel, self.broker.zap_domain, sender, mechanism, h.digest())
 
-    def _lookup(self, key):
+    def _lookup(self, key: CacheKey) -> Optional[Verdict]:
         """``(ok, reason)`` from the cache, or ``None``."""
         entry = self.broker.zap_cache.get(key)
         if entry is None:
@@ -433,7 +510,7 @@ class ZapChecker:
 
     # -- the three channels -----------------------------------------------------
 
-    def frontend(self, msg):
+    def frontend(self, msg: List[bytes]) -> None:
         """``msg`` = ``[client, '', MDPC01, service, *zap, request_id, *body]``."""
         parsed = _split(msg, 4)
         if parsed is None:
@@ -454,7 +531,7 @@ class ZapChecker:
         else:
             self._deny_client(msg[0], msg[3], msg[end], entry[1])
 
-    def backend(self, msg):
+    def backend(self, msg: List[bytes]) -> None:
         """``msg`` = ``[worker, '', MDPW01, command, *zap, ...]``."""
         parsed = _split(msg, 4)
         if parsed is None:
@@ -472,7 +549,7 @@ class ZapChecker:
         else:
             self._deny_worker(msg[0], entry[1])
 
-    def gate(self, sender_id, frames, on_ok):
+    def gate(self, sender_id: bytes, frames: List[bytes], on_ok: GateHandler) -> None:
         """Verify a gate command; ``on_ok`` gets it without the ZAP frames."""
         whole = len(frames) >= 4 and frames[0] == sender_id and not frames[1]
         start = 4 if whole else 0
@@ -491,7 +568,15 @@ class ZapChecker:
 
     # -- asking the service -------------------------------------------------------
 
-    def _wait(self, key, prefix, sender, mechanism, credentials, item):
+    def _wait(
+        self,
+        key: CacheKey,
+        prefix: bytes,
+        sender: bytes,
+        mechanism: bytes,
+        credentials: Sequence[bytes],
+        item: Held,
+    ) -> None:
         pending = self._pending.get(key)
         if pending is None:
             if len(self._pending) >= self.max_pending_keys or self._lzap is None or \
@@ -514,7 +599,7 @@ class ZapChecker:
             return
         pending.items.append(item)
 
-    def _on_replies(self, msgs):
+    def _on_replies(self, msgs: List[List[bytes]]) -> None:
         now = self._loop.time()
         cache = self.broker.zap_cache
         for msg in msgs:
@@ -535,13 +620,13 @@ class ZapChecker:
             if pending is not None:
                 self._release(pending.items, ok, reason)
 
-    def _expire(self):
+    def _expire(self) -> None:
         self._timer = None
         if self._closed:
             return
         now = self._loop.time()
         pending_map = self._pending
-        expired = []
+        expired: List[CacheKey] = []
         for key, pending in pending_map.items():
             if pending.deadline > now:
                 break
@@ -556,7 +641,7 @@ class ZapChecker:
             first = next(iter(pending_map.values()))
             self._timer = self._loop.call_at(first.deadline, self._expire)
 
-    def _release(self, items, ok, reason):
+    def _release(self, items: List[Held], ok: bool, reason: Optional[bytes]) -> None:
         broker = self.broker
         for item in items:
             if self._closed:
@@ -572,6 +657,7 @@ class ZapChecker:
                         del msg[4:end]
                         broker._backend_checked(msg)
                     else:
+                        assert extra is not None  # a gate item carries (on_ok, whole)
                         extra[0](_strip_gate(msg, end, extra[1]))
                 else:
                     self._fail(item, reason is None, reason)
@@ -587,28 +673,29 @@ class ZapChecker:
 
     # -- refusing -------------------------------------------------------------------
 
-    def _fail(self, item, timed_out, reason):
+    def _fail(self, item: Held, timed_out: bool, reason: Optional[bytes]) -> None:
         channel, msg, end, _ = item
+        text = b"" if reason is None else reason  # None only when timed out
         if channel is _CH_FRONTEND:
             if timed_out:
                 exc = TimeoutError("the authentication service did not answer in time")
                 self.broker._reply_error(msg[0], msg[3], msg[end], exc)
             else:
-                self._deny_client(msg[0], msg[3], msg[end], reason)
+                self._deny_client(msg[0], msg[3], msg[end], text)
         elif channel is _CH_BACKEND:
             # A slow ZAP service is transient: a plain DISCONNECT lets our worker register again
             # (with backoff); a refusal carries its reason, and our worker stops on it.
-            self._deny_worker(msg[0], b"authentication service unavailable" if timed_out else reason,
+            self._deny_worker(msg[0], b"authentication service unavailable" if timed_out else text,
                               final=not timed_out)
 
-    def _deny_client(self, client_id, service_b, request_id, reason):
+    def _deny_client(self, client_id: bytes, service_b: bytes, request_id: bytes, reason: bytes) -> None:
         if Settings.SECURE:
             exc = PermissionError("authentication failed")
         else:
             exc = PermissionError(f"authentication failed: {reason.decode('utf-8', 'replace')}")
         self.broker._reply_error(client_id, service_b, request_id, exc)
 
-    def _deny_worker(self, worker_id, reason, final=True):
+    def _deny_worker(self, worker_id: bytes, reason: bytes, final: bool = True) -> None:
         broker = self.broker
         w = broker.workers.get(worker_id)
         if w is not None:
@@ -634,7 +721,7 @@ class ZapChecker:
             lback.send((worker_id, b"", broker._mdp_worker, DISCONNECT, text))
 
 
-def _caller_of(broker, item):
+def _caller_of(broker: ZapBroker, item: Held) -> Optional[Tuple[bytes, bytes, bytes]]:
     """``(client_id, service_b, request_id)`` of the request a held message belongs to, or None.
 
     A client request names its caller; so does a worker REPLY (the client it
@@ -655,7 +742,7 @@ def _caller_of(broker, item):
     return None
 
 
-def _split(msg, start):
+def _split(msg: Sequence[bytes], start: int) -> Optional[Tuple[bytes, Tuple[bytes, ...], int]]:
     """``(mechanism, credentials, end)`` of the ZAP frames at ``msg[start:]``, or ``None``."""
     if len(msg) <= start:
         return None
@@ -673,7 +760,7 @@ def _split(msg, start):
     return mechanism, tuple(msg[start + 1:end]), end
 
 
-def _strip_gate(frames, end, whole):
+def _strip_gate(frames: List[bytes], end: int, whole: bool) -> List[bytes]:
     if whole:
         del frames[4:end]
         return frames

@@ -8,6 +8,8 @@ size and SHA-256 of what it gets against the worker's ``digest(...)`` and
 prints one JSON line with the timing; every role prints its peak RSS on exit.
 """
 
+from __future__ import annotations
+
 import asyncio
 import hashlib
 import json
@@ -17,10 +19,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict, List
 
 from gaterpc.core import AMajordomo, Client, Context, Service, Worker
 from gaterpc.global_settings import Settings
-from gaterpc.utils import HugeData, interface, msg_pack
+# gaterpc.utils re-exports these without an __all__ (the original's public module, also used by it)
+from gaterpc.utils import HugeData, interface, msg_pack  # type: ignore[attr-defined]
 
 QUIET = {
     "version": 1,
@@ -34,13 +38,13 @@ QUIET = {
 PIECE = 1024 * 1024
 
 
-def make_pieces(size, seed):
+def make_pieces(size: int, seed: int) -> List[bytes]:
     """``size`` bytes in 1 MiB pieces: the first half random, the second compressible text."""
     half = size // 2
     rnd = random.Random(seed)
     text = b"gaterpc moves large replies in compressed chunks; "
     line = text * (PIECE // len(text) + 1)
-    pieces = []
+    pieces: List[bytes] = []
     pos = 0
     while pos < size:
         n = min(PIECE, size - pos)
@@ -53,7 +57,7 @@ def make_pieces(size, seed):
     return pieces
 
 
-def array_header(n):
+def array_header(n: int) -> bytes:
     """The msgpack header of an array of ``n`` items."""
     if n < 16:
         return bytes([0x90 | n])
@@ -64,7 +68,7 @@ def array_header(n):
 
 class Bench(Worker):
     @interface
-    async def huge(self, size, module, seed, blksize=1000):
+    async def huge(self, size: int, module: str, seed: int, blksize: int = 1000) -> HugeData:
         # A list of 1 MiB pieces (msgpack decoders cap one bin at 32 MiB),
         # handed over piece by piece in pipe mode: the list's encoding is
         # never built whole, so the worker holds about one copy of the payload.
@@ -78,24 +82,29 @@ class Bench(Worker):
         return hd
 
     @interface
-    async def digest(self, size, seed):
+    async def digest(self, size: int, seed: int) -> str:
         digest = hashlib.sha256()
         for piece in make_pieces(size, seed):
             digest.update(piece)
         return digest.hexdigest()
 
 
-def peak_rss_mib():
+def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def main(role, cfg):
+async def main(role: str, cfg: Dict[str, Any]) -> None:
     Settings.configure("BASE_PATH", Path(cfg["base_path"]))
     Settings.configure("LOGGING", QUIET)
     Settings.setup()
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def on_sigterm() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     ctx = Context()
     if role == "broker":
         md = AMajordomo(context=ctx)

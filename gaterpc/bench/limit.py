@@ -25,37 +25,38 @@ import os
 import resource
 import sys
 import time
+from typing import Any, Dict, List, Optional
 
 import zmq
 
 from gaterpc._speedups.zmqio import USE_C, ZSocketIO
 
 
-def emit(obj: dict) -> None:
+def emit(obj: Dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
 
-def _socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
-    sock = ctx.socket(kind)
+def _socket(ctx: zmq.Context[Any], kind: int) -> zmq.Socket[bytes]:
+    sock: zmq.Socket[bytes] = ctx.socket(kind, socket_class=zmq.Socket)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     return sock
 
 
-def _info(role: str) -> dict:
+def _info(role: str) -> Dict[str, Any]:
     return {"ready": role, "impl": "limit", "version": zmq.zmq_version(), "loop": "none (libzmq loops)",
             "pid": os.getpid(), "compiled_io": USE_C}
 
 
-def _percentile(values: list, q: float):
+def _percentile(values: List[float], q: float) -> Optional[float]:
     if not values:
         return None
     return values[min(len(values) - 1, max(0, int(round(q * (len(values) - 1)))))]
 
 
-def run_client(ctx: zmq.Context, cfg: dict) -> None:
+def run_client(ctx: zmq.Context[Any], cfg: Dict[str, Any]) -> None:
     n = int(cfg["n"])
     window = 1 if cfg["mode"] == "latency" else max(1, min(int(cfg["window"]), n))
     sock = _socket(ctx, zmq.DEALER)
@@ -77,12 +78,12 @@ def run_client(ctx: zmq.Context, cfg: dict) -> None:
         return
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     sent_at = [0.0] * n
-    samples = []
+    samples: List[float] = []
     perf = time.perf_counter
     sent = done = 0
     t0 = perf()
     run_deadline = t0 + float(cfg["timeout"])
-    time_send_all = None
+    time_send_all: Optional[float] = None
     while done < n:
         while sent < n and sent - done < window:
             sent_at[sent] = perf()
@@ -122,7 +123,7 @@ def main(argv: list[str]) -> None:
     role, cfg = argv[0], json.loads(argv[1])
     if cfg.get("mode") == "stream":
         raise SystemExit("the limit row has no stream mode")
-    ctx = zmq.Context()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         if role == "broker":
             front = _socket(ctx, zmq.ROUTER)

@@ -37,11 +37,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set
+
+if TYPE_CHECKING:
+    from gaterpc.bench.echo import Child
+    from gaterpc.client import Client as ClientType
+    from gaterpc.worker import Worker
 
 __all__ = ("main", "build_parser")
 
 
-def _rss_kib(pid):
+def _rss_kib(pid: int) -> Optional[int]:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -54,15 +61,20 @@ def _rss_kib(pid):
 
 # --------------------------------------------------------------------------- roles
 
-async def _role_main(role, cfg):
+async def _role_main(role: str, cfg: Dict[str, Any]) -> None:
     from gaterpc.bench import roles
     from gaterpc.core import Client, Context, Service
     from gaterpc.global_settings import Settings
 
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def on_signal() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, on_signal)
     Settings.HEARTBEAT = int(cfg["heartbeat"])
     roles.configure(cfg)
     ctx = Context()
@@ -75,9 +87,9 @@ async def _role_main(role, cfg):
         elif role == "workers":
             service = Service(name=roles.SERVICE, description="soak")
             cls = roles.AsyncEchoWorker
-            workers = []
+            workers: List[Worker] = []
 
-            def start_one():
+            def start_one() -> None:
                 w = service.create_worker(cls, cfg["back"], context=ctx)
                 w.run()
                 workers.append(w)
@@ -86,7 +98,7 @@ async def _role_main(role, cfg):
                 start_one()
             roles.emit({"ready": role, "pid": os.getpid()})
 
-            async def commands():
+            async def commands() -> None:
                 while True:
                     line = await roles.read_line(loop)
                     if not line:
@@ -107,24 +119,31 @@ async def _role_main(role, cfg):
         ctx.destroy(linger=0)
 
 
-async def _clients(cfg, ctx, loop, stop, roles, Client):
+async def _clients(
+    cfg: Dict[str, Any],
+    ctx: Any,
+    loop: asyncio.AbstractEventLoop,
+    stop: asyncio.Future[None],
+    roles: ModuleType,
+    Client: type[ClientType],
+) -> None:
     calls = int(cfg["calls"])
     window = max(1, min(int(cfg["window"]), calls))
     churns = int(cfg["client_churns"])
     deadline = time.monotonic() + float(cfg["timeout"])
     await roles.wait_service(ctx, cfg["front"], deadline)
 
-    async def new_client():
+    async def new_client() -> ClientType:
         c = Client(cfg["front"], context=ctx, reply_timeout=float(cfg["reply_timeout"]))
         await c.connect()
         return c
 
-    state = {"next": 0, "done": 0, "errors": 0, "client": await new_client(), "first_errors": [],
+    state: Dict[str, Any] = {"next": 0, "done": 0, "errors": 0, "client": await new_client(), "first_errors": [],
              "kinds": {}}
     roles.emit({"ready": "clients", "pid": os.getpid()})
     word = roles.WORD
 
-    async def lane():
+    async def lane() -> None:
         while True:
             i = state["next"]
             if i >= calls or time.monotonic() > deadline:
@@ -145,7 +164,7 @@ async def _clients(cfg, ctx, loop, stop, roles, Client):
                     state["first_errors"].append(text[:300])
             state["done"] += 1
 
-    async def churner():
+    async def churner() -> None:
         step = calls / (churns + 1)
         for k in range(1, churns + 1):
             while state["done"] < k * step:
@@ -159,16 +178,16 @@ async def _clients(cfg, ctx, loop, stop, roles, Client):
             else:
                 retiring.add(loop.create_task(retire(old)))
 
-    retiring = set()
+    retiring: Set[asyncio.Task[None]] = set()
 
-    async def retire(old):
+    async def retire(old: ClientType) -> None:
         """Close ``old`` once its calls in flight are answered (bounded by the reply timeout)."""
         end = time.monotonic() + float(cfg["reply_timeout"])
         while old.replies and time.monotonic() < end:
             await asyncio.sleep(0.02)
         old.close()
 
-    async def progress():
+    async def progress() -> None:
         while True:
             roles.emit({"progress": state["done"], "errors": state["errors"]})
             await asyncio.sleep(0.1)
@@ -176,7 +195,7 @@ async def _clients(cfg, ctx, loop, stop, roles, Client):
     ticker = loop.create_task(progress())
     churn_task = loop.create_task(churner())
     t0 = time.monotonic()
-    lanes = asyncio.gather(*(lane() for _ in range(window)))
+    lanes: asyncio.Future[Any] = asyncio.gather(*(lane() for _ in range(window)))
     await asyncio.wait({lanes, stop}, return_when=asyncio.FIRST_COMPLETED)
     churn_task.cancel()
     ticker.cancel()
@@ -193,8 +212,8 @@ async def _clients(cfg, ctx, loop, stop, roles, Client):
 
 # --------------------------------------------------------------------------- harness
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="gaterpc bench soak", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gaterpc bench soak", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--calls", type=int, default=1_000_000, help="echo calls in all (default 1,000,000)")
     p.add_argument("--window", type=int, default=1000, help="calls in flight (default 1000)")
     p.add_argument("--client-churns", type=int, default=1000, help="client replacements (default 1000)")
@@ -213,7 +232,7 @@ def build_parser():
     return p
 
 
-def _start(role, cfg, opts, tmp, n):
+def _start(role: str, cfg: Dict[str, Any], opts: argparse.Namespace, tmp: Path, n: int) -> Child:
     from gaterpc.bench.echo import Child, _package_root
     env = dict(os.environ)
     env["PYTHONPATH"] = str(_package_root())
@@ -226,14 +245,14 @@ def _start(role, cfg, opts, tmp, n):
     return Child(f"{role}-{n}", argv, env, str(tmp), tmp / f"{role}-{n}.log")
 
 
-def run(opts, out=print):
+def run(opts: argparse.Namespace, out: Callable[[str], object] = print) -> int:
     from gaterpc.bench.echo import BenchError, stop_all
 
     if opts.calls < 10 or opts.window < 1 or opts.workers < 1 or opts.worker_hosts < 1:
         raise SystemExit("--calls must be >= 10; --window, --workers and --worker-hosts >= 1")
     hosts_n = min(opts.worker_hosts, opts.workers)
     deadline = time.monotonic() + opts.timeout
-    children = []
+    children: List[Child] = []
     with tempfile.TemporaryDirectory(prefix="gaterpc-soak-") as tmp_s:
         tmp = Path(tmp_s)
         cfg = {"front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back", "base_path": str(tmp / "base"),
@@ -242,7 +261,7 @@ def run(opts, out=print):
                "timeout": opts.timeout, "interface": "async"}
         counter = [0]
 
-        def start(role, extra=None):
+        def start(role: str, extra: Optional[Dict[str, Any]] = None) -> Child:
             counter[0] += 1
             child = _start(role, dict(cfg, **(extra or {})), opts, tmp, counter[0])
             children.append(child)
@@ -260,9 +279,9 @@ def run(opts, out=print):
             worker_step = opts.calls / (opts.worker_churns + 1)
             worker_churns = 0
             next_report = 1
-            warm_rss = None
-            later = []
-            result = None
+            warm_rss: Optional[int] = None
+            later: List[int] = []
+            result: Optional[Dict[str, Any]] = None
             done = errors = 0
             t0 = time.monotonic()
             while result is None:
@@ -330,7 +349,7 @@ def run(opts, out=print):
             stop_all(children)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = build_parser().parse_args(argv)
     if opts.role:
         asyncio.run(_role_main(opts.role, json.loads(opts.config)))

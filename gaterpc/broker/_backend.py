@@ -12,7 +12,7 @@ an error at once.  See ``docs/PROTOCOL.md`` ("Worker commands").
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from gaterpc.bookkeeping import RemoteWorker
 from gaterpc.counters import count_drop
@@ -419,7 +419,7 @@ class BrokerBackend(BrokerState):
         else:
             count_drop("unknown_worker_command")
 
-    def _back_over_budget(self, frames: list[bytes]) -> None:
+    def _back_over_budget(self, frames: Sequence[bytes]) -> None:
         """A request to a worker would exceed the budget: the caller gets an error."""
         if len(frames) < 7 or frames[3] != REQUEST:
             return

@@ -10,7 +10,7 @@ calls pending are probed once per heartbeat.  See ``docs/PROTOCOL.md``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from gaterpc.counters import count_drop
 from gaterpc.exceptions import BusyWorkerError
@@ -159,7 +159,7 @@ class BrokerFrontend(BrokerBackend):
             if not lfront.peer_backlog(client_id)[0]:
                 lfront.send((client_id,) + tail)
 
-    def _front_over_budget(self, frames: list[bytes]) -> None:
+    def _front_over_budget(self, frames: Sequence[bytes]) -> None:
         """A reply to a client would exceed the process-wide backlog budget.
 
         That client's request ends with an error naming the budget (in the
