@@ -172,6 +172,11 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         self._gate_streams = {}
         self._fwd_timeouts = deque()
         self._fwd_waiting = {}
+        # how long a request may wait for a local worker before it spills over to a
+        # peer gate that advertises the service with spare capacity (seconds)
+        self.spill_after = float(Settings.TIMEOUT)
+        self._spill_timers = {}
+        self._spill_blocked = set()
         self._next_gate_beat = 0.0
         cls = type(self)
         for hook, flag in _HOOK_FLAGS:
@@ -303,6 +308,10 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         self._manual_gates.clear()
         for waiting in self._fwd_waiting.values():
             waiting.clear()
+        for timer in self._spill_timers.values():
+            timer.cancel()
+        self._spill_timers.clear()
+        self._spill_blocked.clear()
         for fut in list(self.gate_replies.values()):
             if not fut.done():
                 fut.cancel()
@@ -330,6 +339,10 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         return task
 
     def _tick(self, now: float) -> None:
+        if self.gate_cluster.services:
+            # spill first: with spill_after == Settings.TIMEOUT a request is due to
+            # spill at the very moment its local wait would time out
+            self._spill_tick(now)
         super()._tick(now)
         cluster = self.gate_cluster
         for gate in [g for g in cluster.workers.values() if now >= g.expiry]:
