@@ -25,6 +25,11 @@ Differences from the original gaterpc 0.2.x (``docs/GATE.md`` has the details):
   and HugeData arrive whole;
 * a peer's capacity for a service is given back when a forwarded request
   completes;
+* a request that waits for a busy local worker spills over to a peer with
+  spare capacity after :attr:`Gate.spill_after` seconds (default
+  ``Settings.TIMEOUT``, settable lower; the original forwarded only once its
+  local wait had timed out); it is taken out of the local queue, so it is
+  served once;
 * a WHISPER request that came from a peer is never forwarded to peers again:
   without a local worker it is answered with ``ServiceUnAvailableError``;
 * ``gate_replies`` entries are removed when they resolve;

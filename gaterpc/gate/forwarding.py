@@ -9,6 +9,14 @@ lives until the terminal message (single reply, stream end/error, HugeData
 end/error) or until :attr:`Gate.forward_timeout` passes without a message.
 A WHISPER request from a peer is never forwarded to peers again.
 
+Spill-over: a client request that waits in the local queue of a service
+(every local worker busy) for :attr:`Gate.spill_after` seconds is taken out
+of that queue and forwarded the same way to a peer advertising the service
+with spare capacity (``count_event("gate_spilled")``).  The broker calls
+``_request_waiting`` only when it queues a request; one timer per service
+covers the oldest queued request, and a service whose peers had no capacity
+is looked at again when some comes back.
+
 Forwarding reuses the received frame lists and runs in the socket's batch
 callback: no task, log call or copy per message (see ``docs/GATE.md``).
 """
