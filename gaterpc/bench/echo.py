@@ -38,6 +38,8 @@ __all__ = ("main", "run_benchmark", "build_parser", "BenchError")
 HERE = Path(__file__).resolve().parent
 ROLES_FILE = HERE / "roles.py"
 LAYOUTS = ("3proc", "2proc", "inproc", "gate")
+# gate spill-over: one slow local worker behind gate A, four idle ones behind gate B
+LAYOUTS = LAYOUTS + ("gate-spill",)
 IMPLS = ("ours", "original", "raw", "limit")  # plus "direct"/"metrics": ours, run another way
 LOOPS = ("asyncio", "uvloop")
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -579,7 +581,66 @@ def _fmt(v, spec=",.0f", none="-"):
     return none if v is None else format(v, spec)
 
 
+def run_gate_spill(opts) -> dict:
+    """``--layout gate-spill``: calls/s of one slow local worker alone, then of the cluster.
+
+    Gate A (its client and one slow worker of capacity 1) and gate B (four
+    workers of the same speed) run in two processes; the client measures A
+    with spilling off, then with ``gate.spill_after = 0`` (a request that
+    finds A's worker busy goes to B at once when B has spare capacity)."""
+    tmp = Path(tempfile.mkdtemp(prefix="gaterpc-bench-"))
+    deadline = time.monotonic() + opts.timeout
+    front, back = _endpoints(opts.transport, tmp, "s")
+    b_front, a_back = _endpoints(opts.transport, tmp, "t")
+    ports = set()
+    while len(ports) < 2:
+        ports.add(_free_port())
+    port_a, port_b = sorted(ports)
+    cfg = {"front": front, "back": back, "gate_b_front": b_front, "gate_a_back": a_back,
+           "gate_a_port": port_a, "gate_b_port": port_b, "base_path": str(tmp / "base"),
+           "n": opts.n, "window": max(opts.window, 16), "timeout": opts.timeout,
+           "remote_workers": 4, "spill_after": 0.0, "uvloop": False, "mode": "calls"}
+    children: list[Child] = []
+    result: dict = {}
+    failure = None
+    try:
+        for role in ("spill-b", "spill-a"):
+            argv, env, cwd = _command("ours", role, cfg, opts, tmp)
+            children.append(Child(role, argv, env, cwd, tmp / f"{role}.log"))
+        children[0].expect("ready", deadline, watch=children)
+        result = children[1].expect("result", deadline, watch=children)["result"]
+    except Exception as exc:  # a role failed or timed out: report it
+        failure = f"{exc}; log tail: {children[-1].log_tail() if children else ''}"
+    finally:
+        stop_all(children)
+        shutil.rmtree(tmp, ignore_errors=True)
+    local = result.get("local_calls_per_s")
+    cluster = result.get("cluster_calls_per_s")
+    ratio = cluster / local if local and cluster else None
+    return {"gate_spill": True, "config": {"n": opts.n, "window": cfg["window"], "transport": opts.transport,
+                                           "backend": opts.backend, "remote_workers": 4},
+            "result": result, "ratio": ratio, "failure": failure,
+            "ok": failure is None and result.get("errors") == 0}
+
+
+def format_gate_spill(report: dict) -> str:
+    cfg, res = report["config"], report["result"]
+    out = [f"gaterpc gate spill-over benchmark: n={cfg['n']:,} window={cfg['window']} "
+           f"transport={cfg['transport']} backend={cfg['backend']}: gate A with 1 slow worker "
+           f"(capacity 1), gate B with {cfg['remote_workers']} like it"]
+    if report.get("failure"):
+        out.append(f"FAILED: {report['failure']}")
+        return "\n".join(out)
+    out.append(f"local worker alone (spilling off): {_fmt(res.get('local_calls_per_s'))} calls/s")
+    out.append(f"cluster (gate.spill_after = 0):    {_fmt(res.get('cluster_calls_per_s'))} calls/s, "
+               f"{res.get('spilled', 0):,} calls spilled to gate B, {res.get('errors')} errors")
+    out.append(f"cluster / local: {_fmt(report.get('ratio'), '.2f')}x")
+    return "\n".join(out)
+
+
 def format_report(report: dict) -> str:
+    if report.get("gate_spill"):
+        return format_gate_spill(report)
     out = []
     cfg = report["config"]
     out.append(f"gaterpc echo benchmark: mode={cfg['mode']} n={cfg['n']:,} window={cfg['window']} "
@@ -759,6 +820,8 @@ def run_benchmark(opts) -> dict:
 
     Every (implementation, loop) pair runs ``--repeat`` times, interleaved;
     ratios are computed only between runs on the same event loop."""
+    if opts.layout == "gate-spill":
+        return run_gate_spill(opts)
     impls = [opts.impl]
     for flag, name in ((opts.vs_original, "original"), (opts.vs_raw, "raw"), (opts.vs_limit, "limit"),
                        (opts.vs_direct, "direct"), (opts.vs_metrics, "metrics")):

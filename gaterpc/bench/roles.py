@@ -511,8 +511,113 @@ async def main(role, cfg):
         emit({"exit": role, "rusage": rusage()})
 
 
+# --------------------------------------------------------------------------- gate spill-over layout
+# ``gaterpc bench --layout gate-spill`` (ours only): gate A with one slow local
+# worker and the client, gate B with four idle workers of the same speed.  The
+# client measures A's local worker alone (spilling off), then the cluster
+# (A spills requests it cannot serve at once to B).
+
+
+class SlowEchoWorker(Worker):
+    @interface
+    async def echo(self, *args):
+        await asyncio.sleep(SPILL_WORK_S)
+        return args
+
+
+SPILL_WORK_S = 0.005
+
+
+def start_spill_gate(cfg, ctx, name):
+    from gaterpc.core import Gate
+
+    mine = "a" if name == "spill-a" else "b"
+    gate = Gate(int(cfg[f"gate_{mine}_port"]), identity=f"bench-gate-{mine}", context=ctx,
+                multicast=False, gate_bind="127.0.0.1")
+    gate.bind_frontend(cfg["front"] if mine == "a" else cfg["gate_b_front"])
+    gate.bind_backend(cfg["gate_a_back"] if mine == "a" else cfg["back"])
+    gate.run()
+    service = Service(name=SERVICE, description="echo benchmark (slow)")
+    workers = []
+    for _ in range(1 if mine == "a" else int(cfg["remote_workers"])):
+        w = service.create_worker(SlowEchoWorker, cfg["gate_a_back"] if mine == "a" else cfg["back"],
+                                  context=ctx, max_allowed_request=1)
+        w.run()
+        workers.append(w)
+    return gate, workers
+
+
+async def spill_phase(cli, n, window, deadline):
+    """``n`` echo calls, ``window`` at a time; returns (calls/s, errors)."""
+    sem = asyncio.Semaphore(window)
+    errors = 0
+
+    async def one(i):
+        nonlocal errors
+        async with sem:
+            try:
+                got = await cli.knock(SERVICE, "echo", WORD, i)
+                if list(got) != [WORD, i]:
+                    errors += 1
+            except Exception:
+                errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), deadline - time.monotonic())
+    return n / (time.perf_counter() - t0), errors
+
+
+async def spill_main(role, cfg):
+    from gaterpc.counters import events_snapshot
+    from gaterpc.utils import name2uuid
+
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    configure(cfg)
+    ctx = Context()
+    gate, workers = start_spill_gate(cfg, ctx, role)
+    try:
+        other = "b" if role == "spill-a" else "a"
+        await gate.connect_gate(name2uuid(f"bench-gate-{other}").bytes,
+                                f"tcp://127.0.0.1:{cfg[f'gate_{other}_port']}")
+        if role == "spill-b":
+            emit({"ready": role, "pid": os.getpid()})
+            await stop
+            return
+        deadline = time.monotonic() + float(cfg["timeout"])
+        await gate.wait_for_service(SERVICE, timeout=float(cfg["timeout"]))
+        while SERVICE not in gate.gate_cluster.services:  # B's workers are known
+            if time.monotonic() > deadline:
+                raise RuntimeError("gate B's workers never became known")
+            await asyncio.sleep(0.05)
+        cli = Client(cfg["front"], context=ctx, reply_timeout=float(cfg["timeout"]))
+        await cli.connect()
+        n, window = int(cfg["n"]), int(cfg["window"])
+        gate.spill_after = float("inf")  # local worker alone
+        local, err_local = await spill_phase(cli, max(50, n // 5), window, deadline)
+        gate.spill_after = float(cfg["spill_after"])
+        before = events_snapshot().get("gate_spilled", 0)
+        cluster, err_cluster = await spill_phase(cli, n, window, deadline)
+        spilled = events_snapshot().get("gate_spilled", 0) - before
+        cli.close()
+        emit({"result": {"local_calls_per_s": local, "cluster_calls_per_s": cluster,
+                         "spilled": spilled, "errors": err_local + err_cluster}})
+        await asyncio.wait({stop}, timeout=float(cfg["timeout"]))
+    finally:
+        for w in workers:
+            w.stop()
+        gate.stop()
+        await asyncio.sleep(0.05)
+        ctx.destroy(linger=0)
+
+
 def run(argv):
     role, cfg = argv[0], json.loads(argv[1])
+    if role in ("spill-a", "spill-b"):
+        asyncio.run(spill_main(role, cfg))
+        return
     if cfg.get("uvloop"):
         try:
             import uvloop

@@ -76,6 +76,7 @@ class BrokerFrontend(BrokerBackend):
                 self._reply_error(msg[0], service_b, msg[4], BusyWorkerError())
             else:
                 svc._waiting.append((msg[0], msg[4], msg[5:], self._loop.time() + Settings.TIMEOUT))
+                self._request_waiting(svc)
             return
         client_id = msg[0]
         w._inflight[msg[4]] = client_id
@@ -214,6 +215,13 @@ class BrokerFrontend(BrokerBackend):
         else:
             exc = PermissionError("authentication failed")
             self._reply_error(msg[0], msg[3], msg[end], exc)
+
+    def _request_waiting(self, svc: Any) -> None:
+        """Hook: a request found no spare capacity and was queued in ``svc._waiting``.
+
+        Called only on that path (never for a request given to a worker at
+        once); the Gate uses it to spill requests over to peer gates.
+        """
 
     # -- declared here, implemented by the API part ---------------------------------
 

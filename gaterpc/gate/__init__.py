@@ -25,6 +25,11 @@ Differences from the original gaterpc 0.2.x (``docs/GATE.md`` has the details):
   and HugeData arrive whole;
 * a peer's capacity for a service is given back when a forwarded request
   completes;
+* a request that waits for a busy local worker spills over to a peer with
+  spare capacity after :attr:`Gate.spill_after` seconds (default
+  ``Settings.TIMEOUT``, settable lower; the original forwarded only once its
+  local wait had timed out); it is taken out of the local queue, so it is
+  served once;
 * a WHISPER request that came from a peer is never forwarded to peers again:
   without a local worker it is answered with ``ServiceUnAvailableError``;
 * ``gate_replies`` entries are removed when they resolve;
@@ -172,6 +177,11 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         self._gate_streams = {}
         self._fwd_timeouts = deque()
         self._fwd_waiting = {}
+        # how long a request may wait for a local worker before it spills over to a
+        # peer gate that advertises the service with spare capacity (seconds)
+        self.spill_after = float(Settings.TIMEOUT)
+        self._spill_timers = {}
+        self._spill_blocked = set()
         self._next_gate_beat = 0.0
         cls = type(self)
         for hook, flag in _HOOK_FLAGS:
@@ -303,6 +313,10 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         self._manual_gates.clear()
         for waiting in self._fwd_waiting.values():
             waiting.clear()
+        for timer in self._spill_timers.values():
+            timer.cancel()
+        self._spill_timers.clear()
+        self._spill_blocked.clear()
         for fut in list(self.gate_replies.values()):
             if not fut.done():
                 fut.cancel()
@@ -330,6 +344,10 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         return task
 
     def _tick(self, now: float) -> None:
+        if self.gate_cluster.services:
+            # spill first: with spill_after == Settings.TIMEOUT a request is due to
+            # spill at the very moment its local wait would time out
+            self._spill_tick(now)
         super()._tick(now)
         cluster = self.gate_cluster
         for gate in [g for g in cluster.workers.values() if now >= g.expiry]:

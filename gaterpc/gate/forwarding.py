@@ -9,6 +9,14 @@ lives until the terminal message (single reply, stream end/error, HugeData
 end/error) or until :attr:`Gate.forward_timeout` passes without a message.
 A WHISPER request from a peer is never forwarded to peers again.
 
+Spill-over: a client request that waits in the local queue of a service
+(every local worker busy) for :attr:`Gate.spill_after` seconds is taken out
+of that queue and forwarded the same way to a peer advertising the service
+with spare capacity (``count_event("gate_spilled")``).  The broker calls
+``_request_waiting`` only when it queues a request; one timer per service
+covers the oldest queued request, and a service whose peers had no capacity
+is looked at again when some comes back.
+
 Forwarding reuses the received frame lists and runs in the socket's batch
 callback: no task, log call or copy per message (see ``docs/GATE.md``).
 """
@@ -18,7 +26,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Optional
 
-from gaterpc.counters import count_drop
+from gaterpc.counters import count_drop, count_event
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import to_bytes
 from gaterpc.protocol import HUGE_END, HUGE_EXC, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG
@@ -72,6 +80,8 @@ class _ForwardingMixin(_GateBase):
                 self.gate_cluster.give_back(fwd.service, gate)
                 if self._fwd_waiting:
                     self._dispatch_fwd_waiting(fwd.service)
+                if self._spill_blocked:
+                    self._spill_wake(fwd.service)
             requester = fwd.requester
             if requester in self._special_ids:
                 self._deliver_special(requester, msg[4], rid, msg[6:])
@@ -170,6 +180,8 @@ class _ForwardingMixin(_GateBase):
             exc = TimeoutError(f"The gate forwarding the {fwd.service} request got no reply in time.")
             self._reply_error(fwd.requester, fwd.service_b, rid, exc)
             self._dispatch_fwd_waiting(fwd.service)
+            if self._spill_blocked:
+                self._spill_wake(fwd.service)
 
     def _service_unavailable(self, client_id: bytes, service_b: bytes, request_id: bytes,
                              body: Frames) -> None:
@@ -222,6 +234,99 @@ class _ForwardingMixin(_GateBase):
             self.gate_cluster.give_back(service, gate)
             count_drop("gate_forward_no_socket")
             self._reply_error(requester, service_b, request_id, GateUnAvailableError())
+
+    # -- spill-over: local requests that waited too long go to peers with capacity ----
+
+    def _request_waiting(self, svc: Any) -> None:
+        """A request for ``svc`` was queued locally (no worker had spare capacity).
+
+        When a peer advertises the service, make sure the queue is looked at
+        again when its oldest request has waited :attr:`Gate.spill_after`
+        seconds (one timer per service, armed only when none is).
+        """
+        name = svc.name
+        if name in self._spill_timers or name in self._spill_blocked \
+                or name not in self.gate_cluster.services:
+            return
+        self._spill(svc, self._loop.time())
+
+    def _spill_wake(self, service: str) -> None:
+        """Some peer capacity for ``service`` came back: spill what was blocked on it."""
+        if service in self._spill_blocked:
+            self._spill_blocked.discard(service)
+            svc = self.services.get(service)
+            if svc is not None:
+                self._spill(svc, self._loop.time())
+
+    def _spill_service(self, service: str) -> None:
+        """Peer capacity for ``service`` may have changed: spill its due local requests."""
+        svc = self.services.get(service)
+        if svc is not None and svc._waiting:
+            self._spill(svc, self._loop.time())
+
+    def _spill_tick(self, now: float) -> None:
+        """Each tick, before local waits time out: spill due requests no timer covers."""
+        cluster = self.gate_cluster.services
+        timers = self._spill_timers
+        for name, svc in self.services.items():
+            if svc._waiting and name in cluster and name not in timers:
+                self._spill(svc, now)
+
+    def _spill_due(self, service: str) -> None:
+        """Timer callback: the oldest waiting request of ``service`` is due to spill."""
+        self._spill_timers.pop(service, None)
+        svc = self.services.get(service)
+        if svc is not None and not self._closed:
+            self._spill(svc, self._loop.time())
+
+    def _spill(self, svc: Any, now: float) -> None:
+        """Forward the requests of ``svc`` that waited :attr:`spill_after` to peers with capacity.
+
+        Requests are taken oldest first and removed from the local queue
+        when forwarded (they are never served twice); requests that came
+        from peer gates stay (no loops).  When no peer has capacity left the
+        service is marked blocked until some comes back; otherwise a timer
+        is armed for the next request to become due.
+        """
+        name = svc.name
+        waiting = svc._waiting
+        cluster = self.gate_cluster
+        timer = self._spill_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        self._spill_blocked.discard(name)
+        if not waiting or name not in cluster.services:
+            return
+        spill_after = self.spill_after
+        timeout = Settings.TIMEOUT
+        if spill_after > timeout:
+            return  # requests time out locally before they could spill
+        # an entry is (client, request id, body, deadline = queued at + TIMEOUT)
+        cutoff = now + timeout - spill_after
+        peers = self._peer_ids
+        held = None
+        service_b = svc._name_b
+        while waiting:
+            entry = waiting[0]
+            if entry[3] > cutoff:
+                self._spill_timers[name] = self._loop.call_at(
+                    entry[3] - timeout + spill_after, self._spill_due, name)
+                break
+            if entry[0] in peers:
+                # a peer's request is served here or not at all
+                if held is None:
+                    held = []
+                held.append(waiting.popleft())
+                continue
+            gate = cluster.take(name)
+            if gate is None:
+                self._spill_blocked.add(name)
+                break
+            waiting.popleft()
+            count_event("gate_spilled")
+            self._forward(gate, entry[0], name, service_b, entry[1], entry[2])
+        if held:
+            waiting.extendleft(reversed(held))
 
     def _dispatch_fwd_waiting(self, service: str) -> None:
         waiting = self._fwd_waiting.get(service)

@@ -346,6 +346,7 @@ class _PeersMixin(_GateBase):
             self._send_join(gate_id, now)
         for service in gate._advertised:
             self._dispatch_fwd_waiting(service)
+            self._spill_service(service)
         held = self._early.pop(gate_id, None)
         while held:
             self._gate_command(held.popleft()[1], now)
@@ -449,6 +450,7 @@ class _PeersMixin(_GateBase):
         self.gate_cluster.refresh_service(service)
         if self._fwd_waiting.get(service):
             self._dispatch_fwd_waiting(service)
+        self._spill_service(service)
 
     async def update_service(self, gate: RemoteGate, *body: bytes) -> None:
         """Built-in handler of ``UpdateService``/``UpdateActiveService``: set a peer's capacity."""
