@@ -120,6 +120,8 @@ def _import_twin(request):
         try:
             return importlib.import_module(name)
         except ImportError as exc:
+            if os.environ.get("GATERPC_REQUIRE_EXTENSIONS", "") not in ("", "0"):
+                pytest.fail(f"compiled module {name} not built ({exc}) and GATERPC_REQUIRE_EXTENSIONS is set")
             pytest.skip(f"compiled module not built ({exc}); build it with 'pip install -e .'")
     return importlib.import_module(name)
 
