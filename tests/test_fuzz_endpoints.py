@@ -20,12 +20,12 @@ from gaterpc.bench import fuzz
 from gaterpc.serialization import msg_pack
 
 CASES = {
-    "frontend": 300,
-    "backend": 300,
-    "worker": 300,
-    "client": 300,
-    "gate": 300,
-    "zap": 300,
+    "frontend": 500,
+    "backend": 500,
+    "worker": 500,
+    "client": 500,
+    "gate": 500,
+    "zap": 500,
 }
 
 
