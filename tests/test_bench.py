@@ -216,7 +216,8 @@ def test_bench_gate_layout_against_direct(tmp_path):
 
 
 def test_bench_subcommands_are_reachable():
-    for sub, word in (("soak", "--client-churns"), ("fuzz", "--cases")):
+    for sub, word in (("soak", "--client-churns"), ("fuzz", "--cases"), ("hugedata", "--vs-original"),
+                      ("codec", "--twins"), ("speedups", "--quick")):
         proc = subprocess.run([sys.executable, "-m", "gaterpc", "bench", sub, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
