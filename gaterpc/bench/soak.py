@@ -258,7 +258,7 @@ def run(opts: argparse.Namespace, out: Callable[[str], object] = print) -> int:
         cfg = {"front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back", "base_path": str(tmp / "base"),
                "window": opts.window, "calls": opts.calls, "client_churns": opts.client_churns,
                "heartbeat": opts.heartbeat, "reply_timeout": opts.reply_timeout,
-               "timeout": opts.timeout, "interface": "async"}
+               "timeout": opts.timeout, "interface": "async", "mode": "throughput"}
         counter = [0]
 
         def start(role: str, extra: Optional[Dict[str, Any]] = None) -> Child:
