@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 import signal
 import sys
@@ -33,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from gaterpc.bench.procs import (
     BenchError, Child, _active_backend, _command, _endpoints, _free_port, _package_root, stop_all,
@@ -45,14 +46,14 @@ __all__ = ("main", "run_benchmark", "build_parser", "BenchError", "Child", "stop
 
 # --------------------------------------------------------------------------- one run
 
-def _progress_printer(total: int, label: str = ""):
+def _progress_printer(total: int, label: str = "") -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
     """Progress on stderr: a bar on a terminal, else one line per 10% (visible when piped)."""
     width = 30
     start = time.monotonic()
     tty = sys.stderr.isatty() and not os.environ.get("CI")
     state = {"tenth": 0}
 
-    def show(msg):
+    def show(msg: dict[str, Any]) -> None:
         if "progress" not in msg:
             return
         done = int(msg["progress"])
@@ -69,7 +70,7 @@ def _progress_printer(total: int, label: str = ""):
             sys.stderr.write(f"  {label}{tenth * 10:3d}%  {done:,}/{total:,}  {rate:,.0f}/s\n")
         sys.stderr.flush()
 
-    def clear():
+    def clear() -> None:
         if tty:
             sys.stderr.write("\r" + " " * (width + 50) + "\r")
             sys.stderr.flush()
@@ -77,16 +78,19 @@ def _progress_printer(total: int, label: str = ""):
     return show, clear
 
 
-def run_once(impl: str, opts, run_index: int = 0) -> dict:
+def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[str, Any]:
     """Start the roles of ``opts.layout`` for ``impl``, run the workload once, measure, stop."""
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-bench-"))
     deadline = time.monotonic() + opts.timeout
     transport = opts.transport
     front, back = _endpoints(transport, tmp, f"b{run_index}")
     label = f"{impl}/{'uvloop' if opts.uvloop else 'asyncio'} " if impl != "limit" else "limit "
-    show, clear = _progress_printer(opts.n, label) if opts.progress else (None, None)
+    show: Optional[Callable[[dict[str, Any]], None]] = None
+    clear: Optional[Callable[[], None]] = None
+    if opts.progress:
+        show, clear = _progress_printer(opts.n, label)
     workers = max(1, opts.workers)
-    cfg = {
+    cfg: dict[str, Any] = {
         "front": front, "back": back, "base_path": str(tmp / "base"), "n": opts.n,
         "window": opts.window, "payload": opts.payload, "interface": opts.interface,
         "mode": opts.mode, "workers": workers, "uvloop": opts.uvloop, "timeout": opts.timeout,
@@ -105,7 +109,7 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
     if impl == "metrics":
         cfg["metrics"] = opts.metrics or 1.0
     if layout == "gate":
-        ports = set()
+        ports: set[int] = set()
         while len(ports) < 2:
             ports.add(_free_port())
         cfg["gate_a_port"], cfg["gate_b_port"] = sorted(ports)
@@ -173,23 +177,23 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
     processes = []
     cpu_total = 0.0
     for c in children:
-        cpu = None if cpu0[c.pid] is None or cpu1[c.pid] is None else cpu1[c.pid] - cpu0[c.pid]
+        c0, c1 = cpu0[c.pid], cpu1[c.pid]
+        cpu = None if c0 is None or c1 is None else c1 - c0
         cpu_total += cpu or 0.0
         processes.append({
             "role": c.role, "pid": c.pid, "cpu_s": cpu,
-            "peak_rss_mib": None if hwm[c.pid] is None else round(hwm[c.pid] / 1024, 1),
-            "rss_before_mib": None if rss0[c.pid] is None else round(rss0[c.pid] / 1024, 1),
-            "rss_after_mib": None if rss1[c.pid] is None else round(rss1[c.pid] / 1024, 1),
+            "peak_rss_mib": _mib(hwm[c.pid]), "rss_before_mib": _mib(rss0[c.pid]),
+            "rss_after_mib": _mib(rss1[c.pid]),
             "loop": c.info.get("loop"), "impl": c.info.get("impl"), "version": c.info.get("version"),
         })
     completed = int(result.get("completed") or 0)
     queued = None
     if opts.mode == "queue":
         b = next((c for c in children if c.role in ("broker", "broker+worker")), None)
-        if b is not None and rss0[b.pid] is not None and rss1[b.pid] is not None:
-            grown = (rss1[b.pid] - rss0[b.pid]) * 1024
-            queued = {"broker_rss_before_mib": round(rss0[b.pid] / 1024, 1),
-                      "broker_rss_queued_mib": round(rss1[b.pid] / 1024, 1),
+        r0, r1 = (rss0[b.pid], rss1[b.pid]) if b is not None else (None, None)
+        if r0 is not None and r1 is not None:
+            grown = (r1 - r0) * 1024
+            queued = {"broker_rss_before_mib": _mib(r0), "broker_rss_queued_mib": _mib(r1),
                       "bytes_per_queued_request": grown / completed if completed else None}
     ok = (result.get("errors") == 0 and result.get("mismatches") == 0 and completed == opts.n)
     return {
@@ -216,14 +220,20 @@ def run_once(impl: str, opts, run_index: int = 0) -> dict:
     }
 
 
-def _combine(results: list) -> dict:
+def _mib(kib: Optional[int]) -> Optional[float]:
+    """KiB as MiB rounded to 0.1, or None."""
+    return None if kib is None else round(kib / 1024, 1)
+
+
+def _combine(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One result for several clients: calls/s over the slowest client's time; fairness min/max rate."""
-    rates = [r.get("rate") or 0.0 for r in results]
+    rates: list[float] = [float(r.get("rate") or 0.0) for r in results]
+    top = max(rates, default=0.0)
     completed = sum(int(r.get("completed") or 0) for r in results)
     total = max(r.get("time_total") or 0.0 for r in results)
     send_all = max(r.get("time_send_all") or 0.0 for r in results)
 
-    def median(key):
+    def median(key: str) -> Any:
         vals = sorted(r[key] for r in results if r.get(key) is not None)
         return vals[(len(vals) - 1) // 2] if vals else None
 
@@ -239,11 +249,11 @@ def _combine(results: list) -> dict:
         "latency_max": max((r.get("latency_max") or 0.0) for r in results),
         "latency_mean": median("latency_mean"),
         "client_rates": rates,
-        "fairness": (min(rates) / max(rates)) if rates and max(rates) else None,
+        "fairness": (min(rates) / top) if top else None,
     }
 
 
-def _median_of(impl: str, runs: list, failure: str | None) -> dict:
+def _median_of(impl: str, runs: list[dict[str, Any]], failure: str | None) -> dict[str, Any]:
     """The run with the median calls/s (all rates kept), or the failure."""
     if failure is not None:
         return {"impl": impl, "ok": False, "failure": failure, "runs": runs}
@@ -255,7 +265,7 @@ def _median_of(impl: str, runs: list, failure: str | None) -> dict:
     return chosen
 
 
-def run_repeated(impl: str, opts) -> dict:
+def run_repeated(impl: str, opts: argparse.Namespace) -> dict[str, Any]:
     """``opts.repeat`` runs of one implementation; the one with the median calls/s is reported."""
     runs = []
     for r in range(opts.repeat):
@@ -268,15 +278,13 @@ def run_repeated(impl: str, opts) -> dict:
     return _median_of(impl, runs, None)
 
 
-def run_interleaved(plan: list, opts) -> list:
+def run_interleaved(plan: list[tuple[str, Optional[str]]], opts: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every ``(impl, loop)`` of ``plan`` once per repetition, in turn (A B C A B C ...).
 
     Interleaving spreads the machine's drift over every entry alike; each
     entry reports the run with its median calls/s."""
-    import copy
-
-    runs: dict = {key: [] for key in plan}
-    failures: dict = {}
+    runs: dict[tuple[str, Optional[str]], list[dict[str, Any]]] = {key: [] for key in plan}
+    failures: dict[tuple[str, Optional[str]], str] = {}
     for r in range(opts.repeat):
         for key in plan:
             if key in failures or (runs[key] and not runs[key][-1]["ok"]):
@@ -297,7 +305,7 @@ def run_interleaved(plan: list, opts) -> list:
 
 
 
-def run_gate_spill(opts) -> dict:
+def run_gate_spill(opts: argparse.Namespace) -> dict[str, Any]:
     """``--layout gate-spill``: calls/s of one slow local worker alone, then of the cluster.
 
     Gate A (its client and one slow worker of capacity 1) and gate B (four
@@ -308,7 +316,7 @@ def run_gate_spill(opts) -> dict:
     deadline = time.monotonic() + opts.timeout
     front, back = _endpoints(opts.transport, tmp, "s")
     b_front, a_back = _endpoints(opts.transport, tmp, "t")
-    ports = set()
+    ports: set[int] = set()
     while len(ports) < 2:
         ports.add(_free_port())
     port_a, port_b = sorted(ports)
@@ -317,7 +325,7 @@ def run_gate_spill(opts) -> dict:
            "n": opts.n, "window": max(opts.window, 16), "timeout": opts.timeout,
            "remote_workers": 4, "spill_after": 0.0, "uvloop": False, "mode": "calls"}
     children: list[Child] = []
-    result: dict = {}
+    result: dict[str, Any] = {}
     failure = None
     try:
         for role in ("spill-b", "spill-a"):
@@ -339,7 +347,7 @@ def run_gate_spill(opts) -> dict:
             "ok": failure is None and result.get("errors") == 0}
 
 
-def run_benchmark(opts) -> dict:
+def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
     """Run the selected implementation and the comparisons; return the report dict.
 
     Every (implementation, loop) pair runs ``--repeat`` times, interleaved;
@@ -352,10 +360,10 @@ def run_benchmark(opts) -> dict:
         if flag and name not in impls:
             impls.append(name)
     loops = list(LOOPS) if opts.loop == "both" else [opts.loop]
-    results = []
-    ratios = {}
+    results: list[dict[str, Any]] = []
+    ratios: dict[str, Any] = {}
     active = _active_backend(opts) if "ours" in impls else None
-    plan = []
+    plan: list[tuple[str, Optional[str]]] = []
     for impl in impls:
         if impl == "original":
             if opts.mode == "stream" and impl != opts.impl:
@@ -410,11 +418,12 @@ def run_benchmark(opts) -> dict:
             "ok": all(r.get("ok") for r in results)}
 
 
-def _interrupt(signum, frame):
+def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None, prog: str = "gaterpc bench") -> int:
+    """Run the echo benchmark from the command line; exit status 0 when every run succeeded."""
     parser = build_parser(prog)
     opts = parser.parse_args(argv)
     _resolve(opts, parser)

@@ -63,13 +63,14 @@ def _proc_hwm_kib(pid: int) -> int | None:
     return _proc_status_kib(pid, "VmHWM:")
 
 
-def _load_prctl():
+def _load_prctl() -> Optional[Callable[..., int]]:
     """libc's prctl, looked up here (not in the forked child, where dlopen could deadlock)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
-        return ctypes.CDLL(None, use_errno=True).prctl
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
     except (OSError, AttributeError):
         return None
 
@@ -77,20 +78,22 @@ def _load_prctl():
 _PRCTL = _load_prctl()
 
 
-def _parent_death_signal():
+def _parent_death_signal() -> None:
     """In the child, before exec: get SIGTERM if the harness dies (PR_SET_PDEATHSIG)."""
-    _PRCTL(1, int(signal.SIGTERM))
+    if _PRCTL is not None:
+        _PRCTL(1, int(signal.SIGTERM))
 
 
 class Child:
     """A role process: JSON lines from its stdout arrive in ``self.lines``."""
 
-    def __init__(self, role: str, argv: list[str], env: dict, cwd: str, log_path: Path):
+    def __init__(self, role: str, argv: list[str], env: dict[str, str], cwd: str, log_path: Path) -> None:
         self.role = role
         self.log_path = log_path
-        self.lines: queue.Queue = queue.Queue()
-        self.info: dict = {}
-        self.exit_info: dict | None = None
+        # decoded JSON lines; None once stdout is closed
+        self.lines: queue.Queue[Optional[dict[str, Any]]] = queue.Queue()
+        self.info: dict[str, Any] = {}
+        self.exit_info: Optional[dict[str, Any]] = None
         self._log = open(log_path, "wb")
         try:
             self.proc = subprocess.Popen(
@@ -106,7 +109,8 @@ class Child:
         self._reader = threading.Thread(target=self._read, name=f"bench-{role}-stdout", daemon=True)
         self._reader.start()
 
-    def _read(self):
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
         try:
             for line in self.proc.stdout:
                 line = line.strip()
@@ -119,7 +123,8 @@ class Child:
         finally:
             self.lines.put(None)
 
-    def expect(self, key: str, deadline: float, on_other=None, watch=()) -> dict:
+    def expect(self, key: str, deadline: float, on_other: Optional[Callable[[dict[str, Any]], object]] = None,
+               watch: Iterable[Child] = ()) -> dict[str, Any]:
         """Wait for a line containing ``key``; fails on EOF, at the deadline, or when a
         process in ``watch`` dies meanwhile."""
         while True:
@@ -150,8 +155,9 @@ class Child:
 
     def send(self, line: str) -> None:
         try:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
+            if self.proc.stdin is not None:
+                self.proc.stdin.write(line + "\n")
+                self.proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             pass
 
@@ -222,9 +228,11 @@ def stop_all(children: list[Child]) -> None:
 # --------------------------------------------------------------------------- configuration
 
 def _free_port() -> int:
+    """A TCP port of 127.0.0.1 free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _endpoints(transport: str, tmp: Path, tag: str) -> tuple[str, str]:
@@ -246,7 +254,7 @@ def _package_root() -> Path:
     return Path(gaterpc.__file__).resolve().parent.parent
 
 
-def _base_env(opts) -> dict:
+def _base_env(opts: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     env.pop("GATERPC_NO_EXTENSIONS", None)
@@ -256,7 +264,8 @@ def _base_env(opts) -> dict:
     return env
 
 
-def _command(impl: str, role: str, cfg: dict, opts, tmp: Path) -> tuple[list[str], dict, str]:
+def _command(impl: str, role: str, cfg: dict[str, Any], opts: argparse.Namespace,
+             tmp: Path) -> tuple[list[str], dict[str, str], str]:
     """argv, env and cwd of one role process of implementation ``impl``."""
     env = _base_env(opts)
     cfg_json = json.dumps(cfg, separators=(",", ":"))
@@ -281,7 +290,7 @@ def _command(impl: str, role: str, cfg: dict, opts, tmp: Path) -> tuple[list[str
     raise ValueError(impl)
 
 
-def _active_backend(opts) -> str | None:
+def _active_backend(opts: argparse.Namespace) -> str | None:
     """Which twins our roles load with this environment: "compiled", "pure" or "mixed".
 
     Asked of a separate interpreter with the roles' environment, so that the role

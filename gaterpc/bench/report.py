@@ -5,22 +5,22 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-LAYOUTS = ("3proc", "2proc", "inproc", "gate")
-# gate spill-over: one slow local worker behind gate A, four idle ones behind gate B
-LAYOUTS = LAYOUTS + ("gate-spill",)
+# gate-spill: one slow local worker behind gate A, four idle ones behind gate B
+LAYOUTS = ("3proc", "2proc", "inproc", "gate", "gate-spill")
 IMPLS = ("ours", "original", "raw", "limit")  # plus "direct"/"metrics": ours, run another way
 LOOPS = ("asyncio", "uvloop")
 
 
-def _ms(seconds):
+def _ms(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else seconds * 1000.0
 
 
-def _fmt(v, spec=",.0f", none="-"):
+def _fmt(v: Optional[float], spec: str = ",.0f", none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
-def format_gate_spill(report: dict) -> str:
+def format_gate_spill(report: dict[str, Any]) -> str:
+    """The text report of ``--layout gate-spill``."""
     cfg, res = report["config"], report["result"]
     out = [f"gaterpc gate spill-over benchmark: n={cfg['n']:,} window={cfg['window']} "
            f"transport={cfg['transport']} backend={cfg['backend']}: gate A with 1 slow worker "
@@ -35,7 +35,8 @@ def format_gate_spill(report: dict) -> str:
     return "\n".join(out)
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict[str, Any]) -> str:
+    """The text report: one row per run, then per process, failures, warnings and ratios."""
     if report.get("gate_spill"):
         return format_gate_spill(report)
     out = []
@@ -117,6 +118,7 @@ def format_report(report: dict) -> str:
 # --------------------------------------------------------------------------- entry points
 
 def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
+    """The options of the echo benchmark."""
     p = argparse.ArgumentParser(
         prog=prog, description="Echo benchmark: N calls of echo('hello world', i) through a gaterpc broker.")
     p.add_argument("-n", type=int, default=None,
@@ -177,7 +179,8 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
     return p
 
 
-def _resolve(opts, parser) -> None:
+def _resolve(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Defaults that depend on other options, and the checks across options (usage errors)."""
     if opts.n is None:
         opts.n = 10_000 if opts.mode == "latency" else 100_000
     if opts.layout == "gate" and (opts.impl != "ours" or opts.vs_original or opts.vs_raw or opts.vs_limit):
