@@ -8,6 +8,7 @@ Commands::
     gaterpc call ADDR SERVICE.METHOD [ARG ...] [-k NAME=VALUE ...]     call a method, print JSON
     gaterpc info ADDR [--json]                                         services of a broker
     gaterpc bench ...                                                  the echo benchmark
+    gaterpc bench soak|fuzz|hugedata|codec|speedups ...                the other benchmarks
 
 ``broker`` and ``worker`` run until SIGTERM or SIGINT and then shut down
 gracefully (:func:`gaterpc.serve.serve`) and exit 0.  Logs go to stderr
@@ -571,7 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(i, logs=False)
 
     sub.add_parser("bench", help="benchmarks: the echo benchmark ('gaterpc bench --help'), 'gaterpc bench "
-                                 "soak' (churn and memory) and 'gaterpc bench fuzz' (endpoint fuzzing)",
+                                 "soak' (churn and memory), 'fuzz' (endpoint fuzzing), 'hugedata' (HugeData "
+                                 "transfers), 'codec' (HugeData codecs in-process), 'speedups' (compiled "
+                                 "twins against pure)",
                    add_help=False)
     return parser
 
@@ -579,18 +582,20 @@ def build_parser() -> argparse.ArgumentParser:
 _RUNNERS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {"broker": _run_broker, "worker": _run_worker, "call": _run_call, "info": _run_info}
 
 
+# ``gaterpc bench NAME ...`` runs ``gaterpc.bench.<module>.main(rest of the arguments)``.
+_BENCH_MODULES = {"soak": "soak", "fuzz": "fuzz", "hugedata": "hugedata", "codec": "hugedata_codec",
+                  "speedups": "speedups"}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] == "bench":
-        if len(args) > 1 and args[1] == "soak":
-            from gaterpc.bench.soak import main as soak_main
+        if len(args) > 1 and args[1] in _BENCH_MODULES:
+            import importlib
 
-            return int(soak_main(args[2:]) or 0)
-        if len(args) > 1 and args[1] == "fuzz":
-            from gaterpc.bench.fuzz import main as fuzz_main
-
-            return int(fuzz_main(args[2:]) or 0)
+            bench_module = importlib.import_module(f"gaterpc.bench.{_BENCH_MODULES[args[1]]}")
+            return int(bench_module.main(args[2:]) or 0)
         from gaterpc.bench.echo import main as bench_main
 
         return bench_main(args[1:], prog="gaterpc bench")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -216,8 +217,25 @@ def test_bench_gate_layout_against_direct(tmp_path):
 
 
 def test_bench_subcommands_are_reachable():
-    for sub, word in (("soak", "--client-churns"), ("fuzz", "--cases")):
+    for sub, word in (("soak", "--client-churns"), ("fuzz", "--cases"), ("hugedata", "--vs-original"),
+                      ("codec", "--twins"), ("speedups", "--quick")):
         proc = subprocess.run([sys.executable, "-m", "gaterpc", "bench", sub, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert word in proc.stdout
+
+
+@pytest.mark.slow
+def test_soak_entry_runs_with_churn():
+    """The soak benchmark end to end on a small run: every call answered, churn done, RSS reported."""
+    backend = "pure" if os.environ.get("GATERPC_NO_EXTENSIONS") else "compiled"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gaterpc.bench.soak", "--calls", "300", "--window", "50", "--client-churns", "2",
+         "--worker-churns", "1", "--workers", "2", "--worker-hosts", "1", "--heartbeat", "300",
+         "--timeout", "90", "--backend", backend],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "100%  calls 300" in proc.stdout
+    assert "done: 300 calls" in proc.stdout and "worker churns 1" in proc.stdout
+    assert "broker RSS after warm-up" in proc.stdout

@@ -41,7 +41,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set
 
 if TYPE_CHECKING:
-    from gaterpc.bench.echo import Child
+    from gaterpc.bench.procs import Child
     from gaterpc.client import Client as ClientType
     from gaterpc.worker import Worker
 
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _start(role: str, cfg: Dict[str, Any], opts: argparse.Namespace, tmp: Path, n: int) -> Child:
-    from gaterpc.bench.echo import Child, _package_root
+    from gaterpc.bench.procs import Child, _package_root
     env = dict(os.environ)
     env["PYTHONPATH"] = str(_package_root())
     env["PYTHONUNBUFFERED"] = "1"
@@ -246,7 +246,7 @@ def _start(role: str, cfg: Dict[str, Any], opts: argparse.Namespace, tmp: Path, 
 
 
 def run(opts: argparse.Namespace, out: Callable[[str], object] = print) -> int:
-    from gaterpc.bench.echo import BenchError, stop_all
+    from gaterpc.bench.procs import BenchError, stop_all
 
     if opts.calls < 10 or opts.window < 1 or opts.workers < 1 or opts.worker_hosts < 1:
         raise SystemExit("--calls must be >= 10; --window, --workers and --worker-hosts >= 1")
@@ -258,7 +258,7 @@ def run(opts: argparse.Namespace, out: Callable[[str], object] = print) -> int:
         cfg = {"front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back", "base_path": str(tmp / "base"),
                "window": opts.window, "calls": opts.calls, "client_churns": opts.client_churns,
                "heartbeat": opts.heartbeat, "reply_timeout": opts.reply_timeout,
-               "timeout": opts.timeout, "interface": "async"}
+               "timeout": opts.timeout, "interface": "async", "mode": "throughput"}
         counter = [0]
 
         def start(role: str, extra: Optional[Dict[str, Any]] = None) -> Child:
@@ -354,7 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if opts.role:
         asyncio.run(_role_main(opts.role, json.loads(opts.config)))
         return 0
-    from gaterpc.bench.echo import BenchError
+    from gaterpc.bench.procs import BenchError
     try:
         return run(opts)
     except BenchError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional, Sequence
 
 from gaterpc.broker import AMajordomo
 
@@ -41,7 +41,7 @@ HOOKS = (
 )
 
 #: ``[requester, service_b, request id, body, deadline]`` of a request waiting for a peer's capacity.
-Waiting = tuple[bytes, bytes, bytes, "list[bytes]", float]
+Waiting = tuple[bytes, bytes, bytes, Sequence[bytes], float]
 
 
 class _GateBase(AMajordomo):
@@ -136,7 +136,7 @@ class _GateBase(AMajordomo):
                          exc: BaseException) -> None: ...
         def _deliver(self, client_id: bytes, service_b: bytes, request_id: bytes,
                      body: Any) -> None: ...
-        def _on_ready(self, worker_id: bytes, frames: Frames) -> None: ...
+        def _on_ready(self, worker_id: bytes, frames: Sequence[bytes]) -> None: ...
         def _worker_ready(self, worker: Any, service: Any) -> None: ...
         def _remove_worker(self, w: Any, send_disconnect: bool) -> None: ...
         def create_internal_task(self, coro_func: Callable[..., Coroutine[Any, Any, Any]],

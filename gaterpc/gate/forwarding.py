@@ -24,7 +24,7 @@ callback: no task, log call or copy per message (see ``docs/GATE.md``).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from gaterpc.counters import count_drop, count_event
 from gaterpc.global_settings import Settings
@@ -184,7 +184,7 @@ class _ForwardingMixin(_GateBase):
                 self._spill_wake(fwd.service)
 
     def _service_unavailable(self, client_id: bytes, service_b: bytes, request_id: bytes,
-                             body: Frames) -> None:
+                             body: Sequence[bytes]) -> None:
         """No local worker: forward to a peer that has the service (not for peers' requests)."""
         if client_id in self._peer_ids:
             # loop prevention: a request that came from a gate is not sent back to gates
@@ -216,7 +216,7 @@ class _ForwardingMixin(_GateBase):
         self._forward(gate, client_id, service, service_b, request_id, body)
 
     def _forward(self, gate: RemoteGate, requester: bytes, service: str, service_b: bytes,
-                 request_id: bytes, body: Frames) -> None:
+                 request_id: bytes, body: Sequence[bytes]) -> None:
         fwd = _Forward(requester, service, service_b)
         gate._inflight[request_id] = fwd
         self.request_map[request_id] = requester

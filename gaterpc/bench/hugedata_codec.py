@@ -1,6 +1,6 @@
 """HugeData codec throughput, in-process: compress + decompress MB/s per module.
 
-Run: ``python bench/hugedata_codec.py`` (payloads of 1, 16 and 128 MiB;
+Run: ``gaterpc bench codec`` or ``python -m gaterpc.bench.hugedata_codec`` (payloads of 1, 16 and 128 MiB;
 ``--sizes 1,16`` to choose, ``--budget 120`` seconds in total; ``--twins``
 adds a gzip row on each chunk-assembly twin).
 
@@ -25,19 +25,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
+import importlib
 import random
 import sys
 import time
+from typing import Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import gaterpc.hugedata as hugedata  # noqa: E402
-from gaterpc.hugedata import HugeData, HugeDataReceiver, iter_hugedata_chunks  # noqa: E402
+import gaterpc.hugedata as hugedata
+from gaterpc.hugedata import HugeData, HugeDataReceiver, iter_hugedata_chunks
 
 MIB = 1024 * 1024
 MODULES = ("gzip", "lz4", "bz2", "lzma")
 END, EXC = b"HugeDataEND", b"HugeDataException"
+TWIN_CLASSES = ("ChunkCutter", "OutputLimiter")
 
 
 def make_payload(size: int, seed: int = 1) -> bytes:
@@ -58,14 +58,16 @@ def make_payload(size: int, seed: int = 1) -> bytes:
     return b"".join(parts)[:size]
 
 
-async def compress(payload: bytes, module: str) -> list:
+async def compress(payload: bytes, module: str) -> list[bytes]:
+    """The wire chunks of ``payload`` as the worker's sender cuts them."""
     hd = HugeData(END, EXC, data=payload, compress_module=module)
     chunks = [c async for c in iter_hugedata_chunks(hd)]
     hd.destroy()
     return chunks
 
 
-def decompress(chunks: list, size: int) -> bytearray:
+def decompress(chunks: list[bytes], size: int) -> bytearray:
+    """The payload reassembled by the client's receiver from ``chunks``."""
     r = HugeDataReceiver(max_decompressed_size=max(size, HugeData.DEFAULT_MAX_DECOMPRESSED_SIZE))
     feed = r.feed
     for c in chunks:
@@ -73,7 +75,7 @@ def decompress(chunks: list, size: int) -> bytearray:
     return r.finish()
 
 
-def run_case(payload: bytes, module: str):
+def run_case(payload: bytes, module: str) -> tuple[float, float, int]:
     """(compress s, decompress s, compressed bytes)."""
     gc.collect()
     t0 = time.perf_counter()
@@ -86,13 +88,14 @@ def run_case(payload: bytes, module: str):
     return t1 - t0, t2 - t1, sum(map(len, chunks))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Time every module at every size within the budget and print the table."""
+    parser = argparse.ArgumentParser(prog="gaterpc bench codec", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="1,16,128", help="payload sizes in MiB, comma-separated")
     parser.add_argument("--modules", default=",".join(MODULES))
     parser.add_argument("--budget", type=float, default=150.0, help="total time budget, seconds")
     parser.add_argument("--twins", action="store_true", help="also time gzip on each chunk-assembly twin")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     modules = [m for m in args.modules.split(",") if m]
     deadline = time.monotonic() + args.budget
@@ -102,8 +105,8 @@ def main() -> None:
     print(f"chunk assembly: {'compiled' if selector.USE_C else 'pure'} twin; blksize 1000; "
           f"offload to a thread at >= {hugedata.OFFLOAD_SIZE // 1024} KiB")
     print(f"{'module':<10}{'MiB':>6}{'ratio':>8}{'compress MB/s':>16}{'decompress MB/s':>18}")
-    rate = {}  # module -> seconds per MiB (round trip), to predict the next size
-    variants = [(m, None) for m in modules]
+    rate: dict[str, float] = {}  # module -> seconds per MiB (round trip), to predict the next size
+    variants: list[tuple[str, Optional[str]]] = [(m, None) for m in modules]
     if args.twins:
         variants += [("gzip", "_chunks_py"), ("gzip", "_chunks_c")]
     for size in sizes:
@@ -114,23 +117,27 @@ def main() -> None:
             if rate.get(label, 0) * size > left:
                 print(f"{label:<10}{size:>6}{'skip':>8}")
                 continue
-            saved = hugedata.ChunkCutter, hugedata.OutputLimiter
+            # The chunk-assembly classes hugedata uses, swapped for a twin's for this case.
+            saved = [getattr(hugedata, name) for name in TWIN_CLASSES]
             if twin is not None:
                 try:
-                    mod = __import__(f"gaterpc._speedups.{twin}", fromlist=["ChunkCutter"])
+                    mod = importlib.import_module(f"gaterpc._speedups.{twin}")
                 except ImportError:
                     print(f"{label:<10}{size:>6}{'n/a':>8}")
                     continue
-                hugedata.ChunkCutter, hugedata.OutputLimiter = mod.ChunkCutter, mod.OutputLimiter
+                for name in TWIN_CLASSES:
+                    setattr(hugedata, name, getattr(mod, name))
             try:
                 tc, td, clen = run_case(payload, module)
             finally:
-                hugedata.ChunkCutter, hugedata.OutputLimiter = saved
+                for name, cls in zip(TWIN_CLASSES, saved):
+                    setattr(hugedata, name, cls)
             rate[label] = (tc + td) / size
             mb = size * MIB / 1e6
             print(f"{label:<10}{size:>6}{clen / (size * MIB):>8.2f}{mb / tc:>16.1f}{mb / td:>18.1f}")
         del payload
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,9 +7,11 @@ original, which hangs on a second HugeData transfer in a process, can be
 measured too).  Reports MB/s (payload MiB per second of the call) and peak
 RSS per process.
 
-    python bench/hugedata.py                      # ours: gzip and lz4
-    python bench/hugedata.py --vs-original        # plus the original 0.2.11 (gzip)
-    python bench/hugedata.py --sizes 1,16 --json out.json
+    gaterpc bench hugedata                        # ours: gzip and lz4
+    gaterpc bench hugedata --vs-original          # plus the original 0.2.11 (gzip)
+    gaterpc bench hugedata --sizes 1,16 --json out.json
+
+(``python -m gaterpc.bench.hugedata`` takes the same options.)
 """
 
 from __future__ import annotations
@@ -21,25 +23,30 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-ROLES = REPO / "gaterpc" / "bench" / "hugeroles.py"
+HERE = Path(__file__).resolve().parent
+# The directory holding the ``gaterpc`` package: the roles' PYTHONPATH for our runs.
+PACKAGE_ROOT = HERE.parent.parent
+ROLES = HERE / "hugeroles.py"
 MiB = 1024 * 1024
 
 
-def run_once(python, env, impl, module, size, blksize, timeout):
+def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int, blksize: int,
+             timeout: float) -> dict[str, Any]:
+    """One transfer of ``size`` bytes in fresh broker, worker and client processes; the result row."""
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-huge-"))
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
            "size": size, "module": module, "seed": 7, "blksize": blksize, "timeout": timeout}
-    procs = {}
-    result = {"impl": impl, "module": module, "size_mib": size / MiB, "ok": False}
+    procs: dict[str, subprocess.Popen[str]] = {}
+    result: dict[str, Any] = {"impl": impl, "module": module, "size_mib": size / MiB, "ok": False}
     try:
         for role in ("broker", "worker"):
             p = subprocess.Popen([str(python), str(ROLES), role, json.dumps(cfg)], stdout=subprocess.PIPE,
                                  text=True, env=env, cwd=str(tmp), start_new_session=True)
             procs[role] = p
+            assert p.stdout is not None
             line = p.stdout.readline()
             if '"ready"' not in line:
                 raise RuntimeError(f"{role} did not start")
@@ -78,8 +85,9 @@ def run_once(python, env, impl, module, size, blksize, timeout):
             p.wait(5)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the transfers and print the table; exit status 0 when every run of ours succeeded."""
+    ap = argparse.ArgumentParser(prog="gaterpc bench hugedata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,16,128", help="payload sizes in MiB (comma separated)")
     ap.add_argument("--modules", default="gzip,lz4", help="our codecs (comma separated)")
     ap.add_argument("--blksize", type=int, default=1000, help="chunk size (the original's default: 1000)")
@@ -89,15 +97,15 @@ def main(argv=None):
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
     sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    runs = [(sys.executable, env, "ours", m) for m in args.modules.split(",")]
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE_ROOT))
+    runs: list[tuple[str, dict[str, str], str, str]] = [(sys.executable, env, "ours", m)
+                                                        for m in args.modules.split(",")]
     if args.vs_original:
-        sys.path.insert(0, str(REPO))
         from gaterpc.bench.origenv import ensure_original_env
 
         orig_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        runs.append((ensure_original_env(), orig_env, "original", "gzip"))
-    results = []
+        runs.append((str(ensure_original_env()), orig_env, "original", "gzip"))
+    results: list[dict[str, Any]] = []
     print(f"{'impl':9} {'codec':5} {'MiB':>5} {'MB/s':>8} {'s':>7} {'RSS broker':>10} {'worker':>7} "
           f"{'client':>7} {'max RSS/size':>12}  status")
     orig_sizes = [int(float(s) * MiB) for s in args.original_sizes.split(",")]
@@ -108,7 +116,6 @@ def main(argv=None):
             rss = [r.get(k) for k in ("rss_broker", "rss_worker", "rss_client")]
             ratio = max(x for x in rss if x) / (size / MiB) if any(rss) else None
             r["max_rss_ratio"] = ratio
-            fmt = lambda v, f: (f.format(v) if v is not None else "-")  # noqa: E731
             print(f"{impl:9} {module:5} {size / MiB:5.0f} {fmt(r.get('mb_s'), '{:8.1f}'):>8} "
                   f"{fmt(r.get('elapsed'), '{:7.2f}'):>7} {fmt(rss[0], '{:10.0f}'):>10} "
                   f"{fmt(rss[1], '{:7.0f}'):>7} {fmt(rss[2], '{:7.0f}'):>7} {fmt(ratio, '{:12.2f}'):>12}  "
@@ -116,6 +123,11 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0 if all(r["ok"] for r in results if r["impl"] == "ours") else 1
+
+
+def fmt(value: Optional[float], spec: str) -> str:
+    """``spec.format(value)``, or ``-`` for a missing value."""
+    return spec.format(value) if value is not None else "-"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Time each compiled hot path of ``gaterpc._speedups`` against its pure twin.
 
-Run: ``python bench/speedups.py`` (about 30 s on 2 cores; ``--quick`` for a
+Run: ``gaterpc bench speedups`` or ``python -m gaterpc.bench.speedups`` (about 30 s on 2 cores; ``--quick`` for a
 few seconds).  Every case runs the same workload on both twins, best of a
 few repeats, and the table shows the per-operation time and the ratio
 pure / compiled.
@@ -28,15 +28,14 @@ import os
 import random
 import sys
 import time
+from typing import Any, Callable, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import zmq  # noqa: E402
+import zmq
 
 REQUEST = [b"", b"MDPC01", b"\x01", b"echo", b"\x93\xa5hello\x01\xc0", b"\x00" * 16, b"\x81\xa1k\xa1v"]
 
 
-def best(fn, repeats: int) -> float:
+def best(fn: Callable[[], object], repeats: int) -> float:
     """Smallest wall time of ``repeats`` runs of ``fn()``."""
     times = []
     for _ in range(repeats):
@@ -47,10 +46,10 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def bench_zmqio(n: int, repeats: int) -> dict:
+def bench_zmqio(n: int, repeats: int) -> dict[str, float]:
     """Seconds per round trip for pyzmq, the pure twin and the compiled twin."""
-    ctx = zmq.Context()
-    results = {}
+    ctx: zmq.Context[Any] = zmq.Context()
+    results: dict[str, float] = {}
     try:
         router = ctx.socket(zmq.ROUTER)
         dealer = ctx.socket(zmq.DEALER)
@@ -62,7 +61,7 @@ def bench_zmqio(n: int, repeats: int) -> dict:
         dealer.send_multipart([b"hi"])
         ident = router.recv_multipart()[0]
 
-        def pyzmq_loop():
+        def pyzmq_loop() -> None:
             for _ in range(n):
                 dealer.send_multipart(REQUEST)
                 msg = router.recv_multipart(zmq.NOBLOCK)
@@ -79,7 +78,7 @@ def bench_zmqio(n: int, repeats: int) -> dict:
             r, d = mod.ZSocketIO(router), mod.ZSocketIO(dealer)
             r_recv, r_send, d_recv, d_send = r.recv_batch, r.send, d.recv_batch, d.send
 
-            def io_loop():
+            def io_loop() -> None:
                 for _ in range(n):
                     d_send(REQUEST)
                     (msg,) = r_recv(1)
@@ -95,20 +94,20 @@ def bench_zmqio(n: int, repeats: int) -> dict:
     return results
 
 
-def bench_lru(n: int, repeats: int) -> dict:
+def bench_lru(n: int, repeats: int) -> dict[str, float]:
     """Seconds per lookup of the broker's ZAP-verdict use: ``get``, set on a miss, ttl on."""
     rnd = random.Random(1)
     keys = [b"zap:%d:PLAIN:user%d" % (i, i) for i in range(256)]
     # 90 % of lookups go to 100 hot keys, the rest anywhere: mostly hits, some evictions.
     ops = [rnd.choice(keys[:100]) if rnd.random() < 0.9 else rnd.choice(keys) for _ in range(n)]
-    results = {}
+    results: dict[str, float] = {}
     for name in ("_lru_py", "_lru_c"):
         try:
             mod = importlib.import_module(f"gaterpc._speedups.{name}")
         except ImportError:
             continue
 
-        def run():
+        def run() -> None:
             c = mod.KVLRUCache(128, 256, ttl=30.0)
             get = c.get
             for key in ops:
@@ -119,7 +118,7 @@ def bench_lru(n: int, repeats: int) -> dict:
     return results
 
 
-def bench_reqtable(n: int, repeats: int, window: int = 1000) -> dict:
+def bench_reqtable(n: int, repeats: int, window: int = 1000) -> dict[str, float]:
     """Seconds per request id: 1M ids flow through a table with ``window`` requests in flight.
 
     Each id is added with deadline now + 50 ms; the reply to the id sent
@@ -130,14 +129,14 @@ def bench_reqtable(n: int, repeats: int, window: int = 1000) -> dict:
     step = 1e-5
     plan = [(rid, i * step + 0.05, ids[i - window] if i >= window and (i - window) % 10 else None)
             for i, rid in enumerate(ids)]
-    results = {}
+    results: dict[str, float] = {}
     for name in ("_reqtable_py", "_reqtable_c"):
         try:
             mod = importlib.import_module(f"gaterpc._speedups.{name}")
         except ImportError:
             continue
 
-        def run():
+        def run() -> None:
             t = mod.RequestTable()
             add, pop, expire = t.add, t.pop, t.expire
             i = 0
@@ -156,18 +155,18 @@ def bench_reqtable(n: int, repeats: int, window: int = 1000) -> dict:
     return results
 
 
-def bench_reqtable_ops(n: int, repeats: int) -> dict:
+def bench_reqtable_ops(n: int, repeats: int) -> dict[str, float]:
     """Seconds per add+pop pair on a table of 1,000 pending ids (the module alone, little harness)."""
     ids = [os.urandom(8) for _ in range(1000)]
     rounds = max(1, n // 1000)
-    results = {}
+    results: dict[str, float] = {}
     for name in ("_reqtable_py", "_reqtable_c"):
         try:
             mod = importlib.import_module(f"gaterpc._speedups.{name}")
         except ImportError:
             continue
 
-        def run():
+        def run() -> None:
             t = mod.RequestTable()
             add, pop = t.add, t.pop
             for _ in range(rounds):
@@ -180,14 +179,14 @@ def bench_reqtable_ops(n: int, repeats: int) -> dict:
     return results
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the cases and print the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="gaterpc bench speedups", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller workloads (a few seconds)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     scale = 0.1 if args.quick else 1.0
     repeats = 3
-    rows = []
+    rows: list[tuple[str, float, float]] = []
     t0 = time.monotonic()
     z = bench_zmqio(int(50_000 * scale), repeats)
     if "_zmqio_c" in z:
@@ -207,7 +206,8 @@ def main() -> None:
     for label, py, c in rows:
         print(f"{label:40} {py * 1e6:11.3f} {c * 1e6:15.3f} {py / c:6.1f}×")
     print(f"(total {time.monotonic() - t0:.1f} s, best of {repeats})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
