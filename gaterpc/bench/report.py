@@ -182,7 +182,8 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
 def _resolve(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Defaults that depend on other options, and the checks across options (usage errors)."""
     if opts.n is None:
-        opts.n = 10_000 if opts.mode == "latency" else 100_000
+        # the spill-over layout runs slow (5 ms) workers: a smaller default keeps it to seconds
+        opts.n = 10_000 if opts.mode == "latency" else 2_000 if opts.layout == "gate-spill" else 100_000
     if opts.layout == "gate" and (opts.impl != "ours" or opts.vs_original or opts.vs_raw or opts.vs_limit):
         parser.error("--layout gate runs our roles only (add --vs-direct for the direct comparison)")
     if opts.vs_direct and opts.layout != "gate":
