@@ -167,3 +167,21 @@ def compiled_expected():
 def _isolated_settings(clean_settings):
     """Every test starts from the default ``Settings`` (BASE_PATH in its tmp dir) and leaves them so."""
     yield clean_settings
+
+
+@pytest.fixture
+def sync_loop():
+    """A fresh event loop set as current for a synchronous test; closed (and unset) afterwards.
+
+    Roles constructed outside a running loop take the current one (as the
+    original did); without this fixture they would create a loop nobody closes.
+    """
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield loop
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

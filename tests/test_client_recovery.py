@@ -70,14 +70,16 @@ class Brokers:
         return proc
 
     def kill(self, proc):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        proc.stdout.close()
+        try:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            proc.stdout.close()
 
     def close(self):
         for proc in self.procs:
-            if proc.returncode is None:
+            if proc.returncode is None or not proc.stdout.closed:
                 self.kill(proc)
 
 

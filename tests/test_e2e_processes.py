@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,18 +28,27 @@ def free_port():
 def start(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, str(ROLES), *args], stdout=subprocess.PIPE, env=env, text=True)
-    line = proc.stdout.readline()
-    assert line.strip() == "READY", f"{args[0]} did not start: {line!r}"
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", f"{args[0]} did not start: {line!r}"
+    except BaseException:
+        stop(proc)
+        raise
     return proc
 
 
 def stop(proc):
-    proc.terminate()
+    """End ``proc`` by its pid (SIGTERM, SIGKILL after a grace period) and close its pipe."""
     try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+    finally:
+        proc.stdout.close()
 
 
 @pytest.fixture(params=["ipc", "tcp"])
@@ -51,6 +61,7 @@ def addresses(request, tmp_path):
 async def test_three_processes(addresses):
     front, back = addresses
     procs = [start("broker", front, back)]
+    ctx = cli = None
     try:
         procs.append(start("worker", back))
         ctx = Context()
@@ -68,9 +79,11 @@ async def test_three_processes(addresses):
             assert await cli.Echo.huge(n) == b"z" * n
         results = await asyncio.gather(*(cli.Echo.echo(i) for i in range(1000)))
         assert results == [[[i], {}] for i in range(1000)]
-        cli.close()
-        await asyncio.sleep(0.05)
-        ctx.destroy(linger=0)
     finally:
+        if cli is not None:
+            cli.close()
+            await asyncio.sleep(0.05)
+        if ctx is not None:
+            ctx.destroy(linger=0)
         for p in procs:
             stop(p)

@@ -77,6 +77,8 @@ class Env:
         if self.zap is not None:
             self.zap.stop()
         await asyncio.sleep(0.05)
+        if self.zap is not None:
+            self.zap.context.destroy(linger=0)  # made by the service itself; stop() leaves it open
         self.ctx.destroy(linger=0)
 
 
@@ -293,12 +295,14 @@ async def test_request_zap(tmp_path):
 
 
 async def test_no_override_means_no_hook():
-    broker = AMajordomo(context=Context())
+    ctx = Context()
+    broker = AMajordomo(context=ctx)
     try:
         flags = [k for k in vars(broker) if k.startswith("_hook_") and k != "_hook_tasks"]
         assert flags and not any(getattr(broker, k) for k in flags)
     finally:
         broker.stop()
+        ctx.destroy(linger=0)
 
 
 # -- worker hooks ---------------------------------------------------------------------

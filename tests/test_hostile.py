@@ -116,50 +116,50 @@ async def _replies(sock, timeout=0.5):
 
 async def test_frontend_junk(setup):
     ctx, raw_ctx, broker, worker, client, front, back = setup
-    junk = raw_ctx.socket(zmq.DEALER)
-    junk.linger = 0
-    junk.connect(front)
-    for _ in range(3):
-        for msg in JUNK:
-            await junk.send_multipart(msg)
-    replies = await _replies(junk)
-    # Requests that carry a request id get an error reply, never a result.
-    for r in replies:
-        assert r[0] == b"" and r[1] == b"MDPC01"
-        assert b"exception" in r[-1] and b"\xa6result\xc0" in r[-1]
-    assert await client.Calc.add(2, 3) == 5
-    assert worker.calls == 1, "no junk request reached the worker's method"
-    assert len(broker.services) == 1
+    with raw_ctx.socket(zmq.DEALER) as junk:
+        junk.linger = 0
+        junk.connect(front)
+        for _ in range(3):
+            for msg in JUNK:
+                await junk.send_multipart(msg)
+        replies = await _replies(junk)
+        # Requests that carry a request id get an error reply, never a result.
+        for r in replies:
+            assert r[0] == b"" and r[1] == b"MDPC01"
+            assert b"exception" in r[-1] and b"\xa6result\xc0" in r[-1]
+        assert await client.Calc.add(2, 3) == 5
+        assert worker.calls == 1, "no junk request reached the worker's method"
+        assert len(broker.services) == 1
 
 
 async def test_backend_junk(setup):
     ctx, raw_ctx, broker, worker, client, front, back = setup
-    junk = raw_ctx.socket(zmq.DEALER)
-    junk.linger = 0
-    junk.connect(back)
-    for msg in BACKEND_JUNK:
-        await junk.send_multipart(msg)
-    await asyncio.sleep(0.2)
-    assert list(broker.services) == ["Calc"], "malformed READY bodies register nothing"
-    assert len(broker.workers) == 1
-    results = await asyncio.gather(*(client.Calc.add(i, 1) for i in range(100)))
-    assert results == [i + 1 for i in range(100)]
+    with raw_ctx.socket(zmq.DEALER) as junk:
+        junk.linger = 0
+        junk.connect(back)
+        for msg in BACKEND_JUNK:
+            await junk.send_multipart(msg)
+        await asyncio.sleep(0.2)
+        assert list(broker.services) == ["Calc"], "malformed READY bodies register nothing"
+        assert len(broker.workers) == 1
+        results = await asyncio.gather(*(client.Calc.add(i, 1) for i in range(100)))
+        assert results == [i + 1 for i in range(100)]
 
 
 async def test_spoofed_reply_is_dropped(setup):
     ctx, raw_ctx, broker, worker, client, front, back = setup
     # A registered rogue worker answers a request id it was never given.
-    rogue = raw_ctx.socket(zmq.DEALER)
-    rogue.linger = 0
-    rogue.connect(back)
-    await rogue.send_multipart([b"", b"MDPW01", b"\x01", b"Other:rogue:10"])
-    await asyncio.sleep(0.1)
-    call = asyncio.ensure_future(client.Calc.add(20, 22))
-    await asyncio.sleep(0)
-    for rid in list(client.replies):
-        await rogue.send_multipart([b"", b"MDPW01", b"\x03", client.identity, b"", rid,
-                                    b"\x82\xa6result\xa5owned\xa9exception\xc0"])
-    assert await call == 42
+    with raw_ctx.socket(zmq.DEALER) as rogue:
+        rogue.linger = 0
+        rogue.connect(back)
+        await rogue.send_multipart([b"", b"MDPW01", b"\x01", b"Other:rogue:10"])
+        await asyncio.sleep(0.1)
+        call = asyncio.ensure_future(client.Calc.add(20, 22))
+        await asyncio.sleep(0)
+        for rid in list(client.replies):
+            await rogue.send_multipart([b"", b"MDPW01", b"\x03", client.identity, b"", rid,
+                                        b"\x82\xa6result\xa5owned\xa9exception\xc0"])
+        assert await call == 42
 
 
 async def test_worker_junk(tmp_path):

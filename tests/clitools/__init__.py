@@ -103,6 +103,10 @@ class Procs:
                 p.communicate(timeout=10)
             except Exception:  # noqa: BLE001 - best effort
                 pass
+            finally:
+                for f in (p.stdin, p.stdout, p.stderr):
+                    if f is not None and not f.closed:
+                        f.close()
 
 
 def stop(p, sig=signal.SIGTERM, timeout=20):
