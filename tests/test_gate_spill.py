@@ -62,8 +62,8 @@ class Node:
         self.ctx = Context()
         self.port = free_port()
         self.addr = f"tcp://127.0.0.1:{self.port}"
-        self.gate = Gate(self.port, identity=self.name, context=self.ctx, heartbeat=HB,
-                         multicast=False, gate_bind="127.0.0.1")
+        self.gate = Gate(self.port, multicast=False, identity=self.name, context=self.ctx, heartbeat=HB,
+                         gate_bind="127.0.0.1")
         self.gate.spill_after = SPILL
         self.front = f"inproc://front-{self.name}"
         self.back = f"inproc://back-{self.name}"
