@@ -60,6 +60,8 @@ import shutil
 import sys
 import tempfile
 import time
+from types import TracebackType
+from typing import Any, Callable, Coroutine, Literal, Optional, TypeVar
 
 try:
     from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -83,6 +85,9 @@ __all__ = (
 )
 
 
+_T = TypeVar("_T")
+
+
 # ---------------------------------------------------------------------------
 # running
 # ---------------------------------------------------------------------------
@@ -91,16 +96,16 @@ __all__ = (
 class Session:
     """An endpoint in its own event loop, driven synchronously (one call per case)."""
 
-    def __init__(self, name, tmpdir):
+    def __init__(self, name: str, tmpdir: str) -> None:
         self.name = name
         self.tmpdir = tmpdir
         self.loop = asyncio.new_event_loop()
-        self.endpoint = None
+        self.endpoint: Optional[Endpoint] = None
 
-    def run(self, coro):
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         return self.loop.run_until_complete(coro)
 
-    def __enter__(self):
+    def __enter__(self) -> Session:
         asyncio.set_event_loop(self.loop)
         try:
             self.endpoint = self.run(ENDPOINTS[self.name](self.tmpdir).start())
@@ -109,10 +114,12 @@ class Session:
             raise
         return self
 
-    def case(self, batch):
+    def case(self, batch: list[Any]) -> None:
+        assert self.endpoint is not None, "use the session as a context manager"
         self.run(asyncio.wait_for(self.endpoint.batch(batch), SYNC_TIMEOUT * 4))
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> Literal[False]:
         try:
             if self.endpoint is not None:
                 self.run(self.endpoint.close())
@@ -127,7 +134,8 @@ class Session:
         return False
 
 
-def run_cases(session, max_examples, derandomize=True, seed_value=None, report=None):
+def run_cases(session: Session, max_examples: int, derandomize: bool = True, seed_value: Optional[int] = None,
+              report: Optional[Callable[[list[Any], FuzzFailure], object]] = None) -> None:
     """Run ``max_examples`` hypothesis cases against ``session``'s endpoint (raises on a finding)."""
     _require_hypothesis()
     strat = strategies()[session.name + "_batch"]
@@ -137,7 +145,7 @@ def run_cases(session, max_examples, derandomize=True, seed_value=None, report=N
 
     @cfg
     @given(strat)
-    def prop(batch):
+    def prop(batch: list[Any]) -> None:
         try:
             session.case(batch)
         except FuzzFailure as exc:
@@ -150,7 +158,7 @@ def run_cases(session, max_examples, derandomize=True, seed_value=None, report=N
     prop()
 
 
-def main(argv=None):
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gaterpc.bench.fuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=100_000, help="total cases over all endpoints")
     parser.add_argument("--timeout", type=float, default=600.0, help="stop after this many seconds")
@@ -166,7 +174,7 @@ def main(argv=None):
     deadline = time.monotonic() + args.timeout
     per_endpoint = max(1, args.cases // len(names))
     budget = args.timeout / len(names)
-    findings = []
+    findings: list[tuple[str, Exception, Optional[list[Any]]]] = []
     logging.getLogger("gaterpc").setLevel(logging.ERROR)
     logging.getLogger("gaterpc.zap").setLevel(logging.ERROR)
     tmpdir = tempfile.mkdtemp(prefix="gaterpc-fuzz-")
@@ -181,7 +189,7 @@ def main(argv=None):
             while cases < per_endpoint and time.monotonic() < ep_deadline:
                 n = min(args.chunk, per_endpoint - cases)
                 chunk_seed += 1
-                failed = []
+                failed: list[tuple[list[Any], FuzzFailure]] = []
                 with Session(name, tmpdir) as sess:
                     try:
                         run_cases(sess, n, derandomize=False, seed_value=chunk_seed,
@@ -190,6 +198,7 @@ def main(argv=None):
                         batch, err = failed[-1] if failed else (None, exc)
                         findings.append((name, err, batch))
                         found += 1
+                    assert sess.endpoint is not None
                     cases += sess.endpoint.batches
                     messages += sess.endpoint.messages
             elapsed = time.monotonic() - started

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 import socket
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 import zmq
 import zmq.asyncio
@@ -21,6 +22,18 @@ from gaterpc.bench.fuzz_strategies import (
 )
 from gaterpc.helpers import interface
 from gaterpc.serialization import msg_pack, msg_unpack
+
+if TYPE_CHECKING:
+    from gaterpc.broker import AMajordomo
+    from gaterpc.client import Client
+    from gaterpc.gate import Gate
+    from gaterpc.worker import Worker
+    from gaterpc.zap import AsyncZAPService
+
+#: one multipart message
+Frames = list[bytes]
+#: what the client endpoint's strategy draws: ("own"/"other" request id, header, body) or ("raw", None, message)
+ClientCase = tuple[str, Optional[bytes], Frames]
 
 SYNC_TIMEOUT = 5.0                   # seconds for one well-formed exchange (loaded CI machine)
 PROBE_EVERY = 10                     # a real call through the role every N batches
@@ -38,25 +51,27 @@ class FuzzFailure(AssertionError):
 
 
 class _Capture(logging.Handler):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(logging.ERROR)
-        self.records = []
-        self._seen = set()
+        self.records: list[logging.LogRecord] = []
+        self._seen: set[int] = set()
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         if id(record) not in self._seen:
             self._seen.add(id(record))
             self.records.append(record)
 
 
-def free_port():
+def free_port() -> int:
     """A TCP port of 127.0.0.1 free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-async def recv_until(sock, pred, timeout=SYNC_TIMEOUT, limit=100_000):
+async def recv_until(sock: zmq.asyncio.Socket, pred: Callable[[Frames], bool], timeout: float = SYNC_TIMEOUT,
+                     limit: int = 100_000) -> Optional[Frames]:
     """Receive on ``sock`` until ``pred(msg)``; the message, or None after ``timeout``/``limit`` messages."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -64,20 +79,20 @@ async def recv_until(sock, pred, timeout=SYNC_TIMEOUT, limit=100_000):
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
-        if not await sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+        if not await sock.poll(int(remaining * 1000) + 1):
             return None
-        msg = await sock.recv_multipart()
+        msg: Frames = await sock.recv_multipart()
         if pred(msg):
             return msg
     return None
 
 
-def _probe_worker_class():
+def _probe_worker_class() -> type[Worker]:
     from gaterpc.worker import Worker
 
     class FuzzProbe(Worker):
         @interface
-        async def echo(self, x=None, *args, **kwargs):
+        async def echo(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
             return x
 
     return FuzzProbe
@@ -93,42 +108,49 @@ class Endpoint:
 
     name = ""
     heartbeat = 2000
+    #: the role instance under test (set by ``_start``)
+    role: Any = None
+    broker: AMajordomo
+    probe_worker: Worker
 
-    def __init__(self, tmpdir):
+    def __init__(self, tmpdir: str) -> None:
         self.tmpdir = tmpdir
-        self.ctx = None
-        self.raw = None
+        self.ctx: Optional[Context] = None
+        self.raw: Optional[zmq.asyncio.Context] = None
         self.capture = _Capture()
-        self.loop_errors = []
+        self.loop_errors: list[dict[str, Any]] = []
         self.batches = 0
         self.messages = 0
-        self._stack = []  # async callables run (reversed) by close()
-        self._client = None
+        self._stack: list[Callable[[], object]] = []  # callables (sync or async) run (reversed) by close()
+        self._client: Optional[Client] = None
         self._probe_n = 0
+        self._errors_seen = 0
+        self._old_handler: Any = None
 
     # -- subclass API --
-    async def _start(self):
+    async def _start(self) -> None:
         raise NotImplementedError
 
-    async def _send(self, batch):
+    async def _send(self, batch: list[Any]) -> None:
+        """Send one batch (its items are what the endpoint's ``<name>_batch`` strategy draws)."""
         raise NotImplementedError
 
-    async def _sync(self):
+    async def _sync(self) -> None:
         """A well-formed exchange on the fuzzed connection (raises FuzzFailure)."""
         raise NotImplementedError
 
-    def _alive(self):
+    def _alive(self) -> None:
         """Raise FuzzFailure if the role is not running any more."""
         raise NotImplementedError
 
-    def expected_error(self, record):
+    def expected_error(self, record: logging.LogRecord) -> bool:
         return False
 
     # -- common --
-    def addr(self, name):
+    def addr(self, name: str) -> str:
         return f"ipc://{self.tmpdir}/{self.name}-{name}"
 
-    async def start(self):
+    async def start(self) -> Endpoint:
         loop = asyncio.get_running_loop()
         self._old_handler = loop.get_exception_handler()
         loop.set_exception_handler(lambda _loop, context: self.loop_errors.append(context))
@@ -139,7 +161,8 @@ class Endpoint:
         await self._start()
         return self
 
-    def sock(self, kind, identity=None):
+    def sock(self, kind: int, identity: Optional[bytes] = None) -> zmq.asyncio.Socket:
+        assert self.raw is not None, "start() first"
         s = self.raw.socket(kind)
         s.linger = 0
         if identity is not None:
@@ -147,7 +170,7 @@ class Endpoint:
         self._stack.append(lambda: s.close(linger=0))
         return s
 
-    async def close(self):
+    async def close(self) -> None:
         while self._stack:
             fn = self._stack.pop()
             try:
@@ -165,14 +188,14 @@ class Endpoint:
         if self.ctx is not None:
             self.ctx.destroy(linger=0)
 
-    async def batch(self, batch):
+    async def batch(self, batch: list[Any]) -> None:
         """Send one batch, then check every property."""
         self.batches += 1
         self.messages += len(batch)
         await self._send(batch)
         await self.check(probe=self.batches % PROBE_EVERY == 0)
 
-    async def check(self, probe=True):
+    async def check(self, probe: bool = True) -> None:
         self._alive()
         await self._sync()
         if probe and self._client is not None:
@@ -180,7 +203,8 @@ class Endpoint:
         self._alive()
         self.crashes()
 
-    async def _probe(self):
+    async def _probe(self) -> None:
+        assert self._client is not None
         self._probe_n += 1
         n = self._probe_n
         try:
@@ -190,24 +214,23 @@ class Endpoint:
         if got != n:
             raise FuzzFailure(f"{self.name}: a well-formed call returned {got!r}, not {n!r}")
 
-    def crashes(self):
+    def crashes(self) -> None:
         bad = [r for r in self.capture.records if not self.expected_error(r)]
         # brokers log only their first errors: their error counter tells the rest
         errors_now = getattr(getattr(self, "role", None), "_errors", 0)
-        if errors_now != getattr(self, "_errors_seen", 0):
+        if errors_now != self._errors_seen:
             self._errors_seen = errors_now
             if not bad:
                 raise FuzzFailure(f"{self.name}: the role counted a message it failed to handle")
         self.capture.records.clear()
         errors, self.loop_errors = self.loop_errors, []
         if bad or errors:
-            lines = [f"{r.name}: {r.getMessage()}" + (f" [{r.exc_info[0].__name__}: {r.exc_info[1]}]"
-                                                       if r.exc_info else "") for r in bad]
+            lines = [f"{r.name}: {r.getMessage()}" + _exc_text(r) for r in bad]
             lines += [f"loop: {c.get('message')} {c.get('exception')!r}" for c in errors]
             raise FuzzFailure(f"{self.name}: errors reported: " + "; ".join(lines))
 
     # helpers shared by broker-like endpoints
-    async def _start_broker(self, cls=None, **kwargs):
+    async def _start_broker(self, cls: Optional[type[AMajordomo]] = None, **kwargs: Any) -> AMajordomo:
         from gaterpc.broker import AMajordomo
         from gaterpc.worker import Service
 
@@ -232,7 +255,7 @@ class Endpoint:
         self.probe_worker = worker
         return broker
 
-    async def _start_client(self, addr):
+    async def _start_client(self, addr: str) -> None:
         from gaterpc.client import Client
 
         client = Client(addr, context=self.ctx, heartbeat=self.heartbeat * 10, reply_timeout=SYNC_TIMEOUT * 2)
@@ -240,7 +263,7 @@ class Endpoint:
         await asyncio.wait_for(client.connect(), SYNC_TIMEOUT)
         self._client = client
 
-    def _broker_alive(self, broker):
+    def _broker_alive(self, broker: AMajordomo) -> None:
         task = broker._broker_task
         if task is None or task.done():
             raise FuzzFailure(f"{self.name}: the broker task ended: {task!r}")
@@ -252,11 +275,17 @@ class Endpoint:
             raise FuzzFailure(f"{self.name}: the probe worker stopped")
 
 
-def _keepalive_request(rid):
+def _exc_text(record: logging.LogRecord) -> str:
+    """`` [Type: message]`` of a record's exception, or nothing."""
+    exc_type, exc, _tb = record.exc_info or (None, None, None)
+    return f" [{exc_type.__name__}: {exc}]" if exc_type is not None else ""
+
+
+def _keepalive_request(rid: bytes) -> Frames:
     return [msg_pack("keepalive"), msg_pack([b"heartbeat"]), b"\x80"]
 
 
-def _ok_keepalive(body):
+def _ok_keepalive(body: bytes) -> bool:
     try:
         reply = msg_unpack(body)
     except Exception:
@@ -268,18 +297,19 @@ class FrontendEndpoint(Endpoint):
     """The broker frontend, fuzzed by a client DEALER."""
 
     name = "frontend"
+    role: AMajordomo
 
-    async def _start(self):
+    async def _start(self) -> None:
         self.role = await self._start_broker()
         self.dealer = self.sock(zmq.DEALER, b"fuzz-" + secrets.token_bytes(8))
         self.dealer.connect(self.addr("front"))
 
-    async def _send(self, batch):
+    async def _send(self, batch: list[Any]) -> None:
         for msg in batch:
             if msg:
                 await self.dealer.send_multipart(msg)
 
-    async def _sync(self):
+    async def _sync(self) -> None:
         rid = secrets.token_bytes(16)
         await self.dealer.send_multipart([b"", MDPC, b"Gate", rid, *_keepalive_request(rid)])
         got = await recv_until(self.dealer, lambda m: len(m) == 5 and m[3] == rid)
@@ -288,7 +318,7 @@ class FrontendEndpoint(Endpoint):
         if not _ok_keepalive(got[4]):
             raise FuzzFailure(f"frontend: a well-formed keepalive got {got!r}")
 
-    def _alive(self):
+    def _alive(self) -> None:
         self._broker_alive(self.role)
 
 
@@ -296,18 +326,19 @@ class BackendEndpoint(Endpoint):
     """The broker backend, fuzzed by a worker DEALER."""
 
     name = "backend"
+    role: AMajordomo
 
-    async def _start(self):
+    async def _start(self) -> None:
         self.role = await self._start_broker()
         self.dealer = self.sock(zmq.DEALER, b"fuzz-" + secrets.token_bytes(8))
         self.dealer.connect(self.addr("back"))
 
-    async def _send(self, batch):
+    async def _send(self, batch: list[Any]) -> None:
         for msg in batch:
             if msg:
                 await self.dealer.send_multipart(msg)
 
-    async def _sync(self):
+    async def _sync(self) -> None:
         # Unregister (silent), register under a sync service (answered by HEARTBEAT), unregister.
         d = self.dealer
         await d.send_multipart([b"", MDPW, b"\x05", b"bye"])
@@ -317,13 +348,13 @@ class BackendEndpoint(Endpoint):
         if got is None:
             raise FuzzFailure("backend: a well-formed READY was not answered after the batch")
 
-    def _alive(self):
+    def _alive(self) -> None:
         self._broker_alive(self.role)
         for name in self.role.services:
             if not isinstance(name, str):
                 raise FuzzFailure(f"backend: a service name is not a str: {name!r}")
 
-    async def check(self, probe=True):
+    async def check(self, probe: bool = True) -> None:
         await Endpoint.check(self, True)  # the probe is the only check on the client side
 
 
@@ -331,9 +362,10 @@ class WorkerEndpoint(Endpoint):
     """A worker, fuzzed by the ROUTER it connects to (we are its broker)."""
 
     name = "worker"
+    role: Worker
     heartbeat = 60_000
 
-    async def _start(self):
+    async def _start(self) -> None:
         from gaterpc.worker import Service
 
         self.router = self.sock(zmq.ROUTER)
@@ -349,14 +381,14 @@ class WorkerEndpoint(Endpoint):
         self.role = worker
         self._n = 0
 
-    async def _send(self, batch):
+    async def _send(self, batch: list[Any]) -> None:
         for msg in batch:
             if len(msg) >= 3 and msg[0] == b"" and msg[1] == MDPW and msg[2] == b"\x05":
                 continue  # a valid DISCONNECT stops the worker: that is its job
             if msg:
                 await self.router.send_multipart([self.wid, *msg])
 
-    async def _sync(self):
+    async def _sync(self) -> None:
         self._n += 1
         rid = secrets.token_bytes(16)
         await self.router.send_multipart([self.wid, b"", MDPW, b"\x02", b"sync", b"", rid,
@@ -368,11 +400,11 @@ class WorkerEndpoint(Endpoint):
         if reply != {"result": self._n, "exception": None}:
             raise FuzzFailure(f"worker: a well-formed request got {reply!r}")
 
-    def _alive(self):
+    def _alive(self) -> None:
         w = self.role
         if w._recv_task is None or w._recv_task.done():
             raise FuzzFailure(f"worker: the receive task ended: {w._recv_task!r}")
-        if w._lsock is None or w._lsock.closed or w._socket.closed:
+        if w._lsock is None or w._lsock.closed or w._socket is None or w._socket.closed:
             raise FuzzFailure("worker: its socket is closed")
 
 
@@ -380,9 +412,10 @@ class ClientEndpoint(Endpoint):
     """A client, fuzzed by the ROUTER it connects to (a broker answering with garbage)."""
 
     name = "client"
+    role: Client
     heartbeat = 60_000
 
-    async def _start(self):
+    async def _start(self) -> None:
         from gaterpc.client import Client
 
         self.router = self.sock(zmq.ROUTER)
@@ -401,11 +434,11 @@ class ClientEndpoint(Endpoint):
         self.role = client
         self._n = 0
 
-    async def _call(self, garbage, terminate=True):
+    async def _call(self, garbage: list[ClientCase], terminate: bool = True) -> asyncio.Future[Any]:
         """One call of the client answered by ``garbage``, then by terminators; returns its outcome."""
         self._n += 1
         n = self._n
-        call = asyncio.ensure_future(getattr(self.role, CLIENT_SERVICE).f(n))
+        call: asyncio.Future[Any] = asyncio.ensure_future(getattr(self.role, CLIENT_SERVICE).f(n))
         req = await recv_until(self.router, lambda m: len(m) >= 5 and m[3] == CLIENT_SERVICE.encode())
         if req is None:
             call.cancel()
@@ -413,7 +446,7 @@ class ClientEndpoint(Endpoint):
         cid, rid = req[0], req[4]
         svc = CLIENT_SERVICE.encode()
         for kind, header, body in garbage:
-            if kind == "raw":
+            if kind == "raw" or header is None:  # only raw cases carry no header
                 msg = [cid, *body]
             else:
                 msg = [cid, b"", header, svc, rid if kind == "own" else secrets.token_bytes(16), *body]
@@ -432,7 +465,7 @@ class ClientEndpoint(Endpoint):
         if exc is None:
             result = call.result()
             if hasattr(result, "__aiter__"):
-                async def drain():
+                async def drain() -> None:
                     try:
                         async for _ in result:
                             pass
@@ -449,10 +482,10 @@ class ClientEndpoint(Endpoint):
                 raise FuzzFailure(f"client: the finished call is still in Client.{table}")
         return call
 
-    async def _send(self, batch):
+    async def _send(self, batch: list[Any]) -> None:
         self._garbage = batch
 
-    async def _sync(self):
+    async def _sync(self) -> None:
         # the end tag only when the garbage may have opened a stream that nothing else ends
         await self._call(self._garbage, terminate=any(b and b[0] == STREAM_TAG for k, _, b in self._garbage
                                                       if k == "own"))
@@ -460,14 +493,14 @@ class ClientEndpoint(Endpoint):
         if call.exception() is not None or call.result() != self._n:
             raise FuzzFailure(f"client: a well-formed reply gave {call!r}")
 
-    async def check(self, probe=True):
+    async def check(self, probe: bool = True) -> None:
         await Endpoint.check(self, False)
 
-    def _alive(self):
+    def _alive(self) -> None:
         c = self.role
         if c._recv_task is None or c._recv_task.done():
             raise FuzzFailure(f"client: the receive task ended: {c._recv_task!r}")
-        if c._lsock is None or c._lsock.closed or c.socket.closed:
+        if c._lsock is None or c._lsock.closed or c.socket is None or c.socket.closed:
             raise FuzzFailure("client: its socket is closed")
 
 
@@ -475,8 +508,9 @@ class GateEndpoint(Endpoint):
     """A Gate's gate socket, fuzzed by a joined peer (our DEALER to it, our ROUTER it talks to)."""
 
     name = "gate"
+    role: Gate
 
-    async def _start(self):
+    async def _start(self) -> None:
         from gaterpc.gate import Gate
 
         self.port = free_port()
@@ -499,7 +533,7 @@ class GateEndpoint(Endpoint):
         self.dealer.connect(f"tcp://127.0.0.1:{self.port}")
         await self._join()
 
-    async def _start_broker_parts(self, gate):
+    async def _start_broker_parts(self, gate: Gate) -> None:
         from gaterpc.worker import Service
 
         worker = Service(name=PROBE_SERVICE).create_worker(
@@ -516,7 +550,7 @@ class GateEndpoint(Endpoint):
         self.probe_worker = worker
         await self._start_client(self.addr("front"))
 
-    async def _join(self):
+    async def _join(self) -> None:
         gate = self.role
         cluster = gate.gate_cluster
         if self.peer_id in cluster.workers:
@@ -531,14 +565,14 @@ class GateEndpoint(Endpoint):
                     return
         raise FuzzFailure("gate: our peer could not join (again)")
 
-    async def _send(self, batch):
+    async def _send(self, batch: list[Any]) -> None:
         for msg in batch:
             if isinstance(msg, tuple):
                 await self._gate_call(msg[1])
             elif msg:
                 await self.dealer.send_multipart(msg)
 
-    async def _gate_call(self, body):
+    async def _gate_call(self, body: Frames) -> None:
         """The gate calls our internal service; we answer with ``body``, then with terminators."""
         gate = self.role
         if self.peer_id not in gate.gate_cluster.workers:
@@ -561,7 +595,7 @@ class GateEndpoint(Endpoint):
             call.cancel()
             raise FuzzFailure("gate: call_gate did not end after its reply")
         if call.exception() is None and hasattr(call.result(), "__aiter__"):
-            async def drain(stream):
+            async def drain(stream: Any) -> None:
                 try:
                     async for _ in stream:
                         pass
@@ -576,7 +610,7 @@ class GateEndpoint(Endpoint):
         if rid in gate.gate_replies or rid in gate._gate_streams:
             raise FuzzFailure("gate: a finished call_gate is still pending")
 
-    async def _sync(self):
+    async def _sync(self) -> None:
         await self._join()
         rid = secrets.token_bytes(16)
         await self.dealer.send_multipart([b"", GATE01, b"\x03", b"Gate", rid, *_keepalive_request(rid)])
@@ -589,10 +623,10 @@ class GateEndpoint(Endpoint):
         if not _ok_keepalive(got[6]):
             raise FuzzFailure(f"gate: a well-formed WHISPER keepalive got {got!r}")
 
-    def _alive(self):
+    def _alive(self) -> None:
         self._broker_alive(self.role)
         lg = self.role._lgate
-        if lg is None or lg.closed or self.role.gate.closed:
+        if lg is None or lg.closed or self.role.gate is None or self.role.gate.closed:
             raise FuzzFailure("gate: the gate socket is closed")
 
 
@@ -600,8 +634,9 @@ class ZapEndpoint(Endpoint):
     """The ZAP service, fuzzed by a broker DEALER."""
 
     name = "zap"
+    role: AsyncZAPService
 
-    async def _start(self):
+    async def _start(self) -> None:
         from gaterpc.zap import AsyncZAPService
 
         zap = AsyncZAPService(addr=self.addr("zap"), context=self.ctx)
@@ -612,12 +647,12 @@ class ZapEndpoint(Endpoint):
         self.dealer.connect(self.addr("zap"))
         await asyncio.sleep(0)
 
-    async def _send(self, batch):
+    async def _send(self, batch: list[Any]) -> None:
         for msg in batch:
             if msg:
                 await self.dealer.send_multipart(msg)
 
-    async def _sync(self):
+    async def _sync(self) -> None:
         rid = b"sync-" + secrets.token_bytes(16)
         await self.dealer.send_multipart([b"", b"1.0", rid, b"gate", b"peer", b"peer", b"NULL"])
         got = await recv_until(self.dealer, lambda m: len(m) == 7 and m[2] == rid)
@@ -626,12 +661,12 @@ class ZapEndpoint(Endpoint):
         if got[3] != b"200":
             raise FuzzFailure(f"zap: a well-formed NULL request got {got!r}")
 
-    def expected_error(self, record):
+    def expected_error(self, record: logging.LogRecord) -> bool:
         # malformed requests are reported at ERROR, as pyzmq's Authenticator does
         return record.name == "gaterpc.zap" and record.getMessage().startswith(
             ("Invalid ZAP", "Invalid PLAIN", "Invalid CURVE", "Invalid GSSAPI", "Not enough information"))
 
-    def _alive(self):
+    def _alive(self) -> None:
         z = self.role
         if z._recv_task is None or z._recv_task.done():
             raise FuzzFailure(f"zap: the service task ended: {z._recv_task!r}")

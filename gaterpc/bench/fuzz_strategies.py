@@ -9,7 +9,10 @@ too.  The endpoints and the runner are in ``fuzz_endpoints.py`` and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
 
 try:
     from hypothesis import strategies as st
@@ -51,10 +54,10 @@ def _require_hypothesis() -> None:
         raise RuntimeError("the fuzz harness needs 'hypothesis' (pip install gaterpc[test])")
 
 
-def _strategies():
+def _strategies() -> dict[str, SearchStrategy[Any]]:
     """Build the strategies once (hypothesis is imported lazily by users of this module)."""
     _require_hypothesis()
-    s = {}
+    s: dict[str, SearchStrategy[Any]] = {}
     leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64 - 1),
                      st.floats(allow_nan=True), st.text(max_size=20), st.binary(max_size=20))
     value = st.recursive(leaf, lambda inner: st.one_of(
@@ -62,7 +65,7 @@ def _strategies():
         st.dictionaries(st.one_of(st.text(max_size=8), st.integers(), st.binary(max_size=4)),
                         inner, max_size=4)), max_leaves=10)
 
-    def packed(v):
+    def packed(v: Any) -> bytes:
         try:
             return msg_pack(v)
         except Exception:
@@ -70,7 +73,7 @@ def _strategies():
 
     mp_value = value.map(packed)
     frame = st.binary(max_size=48)
-    mp_frame = st.one_of(
+    mp_frame: SearchStrategy[bytes] = st.one_of(
         mp_value,
         st.sampled_from(BAD_MSGPACK),
         st.sampled_from(HUGE_HEADERS),
@@ -91,12 +94,12 @@ def _strategies():
     s["random_msg"] = st.lists(frame, min_size=0, max_size=12)
     rid = st.one_of(st.binary(min_size=16, max_size=16), st.binary(max_size=40))
 
-    def mutate(template):
+    def mutate(template: SearchStrategy[list[bytes]]) -> SearchStrategy[list[bytes]]:
         """Apply 0-3 structural mutations to a list of frames."""
         ops = st.lists(st.tuples(st.sampled_from(["drop", "insert", "replace", "dup", "cut", "flip"]),
                                  st.integers(0, 15), frame), max_size=3)
 
-        def apply(args):
+        def apply(args: tuple[list[bytes], list[tuple[str, int, bytes]]]) -> list[bytes]:
             frames, todo = args
             frames = list(frames)
             for op, i, junk in todo:
@@ -237,10 +240,10 @@ def _strategies():
     return s
 
 
-_STRATEGIES = None
+_STRATEGIES: dict[str, SearchStrategy[Any]] | None = None
 
 
-def strategies():
+def strategies() -> dict[str, SearchStrategy[Any]]:
     """The strategies by name (``<endpoint>_batch`` is what a case draws)."""
     global _STRATEGIES
     if _STRATEGIES is None:
