@@ -239,3 +239,47 @@ def test_soak_entry_runs_with_churn():
     assert "100%  calls 300" in proc.stdout
     assert "done: 300 calls" in proc.stdout and "worker churns 1" in proc.stdout
     assert "broker RSS after warm-up" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_latency_vs_raw_adds_the_raw_sync_row(tmp_path):
+    """--mode latency --vs-raw: a raw synchronous pyzmq row (no event loop) next to the asyncio ones."""
+    proc, report = run_bench(tmp_path, "-n", "300", "--mode", "latency", "--vs-raw", "--loop", "asyncio")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    keys = {(r["impl"], r["loop"]) for r in report["results"]}
+    assert keys == {("ours", "asyncio"), ("raw", "asyncio"), ("raw-sync", None)}
+    res = check_report(proc, report, "raw-sync", "3proc", n=300)
+    assert res["window"] == 1 and res["mode"] == "latency"
+    assert 0 < res["latency_p50_ms"] < 1000  # one call at a time: milliseconds, not seconds
+    assert {p["loop"] for p in res["processes"]} == {"sync (zmq.Poller)"}
+    assert {p["impl"] for p in res["processes"]} == {"raw-sync"}
+    # CPU per role is reported (table and JSON) like for every other row
+    assert all(p["cpu_s"] is not None for p in res["processes"])
+    for role in ("broker", "worker", "client"):
+        assert any(line.split()[:2] == ["raw-sync", role] for line in proc.stdout.splitlines()), role
+    by = {(r["impl"], r["loop"]): r for r in report["results"]}
+    name = "ours on asyncio / raw-sync (p50 latency)"
+    assert report["ratios"][name] == pytest.approx(
+        by[("ours", "asyncio")]["latency_p50_ms"] / res["latency_p50_ms"])
+    assert name in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_raw_sync_one_process_and_wrong_reply(tmp_path):
+    """raw-sync alone: in one process (client waits in the shared poll loop) and its reply checks."""
+    proc, report = run_bench(tmp_path, "-n", "500", "--impl", "raw-sync", "--layout", "inproc")
+    res = check_report(proc, report, "raw-sync", "inproc", n=500)
+    assert res["loop"] is None
+    proc, report = run_bench(tmp_path, "-n", "300", "--impl", "raw-sync", "--mode", "latency",
+                             "--inject-mismatch", "7")
+    assert proc.returncode != 0
+    (res,) = report["results"]
+    assert res["ok"] is False and res["mismatches"] == 1 and res["completed"] == 300
+
+
+def test_raw_sync_is_an_impl_choice():
+    """``--impl raw-sync`` measures the synchronous row alone."""
+    from gaterpc.bench.report import IMPLS
+    assert "raw-sync" in IMPLS
+    opts = build_parser().parse_args(["--impl", "raw-sync", "--mode", "latency"])
+    assert opts.impl == "raw-sync"

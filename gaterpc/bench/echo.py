@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional
 from gaterpc.bench.procs import (
     BenchError, Child, _active_backend, _command, _endpoints, _free_port, _package_root, stop_all,
 )
-from gaterpc.bench.report import LOOPS, _ms, _resolve, build_parser, format_report
+from gaterpc.bench.report import LOOPLESS, LOOPS, _ms, _resolve, build_parser, format_report
 
 __all__ = ("main", "run_benchmark", "build_parser", "BenchError", "Child", "stop_all", "_package_root")
 
@@ -84,7 +84,7 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
     deadline = time.monotonic() + opts.timeout
     transport = opts.transport
     front, back = _endpoints(transport, tmp, f"b{run_index}")
-    label = f"{impl}/{'uvloop' if opts.uvloop else 'asyncio'} " if impl != "limit" else "limit "
+    label = f"{impl}/{'uvloop' if opts.uvloop else 'asyncio'} " if impl not in LOOPLESS else f"{impl} "
     show: Optional[Callable[[dict[str, Any]], None]] = None
     clear: Optional[Callable[[], None]] = None
     if opts.progress:
@@ -200,7 +200,7 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         "impl": impl, "ok": ok, "layout": layout, "transport": transport, "mode": opts.mode,
         "n": opts.n, "window": result.get("window"), "payload": opts.payload,
         "interface": opts.interface, "uvloop_requested": opts.uvloop,
-        "loop": None if impl == "limit" else ("uvloop" if opts.uvloop else "asyncio"),
+        "loop": None if impl in LOOPLESS else ("uvloop" if opts.uvloop else "asyncio"),
         "backend": opts.backend if impl == "ours" else None, "workers": workers,
         "calls_per_s": result.get("rate"), "time_send_all_s": result.get("time_send_all"),
         "time_first_item_s": result.get("time_first_item"),
@@ -359,6 +359,8 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
                        (opts.vs_direct, "direct"), (opts.vs_metrics, "metrics")):
         if flag and name not in impls:
             impls.append(name)
+    if opts.vs_raw and opts.mode == "latency" and "raw-sync" not in impls:
+        impls.append("raw-sync")  # issue 13: sequential p50 against raw synchronous pyzmq, same run
     loops = list(LOOPS) if opts.loop == "both" else [opts.loop]
     results: list[dict[str, Any]] = []
     ratios: dict[str, Any] = {}
@@ -377,7 +379,7 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
             except OriginalEnvError as exc:
                 results.append({"impl": impl, "ok": False, "failure": str(exc)})
                 continue
-        if impl == "limit":
+        if impl in LOOPLESS:
             plan.append((impl, None))
         else:
             plan.extend((impl, loop) for loop in loops)
@@ -388,12 +390,13 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
     by_key = {(r["impl"], r.get("loop")): r for r in results}
     base_impl = opts.impl
     limit = by_key.get(("limit", None))
+    raw_sync = by_key.get(("raw-sync", None))
     for loop in loops:
         base = by_key.get((base_impl, loop))
-        if base is None or base_impl == "limit":
+        if base is None or base_impl in LOOPLESS:
             continue
         for impl in impls:
-            if impl in (base_impl, "limit"):
+            if impl == base_impl or impl in LOOPLESS:
                 continue
             other = by_key.get((impl, loop))
             if other is None or other.get("skipped"):
@@ -407,6 +410,14 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
             name = f"{base_impl} on {loop} as % of the limit (calls/s)"
             if base.get("calls_per_s") and limit.get("calls_per_s"):
                 ratios[name] = base["calls_per_s"] / limit["calls_per_s"]
+            else:
+                ratios[name] = "n/a (a run failed)"
+        if raw_sync is not None:
+            # below 1.00x: a sequential call through us is faster than through raw blocking pyzmq
+            name = f"{base_impl} on {loop} / raw-sync (p50 latency)"
+            if base.get("ok") and raw_sync.get("ok") and base.get("latency_p50_ms") \
+                    and raw_sync.get("latency_p50_ms"):
+                ratios[name] = base["latency_p50_ms"] / raw_sync["latency_p50_ms"]
             else:
                 ratios[name] = "n/a (a run failed)"
     config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "loop", "backend",

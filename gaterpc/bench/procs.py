@@ -5,7 +5,8 @@ JSON lines it prints on stdout arrive in ``Child.lines``.  The harness reads
 its CPU time (``/proc/<pid>/stat``) and RSS (``/proc/<pid>/status``) and ends
 it with SIGTERM, then SIGKILL after a grace period (:func:`stop_all`).  Also
 here: the endpoints of a run and the command line of each role of each
-implementation (ours, the original 0.2.11, the raw and limit baselines).
+implementation (ours, the original 0.2.11, the raw asyncio and raw synchronous
+baselines, the limit).
 Used by the echo benchmark (``echo.py``) and the soak (``soak.py``).
 """
 
@@ -272,8 +273,10 @@ def _command(impl: str, role: str, cfg: dict[str, Any], opts: argparse.Namespace
     if impl == "ours":
         env["PYTHONPATH"] = str(_package_root())
         return [sys.executable, "-m", "gaterpc.bench.roles", role, cfg_json], env, str(tmp)
-    if impl == "raw":
+    if impl in ("raw", "raw-sync"):
         env["PYTHONPATH"] = str(_package_root())
+        if impl == "raw-sync":  # the same program, its synchronous roles
+            cfg_json = json.dumps(dict(cfg, sync=True, uvloop=False), separators=(",", ":"))
         return [sys.executable, "-m", "gaterpc.bench.raw", role, cfg_json], env, str(tmp)
     if impl == "limit":
         env["PYTHONPATH"] = str(_package_root())

@@ -7,7 +7,9 @@ from typing import Any, Optional
 
 # gate-spill: one slow local worker behind gate A, four idle ones behind gate B
 LAYOUTS = ("3proc", "2proc", "inproc", "gate", "gate-spill")
-IMPLS = ("ours", "original", "raw", "limit")  # plus "direct"/"metrics": ours, run another way
+IMPLS = ("ours", "original", "raw", "raw-sync", "limit")  # plus "direct"/"metrics": ours, run another way
+#: implementations that run without an event loop (one row, not one per --loop)
+LOOPLESS = ("limit", "raw-sync")
 LOOPS = ("asyncio", "uvloop")
 
 
@@ -154,9 +156,13 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                         "default: the library's, raised for windows above 1,500. The raw baseline's "
                         "sockets are always unlimited")
     p.add_argument("--impl", choices=IMPLS, default="ours",
-                   help="what to measure: our gaterpc, the original 0.2.11, or the raw-pyzmq baseline")
+                   help="what to measure: our gaterpc, the original 0.2.11, the raw-pyzmq asyncio baseline "
+                        "(raw) or the raw synchronous one (raw-sync: blocking pyzmq, one call at a time)")
     p.add_argument("--vs-original", action="store_true", help="also run the original gaterpc 0.2.11")
-    p.add_argument("--vs-raw", action="store_true", help="also run the raw-pyzmq baseline")
+    p.add_argument("--vs-raw", action="store_true",
+                   help="also run the raw-pyzmq baseline (asyncio, on each --loop); with --mode latency also "
+                        "the raw synchronous row (raw-sync: blocking pyzmq client, zmq.Poller broker and "
+                        "worker) and the p50 ratio to it")
     p.add_argument("--vs-direct", action="store_true",
                    help="with --layout gate: also run ours directly (client | broker | worker) in the same "
                         "run, for the forwarded/direct ratio")
