@@ -45,3 +45,18 @@ def test_py_typed_ships():
     assert (ROOT / "gaterpc" / "py.typed").is_file()
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "py.typed" in config["tool"]["setuptools"]["package-data"]["gaterpc"]
+
+
+def test_utils_all_lists_every_public_name():
+    """``gaterpc.utils.__all__`` names every public name of the module, so ``import *`` binds the same
+    names as before it had one, and each listed name exists; the private helpers stay importable."""
+    import gaterpc.utils as utils
+
+    public = {name for name in vars(utils) if not name.startswith("_")}
+    assert len(utils.__all__) == len(set(utils.__all__))
+    assert set(utils.__all__) == public
+    namespace: dict[str, object] = {}
+    exec("from gaterpc.utils import *", namespace)
+    assert set(namespace) - {"__builtins__"} == public
+    assert namespace["interface"] is utils.interface and namespace["empty"] is utils.empty
+    from gaterpc.utils import _CacheInfo, _incremental_compress, _incremental_decompress  # noqa: F401

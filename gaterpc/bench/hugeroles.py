@@ -23,8 +23,7 @@ from typing import Any, Dict, List
 
 from gaterpc.core import AMajordomo, Client, Context, Service, Worker
 from gaterpc.global_settings import Settings
-# gaterpc.utils re-exports these without an __all__ (the original's public module, also used by it)
-from gaterpc.utils import HugeData, interface, msg_pack  # type: ignore[attr-defined]
+from gaterpc.utils import HugeData, interface, msg_pack
 
 QUIET = {
     "version": 1,
