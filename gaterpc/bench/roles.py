@@ -26,7 +26,13 @@ Protocol with the harness, one JSON object per line on stdout:
   printing ``{"exit": ROLE, "rusage": {...}}``.
 
 Logs go to stderr (warnings and errors only).
+
+Annotations are for the type checker only (``from __future__ import
+annotations``; the names of our package they use are imported under
+``TYPE_CHECKING``), so the original's interpreter never evaluates them.
 """
+
+from __future__ import annotations
 
 import asyncio
 import importlib.util
@@ -37,11 +43,16 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Optional
 
 import gaterpc
 from gaterpc.core import AMajordomo, Client, Context, Service, Worker
 from gaterpc.global_settings import Settings
 from gaterpc.utils import interface
+
+if TYPE_CHECKING:
+    from gaterpc.core import Gate
+    from gaterpc.metrics import MetricsServer
 
 SERVICE = "EchoBench"
 SLOW_SERVICE = "SlowBench"
@@ -64,11 +75,11 @@ QUIET_LOGGING = {
 
 class AsyncEchoWorker(Worker):
     @interface
-    async def echo(self, *args):
+    async def echo(self, *args: Any) -> tuple[Any, ...]:
         return args
 
     @interface
-    async def gen(self, n, payload=None):
+    async def gen(self, n: int, payload: Optional[str] = None) -> AsyncIterator[Any]:
         if payload is None:
             for i in range(n):
                 yield i
@@ -78,7 +89,7 @@ class AsyncEchoWorker(Worker):
 
 
     @interface
-    async def hold(self, i):
+    async def hold(self, i: int) -> int:
         """Queue mode: occupy the worker's only capacity unit (until the harness ends us)."""
         await asyncio.sleep(3600)
         return i
@@ -86,11 +97,11 @@ class AsyncEchoWorker(Worker):
 
 class SyncEchoWorker(Worker):
     @interface
-    def echo(self, *args):
+    def echo(self, *args: Any) -> tuple[Any, ...]:
         return args
 
     @interface
-    def gen(self, n, payload=None):
+    def gen(self, n: int, payload: Optional[str] = None) -> Iterator[Any]:
         if payload is None:
             yield from range(n)
         else:
@@ -98,22 +109,22 @@ class SyncEchoWorker(Worker):
                 yield [i, payload]
 
 
-def emit(obj):
+def emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 
 
-def implementation():
+def implementation() -> str:
     """``"ours"`` when the imported gaterpc has our compiled-backend package, else ``"original"``."""
     return "ours" if importlib.util.find_spec("gaterpc._speedups") is not None else "original"
 
 
-def rusage():
+def rusage() -> dict[str, float]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kib": ru.ru_maxrss}
 
 
-def configure(cfg):
+def configure(cfg: dict[str, Any]) -> None:
     """Settings for every role; must run inside the main coroutine (setup() needs the loop)."""
     Settings.configure("BASE_PATH", Path(cfg["base_path"]))
     Settings.WORKER_ADDR = cfg["back"]
@@ -134,7 +145,7 @@ def configure(cfg):
     Settings.setup()
 
 
-def start_broker(cfg, ctx):
+def start_broker(cfg: dict[str, Any], ctx: Context) -> AMajordomo:
     broker = AMajordomo(context=ctx)
     broker.bind_backend(cfg["back"])
     broker.bind_frontend(cfg["front"])
@@ -142,7 +153,7 @@ def start_broker(cfg, ctx):
     return broker
 
 
-def start_gate(cfg, ctx, name):
+def start_gate(cfg: dict[str, Any], ctx: Context, name: str) -> Gate:
     """Gate layout: ``gate-a`` (the clients' frontend) or ``gate-b`` (the workers' backend)."""
     from gaterpc.core import Gate  # ours only: the gate layout is not run for the original
 
@@ -155,27 +166,27 @@ def start_gate(cfg, ctx, name):
     return gate
 
 
-async def join_gate(gate, cfg, name):
+async def join_gate(gate: Gate, cfg: dict[str, Any], name: str) -> None:
     from gaterpc.utils import name2uuid
 
     other = "b" if name == "gate-a" else "a"
     await gate.connect_gate(name2uuid(f"bench-gate-{other}").bytes, f"tcp://127.0.0.1:{cfg[f'gate_{other}_port']}")
 
 
-def start_workers(cfg, ctx, count):
-    cls = SyncEchoWorker if cfg["interface"] == "sync" or cfg["mode"] == "queue" else AsyncEchoWorker
+def start_workers(cfg: dict[str, Any], ctx: Context, count: int) -> list[Worker]:
+    cls: type[Worker] = SyncEchoWorker if cfg["interface"] == "sync" or cfg["mode"] == "queue" else AsyncEchoWorker
     if cfg["mode"] == "queue":
         cls = AsyncEchoWorker
     service = Service(name=SERVICE, description="echo benchmark")
-    workers = []
+    workers: list[Worker] = []
     capacity = 1 if cfg["mode"] == "queue" else None
     if cfg["mode"] == "hol":
         # A second service on the same broker, each of its workers held by one slow call.
         slow = Service(name=SLOW_SERVICE, description="slow calls")
         for _ in range(count):
-            worker = slow.create_worker(AsyncEchoWorker, cfg["back"], context=ctx, max_allowed_request=1)
-            worker.run()
-            workers.append(worker)
+            held = slow.create_worker(AsyncEchoWorker, cfg["back"], context=ctx, max_allowed_request=1)
+            held.run()
+            workers.append(held)
     for _ in range(count):
         worker = service.create_worker(cls, cfg["back"], context=ctx, max_allowed_request=capacity)
         worker.run()
@@ -183,21 +194,21 @@ def start_workers(cfg, ctx, count):
     return workers
 
 
-def percentile(sorted_values, q):
+def percentile(sorted_values: list[float], q: float) -> Optional[float]:
     if not sorted_values:
         return None
     k = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
     return sorted_values[k]
 
 
-async def wait_service(ctx, front, deadline):
+async def wait_service(ctx: Context, front: str, deadline: float) -> list[str]:
     """Poll the broker's service list until SERVICE appears (bounded by ``deadline``)."""
     while True:
         probe = Client(front, context=ctx, reply_timeout=2.0)
         try:
             await probe.connect()
             for _ in range(1000):
-                services = await probe.knock("Gate", "get_services")
+                services: list[str] = await probe.knock("Gate", "get_services")
                 if SERVICE in services:
                     return services
                 if time.monotonic() > deadline:
@@ -211,7 +222,7 @@ async def wait_service(ctx, front, deadline):
             await asyncio.sleep(0.05)
 
 
-def start_metrics(cfg, *roles):
+def start_metrics(cfg: dict[str, Any], *roles: Any) -> Optional[MetricsServer]:
     """``--metrics S`` (ours only): serve the roles' metrics on 127.0.0.1 and scrape every S seconds,
     as an operator's Prometheus would, so that the run pays the whole cost of metrics."""
     if not cfg.get("metrics") or implementation() != "ours":
@@ -224,7 +235,7 @@ def start_metrics(cfg, *roles):
     server = metrics.start_metrics_server("127.0.0.1:0", roles)
     period = float(cfg["metrics"])
 
-    def scrape():
+    def scrape() -> None:
         while True:
             time.sleep(period)
             with urllib.request.urlopen(server.url, timeout=5) as resp:
@@ -234,11 +245,11 @@ def start_metrics(cfg, *roles):
     return server
 
 
-async def read_line(loop):
+async def read_line(loop: asyncio.AbstractEventLoop) -> str:
     return await loop.run_in_executor(None, sys.stdin.readline)
 
 
-def stream_index(item, payload):
+def stream_index(item: Any, payload: Optional[str]) -> Optional[int]:
     """The index carried by a stream item (``i`` or ``[i, payload]``), or None if malformed."""
     if payload is None:
         return item if isinstance(item, int) and not isinstance(item, bool) else None
@@ -248,25 +259,25 @@ def stream_index(item, payload):
 
 
 class Recorder:
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict[str, Any]) -> None:
         self.errors = 0
         self.mismatches = 0
         self.done = 0
-        self.samples = []
-        self.first_errors = []
+        self.samples: list[float] = []
+        self.first_errors: list[str] = []
 
-    def error(self, text):
+    def error(self, text: str) -> None:
         self.errors += 1
         if len(self.first_errors) < 5:
             self.first_errors.append(text)
 
-    def mismatch(self, i, got, expected):
+    def mismatch(self, i: int, got: Any, expected: Any) -> None:
         self.mismatches += 1
         if len(self.first_errors) < 5:
             self.first_errors.append(f"call {i}: got {got!r:.200} expected {expected!r:.200}")
 
 
-async def run_calls(cfg, cli, rec, deadline):
+async def run_calls(cfg: dict[str, Any], cli: Client, rec: Recorder, deadline: float) -> dict[str, Any]:
     """Throughput / latency mode: ``n`` echo calls, ``window`` in flight."""
     n = int(cfg["n"])
     window = 1 if cfg["mode"] == "latency" else max(1, min(int(cfg["window"]), n))
@@ -274,10 +285,10 @@ async def run_calls(cfg, cli, rec, deadline):
     knock = cli.knock
     perf = time.perf_counter
     samples = rec.samples
-    state = {"next": 0, "sent_all": None}
+    state: dict[str, Any] = {"next": 0, "sent_all": None}
     t_start = perf()
 
-    async def lane():
+    async def lane() -> None:
         while True:
             i = state["next"]
             if i >= n:
@@ -315,7 +326,7 @@ async def run_calls(cfg, cli, rec, deadline):
             "rate": rec.done / total if total > 0 else None}
 
 
-async def run_stream(cfg, cli, rec, deadline):
+async def run_stream(cfg: dict[str, Any], cli: Client, rec: Recorder, deadline: float) -> dict[str, Any]:
     """Stream mode: one call whose reply is a generator of ``n`` items."""
     n = int(cfg["n"])
     payload = "x" * int(cfg["payload"]) if cfg["payload"] else None
@@ -354,14 +365,14 @@ async def run_stream(cfg, cli, rec, deadline):
             "time_total": total, "rate": rec.done / total if total > 0 else None}
 
 
-async def run_queue(cfg, cli, rec, deadline):
+async def run_queue(cfg: dict[str, Any], cli: Client, rec: Recorder, deadline: float) -> dict[str, Any]:
     """Queue mode: ``n`` calls to a worker with one unit of capacity that holds it: every call
     but the first waits in the broker.  Reports once all are sent and have had time to arrive."""
     n = int(cfg["n"])
     perf = time.perf_counter
     t_start = perf()
     loop = asyncio.get_running_loop()
-    calls = []
+    calls: list[asyncio.Task[Any]] = []
     for i in range(n):
         calls.append(loop.create_task(cli.knock(SERVICE, "hold", i)))
         if (i & 1023) == 1023:
@@ -369,20 +380,20 @@ async def run_queue(cfg, cli, rec, deadline):
         rec.done = i + 1
     sent_all = perf() - t_start
     await asyncio.sleep(float(cfg.get("queue_settle", 2.0)))
-    cli._bench_pending = calls  # kept alive until the harness ends the process
+    setattr(cli, "_bench_pending", calls)  # kept alive until the harness ends the process
     return {"calls": n, "window": n, "time_send_all": sent_all, "time_total": perf() - t_start,
             "rate": n / sent_all if sent_all > 0 else None}
 
 
-async def run_hol(cfg, cli, rec, deadline):
+async def run_hol(cfg: dict[str, Any], cli: Client, rec: Recorder, deadline: float) -> dict[str, Any]:
     """Head-of-line mode: sequential echo latency, unloaded, then with ``queued`` slow calls
     waiting for the slow service on the same broker.  Reports both p50s."""
     n = int(cfg["n"])
     perf = time.perf_counter
     loop = asyncio.get_running_loop()
 
-    async def sequential(count):
-        samples = []
+    async def sequential(count: int) -> list[float]:
+        samples: list[float] = []
         for i in range(count):
             t0 = perf()
             try:
@@ -405,7 +416,7 @@ async def run_hol(cfg, cli, rec, deadline):
     held = [loop.create_task(cli.knock(SLOW_SERVICE, "hold", i)) for i in range(int(cfg["queued"]))]
     await asyncio.sleep(1.0)  # let them reach the broker and queue
     loaded = await sequential(n - n // 2)
-    cli._bench_pending = held
+    setattr(cli, "_bench_pending", held)
     rec.samples.extend(loaded)
     total = perf() - t_start
     p_unloaded = percentile(unloaded, 0.5)
@@ -416,13 +427,14 @@ async def run_hol(cfg, cli, rec, deadline):
                     "ratio": (p_loaded / p_unloaded) if p_unloaded and p_loaded else None}}
 
 
-async def progress_task(rec, n):
+async def progress_task(rec: Recorder, n: int) -> None:
     while True:
         await asyncio.sleep(0.2)
         emit({"progress": rec.done, "of": n})
 
 
-async def client_phase(cfg, ctx, loop):
+async def client_phase(cfg: dict[str, Any], ctx: Context,
+                       loop: asyncio.AbstractEventLoop) -> Optional[dict[str, Any]]:
     deadline = time.monotonic() + float(cfg["timeout"])
     await wait_service(ctx, cfg["front"], deadline)
     cli = Client(cfg["front"], context=ctx, reply_timeout=float(cfg["timeout"]))
@@ -467,21 +479,33 @@ async def client_phase(cfg, ctx, loop):
     return result
 
 
-async def main(role, cfg):
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+def stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """A future that SIGTERM or SIGINT resolves."""
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def on_signal() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, on_signal)
+    return stop
+
+
+async def main(role: str, cfg: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = stop_on_signals(loop)
     configure(cfg)
     ctx = Context()
-    broker = None
-    workers = []
+    broker: Optional[AMajordomo] = None
+    workers: list[Worker] = []
     try:
         if role in ("broker", "server", "all"):
             broker = start_broker(cfg, ctx)
         if role in ("gate-a", "gate-b"):
-            broker = start_gate(cfg, ctx, role)
-            await join_gate(broker, cfg, role)
+            gate = start_gate(cfg, ctx, role)
+            broker = gate
+            await join_gate(gate, cfg, role)
         if role in ("worker", "server", "all"):
             workers = start_workers(cfg, ctx, int(cfg["workers"]) if role != "worker" else 1)
         start_metrics(cfg, *([broker] if broker is not None else []), *workers)
@@ -491,7 +515,8 @@ async def main(role, cfg):
         if role in ("client", "all"):
             emit(dict(info, starting=role))
             client = loop.create_task(client_phase(cfg, ctx, loop))
-            await asyncio.wait({client, stop}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {client, stop}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if client.done():
                 client.result()  # re-raise a failure of the client phase
                 # Done: wait (bounded) for the harness to read the CPU figures and end us.
@@ -520,7 +545,7 @@ async def main(role, cfg):
 
 class SlowEchoWorker(Worker):
     @interface
-    async def echo(self, *args):
+    async def echo(self, *args: Any) -> tuple[Any, ...]:
         await asyncio.sleep(SPILL_WORK_S)
         return args
 
@@ -528,7 +553,7 @@ class SlowEchoWorker(Worker):
 SPILL_WORK_S = 0.005
 
 
-def start_spill_gate(cfg, ctx, name):
+def start_spill_gate(cfg: dict[str, Any], ctx: Context, name: str) -> tuple[Gate, list[Worker]]:
     from gaterpc.core import Gate
 
     mine = "a" if name == "spill-a" else "b"
@@ -538,7 +563,7 @@ def start_spill_gate(cfg, ctx, name):
     gate.bind_backend(cfg["gate_a_back"] if mine == "a" else cfg["back"])
     gate.run()
     service = Service(name=SERVICE, description="echo benchmark (slow)")
-    workers = []
+    workers: list[Worker] = []
     for _ in range(1 if mine == "a" else int(cfg["remote_workers"])):
         w = service.create_worker(SlowEchoWorker, cfg["gate_a_back"] if mine == "a" else cfg["back"],
                                   context=ctx, max_allowed_request=1)
@@ -547,12 +572,12 @@ def start_spill_gate(cfg, ctx, name):
     return gate, workers
 
 
-async def spill_phase(cli, n, window, deadline):
+async def spill_phase(cli: Client, n: int, window: int, deadline: float) -> tuple[float, int]:
     """``n`` echo calls, ``window`` at a time; returns (calls/s, errors)."""
     sem = asyncio.Semaphore(window)
     errors = 0
 
-    async def one(i):
+    async def one(i: int) -> None:
         nonlocal errors
         async with sem:
             try:
@@ -567,14 +592,12 @@ async def spill_phase(cli, n, window, deadline):
     return n / (time.perf_counter() - t0), errors
 
 
-async def spill_main(role, cfg):
+async def spill_main(role: str, cfg: dict[str, Any]) -> None:
     from gaterpc.counters import events_snapshot
     from gaterpc.utils import name2uuid
 
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    stop = stop_on_signals(loop)
     configure(cfg)
     ctx = Context()
     gate, workers = start_spill_gate(cfg, ctx, role)
@@ -613,7 +636,7 @@ async def spill_main(role, cfg):
         ctx.destroy(linger=0)
 
 
-def run(argv):
+def run(argv: list[str]) -> None:
     role, cfg = argv[0], json.loads(argv[1])
     if role in ("spill-a", "spill-b"):
         asyncio.run(spill_main(role, cfg))
