@@ -7,8 +7,8 @@ over ipc.
 
 Every role runs in a child process started here (``roles.py`` for gaterpc,
 ours or the original 0.2.11; ``raw.py`` for the raw-pyzmq baselines, asyncio
-and synchronous).  A
-child prints JSON lines on stdout: ``ready`` when serving, then the client
+and synchronous).  A child prints JSON lines on stdout: ``ready`` when
+serving, then the client
 waits for ``go`` on stdin, runs the calls and prints its ``result``.  The
 harness samples CPU time (``/proc/<pid>/stat``) of every child right before
 ``go`` and right after the result, and peak RSS (``VmHWM``) after the run,
