@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import zmq
 import zmq.asyncio
