@@ -8,11 +8,13 @@ separate processes with that environment's interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import Iterator
 
 __all__ = ("ORIGINAL_VERSION", "OriginalEnvError", "default_env_dir", "ensure_original_env")
 
@@ -52,6 +54,34 @@ def ensure_original_env(env_dir: Path | None = None, timeout: float = 600.0) -> 
         return python
     try:
         env_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OriginalEnvError(f"cannot create {env_dir.parent}: {exc}") from exc
+    # Several processes (parallel test workers, benchmarks) may ask at once:
+    # one builds, the others wait for it and then reuse the result.
+    with _build_lock(env_dir):
+        if python.exists() and marker.exists() and marker.read_text() == _MARKER:
+            return python
+        return _build(env_dir, python, marker, timeout)
+
+
+@contextlib.contextmanager
+def _build_lock(env_dir: Path) -> Iterator[None]:
+    """An exclusive lock on ``<env_dir>.lock`` (advisory; a no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: builds are not run concurrently there
+        yield
+        return
+    with open(str(env_dir) + ".lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _build(env_dir: Path, python: Path, marker: Path, timeout: float) -> Path:
+    try:
         if not python.exists():
             venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
         proc = subprocess.run(
