@@ -72,6 +72,8 @@ ZAP_CACHE_TTL = 30.0
 _CH_FRONTEND = b"frontend"
 _CH_BACKEND = b"backend"
 _CH_GATE = b"gate"
+#: a verdict asked for by ``request_zap`` (its callback gets True or False)
+_CH_HOOK = b"hook"
 
 #: ``(channel, sender, domain, mechanism, digest of the credentials)``
 CacheKey = Tuple[bytes, bytes, bytes, bytes, bytes]
@@ -79,8 +81,9 @@ CacheKey = Tuple[bytes, bytes, bytes, bytes, bytes]
 Verdict = Tuple[bool, bytes, float]
 #: Receives a verified gate command without its ZAP frames.
 GateHandler = Callable[[List[bytes]], object]
-#: A message held for a verdict: ``(channel, frames, end of the ZAP frames, (on_ok, whole) for gates)``.
-Held = Tuple[bytes, List[bytes], int, Optional[Tuple[GateHandler, bool]]]
+#: A message held for a verdict: ``(channel, frames, end of the ZAP frames, (on_ok, whole) for gates)``;
+#: for a ``request_zap`` call, ``(b"hook", [], 0, (callback taking the verdict, False))``.
+Held = Tuple[bytes, List[bytes], int, Optional[Tuple[Callable[[Any], object], bool]]]
 
 
 class VerdictCache(Protocol):
@@ -126,6 +129,13 @@ class ZapBroker(Protocol):
     def _count_error(self) -> object: ...
 
     def _remove_worker(self, w: Any, send_disconnect: bool, /) -> object: ...
+
+    def _spawn(self, coro: Any, /) -> object: ...
+
+    async def request_zap(self, identity: bytes, address: bytes, request_id: bytes, mechanism: bytes,
+                          credentials: Tuple[bytes, ...], channel: bytes = _CH_FRONTEND) -> bool: ...
+
+    async def process_replies_from_zap(self, replies: List[bytes]) -> None: ...
 
 
 def zap_link_socket(ctx: zmq.Context[Any], socket_type: int) -> zmq.Socket[bytes]:
@@ -461,6 +471,9 @@ class ZapChecker:
         self._told: Dict[bytes, float] = {}  # worker id -> time a DISCONNECT with a reason was last sent
         self._closed = False
         self.requests_sent = 0
+        # the original's hooks a subclass of the broker overrides (see the class doc)
+        self._ask_hook = bool(getattr(broker, "_hook_zap", False))
+        self._replies_hook = bool(getattr(broker, "_hook_zap_replies", False))
 
     def __repr__(self) -> str:
         return f"<ZapChecker pending={len(self._pending)}>"
@@ -471,7 +484,14 @@ class ZapChecker:
         """Start reading the broker's ZAP DEALER socket."""
         zap = self.broker.zap
         if self._lzap is None and not self._closed and zap is not None:
-            self._lzap = LoopSocket(self._loop, zap, self._on_replies)
+            on_msgs = self._to_replies_hook if self._replies_hook else self._on_replies
+            self._lzap = LoopSocket(self._loop, zap, on_msgs)
+
+    def _to_replies_hook(self, msgs: List[List[bytes]]) -> None:
+        """Batch callback when ``process_replies_from_zap`` is overridden: one call per message."""
+        broker = self.broker
+        for msg in msgs:
+            broker._spawn(broker.process_replies_from_zap(msg))
 
     def close(self) -> None:
         """Stop: drop waiting messages, close the ZAP socket."""
@@ -481,6 +501,10 @@ class ZapChecker:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for pending in self._pending.values():
+            for item in pending.items:
+                if item[0] is _CH_HOOK and item[3] is not None:
+                    item[3][0](False)  # a request_zap call waiting: no verdict will come
         self._pending.clear()
         self._by_id.clear()
         if self._lzap is not None:
@@ -538,6 +562,9 @@ class ZapChecker:
             self._deny_worker(msg[0], b"missing or malformed ZAP frames")
             return
         mechanism, credentials, end = parsed
+        if self._ask_hook:
+            self.broker._spawn(self._backend_by_hook(msg, mechanism, credentials, end))
+            return
         key = self._key(_CH_BACKEND, msg[0], mechanism, credentials)
         entry = self._lookup(key)
         if entry is None:
@@ -555,9 +582,14 @@ class ZapChecker:
         start = 4 if whole else 0
         parsed = _split(frames, start)
         if parsed is None:
+            count_drop("zap_gate_malformed")
             return
         mechanism, credentials, end = parsed
         command = frames[3] if whole else b""
+        if self._ask_hook:
+            self.broker._spawn(self._gate_by_hook(sender_id, frames, on_ok, whole, command,
+                                                  mechanism, credentials, end))
+            return
         key = self._key(_CH_GATE, sender_id, mechanism, credentials)
         entry = self._lookup(key)
         if entry is None:
@@ -565,6 +597,62 @@ class ZapChecker:
                        (_CH_GATE, frames, end, (on_ok, whole)))
         elif entry[0]:
             on_ok(_strip_gate(frames, end, whole))
+
+    # -- an overridden request_zap decides ----------------------------------------------
+
+    async def _backend_by_hook(self, msg: List[bytes], mechanism: bytes, credentials: Tuple[bytes, ...],
+                               end: int) -> None:
+        broker = self.broker
+        ok = await broker.request_zap(msg[0], msg[0], b"worker_" + msg[3], mechanism, credentials,
+                                      channel=_CH_BACKEND)
+        if self._closed:
+            count_drop("zap_closed")
+            return
+        if ok:
+            del msg[4:end]
+            broker._backend_checked(msg)
+        else:
+            entry = self._lookup(self._key(_CH_BACKEND, msg[0], mechanism, credentials))
+            self._deny_worker(msg[0], entry[1] if entry is not None and not entry[0]
+                              else b"refused by request_zap")
+
+    async def _gate_by_hook(self, sender_id: bytes, frames: List[bytes], on_ok: GateHandler, whole: bool,
+                            command: bytes, mechanism: bytes, credentials: Tuple[bytes, ...],
+                            end: int) -> None:
+        ok = await self.broker.request_zap(sender_id, sender_id, b"gate_" + command, mechanism, credentials,
+                                           channel=_CH_GATE)
+        if self._closed:
+            count_drop("zap_closed")
+        elif ok:
+            on_ok(_strip_gate(frames, end, whole))
+        else:
+            count_drop("zap_gate_denied")
+
+    async def ask(self, identity: bytes, address: bytes, request_id: bytes, mechanism: bytes,
+                  credentials: Sequence[bytes], channel: bytes = _CH_FRONTEND) -> bool:
+        """The verdict for these credentials: from the cache, else from the ZAP service.
+
+        What the broker's ``request_zap`` does.  False when refused, when the
+        service does not answer within ``Settings.ZAP_REPLY_TIMEOUT`` or is
+        overloaded, or when the checker closes meanwhile.
+        """
+        mechanism = to_bytes(mechanism)
+        creds = tuple(to_bytes(c) for c in credentials)
+        key = self._key(to_bytes(channel), to_bytes(identity), mechanism, creds)
+        entry = self._lookup(key)
+        if entry is not None:
+            return bool(entry[0])
+        if self._closed:
+            return False
+        verdict: asyncio.Future[bool] = self._loop.create_future()
+
+        def decided(ok: bool) -> None:
+            if not verdict.done():
+                verdict.set_result(ok)
+
+        self._wait(key, to_bytes(request_id), to_bytes(address), mechanism, creds,
+                   (_CH_HOOK, [], 0, (decided, False)), identity=to_bytes(identity))
+        return await verdict
 
     # -- asking the service -------------------------------------------------------
 
@@ -576,7 +664,13 @@ class ZapChecker:
         mechanism: bytes,
         credentials: Sequence[bytes],
         item: Held,
+        identity: Optional[bytes] = None,
     ) -> None:
+        """Hold ``item`` for the verdict of ``key``; ask the service if nobody has yet.
+
+        ``sender`` goes in the request's address frame, and in its identity
+        frame unless ``identity`` is given.
+        """
         pending = self._pending.get(key)
         if pending is None:
             if len(self._pending) >= self.max_pending_keys or self._lzap is None or \
@@ -589,8 +683,8 @@ class ZapChecker:
             self._pending[key] = pending
             self._by_id[zap_id] = key
             domain = self.broker.zap_domain
-            self._lzap.send((b"", Settings.ZAP_VERSION, zap_id, domain, sender, sender, mechanism,
-                             *credentials))
+            self._lzap.send((b"", Settings.ZAP_VERSION, zap_id, domain, sender,
+                             sender if identity is None else identity, mechanism, *credentials))
             self.requests_sent += 1
             if self._timer is None:
                 self._timer = self._loop.call_at(pending.deadline, self._expire)
@@ -656,6 +750,9 @@ class ZapChecker:
                     elif channel is _CH_BACKEND:
                         del msg[4:end]
                         broker._backend_checked(msg)
+                    elif channel is _CH_HOOK:
+                        assert extra is not None
+                        extra[0](True)
                     else:
                         assert extra is not None  # a gate item carries (on_ok, whole)
                         extra[0](_strip_gate(msg, end, extra[1]))
@@ -674,7 +771,7 @@ class ZapChecker:
     # -- refusing -------------------------------------------------------------------
 
     def _fail(self, item: Held, timed_out: bool, reason: Optional[bytes]) -> None:
-        channel, msg, end, _ = item
+        channel, msg, end, extra = item
         text = b"" if reason is None else reason  # None only when timed out
         if channel is _CH_FRONTEND:
             if timed_out:
@@ -687,6 +784,11 @@ class ZapChecker:
             # (with backoff); a refusal carries its reason, and our worker stops on it.
             self._deny_worker(msg[0], b"authentication service unavailable" if timed_out else text,
                               final=not timed_out)
+        elif channel is _CH_HOOK:
+            if extra is not None:
+                extra[0](False)
+        else:
+            count_drop("zap_gate_denied")  # a gate command: the original drops it too
 
     def _deny_client(self, client_id: bytes, service_b: bytes, request_id: bytes, reason: bytes) -> None:
         if Settings.SECURE:
