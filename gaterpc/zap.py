@@ -55,7 +55,7 @@ import zmq
 from zmq.utils import z85
 from zmq.auth import Authenticator
 
-from gaterpc.base import Context, current_loop, new_socket, set_ctx
+from gaterpc.base import current_loop, new_socket, own_context, release_context, release_loop, set_ctx
 from gaterpc.counters import count_drop
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, to_bytes
@@ -168,9 +168,9 @@ class AsyncZAPService(Authenticator):
     zap_socket: Optional[zmq.Socket[bytes]]  # type: ignore[assignment]
 
     def __init__(self, addr: Optional[str] = None, context: Optional[zmq.Context[Any]] = None) -> None:
-        self._loop = current_loop()
-        if not context:
-            context = Context()
+        self._loop = current_loop(self)
+        # a context made here is the service's own: stop() terminates it
+        context = own_context(self, context or None)
         set_ctx(context)
         super().__init__(context=context, log=logging.getLogger("gaterpc.zap"))
         self.encoding = "utf-8"
@@ -183,6 +183,8 @@ class AsyncZAPService(Authenticator):
         except Exception:
             sock.close(linger=0)
             self.zap_socket = None
+            release_context(self, self.context)
+            release_loop(self)
             raise
         self._poller: Any = None
         self._recv_task: Optional[asyncio.Task[None]] = None
@@ -224,7 +226,12 @@ class AsyncZAPService(Authenticator):
             self.zap_socket = None
 
     def stop(self) -> None:
-        """Stop answering, close the socket (also fine before ``start()``)."""
+        """Stop answering, close the socket (also fine before ``start()``).
+
+        A context the service made itself (no ``context=``) is terminated; a
+        loop the library made for it is closed when no other role uses it and
+        it is not running.
+        """
         task = self._recv_task
         self._recv_task = None
         if task is not None and not task.done():
@@ -235,6 +242,8 @@ class AsyncZAPService(Authenticator):
         if self.zap_socket is not None:
             self.zap_socket.close(linger=0)
         self.zap_socket = None
+        release_context(self, self.context)
+        release_loop(self)
 
     def cleanup_request(self, task: asyncio.Task[None]) -> None:
         """Done-callback of the (rare) request tasks."""

@@ -459,3 +459,57 @@ async def test_send_whisper_command(members):
     assert isinstance(gate, RemoteGate) and gate.identity == b.gate.identity and len(rid) == 16
     assert [msg_unpack(f) for f in body] == ["echo", [1], {"x": 2}]
     assert not a.peer(b)._inflight  # the reply came back and completed the forward
+
+
+async def test_request_zap_for_gate_commands():
+    """As the original: with ZAP on, every gate command is asked about (b"gate_" + command, channel b"gate")."""
+    from gaterpc.core import AsyncZAPService
+
+    seen = []
+
+    class G(Gate):
+        async def request_zap(self, identity, address, request_id, mechanism, credentials, channel=b"frontend"):
+            ok = await super().request_zap(identity, address, request_id, mechanism, credentials, channel)
+            seen.append((identity, address, request_id, mechanism, tuple(credentials), channel, ok))
+            return ok
+
+    made = []
+    try:
+        for name, cls, creds in (("A", Gate, ("gate-user", "s3cret")), ("B", G, ("gate-user", "s3cret")),
+                                 ("C", Gate, ("gate-user", "wrong"))):
+            ctx = Context()
+            port = free_port()
+            zap = AsyncZAPService(addr=f"inproc://zap-hook-{name}-{port}", context=ctx)
+            zap.configure_plain(Settings.ZAP_DEFAULT_DOMAIN, {"gate-user": "s3cret"})
+            zap.start()
+            gate = cls(port, identity=f"{name}-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=HB,
+                       multicast=False, gate_bind="127.0.0.1", gate_zap_mechanism="PLAIN",
+                       gate_zap_credentials=creds)
+            made.append((ctx, zap, gate))
+            gate.connect_zap(zap_addr=f"inproc://zap-hook-{name}-{port}")
+            gate.run()
+        (_, _, a), (_, _, b), (_, _, c) = made
+
+        def addr(g):
+            return f"tcp://127.0.0.1:{g.gate_port}"
+
+        await a.connect_gate(b.identity, addr(b))
+        await b.connect_gate(a.identity, addr(a))
+        await until(lambda: b.identity in a.gate_cluster.get_workers() and a.identity in b.gate_cluster.get_workers())
+        from_a = [s for s in seen if s[0] == a.identity]
+        assert (a.identity, a.identity, b"gate_" + GATE_INVITE, b"PLAIN", (b"gate-user", b"s3cret"), b"gate",
+                True) in from_a
+        assert any(s[2] == b"gate_" + GATE_JOIN for s in from_a)
+        # a gate with a wrong password is refused by the verdict: B never registers it
+        await c.connect_gate(b.identity, addr(b))
+        await b.connect_gate(c.identity, addr(c))
+        await until(lambda: any(s[0] == c.identity and s[6] is False for s in seen))
+        await asyncio.sleep(3 * HB / 1000)
+        assert c.identity not in b.gate_cluster.get_workers()
+    finally:
+        for ctx, zap, gate in made:
+            gate.stop()
+            zap.stop()
+        await asyncio.sleep(0.05)
+        for ctx, _, _ in made:
+            ctx.destroy(linger=0)
