@@ -79,7 +79,7 @@ class Env:
             self.zap.stop()
         await asyncio.sleep(0.05)
         if self.zap is not None:
-            self.zap.context.destroy(linger=0)  # made by the service itself; stop() leaves it open
+            assert self.zap.context.closed  # made by the service itself: stop() terminated it
         self.ctx.destroy(linger=0)
 
 
