@@ -611,31 +611,29 @@ class ZapChecker:
 
     async def _backend_by_hook(self, msg: List[bytes], mechanism: bytes, credentials: Tuple[bytes, ...],
                                end: int) -> None:
-        broker = self.broker
-        ok = await broker.request_zap(msg[0], msg[0], b"worker_" + msg[3], mechanism, credentials,
-                                      channel=_CH_BACKEND)
-        if self._closed:
-            count_drop("zap_closed")
-            return
-        if ok:
-            del msg[4:end]
-            broker._backend_checked(msg)
-        else:
-            entry = self._lookup(self._key(_CH_BACKEND, msg[0], mechanism, credentials))
-            self._deny_worker(msg[0], entry[1] if entry is not None and not entry[0]
-                              else b"refused by request_zap")
+        ok = await self.broker.request_zap(msg[0], msg[0], b"worker_" + msg[3], mechanism, credentials,
+                                           channel=_CH_BACKEND)
+        self._decided((_CH_BACKEND, msg, end, None), bool(ok),
+                      self._key(_CH_BACKEND, msg[0], mechanism, credentials))
 
     async def _gate_by_hook(self, sender_id: bytes, frames: List[bytes], on_ok: GateHandler, whole: bool,
                             command: bytes, mechanism: bytes, credentials: Tuple[bytes, ...],
                             end: int) -> None:
         ok = await self.broker.request_zap(sender_id, sender_id, b"gate_" + command, mechanism, credentials,
                                            channel=_CH_GATE)
+        self._decided((_CH_GATE, frames, end, (on_ok, whole)), bool(ok),
+                      self._key(_CH_GATE, sender_id, mechanism, credentials))
+
+    def _decided(self, item: Held, ok: bool, key: CacheKey) -> None:
+        """Let ``item`` in or refuse it as a verdict of the ZAP service would (the reason from the cache)."""
         if self._closed:
             count_drop("zap_closed")
-        elif ok:
-            on_ok(_strip_gate(frames, end, whole))
-        else:
-            count_drop("zap_gate_denied")
+            return
+        reason = None
+        if not ok:
+            entry = self._lookup(key)
+            reason = entry[1] if entry is not None and not entry[0] else b"refused by request_zap"
+        self._release([item], ok, reason)
 
     async def ask(self, identity: bytes, address: bytes, request_id: bytes, mechanism: bytes,
                   credentials: Sequence[bytes], channel: bytes = _CH_FRONTEND) -> bool:

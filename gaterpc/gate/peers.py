@@ -57,6 +57,7 @@ class RemoteGate(RemoteWorker):
         self._lsock: Optional[LoopSocket] = None
         self._sent = False
         self._banning = False
+        self._now_banning = False  # an overridden now_ban_gate was called for it
         self._life: float = self.heartbeat * self.heartbeat_liveness / 1000
 
     def prolong(self, now: float) -> None:
@@ -433,8 +434,8 @@ class _PeersMixin(_GateBase):
         """Ban ``gate`` at once, through an overridden :meth:`now_ban_gate` (once per peer)."""
         if not self._hook_now_ban:
             self._request_ban(gate, send_leave)
-        elif not gate._banning:
-            gate._banning = True
+        elif not gate._now_banning:
+            gate._now_banning = True
             if not send_leave:
                 gate.ready = False  # it left: no LEAVE back
             self._gate_task(self.now_ban_gate(gate), name=f"now_ban_gate-{gate.identity.hex()}")
