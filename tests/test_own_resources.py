@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -300,3 +303,50 @@ def test_no_resource_warning_in_a_program_of_the_original(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "done"
     assert "ResourceWarning" not in proc.stderr and "nclosed" not in proc.stderr, proc.stderr
+
+
+# -- a vanished broker --------------------------------------------------------------------
+
+ROLES = Path(__file__).resolve().parent / "procs" / "roles.py"
+
+
+async def test_own_contexts_are_terminated_after_the_broker_was_killed(tmp_path):
+    """The broker process is SIGKILLed: a worker and a client without context= still close theirs."""
+    front, back = f"ipc://{tmp_path}/f", f"ipc://{tmp_path}/b"
+    env = dict(os.environ, PYTHONPATH=str(Path(base.__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, str(ROLES), "broker", front, back], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env)
+    worker = client = None
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        assert line.strip() == b"READY"
+        worker = Service(name="Calc").create_worker(Calc, back, workers_heartbeat=300)
+        worker.run()
+        client = Client(front, reply_timeout=5, heartbeat=300)
+        deadline = time.monotonic() + 10
+        while True:  # the worker registers asynchronously: retry until the broker knows the service
+            try:
+                await client.connect()
+                assert await client.Calc.add(2, 5) == 7
+                break
+            except Exception:
+                client.close()
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        await asyncio.sleep(0.3)
+        worker.stop()  # its DISCONNECT cannot be delivered: the linger bounds the wait
+        client.close()
+        assert client.ctx.closed
+        await until(lambda: worker._ctx.closed, timeout=5)
+    finally:
+        if client is not None:
+            client.close()
+        if worker is not None:
+            worker.stop()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        proc.stdout.close()
