@@ -31,7 +31,7 @@ hook                                   called
                                        (``['', version, id, code, text, user id, metadata]``)
 =====================================  ==========================================================
 
-See ``docs/PROTOCOL.md`` ("Overridable broker hooks").
+See README.md ("Other changes") and ``docs/AUTH.md`` (the two ZAP hooks).
 """
 
 from __future__ import annotations
