@@ -12,6 +12,7 @@ import atexit
 import inspect
 import logging
 import os
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from abc import ABC, abstractmethod
@@ -123,6 +124,7 @@ def shutdown_own_executors(owner: Any) -> None:
 
 #: loops made by :func:`current_loop` -> how many roles use each
 _OWN_LOOPS: dict[asyncio.AbstractEventLoop, int] = {}
+_OWN_LOOPS_LOCK = threading.Lock()
 
 
 def own_context(owner: Any, context: Optional[zmq.Context[Any]]) -> zmq.Context[Any]:
@@ -200,7 +202,10 @@ def hold_loop(owner: Any, loop: asyncio.AbstractEventLoop) -> None:
     """Count ``owner`` as a user of ``loop`` if the library made it (once per owner)."""
     if loop in _OWN_LOOPS and getattr(owner, "_held_loop", None) is not loop:
         release_loop(owner)
-        _OWN_LOOPS[loop] += 1
+        with _OWN_LOOPS_LOCK:
+            if loop not in _OWN_LOOPS:
+                return
+            _OWN_LOOPS[loop] += 1
         owner._held_loop = loop
 
 
@@ -210,11 +215,12 @@ def release_loop(owner: Any) -> None:
     if loop is None:
         return
     owner._held_loop = None
-    users = _OWN_LOOPS.get(loop)
-    if users is None:
-        return
-    users = max(users - 1, 0)
-    _OWN_LOOPS[loop] = users
+    with _OWN_LOOPS_LOCK:
+        users = _OWN_LOOPS.get(loop)
+        if users is None:
+            return
+        users = max(users - 1, 0)
+        _OWN_LOOPS[loop] = users
     if users == 0:
         _close_own_loop(loop)
 
