@@ -272,6 +272,9 @@ class Worker(ABCWorker):
             self._release_own()
 
     def _release_own(self, _task: object = None) -> None:
+        task = self._recv_task
+        if task is not None and not task.done():
+            return  # run() again meanwhile: the worker uses them again
         release_context(self, self._ctx)
         release_loop(self)
 

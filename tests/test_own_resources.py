@@ -350,3 +350,28 @@ async def test_own_contexts_are_terminated_after_the_broker_was_killed(tmp_path)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
         proc.stdout.close()
+
+
+async def test_a_worker_run_again_keeps_its_context(tmp_path):
+    """stop() then run() at once: the first receive task ending does not close what the second uses."""
+    ctx = Context()
+    back = f"ipc://{tmp_path}/b"
+    broker = AMajordomo(context=ctx)
+    worker = Service(name="Calc").create_worker(Calc, back, workers_heartbeat=300)
+    try:
+        broker.bind_backend(back)
+        broker.run()
+        worker.run()
+        await until(lambda: worker.identity in broker.workers)
+        worker.stop()
+        worker.run()  # before the first task has processed its cancellation
+        await asyncio.sleep(0.3)
+        assert not worker._ctx.closed
+        await until(lambda: worker.identity in broker.workers and worker.ready)
+        worker.stop()
+        await until(lambda: worker._ctx.closed)
+    finally:
+        worker.stop()
+        broker.stop()
+        await asyncio.sleep(0.05)
+        ctx.destroy(linger=0)
