@@ -375,3 +375,25 @@ async def test_a_worker_run_again_keeps_its_context(tmp_path):
         broker.stop()
         await asyncio.sleep(0.05)
         ctx.destroy(linger=0)
+
+
+def test_a_gate_that_cannot_bind_leaves_nothing_open():
+    """The constructor fails (port taken): the context and loop it made are closed, nothing leaks."""
+    import gc
+
+    import zmq
+
+    def scenario():
+        port = free_port()
+        first = Gate(port, multicast=False, gate_bind="127.0.0.1")
+        loop = first._loop
+        try:
+            with pytest.raises(zmq.ZMQError):
+                Gate(port, multicast=False, gate_bind="127.0.0.1")
+            gc.collect()  # an unclosed context would warn here (an error under the test settings)
+            assert base._OWN_LOOPS.get(loop) == 1, "only the first gate uses the loop"
+        finally:
+            first.stop()
+        return loop.is_closed()
+
+    assert in_thread(scenario) is True

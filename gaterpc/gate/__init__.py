@@ -95,6 +95,7 @@ from typing import Any, Coroutine, Optional
 import zmq
 from zmq import constants as z_const
 
+from gaterpc.base import release_context, release_loop
 from gaterpc.broker import AMajordomo  # noqa: F401 (reachable from gaterpc.gate, as before)
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, to_bytes
@@ -199,7 +200,14 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         for hook, flag in _HOOK_FLAGS:
             setattr(self, flag, getattr(cls, hook) is not getattr(Gate, hook))
         self._read_gate_settings()
-        self.bind_gate()
+        try:
+            self.bind_gate()
+        except BaseException:
+            # no gate to stop(): give back what the broker part made (context, loop, executors)
+            self.close()
+            release_context(self, self.ctx)
+            release_loop(self)
+            raise
         self.mcast_msg = b"".join((
             self.identity, self._gate_member, Settings.GATE_COMMAND_NOTICE,
             self.gate_cluster.identity, _PORT.pack(self.gate_port)))
