@@ -130,6 +130,7 @@ class Client(_ReplyHandler):
                  reply_timeout: Optional[float] = None, zap_mechanism: Union[str, bytes, None] = None,
                  zap_credentials: Optional[Sequence[Union[str, bytes]]] = None) -> None:
         self._broker_addr = broker_addr
+        zap_mechanism, zap_credentials = check_zap_args(zap_mechanism, zap_credentials)  # fails before ctx
         identity = identity or f"gc-{secrets.token_hex(8)}"
         self.identity = name2uuid(identity).bytes
         self.ready: Optional[asyncio.Future[bool]] = None
@@ -144,7 +145,6 @@ class Client(_ReplyHandler):
         self.replies: dict[bytes, asyncio.Future[Any]] = {}
         self.stream_reply_maxsize = Settings.STREAM_REPLY_MAXSIZE
         self.default_service = Settings.SERVICE_DEFAULT_NAME
-        zap_mechanism, zap_credentials = check_zap_args(zap_mechanism, zap_credentials)
         self.zap_frames, self._zap_frames_bytes = zap_frames_of(zap_mechanism, zap_credentials)
         # Bound to the running loop at first use (a Client may be built before
         # ``asyncio.run``), see ``_bind_loop``.

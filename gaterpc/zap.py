@@ -91,14 +91,15 @@ class AsyncZAPService(Authenticator):
     zap_socket: Optional[zmq.Socket[bytes]]  # type: ignore[assignment]
 
     def __init__(self, addr: Optional[str] = None, context: Optional[zmq.Context[Any]] = None) -> None:
+        addr = addr or Settings.ZAP_ADDR
+        check_socket_addr(addr)  # a bad address fails before anything is made
         self._loop = current_loop(self)
         # a context made here is the service's own: stop() terminates it
         context = own_context(self, context or None)
         set_ctx(context)
         super().__init__(context=context, log=logging.getLogger("gaterpc.zap"))
         self.encoding = "utf-8"
-        self.addr: str = addr or Settings.ZAP_ADDR
-        check_socket_addr(self.addr)
+        self.addr: str = addr
         sock = self.zap_socket = zap_link_socket(self.context, zmq.ROUTER)
         try:
             _ensure_ipc_dir(self.addr)

@@ -397,3 +397,22 @@ def test_a_gate_that_cannot_bind_leaves_nothing_open():
         return loop.is_closed()
 
     assert in_thread(scenario) is True
+
+
+def test_bad_arguments_leave_nothing_open():
+    """A constructor refusing its arguments makes no context (an unclosed one would warn at collection)."""
+    import gc
+
+    from gaterpc.helpers import SocketAddressError
+
+    def scenario():
+        with pytest.raises(ValueError):
+            Client("inproc://x", zap_mechanism="PLAIN", zap_credentials=("only-user",))
+        with pytest.raises(SocketAddressError):
+            AsyncZAPService(addr="nowhere")
+        with pytest.raises(ValueError):
+            Service(name="Calc").create_worker(Calc, "inproc://x", zap_mechanism="BAD")
+        gc.collect()
+        return [loop for loop, users in base._OWN_LOOPS.items() if users]
+
+    assert in_thread(scenario) == []
