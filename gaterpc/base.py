@@ -8,9 +8,12 @@ uses to create its sockets.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import inspect
 import logging
 import os
+import threading
+import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from types import GeneratorType
@@ -27,6 +30,7 @@ from gaterpc.protocol import exception_triple
 __all__ = (
     "Context", "set_ctx", "set_sock", "generate_reply", "check_zap_args", "parse_zap_frame",
     "ABCWorker", "ABCService", "new_socket", "current_loop",
+    "own_context", "live_context", "release_context", "hold_loop", "release_loop",
 )
 
 logger = logging.getLogger("gaterpc")
@@ -109,20 +113,158 @@ def shutdown_own_executors(owner: Any) -> None:
         owner.process_executor.shutdown(wait=False, cancel_futures=True)
 
 
-def current_loop() -> asyncio.AbstractEventLoop:
-    """The running loop, else the policy's loop (construction outside a loop)."""
+# -- what a role creates, it closes ------------------------------------------------------
+#
+# A role built without ``context=`` owns the Context it makes; a role built outside a
+# running loop, when the thread has no usable loop, makes one (as the original's
+# ``asyncio.get_event_loop()`` did).  Both used to stay open for ever.  Now the role
+# terminates its own Context when it is closed or stopped, and a loop made here is
+# closed once no role uses it and it is not running.  A Context or a loop the user
+# made is never closed by the library.
+
+#: loops made by :func:`current_loop` -> how many roles use each
+_OWN_LOOPS: dict[asyncio.AbstractEventLoop, int] = {}
+_OWN_LOOPS_LOCK = threading.Lock()
+
+
+def own_context(owner: Any, context: Optional[zmq.Context[Any]]) -> zmq.Context[Any]:
+    """``context``, or a new :class:`Context` that ``owner`` owns (see :func:`release_context`)."""
+    if context is not None:
+        owner._ctx_owned = False
+        return context
+    owner._ctx_owned = True
+    return Context()
+
+
+def live_context(owner: Any, ctx: zmq.Context[Any]) -> zmq.Context[Any]:
+    """``ctx``, or a new one in its place when ``owner`` terminated its own (a role used again)."""
+    if ctx.closed and getattr(owner, "_ctx_owned", False):
+        ctx = Context()
+        set_ctx(ctx)
+    return ctx
+
+
+def release_context(owner: Any, ctx: Optional[zmq.Context[Any]]) -> None:
+    """Terminate ``ctx`` if ``owner`` created it (never a context the user passed).
+
+    Sockets still open on it are closed with linger 0 first.  A socket the
+    role closed with a linger (its last DISCONNECT or LEAVE) may hold the
+    termination for at most that long (0.1-0.2 s), and only when its peer
+    cannot take the message.
+    """
+    if ctx is None or not getattr(owner, "_ctx_owned", False) or ctx.closed:
+        return
+    for sock in list(getattr(ctx, "_sockets", None) or ()):
+        if sock is not None and not sock.closed:
+            sock.close(linger=0)
     try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    policy = asyncio.get_event_loop_policy()
-    try:
-        return policy.get_event_loop()
-    except RuntimeError:
-        # e.g. after asyncio.run() cleared the current loop: give this thread a new one
-        loop = policy.new_event_loop()
-        policy.set_event_loop(loop)
+        ctx.term()
+    except zmq.ZMQError as exc:  # pragma: no cover - term fails only on a broken context
+        logger.debug("context termination failed: %s", exc)
+
+
+def _policy_loop(policy: asyncio.AbstractEventLoopPolicy) -> Optional[asyncio.AbstractEventLoop]:
+    """The loop set for this thread, without making one (None when there is none)."""
+    local = getattr(policy, "_local", None)
+    if local is not None and hasattr(local, "_loop"):
+        loop: Optional[asyncio.AbstractEventLoop] = local._loop
         return loop
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return policy.get_event_loop()
+        except RuntimeError:
+            return None
+
+
+def current_loop(owner: Any = None) -> asyncio.AbstractEventLoop:
+    """The running loop, else this thread's loop; a new one when there is none (or it is closed).
+
+    A loop made here belongs to the library: when ``owner`` is given it
+    counts as one of the loop's users (:func:`release_loop` gives it back).
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        policy = asyncio.get_event_loop_policy()
+        found = _policy_loop(policy)
+        if found is None or found.is_closed():
+            found = policy.new_event_loop()
+            policy.set_event_loop(found)
+            _OWN_LOOPS[found] = 0
+        loop = found
+    if owner is not None:
+        hold_loop(owner, loop)
+    return loop
+
+
+def hold_loop(owner: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Count ``owner`` as a user of ``loop`` if the library made it (once per owner)."""
+    if loop in _OWN_LOOPS and getattr(owner, "_held_loop", None) is not loop:
+        release_loop(owner)
+        with _OWN_LOOPS_LOCK:
+            if loop not in _OWN_LOOPS:
+                return
+            _OWN_LOOPS[loop] += 1
+        owner._held_loop = loop
+
+
+def release_loop(owner: Any) -> None:
+    """``owner`` no longer uses its loop: close it if the library made it and nobody else uses it."""
+    loop = getattr(owner, "_held_loop", None)
+    if loop is None:
+        return
+    owner._held_loop = None
+    with _OWN_LOOPS_LOCK:
+        users = _OWN_LOOPS.get(loop)
+        if users is None:
+            return
+        users = max(users - 1, 0)
+        _OWN_LOOPS[loop] = users
+    if users == 0:
+        _close_own_loop(loop)
+
+
+def _close_own_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a loop the library made, as ``asyncio.run`` closes its own.
+
+    Not while it (or any loop of this thread) runs: then it stays registered
+    and is closed by the next release or at exit.  Tasks still pending are
+    cancelled and given a moment to finish first.
+    """
+    if loop.is_closed():
+        _OWN_LOOPS.pop(loop, None)
+        return
+    if loop.is_running() or asyncio._get_running_loop() is not None:
+        return
+    try:
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+        if _OWN_LOOPS.get(loop, 1):
+            return  # a role was made while the tasks finished: it uses the loop now
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        if not loop.is_running() and not _OWN_LOOPS.get(loop, 1):
+            _OWN_LOOPS.pop(loop, None)
+            policy = asyncio.get_event_loop_policy()
+            if _policy_loop(policy) is loop:
+                policy.set_event_loop(None)
+            loop.close()
+
+
+@atexit.register
+def _close_idle_loops() -> None:
+    """At exit: close the loops the library made that no role uses any more."""
+    for loop, users in list(_OWN_LOOPS.items()):
+        if users == 0:
+            try:
+                _close_own_loop(loop)
+            except Exception:  # pragma: no cover - best effort at exit
+                pass
 
 
 async def generate_reply(

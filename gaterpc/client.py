@@ -52,6 +52,7 @@ import zmq
 from zmq import constants as z_const
 
 from gaterpc.base import Context, check_zap_args, new_socket, set_ctx, set_sock, zap_frames_of
+from gaterpc.base import live_context, own_context, release_context
 from gaterpc.counters import count_drop
 from gaterpc.exceptions import BrokerUnavailableError, RemoteException
 from gaterpc.global_settings import Settings
@@ -129,10 +130,12 @@ class Client(_ReplyHandler):
                  reply_timeout: Optional[float] = None, zap_mechanism: Union[str, bytes, None] = None,
                  zap_credentials: Optional[Sequence[Union[str, bytes]]] = None) -> None:
         self._broker_addr = broker_addr
+        zap_mechanism, zap_credentials = check_zap_args(zap_mechanism, zap_credentials)  # fails before ctx
         identity = identity or f"gc-{secrets.token_hex(8)}"
         self.identity = name2uuid(identity).bytes
         self.ready: Optional[asyncio.Future[bool]] = None
-        self.ctx: zmq.Context[Any] = context if context is not None else Context()
+        # a context made here is the client's own: close() terminates it (connect() makes a new one)
+        self.ctx: zmq.Context[Any] = own_context(self, context)
         set_ctx(self.ctx)
         self.socket: Optional[zmq.Socket[bytes]] = None
         self.heartbeat = heartbeat or Settings.MDP_HEARTBEAT_INTERVAL
@@ -142,7 +145,6 @@ class Client(_ReplyHandler):
         self.replies: dict[bytes, asyncio.Future[Any]] = {}
         self.stream_reply_maxsize = Settings.STREAM_REPLY_MAXSIZE
         self.default_service = Settings.SERVICE_DEFAULT_NAME
-        zap_mechanism, zap_credentials = check_zap_args(zap_mechanism, zap_credentials)
         self.zap_frames, self._zap_frames_bytes = zap_frames_of(zap_mechanism, zap_credentials)
         # Bound to the running loop at first use (a Client may be built before
         # ``asyncio.run``), see ``_bind_loop``.
@@ -208,6 +210,7 @@ class Client(_ReplyHandler):
             raise ValueError("no broker address: give one to Client() or to connect()")
         addr = check_socket_addr(self._broker_addr)
         self._close_sockets()
+        self.ctx = live_context(self, self.ctx)
         sock = new_socket(self.ctx, zmq.DEALER, {z_const.IDENTITY: self.identity})
         self._monitor = self._open_monitor(sock, addr, loop)
         sock.connect(addr)
@@ -341,7 +344,11 @@ class Client(_ReplyHandler):
         self._close_sockets()
 
     def close(self) -> None:
-        """Stop the client; it can be connected again later."""
+        """Stop the client; it can be connected again later.
+
+        A context the client made itself (no ``context=``) is terminated; a
+        context passed in stays open.
+        """
         task = self._recv_task
         self._recv_task = None
         if task is not None and not task.done():
@@ -349,6 +356,7 @@ class Client(_ReplyHandler):
         self._teardown("the client was closed")
         self.ready = None
         self._is_ready = False
+        release_context(self, self.ctx)
 
     def _close_sockets(self) -> None:
         mon = self._monitor

@@ -42,6 +42,7 @@ from gaterpc.base import (
     ABCService, ABCWorker, Context, check_zap_args, current_loop, new_socket, own_executors, set_ctx,
     shutdown_own_executors, zap_frames_of,
 )
+from gaterpc.base import hold_loop, live_context, own_context, release_context, release_loop
 from gaterpc.bookkeeping import RemoteWorker, ServiceCapacity
 from gaterpc.exceptions import ServiceUnAvailableError
 from gaterpc.execute import Runner, collect_interfaces
@@ -198,9 +199,10 @@ class Worker(ABCWorker):
         self.heartbeat_liveness = Settings.MDP_HEARTBEAT_LIVENESS
         self.max_allowed_request = max_allowed_request or Settings.MESSAGE_MAX
         self.expiry = 0.0
-        self._ctx: zmq.Context[Any] = context if context is not None else Context()
+        # a context (or loop) made here is the worker's own: stop() closes it
+        self._ctx: zmq.Context[Any] = own_context(self, context)
         set_ctx(self._ctx)
-        self._loop = current_loop()
+        self._loop = current_loop(self)
         own_executors(self, thread_executor, process_executor)
         self.requests: set[asyncio.Task[Any]] = set()
         self.sent_tasks: set[asyncio.Task[Any]] = set()
@@ -250,18 +252,37 @@ class Worker(ABCWorker):
     def run(self) -> None:
         """Start the receive task (connects, then serves)."""
         if self._recv_task is None:
+            self._ctx = live_context(self, self._ctx)
+            hold_loop(self, self._loop)
             self._recv_task = self._loop.create_task(self.recv())
 
     def stop(self) -> None:
-        """Cancel the receive task; clean-up happens when the task processes it."""
+        """Cancel the receive task; clean-up happens when the task processes it.
+
+        Then a context the worker made itself (no ``context=``) is
+        terminated, and a loop the library made for it is closed when no
+        other role uses it and it is not running.
+        """
         task = self._recv_task
         self._recv_task = None
         if task is not None and not task.done():
             task.cancel()
+            task.add_done_callback(self._release_own)
+        else:
+            self._release_own()
+
+    def _release_own(self, _task: object = None) -> None:
+        task = self._recv_task
+        if task is not None and not task.done():
+            return  # run() again meanwhile: the worker uses them again
+        release_context(self, self._ctx)
+        release_loop(self)
 
     def close(self) -> None:
-        """Shut down the executors this worker created."""
+        """Shut down the executors this worker created (and its own context once stopped)."""
         shutdown_own_executors(self)
+        if self._recv_task is None:
+            self._release_own()
 
     async def connect(self) -> None:
         """Connect to the broker and send READY."""

@@ -12,6 +12,7 @@ import asyncio
 import uuid
 
 import pytest
+import zmq
 
 from gaterpc.core import Client, Context, Gate, Service
 from gaterpc.gate import RemoteGate
@@ -113,8 +114,8 @@ def test_no_override_keeps_the_inline_path(members):
     async def make():
         g, h = members("plain"), members("hooked", OneHook)
         flags = [f for f in vars(g.gate) if f.startswith("_hook_")]
-        # the gate's 11 hook flags, beside the broker's own
-        assert len(flags) >= 11 and not any(getattr(g.gate, f) for f in flags)
+        # the gate's 17 hook flags, beside the broker's own
+        assert len(flags) >= 17 and not any(getattr(g.gate, f) for f in flags)
         assert h.gate._hook_request and not h.gate._hook_reply and not h.gate._hook_whisper
 
     asyncio.run(make())
@@ -312,3 +313,203 @@ async def test_process_mcast_messages(members):
                 or b.peer(a) is not None)
     await a.gate.connect_gate(b.gate.identity, b.addr)
     await until(lambda: a.peer(b) is not None and b.peer(a) is not None)
+
+
+async def test_delay_ban_gate(members):
+    seen = []
+
+    class G(Gate):
+        async def delay_ban_gate(self, gate):
+            seen.append((gate, gate.identity in self.gate_cluster.workers))
+            await super().delay_ban_gate(gate)
+
+    a, b = members("A"), members("B", G)
+    reply = await forwarded_echo(b, a)  # B forwards to A: A's WHISPER reply reaches B
+    assert reply["gate"] == a.name
+    assert seen and all(isinstance(g, RemoteGate) and g.identity == a.gate.identity and joined
+                        for g, joined in seen)
+    # idle: A's heartbeats go through the hook, and its super() keeps A joined on B
+    n = len(seen)
+    liveness = HB / 1000 * Settings.MDP_HEARTBEAT_LIVENESS
+    await asyncio.sleep(2 * liveness)
+    assert len(seen) >= n + 2
+    assert b.peer(a) is not None
+
+
+async def test_delay_ban_gate_decides(members):
+    """An override that never prolongs: the peer expires although it keeps beating."""
+    seen = []
+
+    class G(Gate):
+        async def delay_ban_gate(self, gate):
+            seen.append(gate.identity)
+
+    a, b = members("A"), members("B", G)
+    await join(a, b)
+    liveness = HB / 1000 * Settings.MDP_HEARTBEAT_LIVENESS
+    await until(lambda: seen and b.peer(a) is None, timeout=6 * liveness)
+    assert a.gate.identity in seen
+
+
+async def test_now_ban_gate(members):
+    seen = []
+
+    class G(Gate):
+        async def now_ban_gate(self, gate):
+            seen.append((gate, gate.identity in self.gate_cluster.workers, gate.ready))
+            await super().now_ban_gate(gate)
+
+    a, b = members("A"), members("B", G)
+    await join(a, b)
+    await a.stop()  # says LEAVE: the original bans such a peer with now_ban_gate
+    await until(lambda: seen and b.peer(a) is None, timeout=4 * HB / 1000 * Settings.MDP_HEARTBEAT_LIVENESS)
+    gate, registered, ready = seen[0]
+    assert isinstance(gate, RemoteGate) and gate.identity == a.gate.identity and registered and not ready
+    assert len(seen) == 1
+    # disconnect_all bans every peer through it too
+    c = members("C")
+    await join(b, c)
+    await b.gate.disconnect_all()
+    assert seen[-1][0].identity == c.gate.identity and seen[-1][1]
+    assert b.peer(c) is None and not b.gate.gate_cluster.workers
+
+
+async def test_send_invite_command(members):
+    seen = []
+
+    class G(Gate):
+        async def send_invite_command(self, sock):
+            pending = {gid for gid, s in self.gate_cluster.unready_gates.items() if s is sock}
+            seen.append((sock, pending))
+            await super().send_invite_command(sock)
+
+    a, b = members("A", G), members("B")
+    await join(a, b)
+    sock, pending = seen[0]
+    assert isinstance(sock, zmq.Socket) and pending == {b.gate.identity}
+    assert a.peer(b) is not None and b.peer(a) is not None
+
+
+async def test_send_join_command(members):
+    seen = []
+
+    class G(Gate):
+        async def send_join_command(self, gate_id):
+            seen.append(gate_id)
+            await super().send_join_command(gate_id)
+
+    a, b = members("A"), members("B", G)
+    await b.add_worker()
+    await join(a, b)
+    assert a.gate.identity in seen
+    # the JOIN sent by the hook's super() carried B's services
+    await until(lambda: "Echo" in a.gate.gate_cluster.services)
+
+
+async def test_send_join_command_decides(members):
+    """An override that sends nothing: the peer never registers this gate."""
+    seen = []
+
+    class G(Gate):
+        async def send_join_command(self, gate_id):
+            seen.append(gate_id)
+
+    a, b = members("A"), members("B", G)
+    await a.gate.connect_gate(b.gate.identity, b.addr)
+    await b.gate.connect_gate(a.gate.identity, a.addr)
+    await until(lambda: b.peer(a) is not None and a.gate.identity in seen)
+    await asyncio.sleep(3 * HB / 1000)
+    assert a.peer(b) is None
+
+
+async def test_reply_gate(members):
+    seen = []
+
+    class G(Gate):
+        async def reply_gate(self, gate, service, request_id, *body):
+            seen.append((gate, service, request_id, list(body)))
+            await super().reply_gate(gate, service, request_id, *body)
+
+    a, b = members("A"), members("B", G)
+    assert (await forwarded_echo(a, b))["args"] == [1]
+    gate, service, rid, body = seen[0]
+    assert isinstance(gate, RemoteGate) and gate.identity == a.gate.identity
+    assert service == "Echo" and len(rid) == 16
+    assert msg_unpack(body[0])["result"]["args"] == [1]
+    # a stream goes back one reply_gate call per message, in order
+    items = [x async for x in await a.clients[0].Echo.count(20)]
+    assert items == list(range(20))
+    # the answer to a peer's call of this gate's internal service too
+    assert (await a.gate.call_gate(a.peer(b), "info"))["my_id"] == b.gate.identity
+    assert seen[-1][1] == "Gate"
+
+
+async def test_send_whisper_command(members):
+    seen = []
+
+    class G(Gate):
+        async def send_whisper_command(self, gate, request_id, service_name, body):
+            seen.append((gate, request_id, service_name, list(body)))
+            await super().send_whisper_command(gate, request_id, service_name, body)
+
+    a, b = members("A", G), members("B")
+    assert (await forwarded_echo(a, b))["gate"] == b.name
+    forwarded = [s for s in seen if s[2] == "Echo"]
+    gate, rid, service, body = forwarded[0]
+    assert isinstance(gate, RemoteGate) and gate.identity == b.gate.identity and len(rid) == 16
+    assert [msg_unpack(f) for f in body] == ["echo", [1], {"x": 2}]
+    assert not a.peer(b)._inflight  # the reply came back and completed the forward
+
+
+async def test_request_zap_for_gate_commands():
+    """As the original: with ZAP on, every gate command is asked about (b"gate_" + command, channel b"gate")."""
+    from gaterpc.core import AsyncZAPService
+
+    seen = []
+
+    class G(Gate):
+        async def request_zap(self, identity, address, request_id, mechanism, credentials, channel=b"frontend"):
+            ok = await super().request_zap(identity, address, request_id, mechanism, credentials, channel)
+            seen.append((identity, address, request_id, mechanism, tuple(credentials), channel, ok))
+            return ok
+
+    made = []
+    try:
+        for name, cls, creds in (("A", Gate, ("gate-user", "s3cret")), ("B", G, ("gate-user", "s3cret")),
+                                 ("C", Gate, ("gate-user", "wrong"))):
+            ctx = Context()
+            port = free_port()
+            zap = AsyncZAPService(addr=f"inproc://zap-hook-{name}-{port}", context=ctx)
+            zap.configure_plain(Settings.ZAP_DEFAULT_DOMAIN, {"gate-user": "s3cret"})
+            zap.start()
+            gate = cls(port, identity=f"{name}-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=HB,
+                       multicast=False, gate_bind="127.0.0.1", gate_zap_mechanism="PLAIN",
+                       gate_zap_credentials=creds)
+            made.append((ctx, zap, gate))
+            gate.connect_zap(zap_addr=f"inproc://zap-hook-{name}-{port}")
+            gate.run()
+        (_, _, a), (_, _, b), (_, _, c) = made
+
+        def addr(g):
+            return f"tcp://127.0.0.1:{g.gate_port}"
+
+        await a.connect_gate(b.identity, addr(b))
+        await b.connect_gate(a.identity, addr(a))
+        await until(lambda: b.identity in a.gate_cluster.get_workers() and a.identity in b.gate_cluster.get_workers())
+        from_a = [s for s in seen if s[0] == a.identity]
+        assert (a.identity, a.identity, b"gate_" + GATE_INVITE, b"PLAIN", (b"gate-user", b"s3cret"), b"gate",
+                True) in from_a
+        assert any(s[2] == b"gate_" + GATE_JOIN for s in from_a)
+        # a gate with a wrong password is refused by the verdict: B never registers it
+        await c.connect_gate(b.identity, addr(b))
+        await b.connect_gate(c.identity, addr(c))
+        await until(lambda: any(s[0] == c.identity and s[6] is False for s in seen))
+        await asyncio.sleep(3 * HB / 1000)
+        assert c.identity not in b.gate_cluster.get_workers()
+    finally:
+        for ctx, zap, gate in made:
+            gate.stop()
+            zap.stop()
+        await asyncio.sleep(0.05)
+        for ctx, _, _ in made:
+            ctx.destroy(linger=0)

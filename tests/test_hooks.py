@@ -14,6 +14,7 @@ import pytest
 
 from gaterpc.core import AMajordomo, AsyncZAPService, Client, Context, RemoteWorker, Service, Worker
 from gaterpc.exceptions import RemoteException
+from gaterpc.global_settings import Settings
 from gaterpc.utils import interface
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,7 +79,7 @@ class Env:
             self.zap.stop()
         await asyncio.sleep(0.05)
         if self.zap is not None:
-            self.zap.context.destroy(linger=0)  # made by the service itself; stop() leaves it open
+            assert self.zap.context.closed  # made by the service itself: stop() terminated it
         self.ctx.destroy(linger=0)
 
 
@@ -292,6 +293,119 @@ async def test_request_zap(tmp_path):
             bad.close()
 
     await run(Env(tmp_path, broker_cls=Broker, zap=True).start(), body)
+
+
+async def test_request_zap_for_workers(tmp_path):
+    """As the original: every worker message is asked about, request id b"worker_" + command."""
+
+    class Broker(AMajordomo):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.asked = []
+
+        async def request_zap(self, identity, address, request_id, mechanism, credentials, channel=b"frontend"):
+            ok = await super().request_zap(identity, address, request_id, mechanism, credentials, channel)
+            self.asked.append((identity, address, request_id, mechanism, tuple(credentials), channel, ok))
+            return ok
+
+    async def body(env):
+        assert await env.client.Calc.add(2, 2) == 4
+        wid = env.worker.identity
+        backend = [a for a in env.broker.asked if a[5] == b"backend"]
+        assert (wid, wid, b"worker_\x01", b"PLAIN", (b"alice", b"pw"), b"backend", True) in backend
+        await until(lambda: any(a[2] == b"worker_\x03" for a in backend))  # the REPLY was asked about too
+        # a worker with a wrong password: refused by the verdict, never registered
+        bad = Service(name="Bad").create_worker(Calc, env.back, context=env.ctx, zap_mechanism="PLAIN",
+                                                zap_credentials=("alice", "nope"))
+        bad.run()
+        try:
+            await until(lambda: any(a[0] == bad.identity and a[6] is False for a in env.broker.asked))
+            await asyncio.sleep(0.2)
+            assert bad.identity not in env.broker.workers
+            assert "Bad" not in env.broker.services or not env.broker.services["Bad"].workers
+        finally:
+            bad.stop()
+
+    await run(Env(tmp_path, broker_cls=Broker, zap=True).start(), body)
+
+
+async def test_request_zap_override_decides(tmp_path):
+    """An override that refuses without asking the service: the client gets an error, nothing is routed."""
+
+    class Broker(AMajordomo):
+        async def request_zap(self, identity, address, request_id, mechanism, credentials, channel=b"frontend"):
+            if channel == b"frontend" and credentials[0] == b"mallory":
+                return False
+            return await super().request_zap(identity, address, request_id, mechanism, credentials, channel)
+
+    async def body(env):
+        assert await env.client.Calc.add(1, 2) == 3
+        env.zap.configure_plain("gate", {"alice": "pw", "mallory": "pw"})
+        bad = Client(env.front, context=env.ctx, reply_timeout=3, zap_mechanism="PLAIN",
+                     zap_credentials=("mallory", "pw"))
+        try:
+            with pytest.raises(Exception):
+                await bad.connect()
+        finally:
+            bad.close()
+        assert env.worker.identity in env.broker.workers
+
+    await run(Env(tmp_path, broker_cls=Broker, zap=True).start(), body)
+
+
+async def test_process_replies_from_zap(tmp_path):
+    class Broker(AMajordomo):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.replies = []
+
+        async def process_replies_from_zap(self, replies):
+            self.replies.append(list(replies))
+            await super().process_replies_from_zap(replies)
+
+    async def body(env):
+        assert await env.client.Calc.add(3, 4) == 7
+        # one ZAP round trip per sender (client, worker), each reply handed to the hook as received
+        assert len(env.broker.replies) >= 2
+        for r in env.broker.replies:
+            assert len(r) == 7 and r[0] == b"" and r[1] == b"1.0" and r[3] == b"200" and r[4] == b"OK"
+        ids = {r[2].split(b"-")[0] for r in env.broker.replies}
+        assert b"worker_\x01" in ids
+        assert {r[5] for r in env.broker.replies} == {b"alice"}
+
+    await run(Env(tmp_path, broker_cls=Broker, zap=True).start(), body)
+
+
+async def test_process_replies_from_zap_without_super(tmp_path):
+    """An override that keeps the replies to itself: no verdict reaches the broker, nothing is let in."""
+
+    class Broker(AMajordomo):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.replies = []
+
+        async def process_replies_from_zap(self, replies):
+            self.replies.append(list(replies))
+
+    env = Env(tmp_path, broker_cls=Broker, zap=True)
+    saved = Settings.ZAP_REPLY_TIMEOUT
+    Settings.ZAP_REPLY_TIMEOUT = 0.5
+    try:
+        env.zap = AsyncZAPService(addr=env.zap_addr)
+        env.zap.configure_plain("gate", {"alice": "pw"})
+        env.zap.start()
+        env.broker = Broker(context=env.ctx)
+        env.broker.bind_frontend(env.front)
+        env.broker.connect_zap(zap_addr=env.zap_addr)
+        env.broker.run()
+        env.client = Client(env.front, context=env.ctx, reply_timeout=3, zap_mechanism="PLAIN",
+                            zap_credentials=("alice", "pw"))
+        with pytest.raises(Exception):
+            await env.client.connect()
+        assert env.broker.replies and env.broker.replies[0][3] == b"200"
+    finally:
+        Settings.ZAP_REPLY_TIMEOUT = saved
+        await env.stop()
 
 
 async def test_no_override_means_no_hook():

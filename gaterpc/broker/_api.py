@@ -23,11 +23,15 @@ hook                                   called
                                        banned)
 ``send_heartbeat``                     for each worker, once per heartbeat interval
 ``internal_interface``                 for each internal-service call, after decoding
-``request_zap``                        for each client request, with ZAP on (its verdict decides)
-``process_replies_from_zap``           (direct calls only: replies feed the ZAP checker)
+``request_zap``                        with ZAP on, for each client request (``channel=b"frontend"``),
+                                       worker message (request id ``b"worker_"`` + command,
+                                       ``b"backend"``) and gate command (``b"gate_"`` + command,
+                                       ``b"gate"``); its verdict decides
+``process_replies_from_zap``           for each message read from the ZAP socket
+                                       (``['', version, id, code, text, user id, metadata]``)
 =====================================  ==========================================================
 
-See ``docs/PROTOCOL.md`` ("Overridable broker hooks").
+See README.md ("Other changes") and ``docs/AUTH.md`` (the two ZAP hooks).
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from typing import Any, Optional, Sequence, Union
 
 from gaterpc.bookkeeping import RemoteWorker
 from gaterpc.exceptions import BusyWorkerError, ServiceUnAvailableError
-from gaterpc.global_settings import Settings
 from gaterpc.helpers import to_bytes
 from gaterpc.protocol import HEARTBEAT
 from gaterpc.worker import Service
@@ -61,6 +64,7 @@ _HOOKS = {
     "send_heartbeat": "_hook_heartbeat",
     "internal_interface": "_hook_internal",
     "request_zap": "_hook_zap",
+    "process_replies_from_zap": "_hook_zap_replies",
 }
 
 
@@ -209,39 +213,21 @@ class BrokerAPI(BrokerInternal):
                           credentials: tuple[bytes, ...], channel: bytes = b"frontend") -> bool:
         """Ask the ZAP service about ``identity``'s credentials; True when accepted.
 
+        ``channel`` is ``b"frontend"``, ``b"backend"`` or ``b"gate"``.
         Verdicts are cached like the broker's own checks; False when ZAP is
-        off or the service does not answer within ``Settings.ZAP_REPLY_TIMEOUT``.
+        off, when the service refuses, or when it does not answer within
+        ``Settings.ZAP_REPLY_TIMEOUT``.
         """
         checker = self._zap_checker
         if checker is None:
             return False
-        credentials = tuple(to_bytes(c) for c in credentials)
-        key = checker._key(channel, identity, mechanism, credentials)
-        entry = checker._lookup(key)
-        if entry is not None:
-            return bool(entry[0])
-        loop = self._loop
-        accepted: asyncio.Future[bool] = loop.create_future()
-
-        def on_ok(_frames: Any) -> None:
-            if not accepted.done():
-                accepted.set_result(True)
-
-        # held like a gate command: released on success, forgotten on failure (then cached)
-        checker._wait(key, to_bytes(request_id), address, mechanism, credentials,
-                      (b"hook", [], 0, (on_ok, False)))
-        deadline = loop.time() + Settings.ZAP_REPLY_TIMEOUT + 0.5
-        while not accepted.done():
-            entry = checker._lookup(key)
-            if entry is not None:
-                return bool(entry[0])
-            if loop.time() >= deadline:
-                return False
-            await asyncio.wait((accepted,), timeout=0.02)
-        return True
+        return await checker.ask(identity, address, request_id, mechanism, credentials, channel)
 
     async def process_replies_from_zap(self, replies: list[bytes]) -> None:
-        """Handle one reply of the ZAP service (``['', version, id, code, text, user, metadata]``)."""
+        """Handle one reply of the ZAP service (``['', version, id, code, text, user, metadata]``).
+
+        Replies with another frame count or an unknown id are ignored.
+        """
         checker = self._zap_checker
         if checker is not None:
-            checker._on_replies([list(replies)])
+            checker._on_replies([[to_bytes(f) for f in replies]])

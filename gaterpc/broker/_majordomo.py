@@ -17,6 +17,7 @@ import zmq
 from zmq import constants as z_const
 
 from gaterpc.base import Context, current_loop, new_socket, own_executors, set_ctx, shutdown_own_executors
+from gaterpc.base import own_context, release_context, release_loop
 from gaterpc.cache import KVLRUCache
 from gaterpc.execute import Runner
 from gaterpc.global_settings import Settings
@@ -42,7 +43,8 @@ class AMajordomo(BrokerAPI):
         self._detect_hooks()
         identity = identity or f"gm-{secrets.token_hex(8)}"
         self.identity = name2uuid(identity).bytes
-        self.ctx = context if context is not None else Context()
+        # a context (or loop) made here is the broker's own: stop() closes it
+        self.ctx = own_context(self, context)
         set_ctx(self.ctx)
         self.frontend = None
         self.backend = None
@@ -59,7 +61,7 @@ class AMajordomo(BrokerAPI):
         # verdicts expire (ZapChecker keeps 30 s for successes, 5 s for failures)
         self.zap_cache = KVLRUCache(128, 256, debug=bool(Settings.DEBUG), ttl=30.0)
         self.heartbeat = heartbeat or Settings.MDP_HEARTBEAT_INTERVAL
-        self._loop = current_loop()
+        self._loop = current_loop(self)
         own_executors(self, thread_executor, process_executor)
         self.internal_tasks = {}
         self.internal_requests = InternalRequests()
@@ -195,7 +197,12 @@ class AMajordomo(BrokerAPI):
             self._shutdown()
 
     def stop(self) -> None:
-        """Stop the broker: cancel its tasks, say DISCONNECT to workers, close the sockets."""
+        """Stop the broker: cancel its tasks, say DISCONNECT to workers, close the sockets.
+
+        A context the broker made itself (no ``context=``) is terminated; a
+        loop the library made for it is closed when no other role uses it and
+        it is not running.
+        """
         for internal in list(self.internal_tasks):
             internal.cancel()
         task = self._broker_task
@@ -235,6 +242,8 @@ class AMajordomo(BrokerAPI):
         self._lfront = self._lback = None
         self.frontend = self.backend = None
         self.close()
+        release_context(self, self.ctx)
+        release_loop(self)
 
     def close(self) -> None:
         """Shut down the executors this broker created."""

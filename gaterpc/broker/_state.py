@@ -94,6 +94,7 @@ class BrokerState:
     _hook_register: bool
     _hook_internal: bool
     _hook_zap: bool
+    _hook_zap_replies: bool
     _hook_reply_command: bool
     _hook_ready: bool
 

@@ -61,10 +61,19 @@ Differences from the original gaterpc 0.2.x (``docs/GATE.md`` has the details):
   (``multicast_interface=`` / ``Settings.GATE_MULTICAST_INTERFACE``, default
   the system's choice) are configurable.
 * a subclass may override the original's ``process_*`` methods,
-  ``register_gate``, ``ban_gate``, ``send_gate_heartbeat`` and
-  ``process_mcast_messages``: they are then called where the original called
-  them, with the same arguments (as tasks, in arrival order); without
-  overrides the work is done inline in the batch callbacks.
+  ``register_gate``, ``ban_gate``, ``now_ban_gate``, ``delay_ban_gate``,
+  ``send_gate_heartbeat``, ``send_invite_command``, ``send_join_command``,
+  ``send_whisper_command``, ``reply_gate`` and ``process_mcast_messages``:
+  they are then called where the original called them, with the same
+  arguments (as tasks, in arrival order); without overrides the work is
+  done inline in the batch callbacks.  The ``send_*`` hooks and
+  ``reply_gate`` are called for every such message this gate sends (the
+  INVITEs repeated to pending peers and the JOINs answering them included);
+  ``delay_ban_gate`` for every WHISPER, NOTICE and HEARTBEAT from a joined
+  peer and every discovery datagram of one; ``now_ban_gate`` when a peer
+  leaves (LEAVE), sends a request while not ready, and for each peer in
+  :meth:`disconnect_all` (an expired peer goes to ``ban_gate`` directly, as
+  in the original).
 
 The class is composed of rooms with one purpose each:
 
@@ -86,6 +95,7 @@ from typing import Any, Coroutine, Optional
 import zmq
 from zmq import constants as z_const
 
+from gaterpc.base import release_context, release_loop
 from gaterpc.broker import AMajordomo  # noqa: F401 (reachable from gaterpc.gate, as before)
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, to_bytes
@@ -112,6 +122,8 @@ __all__ = ("Gate", "RemoteGate", "GateClusterService")
 _HOOK_FLAGS = tuple(zip(HOOKS, (
     "_hook_messages", "_hook_whisper", "_hook_request", "_hook_reply", "_hook_notice",
     "_hook_invite", "_hook_join", "_hook_register", "_hook_ban", "_hook_heartbeat", "_hook_mcast",
+    "_hook_delay", "_hook_now_ban", "_hook_send_invite", "_hook_send_join", "_hook_reply_gate",
+    "_hook_send_whisper",
 )))
 
 
@@ -183,11 +195,19 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         self._spill_timers = {}
         self._spill_blocked = set()
         self._next_gate_beat = 0.0
+        self._no_reconnect = False  # set while disconnect_all bans peers through now_ban_gate
         cls = type(self)
         for hook, flag in _HOOK_FLAGS:
             setattr(self, flag, getattr(cls, hook) is not getattr(Gate, hook))
         self._read_gate_settings()
-        self.bind_gate()
+        try:
+            self.bind_gate()
+        except BaseException:
+            # no gate to stop(): give back what the broker part made (context, loop, executors)
+            self.close()
+            release_context(self, self.ctx)
+            release_loop(self)
+            raise
         self.mcast_msg = b"".join((
             self.identity, self._gate_member, Settings.GATE_COMMAND_NOTICE,
             self.gate_cluster.identity, _PORT.pack(self.gate_port)))
@@ -326,8 +346,15 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         self._gate_streams.clear()
 
     async def disconnect_all(self) -> None:
-        """Ban every worker and every peer gate."""
+        """Ban every worker and every peer gate (each through ``now_ban_gate`` when overridden)."""
         await super().disconnect_all()
+        if self._hook_now_ban:
+            self._no_reconnect = True
+            try:
+                for gate in list(self.gate_cluster.workers.values()):
+                    await self.now_ban_gate(gate)
+            finally:
+                self._no_reconnect = False
         for gate in list(self.gate_cluster.workers.values()):
             self._ban(gate, True, reconnect=False)
 

@@ -38,6 +38,12 @@ HOOKS = (
     "ban_gate",
     "send_gate_heartbeat",
     "process_mcast_messages",
+    "delay_ban_gate",
+    "now_ban_gate",
+    "send_invite_command",
+    "send_join_command",
+    "reply_gate",
+    "send_whisper_command",
 )
 
 #: ``[requester, service_b, request id, body, deadline]`` of a request waiting for a peer's capacity.
@@ -88,6 +94,7 @@ class _GateBase(AMajordomo):
     _spill_timers: dict[str, asyncio.TimerHandle]
     _spill_blocked: set[str]
     _next_gate_beat: float
+    _no_reconnect: bool
     # one flag per entry of HOOKS: True when a subclass overrides it
     _hook_messages: bool
     _hook_whisper: bool
@@ -100,6 +107,12 @@ class _GateBase(AMajordomo):
     _hook_ban: bool
     _hook_heartbeat: bool
     _hook_mcast: bool
+    _hook_delay: bool
+    _hook_now_ban: bool
+    _hook_send_invite: bool
+    _hook_send_join: bool
+    _hook_reply_gate: bool
+    _hook_send_whisper: bool
 
     if TYPE_CHECKING:
         # -- attributes and methods of AMajordomo the gate uses ---------------------
@@ -149,6 +162,8 @@ class _GateBase(AMajordomo):
         def _ban(self, gate: RemoteGate, send_leave: bool, reconnect: bool = True,
                  linger: int = 100) -> None: ...
         def _request_ban(self, gate: RemoteGate, send_leave: bool) -> None: ...
+        def _now_ban(self, gate: RemoteGate, send_leave: bool) -> None: ...
+        def _delay_ban(self, gate: RemoteGate, now: float) -> None: ...
         def _register(self, gate_id: bytes, active_services: Any, now: float) -> Optional[RemoteGate]: ...
         def _connect(self, gate_id: bytes, addr: str, sock_opt: Optional[dict[Any, Any]] = None,
                      manual: bool = False) -> None: ...
@@ -200,5 +215,11 @@ class _GateBase(AMajordomo):
         async def process_join_command(self, gate_id: bytes, active_services: Any) -> None: ...
         async def register_gate(self, gate_id: bytes, active_services: Any) -> None: ...
         async def ban_gate(self, gate: RemoteGate) -> bool: ...
+        async def now_ban_gate(self, gate: RemoteGate) -> None: ...
+        async def delay_ban_gate(self, gate: RemoteGate) -> None: ...
+        async def send_invite_command(self, sock: zmq.Socket[Any]) -> None: ...
+        async def send_join_command(self, gate_id: bytes) -> None: ...
+        async def reply_gate(self, gate: RemoteGate, service: bytes | str, request_id: bytes,
+                             *body: bytes) -> None: ...
         async def send_gate_heartbeat(self, gate: RemoteGate) -> None: ...
         async def process_mcast_messages(self, messages: bytes, addr: tuple[Any, ...]) -> None: ...

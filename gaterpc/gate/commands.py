@@ -158,16 +158,19 @@ class _CommandsMixin(_GateBase):
             if not gate.ready:
                 self._fail_gate_message(msg, GateUnAvailableError())
                 count_drop("gate_from_unready_peer")
-                self._request_ban(gate, True)
+                self._now_ban(gate, True)
                 return
             if self._hook_whisper:
                 self._gate_task(self.process_whisper_command(gate, msg[4:]))
                 return
-            gate.expiry = now + gate._life
+            if self._hook_delay:
+                self._gate_task(self.delay_ban_gate(gate))
+            else:
+                gate.expiry = now + gate._life
             self._on_whisper(gate, msg)
         elif command == GATE_HEARTBEAT:
             if gate is not None and len(msg) == 4:
-                gate.expiry = now + gate._life
+                self._delay_ban(gate, now)
             else:
                 count_drop("gate_heartbeat_ignored")
         elif command == GATE_NOTICE:
@@ -180,7 +183,7 @@ class _CommandsMixin(_GateBase):
             if self._hook_notice:
                 self._gate_task(self.process_notice_command(gate, msg[4:]))
                 return
-            gate.expiry = now + gate._life
+            self._delay_ban(gate, now)
             self._on_notice(gate, msg[4], msg[5], msg[6:])
         elif command == GATE_INVITE:
             if self._hook_invite:
@@ -202,7 +205,7 @@ class _CommandsMixin(_GateBase):
         elif command == GATE_LEAVE:
             if gate is not None:
                 gate.ready = False
-                self._request_ban(gate, False)
+                self._now_ban(gate, False)
 
     async def process_messages_from_gate(self, messages: Frames) -> None:
         """Handle one gate-socket message (as received: ``[peer id, '', GATE01, command, ...]``).
@@ -216,7 +219,7 @@ class _CommandsMixin(_GateBase):
         """Handle a WHISPER from ``gate``: ``messages`` = ``[service, request id, *body]``."""
         if gate is None or len(messages) < 2:
             return
-        gate.prolong(self._loop.time())
+        await self.delay_ban_gate(gate)
         self._on_whisper(gate, [gate.identity, b"", self._gate_member, GATE_WHISPER,
                                 *(to_bytes(m) for m in messages)])
 
@@ -224,7 +227,7 @@ class _CommandsMixin(_GateBase):
         """Handle a NOTICE from ``gate``: ``messages`` = ``[notice id, event name, *body]``."""
         if gate is None or len(messages) < 2:
             return
-        gate.prolong(self._loop.time())
+        await self.delay_ban_gate(gate)
         self._on_notice(gate, to_bytes(messages[0]), to_bytes(messages[1]), list(messages[2:]))
 
     async def send_to_gate(self, gate: Any, command: bytes | str, option: Any = None,
@@ -249,10 +252,21 @@ class _CommandsMixin(_GateBase):
 
     async def send_whisper_command(self, gate: RemoteGate, request_id: bytes,
                                    service_name: bytes | str, body: Any) -> None:
-        """Send a WHISPER (request or reply) to ``gate``."""
+        """Send a WHISPER (request or reply) to ``gate``.
+
+        Called for every request this gate forwards to a peer (``service_name``
+        a str, ``body`` the request's frames) and by :meth:`call_gate`; a
+        subclass may override it (and call ``super()``).
+        """
         await self.send_to_gate(gate, GATE_WHISPER, (service_name, request_id), tuple(body))
 
     async def reply_gate(self, gate: RemoteGate, service: bytes | str, request_id: bytes,
                          *body: bytes) -> None:
-        """Send a reply to a peer's request."""
+        """Send a reply to a peer's request.
+
+        Called for every reply message this gate sends to a peer (a local
+        worker's, an internal call's, an error, or one relayed from another
+        peer), ``service`` as a str; a subclass may override it (and call
+        ``super()``).
+        """
         await self.send_to_gate(gate, GATE_WHISPER, (service, request_id), body)

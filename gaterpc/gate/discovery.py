@@ -97,10 +97,18 @@ class _DiscoveryMixin(_GateBase):
         if last is not None and now - last < self.heartbeat / 2000:
             return
         self._last_invite[gate_id] = now
-        _send_raw(sock, self._head[GATE_INVITE])
+        if self._hook_send_invite:
+            self._gate_task(self.send_invite_command(sock))
+        else:
+            _send_raw(sock, self._head[GATE_INVITE])
 
     async def send_invite_command(self, sock: zmq.Socket[Any]) -> None:
-        """Send INVITE on ``sock`` (a pending connection)."""
+        """Send INVITE on ``sock`` (a pending connection).
+
+        Called for every INVITE this gate sends (:meth:`connect_gate`, a
+        discovery datagram of a pending peer, the repeated invitations); a
+        subclass may override it (and call ``super()``).
+        """
         _send_raw(sock, self._head[GATE_INVITE])
 
     def _join_payload(self) -> bytes:
@@ -122,6 +130,16 @@ class _DiscoveryMixin(_GateBase):
         last = self._last_join.get(gate_id)
         if last is not None and now - last < self.heartbeat / 1000:
             return False
+        if self._hook_send_join:
+            self._last_join[gate_id] = now
+            self._join_wanted.pop(gate_id, None)
+            self._gate_task(self.send_join_command(gate_id))
+            return True
+        return self._join_now(gate_id, gate, sock, now)
+
+    def _join_now(self, gate_id: bytes, gate: Optional[RemoteGate], sock: Optional[zmq.Socket[Any]],
+                  now: float) -> bool:
+        """Send our JOIN to ``gate_id`` (registered: ``gate``, else the pending ``sock``)."""
         frames = (*self._head[GATE_JOIN], self._join_payload())
         if gate is not None:
             if gate._lsock is None:
@@ -164,9 +182,20 @@ class _DiscoveryMixin(_GateBase):
         self._on_invite(gate_id, self._loop.time())
 
     async def send_join_command(self, gate_id: bytes) -> None:
-        """Send JOIN to a peer we have a connection to."""
-        self._last_join.pop(gate_id, None)
-        self._send_join(gate_id, self._loop.time())
+        """Send JOIN to a peer we have a connection to.
+
+        Called for every JOIN this gate sends (each answers an INVITE); a
+        subclass may override it (and call ``super()``).  Without a
+        connection to the peer yet, the JOIN is sent once there is one.
+        """
+        cluster = self.gate_cluster
+        now = self._loop.time()
+        gate = cluster.workers.get(gate_id)
+        sock = None if gate is not None else cluster.unready_gates.get(gate_id)
+        if gate is None and sock is None:
+            self._want_join(gate_id, now)
+            return
+        self._join_now(gate_id, gate, sock, now)
 
     async def process_join_command(self, gate_id: bytes, active_services: Any) -> None:
         """A peer joined: register it."""
@@ -367,7 +396,7 @@ class _DiscoveryMixin(_GateBase):
         gate = cluster.workers.get(gate_id)
         now = self._loop.time()
         if gate is not None:
-            gate.prolong(now)
+            self._delay_ban(gate, now)
         elif gate_id in cluster.unready_gates:
             self._invite(gate_id, cluster.unready_gates[gate_id], now)
         else:

@@ -221,10 +221,13 @@ class _ForwardingMixin(_GateBase):
         gate._inflight[request_id] = fwd
         self.request_map[request_id] = requester
         self._fwd_timeouts.append((self._loop.time() + self.forward_timeout, gate, request_id, fwd))
-        frames = self._whisper_head + [service_b, request_id]
-        frames.extend(body)
         lsock = gate._lsock
         if lsock is not None:
+            if self._hook_send_whisper:
+                self._gate_task(self.send_whisper_command(gate, request_id, service, body))
+                return
+            frames = self._whisper_head + [service_b, request_id]
+            frames.extend(body)
             lsock.send(frames)
             gate._sent = True
         else:
@@ -353,6 +356,9 @@ class _ForwardingMixin(_GateBase):
                          body: Any) -> None:
         gate = self.gate_cluster.workers.get(client_id)
         if gate is not None:
+            if self._hook_reply_gate:
+                self._gate_task(self.reply_gate(gate, _service_name(service_b), request_id, *body))
+                return
             lsock = gate._lsock
             if lsock is not None:
                 frames = self._whisper_head + [service_b, request_id]
@@ -417,3 +423,11 @@ class _ForwardingMixin(_GateBase):
             self._on_gate_reply(request_id, list(body))
         else:
             count_drop("gate_late_reply")
+
+
+def _service_name(service_b: bytes) -> bytes | str:
+    """A service name as the original's ``reply_gate`` received it (str; bytes if not UTF-8)."""
+    try:
+        return service_b.decode("utf-8")
+    except UnicodeDecodeError:
+        return service_b

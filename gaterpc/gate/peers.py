@@ -57,6 +57,7 @@ class RemoteGate(RemoteWorker):
         self._lsock: Optional[LoopSocket] = None
         self._sent = False
         self._banning = False
+        self._now_banning = False  # an overridden now_ban_gate was called for it
         self._life: float = self.heartbeat * self.heartbeat_liveness / 1000
 
     def prolong(self, now: float) -> None:
@@ -391,7 +392,8 @@ class _PeersMixin(_GateBase):
         for service in list(self._fwd_waiting):
             if service not in cluster.services:
                 self._fail_fwd_waiting(service)
-        if reconnect and gate.identity in self._manual_gates and not self._closed:
+        if reconnect and gate.identity in self._manual_gates and not self._closed \
+                and not self._no_reconnect:
             addr = self._gate_addrs.get(gate.identity)
             if addr is not None:
                 try:
@@ -428,12 +430,42 @@ class _PeersMixin(_GateBase):
                 return
             await asyncio.sleep(gate.heartbeat * gate.heartbeat_liveness / 1000)
 
+    def _now_ban(self, gate: RemoteGate, send_leave: bool) -> None:
+        """Ban ``gate`` at once, through an overridden :meth:`now_ban_gate` (once per peer)."""
+        if not self._hook_now_ban:
+            self._request_ban(gate, send_leave)
+        elif not gate._now_banning:
+            gate._now_banning = True
+            if not send_leave:
+                gate.ready = False  # it left: no LEAVE back
+            self._gate_task(self.now_ban_gate(gate), name=f"now_ban_gate-{gate.identity.hex()}")
+
     async def now_ban_gate(self, gate: RemoteGate) -> None:
-        """Ban ``gate`` now."""
-        self._ban(gate, True)
+        """Ban ``gate`` now, through :meth:`ban_gate`.
+
+        Called when a peer leaves (LEAVE), sends a request while not ready,
+        and for each peer in :meth:`disconnect_all`; a subclass may override
+        it (and call ``super()``).
+        """
+        if self._hook_ban:
+            await self.ban_gate(gate)
+        else:
+            self._ban(gate, True)
+
+    def _delay_ban(self, gate: RemoteGate, now: float) -> None:
+        """A joined peer showed it is alive: refresh its expiry (through an overridden :meth:`delay_ban_gate`)."""
+        if self._hook_delay:
+            self._gate_task(self.delay_ban_gate(gate))
+        else:
+            gate.expiry = now + gate._life
 
     async def delay_ban_gate(self, gate: RemoteGate) -> None:
-        """Refresh ``gate``'s expiry."""
+        """Refresh ``gate``'s expiry.
+
+        Called for every WHISPER, NOTICE and HEARTBEAT from a joined peer and
+        for every discovery datagram of one; a subclass may override it (and
+        call ``super()``).
+        """
         gate.prolong(self._loop.time())
 
     def _set_capacity(self, gate: RemoteGate, service: str, count: int) -> None:
