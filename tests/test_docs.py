@@ -64,8 +64,29 @@ def test_doc_snippet(code, fragment, skip, rel, procs, short_tmp):
         compile(code, rel, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         return
     compile(code, rel, "exec")
-    p = procs.run([sys.executable, "-c", code], timeout=60)
+    p = procs.run([sys.executable, "-c", _local_addresses(code, short_tmp)], timeout=60)
     assert p.returncode == 0, f"stdout:\n{p.out}\nstderr:\n{p.err[-3000:]}"
+
+
+def _local_addresses(code: str, tmp: str) -> str:
+    """The snippet as written, except that fixed addresses become private to this run.
+
+    ``ipc:///tmp/NAME`` moves into the test's temporary directory, and each
+    port of a ``tcp://127.0.0.1:PORT`` address becomes a free port (every
+    occurrence of that number), so that parallel runs never collide.
+    """
+    code = code.replace("ipc:///tmp/", f"ipc://{tmp}/")
+    for port in sorted(set(re.findall(r"tcp://127\.0\.0\.1:(\d{4,5})\b", code))):
+        code = re.sub(rf"\b{port}\b", str(free_port()), code)
+    return code
+
+
+def test_local_addresses_rewrites_fixed_ports_and_paths():
+    code = 'Gate(9101, x); connect("tcp://127.0.0.1:9101"); bind("ipc:///tmp/a-front"); n = 91010'
+    out = _local_addresses(code, "/tmp/t1")
+    assert "9101," not in out and ":9101" not in out and "ipc:///tmp/t1/a-front" in out
+    port = re.search(r"tcp://127\.0\.0\.1:(\d+)", out).group(1)
+    assert f"Gate({port}, x)" in out and out.endswith("n = 91010")
 
 
 def test_every_doc_has_been_looked_at():
