@@ -15,7 +15,7 @@ by a task.  During the first step the coroutine already runs as that task
 task's context, a copy of the caller's made when the call starts: context
 variables set in the first step are seen after it and do not leak into the
 caller -- as with 3.12's eager tasks (``eager_start``), which are used on
-3.12+; 3.11 does the same with a small trampoline, 3.10 starts a plain task.
+3.12+; 3.10 and 3.11 do the same with a small trampoline (``_continue``).
 Executor functions run in a future of their executor,
 streams and HugeData transfers in a task that respects the socket's backlog.
 Every call that runs in a task or executor is registered under
@@ -64,8 +64,10 @@ KIND_THREAD = 2
 KIND_PROCESS = 3
 
 _EAGER = sys.version_info >= (3, 12)
-#: 3.11: the first step is made here (3.10 cannot give a task a context: no eager step there)
-_STEP_EAGERLY = (3, 11) <= sys.version_info < (3, 12)
+#: before 3.12 the eager first step is made here (see ``_continue``)
+_STEP_EAGERLY = not _EAGER
+#: 3.10's tasks cannot be given a context: the task's copy is brought up to date instead
+_TASK_CONTEXT_ARG = sys.version_info >= (3, 11)
 if _STEP_EAGERLY:
     # Before 3.12 the eager first step is ours: the task it belongs to is made current
     # around it (the C functions asyncio's own tasks use).
@@ -75,7 +77,7 @@ if _STEP_EAGERLY:
 _STREAM_KINDS = (GeneratorType, AsyncGeneratorType, HugeData)
 
 _FINISHED = object()   # the eager first step returned (or raised)
-_SUSPENDED: list[Any] = [None]  # stands for the cell on 3.12+, where the task itself stepped eagerly
+_SUSPENDED: list[Any] = [None, None]  # stands for the cell on 3.12+, where the task itself stepped eagerly
 
 
 @types.coroutine
@@ -86,8 +88,10 @@ def _continue(coro: Coroutine[Any, Any, Any], cell: list[Any]) -> Generator[Any,
     task's first step resumes it here -- or throws in a cancellation that came
     before, which is forwarded to ``coro``.  ``cell[0]`` is what the first
     step yielded (a future or ``None``), ``_FINISHED`` when it returned or
-    raised (the task then ends at once, its outcome already answered).  From the first yielded value on, ``yield from`` hands
-    every send/throw/close of the task straight to ``coro``.
+    raised (the task then ends at once, its outcome already answered);
+    ``cell[1]`` is, on 3.10 only, the context the first step ran in.  From
+    the first yielded value on, ``yield from`` hands every send/throw/close
+    of the task straight to ``coro``.
     """
     pending: Optional[BaseException] = None
     try:
@@ -99,6 +103,12 @@ def _continue(coro: Coroutine[Any, Any, Any], cell: list[Any]) -> Generator[Any,
         if pending is not None:
             raise pending
         return None
+    first_ctx = cell[1]
+    if first_ctx is not None:
+        # 3.10: this task's context was copied before the first step; we run in it
+        # now, so what the first step set in its own context is set here too.
+        for var, var_value in first_ctx.items():
+            var.set(var_value)
     while True:
         if pending is not None:
             if isinstance(pending, GeneratorExit):
@@ -246,17 +256,18 @@ class Runner:
                         self._task_done(client_id, request_id, task)
                         return
                     cell = _SUSPENDED
-                elif not _STEP_EAGERLY:
-                    task = self.loop.create_task(coro)
-                    cell = _SUSPENDED
                 else:
-                    cell = [_FINISHED]
+                    cell = [_FINISHED, None]
                     resume = _continue(coro, cell)
                     resume.send(None)  # primed: stops before its first real step
                     ctx = copy_context()
                     loop = self.loop
-                    # context= exists from 3.11 on (guarded by _STEP_EAGERLY); mypy checks against 3.10
-                    task = loop.create_task(resume, context=ctx)  # type: ignore[call-arg]
+                    if _TASK_CONTEXT_ARG:
+                        # context= exists from 3.11 on; mypy checks against 3.10
+                        task = loop.create_task(resume, context=ctx)  # type: ignore[call-arg]
+                    else:
+                        task = ctx.run(loop.create_task, resume)
+                        cell[1] = ctx
                     # Made current for the first step, as 3.12's eager tasks are (a task
                     # already running, e.g. an overridden hook's, steps aside meanwhile).
                     outer = _current_tasks.get(loop)
