@@ -443,7 +443,7 @@ class Worker(ABCWorker):
     def _get_lsock(self) -> Optional[LoopSocket]:
         return self._lsock
 
-    def _send_reply_body(self, client_id: bytes, request_id: bytes, body: Sequence[bytes]) -> None:
+    def _send_reply_body(self, client_id: bytes, request_id: bytes, body: tuple[bytes, ...]) -> None:
         lsock = self._lsock
         if lsock is not None:
             if self._hook_send:
@@ -453,11 +453,12 @@ class Worker(ABCWorker):
                 prefix = (b"", self._header, REPLY) + tuple(self.build_zap_frames() or ())
             else:
                 prefix = self._reply_prefix
+            frames = prefix + (client_id, b"", request_id) + body
             out = self._out
             if out is not None:
-                out.append(prefix + (client_id, b"", request_id) + tuple(body))
+                out.append(frames)
             else:
-                lsock.send(prefix + (client_id, b"", request_id) + tuple(body))
+                lsock.send(frames)
 
     def _on_messages(self, msgs: list[list[bytes]]) -> None:
         self._last_recv = self._loop.time()
