@@ -6,8 +6,17 @@ marks, run it the way its kind requires, and send the result -- a single
 reply, a stream, or a HugeData transfer -- through a ``send_body`` callable.
 
 Plain results of synchronous functions are sent from the caller's stack (no
-task).  Coroutine functions run in a task (started eagerly where the Python
-version supports it), executor functions in a future of their executor,
+task).  Coroutine functions run eagerly: their first step (up to the first
+``await`` that suspends) runs at once, from the caller's stack, and a call
+that finishes there is answered right away; one that suspends is continued
+by a task.  During the first step the coroutine already runs as that task
+(``asyncio.current_task()`` is the task that continues it, so
+``asyncio.timeout``/``TaskGroup`` work from the first line) and in the
+task's context, a copy of the caller's made when the call starts: context
+variables set in the first step are seen after it and do not leak into the
+caller -- as with 3.12's eager tasks (``eager_start``), which are used on
+3.12+; 3.10 and 3.11 do the same with a small trampoline (``_continue``).
+Executor functions run in a future of their executor,
 streams and HugeData transfers in a task that respects the socket's backlog.
 Every call that runs in a task or executor is registered under
 ``(client_id, request_id)`` so that :meth:`Runner.cancel` can stop it when
@@ -26,10 +35,11 @@ import logging
 import sys
 import types
 from concurrent.futures import Executor
+from contextvars import copy_context
 from types import AsyncGeneratorType, GeneratorType
 from typing import (
     AsyncIterator,
-    TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Protocol, Sequence,
+    TYPE_CHECKING, Any, Callable, Coroutine, Dict, Generator, Mapping, Optional, Protocol, Sequence,
     Set, Tuple, Union,
 )
 
@@ -54,7 +64,69 @@ KIND_THREAD = 2
 KIND_PROCESS = 3
 
 _EAGER = sys.version_info >= (3, 12)
+#: before 3.12 the eager first step is made here (see ``_continue``)
+_STEP_EAGERLY = not _EAGER
+#: 3.10's tasks cannot be given a context: the task's copy is brought up to date instead
+_TASK_CONTEXT_ARG = sys.version_info >= (3, 11)
+if _STEP_EAGERLY:
+    # Before 3.12 the eager first step is ours: the task it belongs to is made current
+    # around it (the C functions asyncio's own tasks use).
+    from asyncio.tasks import (  # type: ignore[attr-defined]  # private, not in the stubs
+        _current_tasks, _enter_task, _leave_task,
+    )
 _STREAM_KINDS = (GeneratorType, AsyncGeneratorType, HugeData)
+
+_FINISHED = object()   # the eager first step returned (or raised)
+_SUSPENDED: list[Any] = [None, None]  # stands for the cell on 3.12+, where the task itself stepped eagerly
+
+
+@types.coroutine
+def _continue(coro: Coroutine[Any, Any, Any], cell: list[Any]) -> Generator[Any, Any, Any]:
+    """The body of the task that continues ``coro`` after its eager first step.
+
+    Primed before the task exists (it stops at its first ``yield``), so the
+    task's first step resumes it here -- or throws in a cancellation that came
+    before, which is forwarded to ``coro``.  ``cell[0]`` is what the first
+    step yielded (a future or ``None``), ``_FINISHED`` when it returned or
+    raised (the task then ends at once, its outcome already answered);
+    ``cell[1]`` is, on 3.10 only, the context the first step ran in.  From
+    the first yielded value on, ``yield from`` hands every send/throw/close
+    of the task straight to ``coro``.
+    """
+    pending: Optional[BaseException] = None
+    try:
+        yield
+    except BaseException as exc:  # cancelled before the task's first step
+        pending = exc
+    value = cell[0]
+    if value is _FINISHED:
+        if pending is not None:
+            raise pending
+        return None
+    first_ctx = cell[1]
+    if first_ctx is not None:
+        # 3.10: this task's context was copied before the first step; we run in it
+        # now, so what the first step set in its own context is set here too.
+        for var, var_value in first_ctx.items():
+            var.set(var_value)
+    while True:
+        if pending is not None:
+            if isinstance(pending, GeneratorExit):
+                coro.close()
+                raise pending
+            try:
+                value = coro.throw(pending)
+            except StopIteration as stop:
+                return stop.value
+            pending = None
+        try:
+            yield value  # the future the first step waits for: the task waits for it
+        except BaseException as exc:
+            pending = exc
+            continue
+        break
+    return (yield from coro)
+
 
 #: ``(bound method, KIND_*)`` of one remotely callable function.
 TableEntry = Tuple[Callable[..., Any], int]
@@ -183,11 +255,38 @@ class Runner:
                     if task.done():
                         self._task_done(client_id, request_id, task)
                         return
+                    cell = _SUSPENDED
                 else:
-                    task = self.loop.create_task(coro)
-                self._track(client_id, request_id, task)
-                task.add_done_callback(functools.partial(self._task_done, client_id, request_id))
-                return
+                    cell = [_FINISHED, None]
+                    resume = _continue(coro, cell)
+                    resume.send(None)  # primed: stops before its first real step
+                    ctx = copy_context()
+                    loop = self.loop
+                    if _TASK_CONTEXT_ARG:
+                        # context= exists from 3.11 on; mypy checks against 3.10
+                        task = loop.create_task(resume, context=ctx)  # type: ignore[call-arg]
+                    else:
+                        task = ctx.run(loop.create_task, resume)
+                        cell[1] = ctx
+                    # Made current for the first step, as 3.12's eager tasks are (a task
+                    # already running, e.g. an overridden hook's, steps aside meanwhile).
+                    outer = _current_tasks.get(loop)
+                    if outer is not None:
+                        _leave_task(loop, outer)
+                    _enter_task(loop, task)
+                    try:
+                        # An exception of the first step is answered below (the task then ends quietly).
+                        cell[0] = ctx.run(coro.send, None)
+                    except StopIteration as stop:
+                        result = stop.value  # finished without suspending: reply now
+                    finally:
+                        _leave_task(loop, task)
+                        if outer is not None:
+                            _enter_task(loop, outer)
+                if cell[0] is not _FINISHED:
+                    self._track(client_id, request_id, task)
+                    task.add_done_callback(functools.partial(self._task_done, client_id, request_id))
+                    return
             elif kind == KIND_THREAD:
                 fut = self.loop.run_in_executor(
                     self.owner.thread_executor, functools.partial(fn, *args, **kwargs))

@@ -7,7 +7,11 @@ The roles own the sockets; this module only reads the frames they received
   (``func_name[, args[, kwargs]]``, each a MessagePack frame) into a
   :class:`Request`, or raises :class:`BadRequest` with a message the caller
   can act on.  The worker and the broker's internal service both use it, so
-  a malformed call is refused with the same words wherever it lands.
+  a malformed call is refused with the same words wherever it lands.  It
+  decodes with one ``msgpack.Unpacker`` per thread built from the global
+  ``message_pack`` settings (rebuilt when they change): same values and
+  errors as :func:`~gaterpc.serialization.msg_unpack`, without parsing
+  msgpack's options for every frame.
 * :func:`classify_reply` tells what one reply body is: a single reply, a
   stream item, the end of a stream, a stream error, a HugeData chunk, the end
   of a HugeData transfer or a HugeData error (:data:`ReplyEvent`).
@@ -20,9 +24,13 @@ event); :func:`classify_reply` is for code that needs the parts.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence, Union
 
+import msgpack
+
+from gaterpc import serialization as _serialization
 from gaterpc._speedups.frames import (
     KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_SINGLE, KIND_STREAM_END, KIND_STREAM_ERROR,
     KIND_STREAM_ITEM, reply_kind,
@@ -50,6 +58,57 @@ class Request(NamedTuple):
     kwargs: dict[str, Any]
 
 
+_new_tuple = tuple.__new__
+_tls = threading.local()
+
+
+class _Decoder:
+    """A ``msgpack.Unpacker`` kept per thread for request frames (no per-call set-up).
+
+    ``msgpack.unpackb`` parses its keyword options on every call, which
+    costs more than decoding a small frame; an Unpacker built once with the
+    same options (the global ``message_pack`` settings, rebuilt when they
+    change) decodes each frame with one ``feed`` and one ``unpack``.  Only a
+    frame that decodes completely and exactly is taken from it; anything
+    else (an error, trailing bytes, a buffer that is not ``bytes``) is decoded
+    again by :func:`~gaterpc.serialization.msg_unpack`, so results and
+    errors are msg_unpack's.
+    """
+
+    __slots__ = ("options", "unpacker", "offset")
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.unpacker = msgpack.Unpacker(**options)
+        self.offset = 0  # bytes fed so far: where a clean decode must end
+
+    def decode(self, data: Frame) -> Any:
+        if type(data) is bytes:
+            unpacker = self.unpacker
+            try:
+                unpacker.feed(data)
+                obj = unpacker.unpack()
+            except Exception:  # noqa: BLE001 - redone below for the proper error
+                pass
+            else:
+                end = self.offset + len(data)
+                if unpacker.tell() == end:
+                    self.offset = end
+                    return obj
+            # Whatever is left in the buffer is junk now: start afresh.
+            self.unpacker = msgpack.Unpacker(**self.options)
+            self.offset = 0
+        return msg_unpack(data)
+
+
+def _decoder() -> _Decoder:
+    options = _serialization._unpack_kwargs  # a new dict whenever message_pack changes
+    decoder: _Decoder | None = getattr(_tls, "decoder", None)
+    if decoder is None or decoder.options is not options:
+        decoder = _tls.decoder = _Decoder(options)
+    return decoder
+
+
 def decode_request(frames: Sequence[Frame], start: int = 0) -> Request:
     """Decode the request body ``frames[start:]`` = ``[func_name[, args[, kwargs]]]``.
 
@@ -65,9 +124,10 @@ def decode_request(frames: Sequence[Frame], start: int = 0) -> Request:
     n = len(frames) - start
     if n < 1 or n > 3:
         raise BadRequest(f"malformed request: {n} body frames (1 to 3 expected)")
-    func_name = msg_unpack(frames[start])
-    args = msg_unpack(frames[start + 1]) if n > 1 else []
-    kwargs = msg_unpack(frames[start + 2]) if n > 2 else {}
+    decode = _decoder().decode
+    func_name = decode(frames[start])
+    args = decode(frames[start + 1]) if n > 1 else []
+    kwargs = decode(frames[start + 2]) if n > 2 else {}
     if not isinstance(args, (list, tuple)):
         raise BadRequest("malformed request: the arguments frame is not an array")
     if type(kwargs) is not dict:
@@ -76,7 +136,7 @@ def decode_request(frames: Sequence[Frame], start: int = 0) -> Request:
         for key in kwargs:
             if type(key) is not str or key.startswith("__"):
                 raise BadRequest("keyword argument names must be str and must not start with '__'")
-    return Request(func_name, args, kwargs)
+    return _new_tuple(Request, (func_name, args, kwargs))  # Request(...) without its Python-level __new__
 
 
 # -- reply bodies -----------------------------------------------------------------

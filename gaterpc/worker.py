@@ -3,7 +3,8 @@
 A worker connects a DEALER socket to the broker backend, sends READY and
 then serves REQUEST messages.  Messages are read in batches from the
 socket's event-loop callback; plain synchronous methods run and reply right
-there, coroutine methods run in a task, executor methods in their executor,
+there, coroutine methods too up to their first suspension (a task continues
+those that suspend; see :mod:`gaterpc.execute`), executor methods in their executor,
 generators and HugeData in a transfer task (see :mod:`gaterpc.execute`).
 
 Differences from the original: malformed requests, unknown
@@ -218,6 +219,8 @@ class Worker(ABCWorker):
         self._header: bytes = Settings.MDP_WORKER
         self._reply_prefix: tuple[bytes, ...] = ()
         self._hb_frames: tuple[bytes, ...] = ()
+        # replies held back while a received batch is handled (see _on_messages)
+        self._out: Optional[list[tuple[bytes, ...]]] = None
         cls = type(self)
         self._dynamic_zap = cls.build_zap_frames is not Worker.build_zap_frames
         # Hooks of the original a subclass overrides are called where the original
@@ -461,7 +464,7 @@ class Worker(ABCWorker):
     def _get_lsock(self) -> Optional[LoopSocket]:
         return self._lsock
 
-    def _send_reply_body(self, client_id: bytes, request_id: bytes, body: Sequence[bytes]) -> None:
+    def _send_reply_body(self, client_id: bytes, request_id: bytes, body: tuple[bytes, ...]) -> None:
         lsock = self._lsock
         if lsock is not None:
             if self._hook_send:
@@ -471,10 +474,31 @@ class Worker(ABCWorker):
                 prefix = (b"", self._header, REPLY) + tuple(self.build_zap_frames() or ())
             else:
                 prefix = self._reply_prefix
-            lsock.send(prefix + (client_id, b"", request_id) + tuple(body))
+            frames = prefix + (client_id, b"", request_id) + body
+            out = self._out
+            if out is not None:
+                out.append(frames)
+            else:
+                lsock.send(frames)
 
     def _on_messages(self, msgs: list[list[bytes]]) -> None:
         self._last_recv = self._loop.time()
+        # Replies made while the batch is handled are sent together at its end: one
+        # burst wakes ZeroMQ's I/O thread once instead of once per reply.
+        out: list[tuple[bytes, ...]] = []
+        self._out = out
+        try:
+            self._handle_batch(msgs)
+        finally:
+            self._out = None
+            if out:
+                lsock = self._lsock
+                if lsock is not None:
+                    send = lsock.send
+                    for frames in out:
+                        send(frames)
+
+    def _handle_batch(self, msgs: list[list[bytes]]) -> None:
         header = self._header
         for msg in msgs:
             if len(msg) < 3 or msg[0] or msg[1] != header:

@@ -118,3 +118,69 @@ def test_classify_reply_agrees_with_is_terminal(body):
         assert is_terminal(body)  # invalid bodies end the request in the broker's view
         return
     assert is_terminal(body) is not is_partial(event)
+
+
+# -- the reused per-thread Unpacker of decode_request ------------------------------
+
+
+def _unpack_error(data):
+    from gaterpc.serialization import msg_unpack
+    try:
+        msg_unpack(data)
+    except Exception as exc:  # noqa: BLE001
+        return type(exc), str(exc)
+    raise AssertionError("msg_unpack accepted it")
+
+
+@pytest.mark.parametrize("junk", [
+    b"\xc1",                 # never valid
+    P("f") + b"\x01",        # trailing bytes after a complete value
+    P("abcdef")[:3],         # truncated
+    b"",                     # empty frame
+])
+def test_decode_request_junk_frame_fails_like_msg_unpack_and_the_next_decode_is_clean(junk):
+    expected = _unpack_error(junk)
+    with pytest.raises(expected[0]) as info:
+        decode_request([junk])
+    assert str(info.value) == expected[1]
+    with pytest.raises(expected[0]):
+        decode_request([P("f"), junk])
+    # nothing of the junk is left behind for the next request
+    assert decode_request([P("g"), P([1, "x"]), P({"k": b"v"})]) == Request("g", [1, "x"], {"k": b"v"})
+
+
+def test_decode_request_follows_message_pack_settings():
+    from gaterpc.serialization import message_pack
+    assert decode_request([P("f"), P([[1, 2]])]) == Request("f", [[1, 2]], {})
+    message_pack.unpack_list_hook = tuple
+    try:
+        req = decode_request([P("f"), P([[1, 2]])])
+        assert req.args == ((1, 2),)
+        message_pack.max_str_len = 3
+        with pytest.raises(ValueError, match="max_str_len"):
+            decode_request([P("long name")])
+    finally:
+        del message_pack.unpack_list_hook
+        del message_pack.max_str_len
+    assert decode_request([P("long name"), P([[1]])]) == Request("long name", [[1]], {})
+
+
+def test_decode_request_accepts_other_buffers():
+    assert decode_request([bytearray(P("f")), memoryview(P([2]))]) == Request("f", [2], {})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=12), min_size=1, max_size=3))
+def test_decode_request_matches_msg_unpack_on_any_bytes(frames):
+    from gaterpc.serialization import msg_unpack
+    try:
+        expected = [msg_unpack(f) for f in frames]
+    except Exception as exc:  # noqa: BLE001
+        with pytest.raises(type(exc)):
+            decode_request(frames)
+        return
+    try:
+        req = decode_request(frames)
+    except BadRequest:
+        return
+    assert [req.func_name, req.args, req.kwargs][:len(frames)] == expected
