@@ -5,7 +5,9 @@ ROLE CONFIG_JSON``).  The worker's ``huge(size, module, seed)`` returns a
 HugeData of ``msg_pack(payload)``; the payload is half random bytes, half
 compressible text, so that neither codec has it easy.  The client checks the
 size and SHA-256 of what it gets against the worker's ``digest(...)`` and
-prints one JSON line with the timing; every role prints its peak RSS on exit.
+prints one JSON line with the timing; every role prints its peak RSS, RSS
+and CPU time on exit, and on SIGUSR1 (the broker and the worker) or before
+the timed call (the client) the same figures as the transfer's baseline.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 from gaterpc.core import AMajordomo, Client, Context, Service, Worker
 from gaterpc.global_settings import Settings
@@ -38,23 +40,26 @@ QUIET = {
 PIECE = 1024 * 1024
 
 
-def make_pieces(size: int, seed: int) -> List[bytes]:
+def iter_pieces(size: int, seed: int) -> Iterator[bytes]:
     """``size`` bytes in 1 MiB pieces: the first half random, the second compressible text."""
     half = size // 2
     rnd = random.Random(seed)
     text = b"gaterpc moves large replies in compressed chunks; "
     line = text * (PIECE // len(text) + 1)
-    pieces: List[bytes] = []
     pos = 0
     while pos < size:
         n = min(PIECE, size - pos)
         if pos + n <= half:
-            pieces.append(rnd.randbytes(n))
+            yield rnd.randbytes(n)
         else:
             r = max(0, half - pos)
-            pieces.append((rnd.randbytes(r) if r else b"") + line[:n - r])
+            yield (rnd.randbytes(r) if r else b"") + line[:n - r]
         pos += n
-    return pieces
+
+
+def make_pieces(size: int, seed: int) -> List[bytes]:
+    """The pieces of :func:`iter_pieces` as a list."""
+    return list(iter_pieces(size, seed))
 
 
 def array_header(n: int) -> bytes:
@@ -83,14 +88,33 @@ class Bench(Worker):
 
     @interface
     async def digest(self, size: int, seed: int) -> str:
+        # Piece by piece: the worker's peak RSS then belongs to the transfer.
         digest = hashlib.sha256()
-        for piece in make_pieces(size, seed):
+        for piece in iter_pieces(size, seed):
             digest.update(piece)
         return digest.hexdigest()
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    """The current RSS (the baseline a transfer starts from)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / (1024 * 1024)
+
+
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far, every thread included."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def report(**fields: Any) -> None:
+    """One JSON line on stdout: the fields plus peak RSS, current RSS and CPU time."""
+    fields.update(rss_mib=peak_rss_mib(), rss_now_mib=rss_mib(), cpu_s=cpu_s())
+    print(json.dumps(fields), flush=True)
 
 
 async def main(role: str, cfg: Dict[str, Any]) -> None:
@@ -105,6 +129,8 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
             stop.set_result(None)
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    # SIGUSR1: "the transfer starts now" (the bench's baseline of CPU time and RSS).
+    loop.add_signal_handler(signal.SIGUSR1, lambda: report(mark=True))
     ctx = Context()
     if role == "broker":
         md = AMajordomo(context=ctx)
@@ -138,6 +164,10 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
             cli = Client(cfg["front"], context=ctx, reply_timeout=cfg["timeout"])
         size, seed = cfg["size"], cfg["seed"]
         expected = await cli.knock("Bench", "digest", size, seed)
+        # The bench marks the other roles, then says "go" on stdin.
+        report(mark=True)
+        await loop.run_in_executor(None, sys.stdin.readline)
+        cpu0 = cpu_s()
         t0 = time.perf_counter()
         pieces = await cli.knock("Bench", "huge", size, cfg["module"], seed, cfg["blksize"])
         elapsed = time.perf_counter() - t0
@@ -146,10 +176,10 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
             digest.update(piece)
         ok = sum(map(len, pieces)) == size and digest.hexdigest() == expected
         del pieces
-        print(json.dumps({"elapsed": elapsed, "ok": ok, "rss_mib": peak_rss_mib()}), flush=True)
+        report(elapsed=elapsed, ok=ok, call_cpu_s=cpu_s() - cpu0)
         cli.close()
     await asyncio.sleep(0.1)
-    print(json.dumps({"rss_mib": peak_rss_mib()}), flush=True)
+    report()
 
 
 if __name__ == "__main__":
