@@ -34,6 +34,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import (
     TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Deque, Dict, List, Optional, Protocol, Union,
@@ -230,10 +231,48 @@ def _could_be_magic(head: bytes) -> bool:
     return any(m.startswith(head) and len(head) < len(m) for m in (_GZIP_MAGIC, _BZ2_MAGIC, _XZ_MAGIC, _LZ4_MAGIC))
 
 
-class HugeDataReceiver:
-    """Reassembles one HugeData reply from its chunks (client side)."""
+_executor: Optional[ThreadPoolExecutor] = None
+_executor_pid = 0
+_executor_lock = threading.Lock()
 
-    def __init__(self, *, default_module: CodecName = "gzip", max_decompressed_size: Optional[int] = None) -> None:
+
+def _decompress_executor() -> ThreadPoolExecutor:
+    """The threads that decompress HugeData segments (shared by every receiver of the process).
+
+    A forked child gets its own: the parent's threads do not exist there.
+    """
+    global _executor, _executor_pid
+    pid = os.getpid()
+    if _executor is None or _executor_pid != pid:
+        with _executor_lock:
+            if _executor is None or _executor_pid != pid:
+                _executor = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                               thread_name_prefix="gaterpc-hugedata")
+                _executor_pid = pid
+    return _executor
+
+
+class HugeDataReceiver:
+    """Reassembles one HugeData reply from its chunks (client side).
+
+    Decompression is pipelined: :meth:`feed` gathers compressed chunks into
+    segments of ``SEGMENT`` bytes and hands each to a worker thread, which
+    decompresses it while later chunks arrive (zlib, bz2, lzma and lz4 release
+    the GIL); :meth:`finish` waits for the last segments.  At most
+    ``MAX_QUEUED`` compressed bytes wait for the thread: a feed beyond that
+    waits for it, so memory stays bounded.  A stream shorter than one segment
+    is decompressed in :meth:`finish`, without a thread.  An error found by the
+    thread (corrupt stream, size limit) is raised by the next ``feed`` or by
+    ``finish``.  ``pipelined=False`` decompresses each chunk in ``feed``.
+    """
+
+    #: Compressed bytes gathered before a segment goes to the thread.
+    SEGMENT = 256 * 1024
+    #: Compressed bytes at most waiting for the thread.
+    MAX_QUEUED = 2 * 1024 * 1024
+
+    def __init__(self, *, default_module: CodecName = "gzip", max_decompressed_size: Optional[int] = None,
+                 pipelined: bool = True) -> None:
         self.default_module = default_module
         self.max_decompressed_size = (HugeData.DEFAULT_MAX_DECOMPRESSED_SIZE
                                       if max_decompressed_size is None else max_decompressed_size)
@@ -242,13 +281,23 @@ class HugeDataReceiver:
         self._out = OutputLimiter(self.max_decompressed_size)
         self._closed = False
         self._step = _STEP
+        self._pipelined = pipelined
+        # Pipelined mode: compressed input not yet handed over, the segments
+        # waiting for the thread (and their size), whether a thread job runs,
+        # and the first error it met.
+        self._pending = bytearray()
+        self._queue: Deque[Buffer] = deque()
+        self._queued = 0
+        self._running = False
+        self._error: Optional[BaseException] = None
+        self._cond: Optional[threading.Condition] = None
 
     def _start(self, head: bytes) -> None:
         name = detect_format(head) or self.default_module
         self._decompressor = get_codec(name).decompressor()
 
     def feed(self, chunk: Buffer) -> None:
-        """Decompress one chunk (empty chunks are ignored)."""
+        """Take one chunk (empty chunks are ignored); see the class for when it is decompressed."""
         if not chunk:
             return
         if self._closed:
@@ -261,7 +310,76 @@ class HugeDataReceiver:
             self._head = b""
             self._start(head)
             chunk = head
-        self._decompress(chunk)
+        if not self._pipelined:
+            self._decompress(chunk)
+            return
+        if self._error is not None:
+            self._raise_error()
+        pending = self._pending
+        if not pending and len(chunk) >= self.SEGMENT:
+            self._submit(chunk)  # large chunks go as they are, without a copy
+            return
+        pending += chunk
+        if len(pending) >= self.SEGMENT:
+            self._pending = bytearray()
+            self._submit(pending)
+
+    def _submit(self, segment: Buffer) -> None:
+        """Queue a segment for the thread (waiting while too much is queued)."""
+        cond = self._cond
+        if cond is None:
+            cond = self._cond = threading.Condition()
+        with cond:
+            while self._queued >= self.MAX_QUEUED and self._running and self._error is None:
+                cond.wait(1.0)
+            if self._error is not None:
+                self._raise_error()
+            self._queue.append(segment)
+            self._queued += len(segment)
+            if self._running:
+                return
+            self._running = True
+        try:
+            _decompress_executor().submit(self._drain)
+        except BaseException:
+            with cond:
+                self._running = False
+            raise
+
+    def _drain(self) -> None:
+        """Thread job: decompress the queued segments in order until none is left."""
+        cond = self._cond
+        assert cond is not None  # made by _submit before the job
+        while True:
+            with cond:
+                if not self._queue or self._closed or self._error is not None:
+                    self._running = False
+                    self._queue.clear()
+                    self._queued = 0
+                    cond.notify_all()
+                    return
+                segment = self._queue.popleft()
+                self._queued -= len(segment)
+                cond.notify_all()
+            try:
+                self._decompress(segment)
+            except BaseException as exc:
+                with cond:
+                    self._error = exc
+
+    def _wait_idle(self) -> None:
+        """Wait until the thread has decompressed every queued segment."""
+        cond = self._cond
+        if cond is None:
+            return
+        with cond:
+            while self._running:
+                cond.wait(1.0)
+
+    def _raise_error(self) -> None:
+        exc = self._error
+        assert exc is not None
+        raise exc.with_traceback(None)
 
     async def feed_async(self, chunk: BytesLike) -> None:
         """As :meth:`feed`, decompressing a large chunk in a thread."""
@@ -277,7 +395,10 @@ class HugeDataReceiver:
 
     def _decompress(self, data: Buffer) -> None:
         d = self._decompressor
-        assert d is not None  # started by feed()/_complete() before any data
+        if d is None:  # closed meanwhile (a thread job)
+            if self._closed:
+                return
+            raise AssertionError("the decompressor starts in feed()/_complete() before any data")
         out = self._out
         step = self._step
         try:
@@ -300,6 +421,13 @@ class HugeDataReceiver:
 
     def _complete(self) -> None:
         """Drain the decompressor and check the stream ended (the end tag arrived)."""
+        if self._pipelined:
+            self._wait_idle()
+            if self._error is not None:
+                self._raise_error()
+            if self._pending:
+                pending, self._pending = self._pending, bytearray()
+                self._decompress(pending)
         if self._decompressor is None:
             if not self._head:
                 raise HugeDataException("empty HugeData stream: no compressed data before the end tag")
@@ -335,8 +463,14 @@ class HugeDataReceiver:
         return payload
 
     def close(self) -> None:
-        """Drop the buffers (idempotent)."""
+        """Drop the buffers (idempotent); a running thread job stops after its segment."""
         self._closed = True
+        cond = self._cond
+        if cond is not None:
+            with cond:
+                self._queue.clear()
+                self._queued = 0
+        self._pending = bytearray()
         self._decompressor = None
         self._out = OutputLimiter(0)
 
@@ -477,14 +611,28 @@ class HugeData:
         except Exception as exc:
             raise HugeDataException(exc) from exc
         cutter = ChunkCutter(self.blksize)
+        running = asyncio.get_running_loop()
+        # Pipelined: while the chunks of one piece's output are yielded (and
+        # sent), the next piece is compressed in a thread.  One piece is
+        # compressed at a time (the compressor is sequential) and one output
+        # waits to be cut, so at most two pieces are in flight.
+        ready: Optional[bytes] = None
         try:
             async for piece in self._input():
+                job: Optional[asyncio.Future[bytes]] = None
+                out: Optional[bytes] = None
                 if len(piece) >= OFFLOAD_SIZE:
-                    out = await asyncio.to_thread(compressor.compress, piece)
+                    job = running.run_in_executor(None, compressor.compress, piece)
                 else:
                     out = compressor.compress(piece)
-                for chunk in cutter.feed(out):
+                if ready:
+                    for chunk in cutter.feed(ready):
+                        yield chunk
+                ready = await job if job is not None else out
+            if ready:
+                for chunk in cutter.feed(ready):
                     yield chunk
+            ready = None
             for chunk in cutter.feed(compressor.flush()):
                 yield chunk
         except HugeDataException:
@@ -506,7 +654,7 @@ class HugeData:
         if self._remote_exception is not None:
             raise RemoteException(msg_unpack(self._remote_exception))
         receiver = HugeDataReceiver(default_module=self.compress_module,
-                                    max_decompressed_size=self.max_decompressed_size)
+                                    max_decompressed_size=self.max_decompressed_size, pipelined=False)
         if max_length and max_length > 0:
             receiver._step = int(max_length)
         cutter = ChunkCutter(self.blksize)

@@ -4,12 +4,17 @@ For each payload size (default 1, 16 and 128 MiB; half random, half
 compressible) and each codec, one transfer runs in fresh processes, so that
 each process's peak RSS belongs to that transfer alone (and so that the
 original, which hangs on a second HugeData transfer in a process, can be
-measured too).  Reports MB/s (payload MiB per second of the call) and peak
-RSS per process.
+measured too).  Reports per row: MB/s (payload MiB per second of the call),
+the CPU milliseconds each process spent on the transfer (every thread; a
+figure much less sensitive to a loaded machine than MB/s), each process's
+peak RSS, the largest peak RSS over the payload size ("max RSS/size", the
+~40 MiB interpreter included) and the largest growth of a process's RSS
+during the transfer over the payload size ("growth/size").
 
     gaterpc bench hugedata                        # ours: gzip and lz4
     gaterpc bench hugedata --vs-original          # plus the original 0.2.11 (gzip)
     gaterpc bench hugedata --sizes 1,16 --json out.json
+    gaterpc bench hugedata --sizes 16 --blksize 1000,1048576 --repeat 3   # the 16 MiB goal scenario
 
 (``python -m gaterpc.bench.hugedata`` takes the same options.)
 """
@@ -144,7 +149,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="gaterpc bench hugedata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,16,128", help="payload sizes in MiB (comma separated)")
     ap.add_argument("--modules", default="gzip,lz4", help="our codecs (comma separated)")
-    ap.add_argument("--blksize", type=int, default=1000, help="chunk size (the original's default: 1000)")
+    ap.add_argument("--blksize", default="1000",
+                    help="chunk sizes the worker's HugeData uses, comma separated (the original's default: 1000)")
     ap.add_argument("--vs-original", action="store_true", help="also run the original 0.2.11 (gzip)")
     ap.add_argument("--original-sizes", default="1,16", help="sizes in MiB for the original (it is slow)")
     ap.add_argument("--repeat", type=int, default=1, help="transfers per row (the row shows the median)")
@@ -161,13 +167,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         orig_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         runs.append((str(ensure_original_env()), orig_env, "original", "gzip"))
     results: list[dict[str, Any]] = []
-    print(f"{'impl':9} {'codec':5} {'MiB':>5} {'MB/s':>8} {'s':>7} {'CPU ms broker':>13} {'worker':>7} "
+    print(f"{'impl':9} {'codec':5} {'MiB':>5} {'blksize':>8} {'MB/s':>8} {'s':>7} {'CPU ms broker':>13} {'worker':>7} "
           f"{'client':>7} {'RSS broker':>10} {'worker':>7} {'client':>7} {'max RSS/size':>12} "
           f"{'growth/size':>11}  status")
     orig_sizes = [int(float(s) * MiB) for s in args.original_sizes.split(",")]
+    blksizes = [int(b) for b in args.blksize.split(",") if b]
     for python, env_, impl, module in runs:
-        for size in (orig_sizes if impl == "original" else sizes):
-            runs_ = [run_once(python, env_, impl, module, size, args.blksize, args.timeout)
+        for size, blksize in [(s, b) for s in (orig_sizes if impl == "original" else sizes) for b in blksizes]:
+            runs_ = [run_once(python, env_, impl, module, size, blksize, args.timeout)
                      for _ in range(max(1, args.repeat))]
             # The run with the median MB/s (a failed run counts as the slowest).
             runs_.sort(key=lambda x: x.get("mb_s") or 0.0 if x["ok"] else -1.0)
@@ -180,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ratio = max(x for x in rss if x) / (size / MiB) if any(rss) else None
             r["max_rss_ratio"] = ratio
             r["max_growth_ratio"] = growth = growth_ratio(r, size)
-            print(f"{impl:9} {module:5} {size / MiB:5.0f} {fmt(r.get('mb_s'), '{:8.1f}'):>8} "
+            print(f"{impl:9} {module:5} {size / MiB:5.0f} {blksize:8d} {fmt(r.get('mb_s'), '{:8.1f}'):>8} "
                   f"{fmt(r.get('elapsed'), '{:7.2f}'):>7} "
                   f"{fmt(cpu[0] and cpu[0] * 1e3, '{:13.0f}'):>13} {fmt(cpu[1] and cpu[1] * 1e3, '{:7.0f}'):>7} "
                   f"{fmt(cpu[2] and cpu[2] * 1e3, '{:7.0f}'):>7} {fmt(rss[0], '{:10.0f}'):>10} "
