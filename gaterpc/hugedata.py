@@ -59,7 +59,7 @@ OFFLOAD_SIZE = 256 * 1024
 _SLICE = 1024 * 1024
 #: Output asked of a decompressor per call: bounds the memory one call can
 #: allocate (some decompressors allocate ``max_length`` up front).
-_STEP = 4 * 1024 * 1024
+_STEP = 1024 * 1024
 #: The first wire chunk holds at least this much (the whole gzip header).
 _HEADER_LEN = 10
 
