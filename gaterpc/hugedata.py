@@ -37,7 +37,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import (
-    TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Deque, Dict, List, Optional, Protocol, Union,
+    TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Deque, Dict, List, Optional, Protocol, Tuple, Union,
 )
 
 from gaterpc.exceptions import BadGzip, HugeDataException, RemoteException
@@ -74,6 +74,68 @@ _MAGIC_LEN = 6
 CodecName = Union[str, ModuleType]
 #: The byte buffers HugeData compresses and decompresses.
 BytesLike = Union[bytes, bytearray, memoryview]
+
+#: gzip is compressed in blocks of about ``_SLICE`` bytes, this many at once
+#: in threads (each block primed with the 32 KiB of input before it).
+_GZIP_JOBS = max(2, min(4, os.cpu_count() or 1))
+_DEFLATE_WINDOW = 32 * 1024
+_CRC_POLY = 0xEDB88320  # CRC-32 (gzip), bit-reflected
+
+
+def _crc_mulmod(a: int, b: int) -> int:
+    """``a * b`` modulo the CRC-32 polynomial (bit-reflected: bit 31 is x^0)."""
+    product = 0
+    bit = 1 << 31
+    while bit and a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return product
+
+
+def _x_pow_2k() -> List[int]:
+    """x^(2^k) modulo the polynomial, k = 0..63."""
+    table = [1 << 30]  # x^1
+    for _ in range(63):
+        table.append(_crc_mulmod(table[-1], table[-1]))
+    return table
+
+
+_X_POW_2K = _x_pow_2k()
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)``."""
+    # crc(A + B) = crc(A) * x^(8 len(B)) + crc(B), over GF(2) modulo the polynomial.
+    shift = 1 << 31  # x^0
+    n = len2
+    k = 3  # 8 * len2 = len2 << 3
+    while n:
+        if n & 1:
+            shift = _crc_mulmod(_X_POW_2K[k], shift)
+        n >>= 1
+        k += 1
+    return _crc_mulmod(shift, crc1) ^ crc2
+
+
+def _deflate_block(level: int, block: BytesLike, window: bytes, final: bool) -> Tuple[bytes, int, int]:
+    """One block of a gzip member's deflate stream: (deflate bytes, CRC-32, length).
+
+    Primed with ``window`` (the input just before the block), so matches may
+    reach back into it as in one continuous stream; a non-final block ends
+    with a sync flush (byte-aligned, no final bit), so the blocks concatenated
+    form one valid deflate stream.
+    """
+    if window:
+        c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0, window)
+    else:
+        c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0)
+    out = c.compress(block)
+    out += c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+    return out, zlib.crc32(block), len(block)
+
 
 
 class Compressor(Protocol):
@@ -605,7 +667,17 @@ class HugeData:
                 pass
 
     async def compress(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> AsyncIterator[bytes]:
-        """Yield compressed chunks of at most ``blksize`` bytes (the last may be empty)."""
+        """Yield compressed chunks of at most ``blksize`` bytes (the last may be empty).
+
+        gzip (the built-in) is compressed in blocks of about 1 MiB, several at
+        once in threads (one gzip member, as the original's); other formats
+        compress the next 1 MiB piece in a thread while the chunks of the
+        previous one are yielded.
+        """
+        if self.compress_module == "gzip":
+            async for chunk in self._compress_gzip():
+                yield chunk
+            return
         try:
             compressor = get_codec(self.compress_module).compressor(self.compress_level)
         except Exception as exc:
@@ -639,6 +711,68 @@ class HugeData:
             raise
         except Exception as exc:
             raise HugeDataException(exc) from exc
+        yield cutter.rest()
+
+    async def _compress_gzip(self) -> AsyncIterator[bytes]:
+        """gzip in blocks compressed in parallel threads; the chunks as :meth:`compress` yields them."""
+        level = self.compress_level
+        running = asyncio.get_running_loop()
+        cutter = ChunkCutter(self.blksize)
+        jobs: Deque[asyncio.Future[Tuple[bytes, int, int]]] = deque()
+        crc = 0
+        size = 0
+        window = b""
+        block = bytearray()
+
+        def submit(data: BytesLike, final: bool) -> None:
+            nonlocal window
+            if len(data) >= OFFLOAD_SIZE:
+                jobs.append(running.run_in_executor(None, _deflate_block, level, data, window, final))
+            else:
+                done: asyncio.Future[Tuple[bytes, int, int]] = running.create_future()
+                done.set_result(_deflate_block(level, data, window, final))
+                jobs.append(done)
+            if len(data) >= _DEFLATE_WINDOW:
+                window = bytes(data[-_DEFLATE_WINDOW:])
+            else:
+                window = (window + bytes(data))[-_DEFLATE_WINDOW:]
+
+        try:
+            # Also checks the level, as the sequential compressor does.
+            for chunk in cutter.feed(GzipCompressor(level)._header()):
+                yield chunk
+            async for piece in self._input():
+                if not block and len(piece) >= _SLICE // 2:
+                    submit(piece, False)  # a large piece goes as it is, without a copy
+                else:
+                    block += piece
+                    if len(block) < _SLICE:
+                        continue
+                    submit(block, False)
+                    block = bytearray()
+                while len(jobs) >= _GZIP_JOBS:
+                    out, part_crc, part_len = await jobs.popleft()
+                    crc = crc32_combine(crc, part_crc, part_len)
+                    size += part_len
+                    for chunk in cutter.feed(out):
+                        yield chunk
+            submit(block, True)
+            block = bytearray()
+            while jobs:
+                out, part_crc, part_len = await jobs.popleft()
+                crc = crc32_combine(crc, part_crc, part_len)
+                size += part_len
+                for chunk in cutter.feed(out):
+                    yield chunk
+            for chunk in cutter.feed(struct.pack("<II", crc, size & 0xFFFFFFFF)):
+                yield chunk
+        except HugeDataException:
+            raise
+        except Exception as exc:
+            raise HugeDataException(exc) from exc
+        finally:
+            for job in jobs:
+                job.cancel()  # those not started yet; a running one ends unheeded
         yield cutter.rest()
 
     async def decompress(

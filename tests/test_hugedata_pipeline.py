@@ -238,3 +238,57 @@ async def test_sender_compresses_the_next_piece_while_chunks_are_sent(backend):
     assert threading.get_ident() not in calls
     rest = [c async for c in gen]
     assert zlib.decompress(first + b"".join(rest), -15) == payload
+
+
+@pytest.mark.parametrize("size", [0, 1, 40_000, 1024 * 1024, 3 * 1024 * 1024 + 17])
+async def test_parallel_gzip_is_one_valid_member(size, backend):
+    payload = mixed(size, seed=size)[:size]
+    hd = HugeData(END, EXC, data=payload, compress_module="gzip", blksize=4096)
+    hd.flush()  # no data: pipe mode, ended at once
+    stream = b"".join([c async for c in iter_hugedata_chunks(hd)])
+    assert stream[:4] == b"\x1f\x8b\x08\x00" and stream[8:10] == b"\x04\xff"  # the original's header
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    assert d.decompress(stream) == payload and d.eof and not d.unused_data  # CRC and size checked
+    r = HugeDataReceiver()
+    r.feed(stream)
+    assert r.finish() == payload
+
+
+async def test_parallel_gzip_keeps_the_ratio_and_reads_tiny_pipe_pieces(backend):
+    """Blocks are primed with the preceding 32 KiB, also when it spans many small pieces."""
+    text = b"".join(b"line %06d of a repetitive log file\n" % (i % 5000) for i in range(120_000))
+    hd = HugeData(END, EXC, compress_module="gzip")
+    for i in range(0, len(text), 7_001):
+        hd.add_data(text[i:i + 7_001])
+    hd.flush()
+    stream = b"".join([c async for c in iter_hugedata_chunks(hd)])
+    assert gzip.decompress(stream) == text
+    sequential = gzip.compress(text, 1)
+    assert len(stream) <= len(sequential) * 1.02 + 100
+
+
+async def test_parallel_gzip_compresses_blocks_at_once(backend, monkeypatch):
+    """Two blocks are compressed at the same time (each waits for the other at a barrier)."""
+    barrier = threading.Barrier(2, timeout=20)
+    real = hugedata_mod._deflate_block
+    calls = []
+
+    def spy(level, block, window, final):
+        calls.append(threading.get_ident())
+        if len(calls) <= 2:
+            barrier.wait()  # BrokenBarrierError unless the second block runs meanwhile
+        return real(level, block, window, final)
+
+    monkeypatch.setattr(hugedata_mod, "_deflate_block", spy)
+    payload = mixed(4 * 1024 * 1024)
+    stream = b"".join([c async for c in iter_hugedata_chunks(HugeData(END, EXC, data=payload))])
+    assert gzip.decompress(stream) == payload
+    assert len(set(calls[:2])) == 2 and threading.get_ident() not in calls[:2]
+
+
+def test_crc32_combine_matches_zlib():
+    rnd = random.Random(11)
+    for _ in range(200):
+        a = rnd.randbytes(rnd.randrange(0, 3000))
+        b = rnd.randbytes(rnd.choice([0, 1, rnd.randrange(0, 70_000)]))
+        assert hugedata_mod.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
