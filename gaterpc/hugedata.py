@@ -37,7 +37,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import (
-    TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Deque, Dict, List, Optional, Protocol, Tuple, Union,
+    TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Deque, Dict, List, Optional, Protocol, Tuple, Union, cast,
 )
 
 from gaterpc.exceptions import BadGzip, HugeDataException, RemoteException
@@ -348,7 +348,7 @@ class HugeDataReceiver:
         # waiting for the thread (and their size), whether a thread job runs,
         # and the first error it met.
         self._pending = bytearray()
-        self._queue: Deque[Buffer] = deque()
+        self._queue: Deque[BytesLike] = deque()
         self._queued = 0
         self._running = False
         self._error: Optional[BaseException] = None
@@ -378,15 +378,15 @@ class HugeDataReceiver:
         if self._error is not None:
             self._raise_error()
         pending = self._pending
-        if not pending and len(chunk) >= self.SEGMENT:
-            self._submit(chunk)  # large chunks go as they are, without a copy
+        if not pending and len(cast(BytesLike, chunk)) >= self.SEGMENT:
+            self._submit(cast(BytesLike, chunk))  # large chunks go as they are, without a copy
             return
         pending += chunk
         if len(pending) >= self.SEGMENT:
             self._pending = bytearray()
             self._submit(pending)
 
-    def _submit(self, segment: Buffer) -> None:
+    def _submit(self, segment: BytesLike) -> None:
         """Queue a segment for the thread (waiting while too much is queued)."""
         cond = self._cond
         if cond is None:
