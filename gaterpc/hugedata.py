@@ -149,7 +149,11 @@ class HugeDataReceiver:
         self._decompressor = get_codec(name).decompressor()
 
     def feed(self, chunk: Buffer) -> None:
-        """Take one chunk (empty chunks are ignored); see the class for when it is decompressed."""
+        """Take one chunk (empty chunks are ignored); see the class for when it is decompressed.
+
+        A chunk of ``SEGMENT`` bytes or more is kept as it is until the thread
+        has decompressed it: a mutable buffer must not change meanwhile.
+        """
         if not chunk:
             return
         if self._closed:
