@@ -283,3 +283,30 @@ def test_raw_sync_is_an_impl_choice():
     assert "raw-sync" in IMPLS
     opts = build_parser().parse_args(["--impl", "raw-sync", "--mode", "latency"])
     assert opts.impl == "raw-sync"
+
+
+@pytest.mark.slow
+def test_hugedata_bench_reports_rate_cpu_and_rss(tmp_path):
+    """``gaterpc bench hugedata``: one small transfer per codec and blksize, MB/s, CPU and RSS per role."""
+    out = tmp_path / "huge.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gaterpc", "bench", "hugedata", "--sizes", "1", "--modules", "lz4,gzip",
+         "--blksize", "1000,262144", "--timeout", "60", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=200,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    rows = json.loads(out.read_text())
+    assert [(r["module"], r["blksize"]) for r in rows] == [
+        ("lz4", 1000), ("lz4", 262144), ("gzip", 1000), ("gzip", 262144)]
+    for r in rows:
+        assert r["ok"] is True and r["impl"] == "ours" and r["size_mib"] == 1.0 and r["runs"] == 1
+        assert r["mb_s"] == pytest.approx(1.0 / r["elapsed"])
+        for role in ("broker", "worker", "client"):
+            assert r[f"rss_{role}"] >= r[f"base_{role}"] > 0
+            assert r[f"cpu_{role}"] is not None and r[f"cpu_{role}"] >= 0
+        assert r["cpu_worker"] > 0 and r["cpu_client"] > 0  # both ends did the work
+        assert r["max_growth_ratio"] == pytest.approx(max(r[f"rss_{x}"] - r[f"base_{x}"]
+                                                          for x in ("broker", "worker", "client")))
+    table = proc.stdout.splitlines()
+    assert "CPU ms broker" in table[0] and "growth/size" in table[0]
+    assert sum(1 for line in table if line.startswith("ours") and line.rstrip().endswith("ok")) == 4

@@ -4,12 +4,17 @@ For each payload size (default 1, 16 and 128 MiB; half random, half
 compressible) and each codec, one transfer runs in fresh processes, so that
 each process's peak RSS belongs to that transfer alone (and so that the
 original, which hangs on a second HugeData transfer in a process, can be
-measured too).  Reports MB/s (payload MiB per second of the call) and peak
-RSS per process.
+measured too).  Reports per row: MB/s (payload MiB per second of the call),
+the CPU milliseconds each process spent on the transfer (every thread; a
+figure much less sensitive to a loaded machine than MB/s), each process's
+peak RSS, the largest peak RSS over the payload size ("max RSS/size", the
+~40 MiB interpreter included) and the largest growth of a process's RSS
+during the transfer over the payload size ("growth/size").
 
     gaterpc bench hugedata                        # ours: gzip and lz4
     gaterpc bench hugedata --vs-original          # plus the original 0.2.11 (gzip)
     gaterpc bench hugedata --sizes 1,16 --json out.json
+    gaterpc bench hugedata --sizes 16 --blksize 1000,1048576 --repeat 3   # the 16 MiB goal scenario
 
 (``python -m gaterpc.bench.hugedata`` takes the same options.)
 """
@@ -22,7 +27,9 @@ import os
 import signal
 import subprocess
 import sys
+import selectors
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -30,50 +37,92 @@ HERE = Path(__file__).resolve().parent
 # The directory holding the ``gaterpc`` package: the roles' PYTHONPATH for our runs.
 PACKAGE_ROOT = HERE.parent.parent
 ROLES = HERE / "hugeroles.py"
+ROLE_NAMES = ("broker", "worker", "client")
 MiB = 1024 * 1024
+
+
+def _read_line(proc: subprocess.Popen[str], deadline: float) -> str:
+    """The next stdout line of ``proc`` ("" at its end or when ``deadline`` passes)."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        left = deadline - time.monotonic()
+        if left <= 0 or not sel.select(left):
+            return ""
+    return proc.stdout.readline()
+
+
+def _json_line(proc: subprocess.Popen[str], deadline: float) -> Optional[dict[str, Any]]:
+    """The next JSON line of ``proc``, skipping others; ``None`` at its end or on time-out."""
+    while True:
+        line = _read_line(proc, deadline)
+        if not line:
+            return None
+        if line.startswith("{"):
+            row: dict[str, Any] = json.loads(line)
+            return row
 
 
 def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int, blksize: int,
              timeout: float) -> dict[str, Any]:
-    """One transfer of ``size`` bytes in fresh broker, worker and client processes; the result row."""
+    """One transfer of ``size`` bytes in fresh broker, worker and client processes; the result row.
+
+    Per role: ``rss_<role>`` peak RSS (MiB), ``base_<role>`` RSS when the
+    transfer started, ``cpu_<role>`` CPU seconds spent from then to the end
+    (every thread; the client's: of the call alone).
+    """
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-huge-"))
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
            "size": size, "module": module, "seed": 7, "blksize": blksize, "timeout": timeout}
     procs: dict[str, subprocess.Popen[str]] = {}
-    result: dict[str, Any] = {"impl": impl, "module": module, "size_mib": size / MiB, "ok": False}
+    result: dict[str, Any] = {"impl": impl, "module": module, "size_mib": size / MiB, "blksize": blksize,
+                              "ok": False}
+    deadline = time.monotonic() + timeout + 60
     try:
         for role in ("broker", "worker"):
             p = subprocess.Popen([str(python), str(ROLES), role, json.dumps(cfg)], stdout=subprocess.PIPE,
                                  text=True, env=env, cwd=str(tmp), start_new_session=True)
             procs[role] = p
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            if '"ready"' not in line:
+            line = _json_line(p, deadline)
+            if not line or not line.get("ready"):
                 raise RuntimeError(f"{role} did not start")
         client = subprocess.Popen([str(python), str(ROLES), "client", json.dumps(cfg)], stdout=subprocess.PIPE,
-                                  text=True, env=env, cwd=str(tmp), start_new_session=True)
+                                  stdin=subprocess.PIPE, text=True, env=env, cwd=str(tmp), start_new_session=True)
         procs["client"] = client
-        try:
-            out, _ = client.communicate(timeout=timeout + 30)
-        except subprocess.TimeoutExpired:
-            result["error"] = "timeout"
+        mark = _json_line(client, deadline)
+        if mark is None:
+            result["error"] = "the client did not start"
             return result
-        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-        call = next((x for x in lines if "elapsed" in x), None)
-        if call is None:
-            result["error"] = "no result"
+        base: dict[str, dict[str, Any]] = {"client": mark}
+        for role in ("broker", "worker"):
+            procs[role].send_signal(signal.SIGUSR1)
+            row = _json_line(procs[role], deadline)
+            if row is None:
+                result["error"] = f"no baseline from the {role}"
+                return result
+            base[role] = row
+        assert client.stdin is not None
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        call = _json_line(client, time.monotonic() + timeout + 30)
+        if call is None or "elapsed" not in call:
+            result["error"] = "timeout" if client.poll() is None else "no result"
             return result
+        last = _json_line(client, deadline) or call
         result.update(ok=call["ok"], elapsed=call["elapsed"], mb_s=size / MiB / call["elapsed"],
-                      rss_client=lines[-1]["rss_mib"])
+                      rss_client=last["rss_mib"], base_client=base["client"]["rss_now_mib"],
+                      cpu_client=call.get("call_cpu_s"))
         for role in ("broker", "worker"):
             p = procs[role]
             p.terminate()
             try:
                 tail, _ = p.communicate(timeout=10)
-                rss = [json.loads(x)["rss_mib"] for x in tail.splitlines() if x.startswith("{")]
-                result[f"rss_{role}"] = rss[-1] if rss else None
+                rows = [json.loads(x) for x in tail.splitlines() if x.startswith("{")]
             except subprocess.TimeoutExpired:
-                result[f"rss_{role}"] = None
+                rows = []
+            result[f"rss_{role}"] = rows[-1]["rss_mib"] if rows else None
+            result[f"base_{role}"] = base[role].get("rss_now_mib")
+            result[f"cpu_{role}"] = rows[-1]["cpu_s"] - base[role]["cpu_s"] if rows and "cpu_s" in rows[-1] else None
         return result
     finally:
         for p in procs.values():
@@ -83,6 +132,16 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
             except ProcessLookupError:
                 pass
             p.wait(5)
+            for pipe in (p.stdout, p.stdin):
+                if pipe is not None:
+                    pipe.close()
+
+
+def growth_ratio(r: dict[str, Any], size: int) -> Optional[float]:
+    """The largest growth of a process's RSS during the transfer (peak - baseline) over the payload size."""
+    growth = [r[f"rss_{role}"] - r[f"base_{role}"] for role in ROLE_NAMES
+              if r.get(f"rss_{role}") is not None and r.get(f"base_{role}") is not None]
+    return max(growth) / (size / MiB) if growth else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -90,9 +149,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="gaterpc bench hugedata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,16,128", help="payload sizes in MiB (comma separated)")
     ap.add_argument("--modules", default="gzip,lz4", help="our codecs (comma separated)")
-    ap.add_argument("--blksize", type=int, default=1000, help="chunk size (the original's default: 1000)")
+    ap.add_argument("--blksize", default="1000",
+                    help="chunk sizes the worker's HugeData uses, comma separated (the original's default: 1000)")
     ap.add_argument("--vs-original", action="store_true", help="also run the original 0.2.11 (gzip)")
     ap.add_argument("--original-sizes", default="1,16", help="sizes in MiB for the original (it is slow)")
+    ap.add_argument("--repeat", type=int, default=1, help="transfers per row (the row shows the median)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per transfer")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
@@ -106,19 +167,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         orig_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         runs.append((str(ensure_original_env()), orig_env, "original", "gzip"))
     results: list[dict[str, Any]] = []
-    print(f"{'impl':9} {'codec':5} {'MiB':>5} {'MB/s':>8} {'s':>7} {'RSS broker':>10} {'worker':>7} "
-          f"{'client':>7} {'max RSS/size':>12}  status")
+    print(f"{'impl':9} {'codec':5} {'MiB':>5} {'blksize':>8} {'MB/s':>8} {'s':>7} {'CPU ms broker':>13} {'worker':>7} "
+          f"{'client':>7} {'RSS broker':>10} {'worker':>7} {'client':>7} {'max RSS/size':>12} "
+          f"{'growth/size':>11}  status")
     orig_sizes = [int(float(s) * MiB) for s in args.original_sizes.split(",")]
+    blksizes = [int(b) for b in args.blksize.split(",") if b]
     for python, env_, impl, module in runs:
-        for size in (orig_sizes if impl == "original" else sizes):
-            r = run_once(python, env_, impl, module, size, args.blksize, args.timeout)
+        for size, blksize in [(s, b) for s in (orig_sizes if impl == "original" else sizes) for b in blksizes]:
+            runs_ = [run_once(python, env_, impl, module, size, blksize, args.timeout)
+                     for _ in range(max(1, args.repeat))]
+            # The run with the median MB/s (a failed run counts as the slowest).
+            runs_.sort(key=lambda x: x.get("mb_s") or 0.0 if x["ok"] else -1.0)
+            r = runs_[(len(runs_) - 1) // 2] if all(x["ok"] for x in runs_) else runs_[0]
+            r["runs"] = len(runs_)
+            r["mb_s_runs"] = [x.get("mb_s") for x in runs_]
             results.append(r)
-            rss = [r.get(k) for k in ("rss_broker", "rss_worker", "rss_client")]
+            rss = [r.get(f"rss_{role}") for role in ROLE_NAMES]
+            cpu = [r.get(f"cpu_{role}") for role in ROLE_NAMES]
             ratio = max(x for x in rss if x) / (size / MiB) if any(rss) else None
             r["max_rss_ratio"] = ratio
-            print(f"{impl:9} {module:5} {size / MiB:5.0f} {fmt(r.get('mb_s'), '{:8.1f}'):>8} "
-                  f"{fmt(r.get('elapsed'), '{:7.2f}'):>7} {fmt(rss[0], '{:10.0f}'):>10} "
-                  f"{fmt(rss[1], '{:7.0f}'):>7} {fmt(rss[2], '{:7.0f}'):>7} {fmt(ratio, '{:12.2f}'):>12}  "
+            r["max_growth_ratio"] = growth = growth_ratio(r, size)
+            print(f"{impl:9} {module:5} {size / MiB:5.0f} {blksize:8d} {fmt(r.get('mb_s'), '{:8.1f}'):>8} "
+                  f"{fmt(r.get('elapsed'), '{:7.2f}'):>7} "
+                  f"{fmt(cpu[0] and cpu[0] * 1e3, '{:13.0f}'):>13} {fmt(cpu[1] and cpu[1] * 1e3, '{:7.0f}'):>7} "
+                  f"{fmt(cpu[2] and cpu[2] * 1e3, '{:7.0f}'):>7} {fmt(rss[0], '{:10.0f}'):>10} "
+                  f"{fmt(rss[1], '{:7.0f}'):>7} {fmt(rss[2], '{:7.0f}'):>7} {fmt(ratio, '{:12.2f}'):>12} "
+                  f"{fmt(growth, '{:11.2f}'):>11}  "
                   f"{'ok' if r['ok'] else 'FAILED ' + r.get('error', 'bad payload')}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
