@@ -2,6 +2,11 @@
 
 Uses pyzmq's own calls.  The compiled twin calls libzmq directly and must
 give the same results and raise the same exceptions (including ``errno``).
+
+A ``bytes`` frame of at least ``ZERO_COPY_MIN`` bytes (``gaterpc.protocol``)
+is sent with pyzmq's ``copy=False``: libzmq reads the ``bytes`` object itself
+and pyzmq drops its reference once libzmq is done with it (pyzmq does that in
+its own thread, so :func:`release_sent` has nothing to do here).
 """
 
 from __future__ import annotations
@@ -12,12 +17,22 @@ from typing import Any, Callable, Iterable, List, Optional
 import zmq
 import zmq.asyncio
 
-__all__ = ("ZSocketIO",)
+from gaterpc.protocol import ZERO_COPY_MIN
+
+__all__ = ("ZSocketIO", "release_sent")
 
 _NOBLOCK: int = zmq.NOBLOCK
 _SNDMORE: int = zmq.SNDMORE
 _EVENTS: int = zmq.EVENTS
 _Again = zmq.Again
+
+
+def release_sent() -> int:
+    """Drop now the references held for zero-copy frames libzmq has finished sending.
+
+    pyzmq releases them in its own thread: always 0 in this twin.
+    """
+    return 0
 
 
 class ZSocketIO:
@@ -37,10 +52,13 @@ class ZSocketIO:
     frame sizes; ``tx_msgs``/``tx_bytes`` the messages ``send``/
     ``send_many`` sent whole and their frame sizes (a message that would
     block is not counted).  Every frame counts, including a ROUTER's
-    routing-id frame.
+    routing-id frame.  ``tx_nocopy_frames``/``tx_nocopy_bytes`` count the
+    frames of those messages handed to libzmq without a copy (``bytes`` of
+    at least ``ZERO_COPY_MIN`` bytes) and their sizes.
     """
 
-    __slots__ = ("socket", "_io", "_recv", "_send", "_rx_msgs", "_rx_bytes", "_tx_msgs", "_tx_bytes")
+    __slots__ = ("socket", "_io", "_recv", "_send", "_rx_msgs", "_rx_bytes", "_tx_msgs", "_tx_bytes",
+                 "_tx_nocopy_frames", "_tx_nocopy_bytes")
 
     socket: zmq.Socket[Any]
     _io: zmq.Socket[Any]
@@ -63,6 +81,8 @@ class ZSocketIO:
         self._rx_bytes = 0
         self._tx_msgs = 0
         self._tx_bytes = 0
+        self._tx_nocopy_frames = 0
+        self._tx_nocopy_bytes = 0
 
     @property
     def rx_msgs(self) -> int:
@@ -83,6 +103,16 @@ class ZSocketIO:
     def tx_bytes(self) -> int:
         """Bytes of the frames of the messages sent."""
         return self._tx_bytes
+
+    @property
+    def tx_nocopy_frames(self) -> int:
+        """Frames of the messages sent that were handed to libzmq without a copy."""
+        return self._tx_nocopy_frames
+
+    @property
+    def tx_nocopy_bytes(self) -> int:
+        """Bytes of those frames."""
+        return self._tx_nocopy_bytes
 
     def recv_batch(self, max_msgs: int) -> List[List[bytes]]:
         """Up to ``max_msgs`` complete multipart messages; ``[]`` when nothing is ready."""
@@ -116,20 +146,46 @@ class ZSocketIO:
         # Validate every frame before sending the first one: a failure in the
         # middle would leave a partial multipart message in the socket.
         nbytes = 0
+        nocopy = 0
+        nocopy_bytes = 0
         try:
             for f in frames:
-                nbytes += len(f) if type(f) is bytes else memoryview(f).nbytes
+                if type(f) is bytes:
+                    size = len(f)
+                    if size >= ZERO_COPY_MIN:
+                        nocopy += 1
+                        nocopy_bytes += size
+                else:
+                    size = memoryview(f).nbytes
+                nbytes += size
         except TypeError:
             # The compiled twin's message (memoryview's names itself).
             raise TypeError(f"a bytes-like object is required, not '{type(f).__name__}'") from None
         send = self._send
-        try:
-            send(frames[0], _NOBLOCK | _SNDMORE if n > 1 else _NOBLOCK)
-        except _Again:
-            return False
         last = n - 1
-        for i in range(1, n):
-            send(frames[i], _NOBLOCK | _SNDMORE if i < last else _NOBLOCK)
+        if not nocopy:
+            try:
+                send(frames[0], _NOBLOCK | _SNDMORE if n > 1 else _NOBLOCK)
+            except _Again:
+                return False
+            for i in range(1, n):
+                send(frames[i], _NOBLOCK | _SNDMORE if i < last else _NOBLOCK)
+        else:
+            # Only an immutable ``bytes`` may be lent: a bytearray could change under libzmq.
+            for i in range(n):
+                f = frames[i]
+                flags = _NOBLOCK | _SNDMORE if i < last else _NOBLOCK
+                try:
+                    if type(f) is bytes and len(f) >= ZERO_COPY_MIN:
+                        send(f, flags, copy=False)
+                    else:
+                        send(f, flags)
+                except _Again:
+                    if i:
+                        raise
+                    return False
+            self._tx_nocopy_frames += nocopy
+            self._tx_nocopy_bytes += nocopy_bytes
         self._tx_msgs += 1
         self._tx_bytes += nbytes
         return True
