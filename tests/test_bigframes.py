@@ -154,6 +154,57 @@ def test_twins_agree_on_big_frames(twins_zmqio, zs):
     assert seen[0][4:] == (3, BIG + (BIG + 1) + 3 * BIG)
 
 
+def test_recv_nocopy_gives_readonly_views_of_big_frames(zs, zmqio_module, addr):
+    """With ``recv_nocopy_min`` big frames arrive as read-only views that every consumer can use."""
+    import msgpack
+
+    mod = zmqio_module
+    router, dealer = zs.pair(addr)
+    r, d = mod.ZSocketIO(router, recv_nocopy_min=BIG), mod.ZSocketIO(dealer)
+    assert r.recv_nocopy_min == BIG and d.recv_nocopy_min == 0
+    payload = msgpack.packb(["x", b"\x00" * BIG])
+    big = b"b" * BIG
+    assert d.send([b"", b"MDPC01", big, payload, b"s" * (BIG - 1)])
+    (msg,) = recv_n(r, 1)
+    assert [type(f) for f in msg] == [bytes, bytes, bytes, memoryview, memoryview, bytes]
+    assert r.rx_nocopy_frames == 2 and r.rx_bytes == sum(len(f) for f in msg)
+    view = msg[3]
+    assert view.readonly and view == big and view.nbytes == BIG and len(view) == BIG
+    assert hash(view) == hash(big) and {big: 1}[view] == 1
+    assert msgpack.unpackb(msg[4]) == ["x", b"\x00" * BIG]
+    with pytest.raises(TypeError):
+        view[0] = 1
+    # Forwarded as is: the view is sent again (copied: it is not a ``bytes``).
+    assert r.send(msg)
+    (back,) = recv_n(d, 1)
+    assert back == [b"", b"MDPC01", big, payload, b"s" * (BIG - 1)]
+    assert all(type(f) is bytes for f in back)
+    # The view keeps libzmq's message alive after the socket is gone.
+    r.close()
+    assert bytes(view) == big
+    del view, msg
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "64", None])
+def test_recv_nocopy_min_must_be_a_non_negative_int(zs, zmqio_module, bad):
+    router, _dealer = zs.pair(f"inproc://big-{next(_names)}")
+    with pytest.raises(ValueError, match="recv_nocopy_min must be an int >= 0"):
+        zmqio_module.ZSocketIO(router, recv_nocopy_min=bad)
+
+
+def test_twins_agree_on_recv_nocopy(twins_zmqio, zs):
+    seen = []
+    for mod in twins_zmqio:
+        router, dealer = zs.pair(f"inproc://big-{next(_names)}")
+        r, d = mod.ZSocketIO(router, recv_nocopy_min=10), mod.ZSocketIO(dealer)
+        d.send_many([[b"a" * 9, b"b" * 10], [b"c" * 100], [b""]])
+        got = recv_n(r, 3)
+        seen.append(([[(type(f).__name__, bytes(f)) for f in m] for m in got],
+                     r.rx_msgs, r.rx_bytes, r.rx_nocopy_frames))
+    assert seen[0] == seen[1]
+    assert seen[0][3] == 2
+
+
 @pytest.fixture(scope="module")
 def twins_zmqio():
     from gaterpc._speedups import _zmqio_py
@@ -163,6 +214,67 @@ def twins_zmqio():
     except ImportError:
         pytest.skip("compiled zmqio not built")  # a pure build has no compiled twin to compare
     return (_zmqio_py, _zmqio_c)
+
+
+async def test_loopsocket_forwards_views_through_its_backlog(tmp_path):
+    """A LoopSocket that receives big frames as views forwards them, queued at the HWM, intact."""
+    from gaterpc.loopio import LoopSocket, backlog_budget
+
+    loop = asyncio.get_running_loop()
+    ctx = zmq.Context()
+    socks = []
+
+    def sock(kind, **opts):
+        s = ctx.socket(kind)
+        s.linger = 0
+        for k, v in opts.items():
+            s.setsockopt(getattr(zmq, k), v)
+        socks.append(s)
+        return s
+
+    lsocks = []
+    try:
+        src, inbound = sock(zmq.DEALER), sock(zmq.ROUTER)
+        outbound, dst = sock(zmq.DEALER, SNDHWM=2), sock(zmq.ROUTER, RCVHWM=2)
+        src.identity = b"src"
+        inbound.bind(f"ipc://{tmp_path}/in")
+        src.connect(f"ipc://{tmp_path}/in")
+        dst.bind(f"ipc://{tmp_path}/out")
+        outbound.connect(f"ipc://{tmp_path}/out")
+        seen_types = set()
+        out_ls = LoopSocket(loop, outbound, lambda batch: None)
+        lsocks.append(out_ls)
+
+        def forward(batch):
+            for msg in batch:
+                seen_types.update(type(f) for f in msg)
+                out_ls.send(msg[1:])
+
+        lsocks.append(LoopSocket(loop, inbound, forward, recv_nocopy_min=BIG))
+        n = 40
+        blobs = [bytes([i]) * (BIG + i) for i in range(n)]
+        for i, blob in enumerate(blobs):
+            src.send_multipart([b"%d" % i, blob])
+        got = []
+        deadline = loop.time() + 20
+        while len(got) < n and loop.time() < deadline:
+            try:
+                got.append(dst.recv_multipart(zmq.NOBLOCK)[1:])
+            except zmq.Again:
+                await asyncio.sleep(0.005)
+        assert got == [[b"%d" % i, blob] for i, blob in enumerate(blobs)]
+        assert seen_types == {bytes, memoryview}
+        for _ in range(100):
+            if not out_ls.backlog_size():
+                break
+            await asyncio.sleep(0.01)
+        assert out_ls.backlog_size() == 0 and backlog_budget()["bytes"] == 0
+    finally:
+        for ls in lsocks:
+            ls.close()
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()
 
 
 # -- the RPC path ------------------------------------------------------------------

@@ -22,7 +22,7 @@ selector falls back to the pure twin.
 """
 
 cimport cython
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_CheckSignals
@@ -114,6 +114,7 @@ ctypedef int (*f_getsockopt)(void*, int, void*, size_t*) noexcept nogil
 ctypedef int (*f_send)(void*, const void*, size_t, int) noexcept nogil
 ctypedef void (*f_free)(void*, void*) noexcept nogil
 ctypedef int (*f_msg_init_data)(gaterpc_zmq_msg_t*, void*, size_t, f_free, void*) noexcept nogil
+ctypedef int (*f_msg_move)(gaterpc_zmq_msg_t*, gaterpc_zmq_msg_t*) noexcept nogil
 
 cdef enum:
     STACK_FRAMES = 16  # Py_buffer views of a message kept on the C stack; more are malloc'ed
@@ -130,6 +131,7 @@ cdef f_errno z_errno = NULL
 cdef f_getsockopt z_getsockopt = NULL
 cdef f_send z_send = NULL
 cdef f_msg_init_data z_msg_init_data = NULL
+cdef f_msg_move z_msg_move = NULL
 
 cdef int EAGAIN = zmq.EAGAIN
 cdef int EINTR = _errno.EINTR
@@ -193,7 +195,7 @@ def _loaded_libzmq_candidates():
 _SYMBOLS = (
     "zmq_msg_init", "zmq_msg_init_size", "zmq_msg_recv", "zmq_msg_send", "zmq_msg_data",
     "zmq_msg_size", "zmq_msg_more", "zmq_msg_close", "zmq_errno", "zmq_getsockopt", "zmq_send",
-    "zmq_version", "zmq_msg_init_data",
+    "zmq_version", "zmq_msg_init_data", "zmq_msg_move",
 )
 
 
@@ -219,7 +221,7 @@ def _find_libzmq():
 
 cdef void _bind(dict addrs):
     global z_msg_init, z_msg_init_size, z_msg_recv, z_msg_send, z_msg_data, z_msg_size
-    global z_msg_more, z_msg_close, z_errno, z_getsockopt, z_send, z_msg_init_data
+    global z_msg_more, z_msg_close, z_errno, z_getsockopt, z_send, z_msg_init_data, z_msg_move
     z_msg_init = <f_msg_init><uintptr_t>addrs["zmq_msg_init"]
     z_msg_init_size = <f_msg_init_size><uintptr_t>addrs["zmq_msg_init_size"]
     z_msg_recv = <f_msg_io><uintptr_t>addrs["zmq_msg_recv"]
@@ -232,6 +234,7 @@ cdef void _bind(dict addrs):
     z_getsockopt = <f_getsockopt><uintptr_t>addrs["zmq_getsockopt"]
     z_send = <f_send><uintptr_t>addrs["zmq_send"]
     z_msg_init_data = <f_msg_init_data><uintptr_t>addrs["zmq_msg_init_data"]
+    z_msg_move = <f_msg_move><uintptr_t>addrs["zmq_msg_move"]
 
 
 LIBZMQ_PATH, _addrs = _find_libzmq()
@@ -266,6 +269,34 @@ def release_sent():
     Every ``ZSocketIO`` call does it anyway; returns how many were dropped.
     """
     return _release_sent()
+
+
+@cython.final
+cdef class _Msg:
+    """A received libzmq message, lent read-only through the buffer protocol (no copy)."""
+
+    cdef gaterpc_zmq_msg_t msg
+    cdef bint live
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        PyBuffer_FillInfo(view, self, z_msg_data(&self.msg), <Py_ssize_t>z_msg_size(&self.msg), 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __dealloc__(self):
+        if self.live:
+            self.live = 0
+            z_msg_close(&self.msg)
+
+
+cdef object _msg_view(gaterpc_zmq_msg_t* zmsg):
+    """A read-only ``memoryview`` owning the content of ``zmsg`` (left empty)."""
+    cdef _Msg m = _Msg.__new__(_Msg)
+    z_msg_init(&m.msg)
+    m.live = 1
+    z_msg_move(&m.msg, zmsg)
+    return memoryview(m)
 
 
 cdef int _send_nocopy(void* h, object frame, int flags) except -2:
@@ -314,6 +345,12 @@ cdef class ZSocketIO:
     routing-id frame.  ``tx_nocopy_frames``/``tx_nocopy_bytes`` count the
     frames of those messages handed to libzmq without a copy (``bytes`` of
     at least ``ZERO_COPY_MIN`` bytes) and their sizes.
+
+    ``recv_nocopy_min`` (default 0: off): a received frame of at least that
+    many bytes is returned as a read-only ``memoryview`` of libzmq's own
+    buffer instead of a ``bytes`` copy (``rx_nocopy_frames`` counts them).
+    Smaller frames stay ``bytes``.  Only for a receiver whose code accepts
+    any buffer in those frames (msgpack, ``==``, ``len``, forwarding).
     """
 
     cdef readonly object socket
@@ -324,14 +361,19 @@ cdef class ZSocketIO:
     cdef readonly unsigned long long tx_bytes
     cdef readonly unsigned long long tx_nocopy_frames
     cdef readonly unsigned long long tx_nocopy_bytes
+    cdef readonly unsigned long long rx_nocopy_frames
+    cdef readonly Py_ssize_t recv_nocopy_min
 
-    def __init__(self, sock):
+    def __init__(self, sock, recv_nocopy_min=0):
+        if type(recv_nocopy_min) is not int or recv_nocopy_min < 0:
+            raise ValueError(f"recv_nocopy_min must be an int >= 0, got {recv_nocopy_min!r}")
         if not isinstance(sock, Socket):
             raise TypeError(f"expected a zmq.Socket, got {type(sock).__name__}")
         if sock.closed:
             raise ZMQError(ENOTSOCK)
         self.socket = sock
         self._handle = <void*><uintptr_t>sock.underlying
+        self.recv_nocopy_min = recv_nocopy_min
 
     cdef inline void* _sock(self) except NULL:
         # The pyzmq socket may have been closed behind our back: never use a
@@ -351,7 +393,8 @@ cdef class ZSocketIO:
         cdef int rc, err
         cdef Py_ssize_t count = 0
         cdef size_t size, nbytes
-        cdef bytes frame
+        cdef size_t nocopy_min = <size_t>self.recv_nocopy_min if self.recv_nocopy_min > 0 else <size_t>-1
+        cdef object frame
         while count < max_msgs:
             msg = []
             nbytes = 0
@@ -368,10 +411,14 @@ cdef class ZSocketIO:
                         return out
                     raise _error(err)
                 size = z_msg_size(&zmsg)
+                rc = z_msg_more(&zmsg)
                 try:
-                    frame = PyBytes_FromStringAndSize(<char*>z_msg_data(&zmsg), <Py_ssize_t>size)
+                    if size >= nocopy_min:
+                        frame = _msg_view(&zmsg)
+                        self.rx_nocopy_frames += 1
+                    else:
+                        frame = PyBytes_FromStringAndSize(<char*>z_msg_data(&zmsg), <Py_ssize_t>size)
                 finally:
-                    rc = z_msg_more(&zmsg)
                     z_msg_close(&zmsg)
                 msg.append(frame)
                 nbytes += size

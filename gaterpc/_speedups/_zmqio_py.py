@@ -55,17 +55,25 @@ class ZSocketIO:
     routing-id frame.  ``tx_nocopy_frames``/``tx_nocopy_bytes`` count the
     frames of those messages handed to libzmq without a copy (``bytes`` of
     at least ``ZERO_COPY_MIN`` bytes) and their sizes.
+
+    ``recv_nocopy_min`` (default 0: off): a received frame of at least that
+    many bytes is returned as a read-only ``memoryview`` of libzmq's own
+    buffer instead of a ``bytes`` copy (``rx_nocopy_frames`` counts them).
+    Smaller frames stay ``bytes``.  Only for a receiver whose code accepts
+    any buffer in those frames (msgpack, ``==``, ``len``, forwarding).
     """
 
     __slots__ = ("socket", "_io", "_recv", "_send", "_rx_msgs", "_rx_bytes", "_tx_msgs", "_tx_bytes",
-                 "_tx_nocopy_frames", "_tx_nocopy_bytes")
+                 "_tx_nocopy_frames", "_tx_nocopy_bytes", "_rx_nocopy_frames", "_recv_nocopy_min")
 
     socket: zmq.Socket[Any]
     _io: zmq.Socket[Any]
     _recv: Callable[[int], List[bytes]]
     _send: Callable[..., Optional[Any]]
 
-    def __init__(self, sock: zmq.Socket[Any]) -> None:
+    def __init__(self, sock: zmq.Socket[Any], recv_nocopy_min: int = 0) -> None:
+        if type(recv_nocopy_min) is not int or recv_nocopy_min < 0:
+            raise ValueError(f"recv_nocopy_min must be an int >= 0, got {recv_nocopy_min!r}")
         if not isinstance(sock, zmq.Socket):
             raise TypeError(f"expected a zmq.Socket, got {type(sock).__name__}")
         if sock.closed:
@@ -83,6 +91,8 @@ class ZSocketIO:
         self._tx_bytes = 0
         self._tx_nocopy_frames = 0
         self._tx_nocopy_bytes = 0
+        self._rx_nocopy_frames = 0
+        self._recv_nocopy_min = recv_nocopy_min
 
     @property
     def rx_msgs(self) -> int:
@@ -114,10 +124,22 @@ class ZSocketIO:
         """Bytes of those frames."""
         return self._tx_nocopy_bytes
 
+    @property
+    def rx_nocopy_frames(self) -> int:
+        """Frames received as a view of libzmq's buffer (``recv_nocopy_min``)."""
+        return self._rx_nocopy_frames
+
+    @property
+    def recv_nocopy_min(self) -> int:
+        """Received frames of at least this many bytes are not copied (0: off)."""
+        return self._recv_nocopy_min
+
     def recv_batch(self, max_msgs: int) -> List[List[bytes]]:
         """Up to ``max_msgs`` complete multipart messages; ``[]`` when nothing is ready."""
         if self.socket.closed:
             raise zmq.ZMQError(_errno.ENOTSOCK)
+        if self._recv_nocopy_min:
+            return self._recv_batch_nocopy(max_msgs)
         out: List[List[bytes]] = []
         recv = self._recv
         nbytes = 0
@@ -133,6 +155,34 @@ class ZSocketIO:
             # Messages already taken off the socket count even if a later one raised.
             self._rx_msgs += len(out)
             self._rx_bytes += nbytes
+        return out
+
+    def _recv_batch_nocopy(self, max_msgs: int) -> List[List[Any]]:
+        out: List[List[Any]] = []
+        recv = self._io.recv_multipart
+        least = self._recv_nocopy_min
+        nbytes = 0
+        nocopy = 0
+        try:
+            for _ in range(max_msgs):
+                try:
+                    parts = recv(_NOBLOCK, copy=False)
+                except _Again:
+                    break
+                msg: List[Any] = []
+                for part in parts:
+                    size = len(part)
+                    if size >= least:
+                        msg.append(memoryview(part).toreadonly())
+                        nocopy += 1
+                    else:
+                        msg.append(part.bytes)
+                    nbytes += size
+                out.append(msg)
+        finally:
+            self._rx_msgs += len(out)
+            self._rx_bytes += nbytes
+            self._rx_nocopy_frames += nocopy
         return out
 
     def send(self, frames: Iterable[Any]) -> bool:
