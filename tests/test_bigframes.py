@@ -277,6 +277,44 @@ async def test_loopsocket_forwards_views_through_its_backlog(tmp_path):
         ctx.term()
 
 
+# -- nothing keeps a large result alive ---------------------------------------------
+
+
+@pytest.fixture(params=["py", "c"])
+def reqtable_twin(request):
+    import importlib
+
+    try:
+        return importlib.import_module(f"gaterpc._speedups._reqtable_{request.param}")
+    except ImportError:
+        pytest.skip("compiled reqtable not built")  # a pure build has only the pure twin
+
+
+def test_request_table_drops_values_on_pop_and_touch(reqtable_twin):
+    """The lazily cleaned deadline index must not keep a popped value (a future and its result) alive."""
+    import weakref
+
+    class Value:
+        pass
+
+    table = reqtable_twin.RequestTable()
+    refs = []
+    for i in range(50):  # far below the compaction slack: every popped entry stays in the index
+        v = Value()
+        refs.append(weakref.ref(v))
+        table.add(b"%d" % i, v, 100.0 + i)
+        del v
+    for i in range(0, 50, 2):
+        assert table.touch(b"%d" % i, 50.0) is True  # an earlier deadline: the old entry goes stale
+    for i in range(25):
+        assert isinstance(table.pop(b"%d" % i), Value)
+    gc.collect()
+    assert [r() is None for r in refs] == [True] * 25 + [False] * 25
+    assert sorted(k for k, _ in table.expire(1000.0)) == sorted(b"%d" % i for i in range(25, 50))
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
 # -- the RPC path ------------------------------------------------------------------
 
 
