@@ -315,6 +315,32 @@ def test_request_table_drops_values_on_pop_and_touch(reqtable_twin):
     assert all(r() is None for r in refs)
 
 
+@pytest.mark.parametrize("twin", ["py", "c"])
+def test_single_reply_body_copies_a_large_result_once(twin):
+    """``singleton_ok`` allocates the body once: no temporary the size of the result."""
+    import importlib
+    import tracemalloc
+
+    import msgpack
+
+    try:
+        frames = importlib.import_module(f"gaterpc._speedups._frames_{twin}")
+    except ImportError:
+        pytest.skip("compiled frames not built")  # a pure build has only the pure twin
+    size = 4 * 1024 * 1024
+    packed = msgpack.packb(b"r" * size)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        body = frames.singleton_ok(packed)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert msgpack.unpackb(body) == {"result": b"r" * size, "exception": None}
+    assert peak - before < 1.5 * size, "a temporary copy of the result was made"
+
+
 # -- the RPC path ------------------------------------------------------------------
 
 

@@ -7,9 +7,9 @@ Same functions, constants and results as the pure twin; parsers return
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.list cimport PyList_GET_SIZE
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 from gaterpc._speedups cimport _wire as W
 
@@ -135,7 +135,21 @@ def is_terminal(body):
 
 def singleton_ok(packed_result):
     """``mp({"result": <value>, "exception": nil})`` from ``mp(value)``."""
-    return _SINGLE_HEAD + packed_result + _SINGLE_OK_TAIL
+    cdef Py_ssize_t h, n, t
+    cdef bytes out
+    cdef char* buf
+    if type(packed_result) is not bytes:
+        return _SINGLE_HEAD + packed_result + _SINGLE_OK_TAIL
+    # One allocation and one copy of the (possibly large) packed result.
+    h = PyBytes_GET_SIZE(_SINGLE_HEAD)
+    n = PyBytes_GET_SIZE(packed_result)
+    t = PyBytes_GET_SIZE(_SINGLE_OK_TAIL)
+    out = PyBytes_FromStringAndSize(NULL, h + n + t)
+    buf = PyBytes_AS_STRING(out)
+    memcpy(buf, PyBytes_AS_STRING(_SINGLE_HEAD), h)
+    memcpy(buf + h, PyBytes_AS_STRING(packed_result), n)
+    memcpy(buf + h + n, PyBytes_AS_STRING(_SINGLE_OK_TAIL), t)
+    return out
 
 
 def singleton_error(packed_triple):
