@@ -32,6 +32,17 @@ told (the broker ends that client's request with an error reply naming the
 budget and cancels it at the worker); a socket without that callback raises
 :class:`BacklogBudgetError` from :meth:`LoopSocket.send`.  Nothing is dropped
 silently.  :func:`backlog_budget` reports the current use.
+
+**Large frames.**  A ``bytes`` frame of at least ``ZERO_COPY_MIN`` (64 KiB,
+``gaterpc.protocol``) is handed to libzmq without a copy; libzmq holds a
+reference to it until the frame is on the wire (so keep sending ``bytes``,
+not ``bytearray``, for big payloads: a mutable buffer is always copied).  On
+receive, frames are ``bytes`` copies unless the socket is created with
+``recv_nocopy_min=N``: frames of at least ``N`` bytes then arrive as
+read-only ``memoryview`` objects over libzmq's buffer (equal to the
+``bytes``, hashable, accepted by msgpack and by :meth:`LoopSocket.send`, but
+without ``.decode``); a handler that keeps, forwards or unpacks such frames
+saves one copy of each.
 """
 
 from __future__ import annotations
@@ -128,10 +139,11 @@ class LoopSocket:
         per_peer: bool = False,
         on_unreachable: Optional[Callable[[bytes], object]] = None,
         on_over_budget: Optional[Callable[[Frames], object]] = None,
+        recv_nocopy_min: int = 0,
     ) -> None:
         self.loop = loop
         self.socket = sock
-        self.io = ZSocketIO(sock)
+        self.io = ZSocketIO(sock, recv_nocopy_min)
         self.fd = int(sock.getsockopt(zmq.FD))  # an int for FD (getsockopt is typed int | bytes)
         self._handler = handler
         self._backlog: Deque[Frames] = deque()

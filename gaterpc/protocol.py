@@ -25,7 +25,7 @@ __all__ = (
     "SINGLE_HEAD", "SINGLE_OK_TAIL", "SINGLE_ERR_MID",
     "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
     "KIND_HUGE_CHUNK", "KIND_HUGE_END", "KIND_HUGE_ERROR",
-    "REQTABLE_SLACK", "HUGE_UNLIMITED_STEP",
+    "REQTABLE_SLACK", "HUGE_UNLIMITED_STEP", "ZERO_COPY_MIN",
     "exception_triple", "error_body", "ok_body",
 )
 
@@ -80,6 +80,9 @@ KIND_HUGE_ERROR = 6
 REQTABLE_SLACK = 1024
 #: HugeData: output asked of a decompressor per call when there is no size limit.
 HUGE_UNLIMITED_STEP = 64 * 1024 * 1024
+#: ``ZSocketIO``: a ``bytes`` frame of at least this many bytes is handed to libzmq
+#: without copying it (the same threshold as pyzmq's ``zmq.COPY_THRESHOLD``).
+ZERO_COPY_MIN = 64 * 1024
 
 
 def exception_triple(exc: BaseException, with_traceback: bool = True) -> List[str]:

@@ -104,7 +104,7 @@ def test_compiled_zmqio_active_when_expected(compiled_expected):
 
 
 def test_public_names(zmqio_module):
-    assert zmqio_module.__all__ == ("ZSocketIO",)
+    assert zmqio_module.__all__ == ("ZSocketIO", "release_sent")
 
 
 def test_router_dealer_roundtrip(zs, zmqio_module, addr):

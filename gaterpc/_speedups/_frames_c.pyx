@@ -7,9 +7,9 @@ Same functions, constants and results as the pure twin; parsers return
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.list cimport PyList_GET_SIZE
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 from gaterpc._speedups cimport _wire as W
 
@@ -51,6 +51,7 @@ def _wire_constants():
         "KIND_STREAM_ERROR": W.KIND_STREAM_ERROR, "KIND_HUGE_CHUNK": W.KIND_HUGE_CHUNK,
         "KIND_HUGE_END": W.KIND_HUGE_END, "KIND_HUGE_ERROR": W.KIND_HUGE_ERROR,
         "REQTABLE_SLACK": W.REQTABLE_SLACK, "HUGE_UNLIMITED_STEP": W.HUGE_UNLIMITED_STEP,
+        "ZERO_COPY_MIN": W.ZERO_COPY_MIN,
         "ZMQ_DONTWAIT": W.ZMQ_DONTWAIT, "ZMQ_SNDMORE": W.ZMQ_SNDMORE, "ZMQ_EVENTS": W.ZMQ_EVENTS,
     }
 
@@ -134,7 +135,21 @@ def is_terminal(body):
 
 def singleton_ok(packed_result):
     """``mp({"result": <value>, "exception": nil})`` from ``mp(value)``."""
-    return _SINGLE_HEAD + packed_result + _SINGLE_OK_TAIL
+    cdef Py_ssize_t h, n, t
+    cdef bytes out
+    cdef char* buf
+    if type(packed_result) is not bytes:
+        return _SINGLE_HEAD + packed_result + _SINGLE_OK_TAIL
+    # One allocation and one copy of the (possibly large) packed result.
+    h = PyBytes_GET_SIZE(_SINGLE_HEAD)
+    n = PyBytes_GET_SIZE(packed_result)
+    t = PyBytes_GET_SIZE(_SINGLE_OK_TAIL)
+    out = PyBytes_FromStringAndSize(NULL, h + n + t)
+    buf = PyBytes_AS_STRING(out)
+    memcpy(buf, PyBytes_AS_STRING(_SINGLE_HEAD), h)
+    memcpy(buf + h, PyBytes_AS_STRING(packed_result), n)
+    memcpy(buf + h + n, PyBytes_AS_STRING(_SINGLE_OK_TAIL), t)
+    return out
 
 
 def singleton_error(packed_triple):

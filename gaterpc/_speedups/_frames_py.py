@@ -101,6 +101,9 @@ def is_terminal(body: Message) -> bool:
 
 def singleton_ok(packed_result: bytes) -> bytes:
     """``mp({"result": <value>, "exception": nil})`` from ``mp(value)``."""
+    if type(packed_result) is bytes:
+        # One copy of the (possibly large) packed result, not two.
+        return b"".join((_SINGLE_HEAD, packed_result, _SINGLE_OK_TAIL))
     return _SINGLE_HEAD + packed_result + _SINGLE_OK_TAIL
 
 

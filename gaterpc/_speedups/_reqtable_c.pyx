@@ -102,6 +102,9 @@ cdef class RequestTable:
         if p is NULL:
             return default
         value = (<_Entry>p).value
+        # The index may still refer to the entry (lazy deletion): it must not
+        # keep the value (a future holding a large result) alive.
+        (<_Entry>p).value = None
         PyDict_DelItem(self._map, key)
         return value
 
@@ -115,9 +118,12 @@ cdef class RequestTable:
     def touch(self, key, double deadline):
         """Move the deadline of ``key``; ``False`` if absent."""
         cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
+        cdef _Entry old
         if p is NULL:
             return False
-        self._push(key, (<_Entry>p).value, deadline)
+        old = <_Entry>p  # a strong reference: _push may compact the index and free it
+        self._push(key, old.value, deadline)
+        old.value = None  # now a stale reference of the index: keep nothing alive
         return True
 
     def expire(self, double now):

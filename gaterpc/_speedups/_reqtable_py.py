@@ -16,7 +16,8 @@ Design (shared with the compiled twin):
     time).
 
 * Lazy deletion: ``pop`` and ``touch`` leave the old reference in the
-  index; it is stale when ``_map.get(entry key) is not entry`` and is
+  index (its value cleared, so that a stale reference never keeps a large
+  result alive); it is stale when ``_map.get(entry key) is not entry`` and is
   skipped by ``expire``.  Whenever stale references outnumber live entries
   by more than ``_SLACK`` the index is rebuilt (O(n), so amortised O(1)
   per operation); the consumed prefix of ``_fifo`` is cut the same way.
@@ -102,7 +103,11 @@ class RequestTable:
         if entry is None:
             hash(key)  # an unhashable key raises even on an empty table, as in the compiled twin
             return default
-        return entry[_VALUE]
+        value = entry[_VALUE]
+        # The index may still refer to the entry (lazy deletion): it must not
+        # keep the value (a future holding a large result) alive.
+        entry[_VALUE] = None
+        return value
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` if absent."""
@@ -119,6 +124,7 @@ class RequestTable:
         if entry is None:
             return False
         self._push(key, entry[_VALUE], deadline)
+        entry[_VALUE] = None  # now a stale reference of the index: keep nothing alive
         return True
 
     def expire(self, now: float) -> List[Tuple[Any, Any]]:

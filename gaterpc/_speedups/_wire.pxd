@@ -51,6 +51,7 @@ cdef enum:
 cdef enum:
     REQTABLE_SLACK = 1024
     HUGE_UNLIMITED_STEP = 67108864  # 64 MiB
+    ZERO_COPY_MIN = 65536  # 64 KiB
 
 # libzmq numbers (zmq.h), as pyzmq exposes them: ``zmq.DONTWAIT``, ...
 cdef enum:

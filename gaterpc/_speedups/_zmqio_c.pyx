@@ -4,21 +4,32 @@
 libzmq is called directly on the pyzmq socket's handle (``socket.underlying``)
 through function pointers taken from the very libzmq that pyzmq loaded (see
 ``_find_libzmq``); ``zmq_msg_t`` is treated as an opaque 64-byte aligned
-struct.  Frames are copied into ``bytes`` on receive and sent from any
-contiguous buffer.  The GIL is held throughout (every call is non-blocking).
+struct.  Frames are copied into ``bytes`` on receive.  On send, a ``bytes``
+frame of at least ``ZERO_COPY_MIN`` bytes (``gaterpc.protocol``) is handed to
+libzmq without a copy (``zmq_msg_init_data``): the message holds a reference
+to the ``bytes`` object until libzmq is done with it; any other frame (small,
+or a mutable buffer such as ``bytearray``) is copied.  The GIL is held
+throughout (every call is non-blocking).
+
+libzmq releases a zero-copy message from whichever thread finishes with it
+(usually its I/O thread), which must not wait for the GIL: the free function
+only pushes the reference onto a lock-free list, and the next call of any
+``ZSocketIO`` of the process (or :func:`release_sent`) drops the references
+gathered there with the GIL held.
 
 Importing raises ``ImportError`` when the library cannot be located, so the
 selector falls back to the pure twin.
 """
 
 cimport cython
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport malloc, free
 
-from gaterpc._speedups._wire cimport ZMQ_DONTWAIT, ZMQ_EVENTS, ZMQ_SNDMORE
+from gaterpc._speedups._wire cimport ZERO_COPY_MIN, ZMQ_DONTWAIT, ZMQ_EVENTS, ZMQ_SNDMORE
 
 import ctypes
 import errno as _errno
@@ -27,7 +38,7 @@ import sys
 
 import zmq
 
-__all__ = ("ZSocketIO",)
+__all__ = ("ZSocketIO", "release_sent")
 
 cdef extern from *:
     """
@@ -41,6 +52,56 @@ cdef extern from *:
     ctypedef struct gaterpc_zmq_msg_t:
         pass
 
+cdef extern from *:
+    """
+    /* A Python object lent to libzmq by a zero-copy send.  libzmq's free
+       function runs in any thread, without the GIL: it only pushes the hold
+       onto a lock-free stack (Treiber push; the consumer takes the whole
+       stack at once, so there is no ABA), emptied with the GIL held. */
+    typedef struct gaterpc_hold {
+        PyObject *obj;
+        struct gaterpc_hold *next;
+    } gaterpc_hold;
+
+    static gaterpc_hold *gaterpc_released = NULL;
+
+    #if defined(_MSC_VER)
+    #include <windows.h>
+    static void gaterpc_hold_free(void *data, void *hint) {
+        gaterpc_hold *h = (gaterpc_hold *)hint;
+        gaterpc_hold *head;
+        (void)data;
+        do {
+            head = (gaterpc_hold *)gaterpc_released;
+            h->next = head;
+        } while (InterlockedCompareExchangePointer((PVOID volatile *)&gaterpc_released, h, head) != head);
+    }
+    static gaterpc_hold *gaterpc_take_released(void) {
+        if (gaterpc_released == NULL) return NULL;
+        return (gaterpc_hold *)InterlockedExchangePointer((PVOID volatile *)&gaterpc_released, NULL);
+    }
+    #else
+    static void gaterpc_hold_free(void *data, void *hint) {
+        gaterpc_hold *h = (gaterpc_hold *)hint;
+        gaterpc_hold *head = __atomic_load_n(&gaterpc_released, __ATOMIC_RELAXED);
+        (void)data;
+        do {
+            h->next = head;
+        } while (!__atomic_compare_exchange_n(&gaterpc_released, &head, h, 1,
+                                              __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+    }
+    static gaterpc_hold *gaterpc_take_released(void) {
+        if (__atomic_load_n(&gaterpc_released, __ATOMIC_RELAXED) == NULL) return NULL;
+        return __atomic_exchange_n(&gaterpc_released, NULL, __ATOMIC_ACQUIRE);
+    }
+    #endif
+    """
+    ctypedef struct gaterpc_hold:
+        PyObject* obj
+        gaterpc_hold* next
+    void gaterpc_hold_free(void* data, void* hint) noexcept nogil
+    gaterpc_hold* gaterpc_take_released() noexcept nogil
+
 ctypedef int (*f_msg_init)(gaterpc_zmq_msg_t*) noexcept nogil
 ctypedef int (*f_msg_init_size)(gaterpc_zmq_msg_t*, size_t) noexcept nogil
 ctypedef int (*f_msg_io)(gaterpc_zmq_msg_t*, void*, int) noexcept nogil
@@ -51,6 +112,9 @@ ctypedef int (*f_msg_close)(gaterpc_zmq_msg_t*) noexcept nogil
 ctypedef int (*f_errno)() noexcept nogil
 ctypedef int (*f_getsockopt)(void*, int, void*, size_t*) noexcept nogil
 ctypedef int (*f_send)(void*, const void*, size_t, int) noexcept nogil
+ctypedef void (*f_free)(void*, void*) noexcept nogil
+ctypedef int (*f_msg_init_data)(gaterpc_zmq_msg_t*, void*, size_t, f_free, void*) noexcept nogil
+ctypedef int (*f_msg_move)(gaterpc_zmq_msg_t*, gaterpc_zmq_msg_t*) noexcept nogil
 
 cdef enum:
     STACK_FRAMES = 16  # Py_buffer views of a message kept on the C stack; more are malloc'ed
@@ -66,6 +130,8 @@ cdef f_msg_close z_msg_close = NULL
 cdef f_errno z_errno = NULL
 cdef f_getsockopt z_getsockopt = NULL
 cdef f_send z_send = NULL
+cdef f_msg_init_data z_msg_init_data = NULL
+cdef f_msg_move z_msg_move = NULL
 
 cdef int EAGAIN = zmq.EAGAIN
 cdef int EINTR = _errno.EINTR
@@ -129,7 +195,7 @@ def _loaded_libzmq_candidates():
 _SYMBOLS = (
     "zmq_msg_init", "zmq_msg_init_size", "zmq_msg_recv", "zmq_msg_send", "zmq_msg_data",
     "zmq_msg_size", "zmq_msg_more", "zmq_msg_close", "zmq_errno", "zmq_getsockopt", "zmq_send",
-    "zmq_version",
+    "zmq_version", "zmq_msg_init_data", "zmq_msg_move",
 )
 
 
@@ -155,7 +221,7 @@ def _find_libzmq():
 
 cdef void _bind(dict addrs):
     global z_msg_init, z_msg_init_size, z_msg_recv, z_msg_send, z_msg_data, z_msg_size
-    global z_msg_more, z_msg_close, z_errno, z_getsockopt, z_send
+    global z_msg_more, z_msg_close, z_errno, z_getsockopt, z_send, z_msg_init_data, z_msg_move
     z_msg_init = <f_msg_init><uintptr_t>addrs["zmq_msg_init"]
     z_msg_init_size = <f_msg_init_size><uintptr_t>addrs["zmq_msg_init_size"]
     z_msg_recv = <f_msg_io><uintptr_t>addrs["zmq_msg_recv"]
@@ -167,6 +233,8 @@ cdef void _bind(dict addrs):
     z_errno = <f_errno><uintptr_t>addrs["zmq_errno"]
     z_getsockopt = <f_getsockopt><uintptr_t>addrs["zmq_getsockopt"]
     z_send = <f_send><uintptr_t>addrs["zmq_send"]
+    z_msg_init_data = <f_msg_init_data><uintptr_t>addrs["zmq_msg_init_data"]
+    z_msg_move = <f_msg_move><uintptr_t>addrs["zmq_msg_move"]
 
 
 LIBZMQ_PATH, _addrs = _find_libzmq()
@@ -179,6 +247,81 @@ cdef object _error(int err):
     if err == ETERM:
         return ContextTerminated(err)
     return ZMQError(err)
+
+
+cdef inline Py_ssize_t _release_sent() noexcept:
+    """Drop the references of the zero-copy frames libzmq is done with; how many."""
+    cdef gaterpc_hold* h = gaterpc_take_released()
+    cdef gaterpc_hold* nxt
+    cdef Py_ssize_t n = 0
+    while h is not NULL:
+        nxt = h.next
+        Py_DECREF(<object>h.obj)
+        free(h)
+        h = nxt
+        n += 1
+    return n
+
+
+def release_sent():
+    """Drop now the references held for zero-copy frames libzmq has finished sending.
+
+    Every ``ZSocketIO`` call does it anyway; returns how many were dropped.
+    """
+    return _release_sent()
+
+
+@cython.final
+cdef class _Msg:
+    """A received libzmq message, lent read-only through the buffer protocol (no copy)."""
+
+    cdef gaterpc_zmq_msg_t msg
+    cdef bint live
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        PyBuffer_FillInfo(view, self, z_msg_data(&self.msg), <Py_ssize_t>z_msg_size(&self.msg), 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __dealloc__(self):
+        if self.live:
+            self.live = 0
+            z_msg_close(&self.msg)
+
+
+cdef object _msg_view(gaterpc_zmq_msg_t* zmsg):
+    """A read-only ``memoryview`` owning the content of ``zmsg`` (left empty)."""
+    cdef _Msg m = _Msg.__new__(_Msg)
+    z_msg_init(&m.msg)
+    m.live = 1
+    z_msg_move(&m.msg, zmsg)
+    return memoryview(m)
+
+
+cdef int _send_nocopy(void* h, object frame, int flags) except -2:
+    """Send one ``bytes`` frame without copying it: 0 sent, else minus the errno."""
+    cdef gaterpc_zmq_msg_t zmsg
+    cdef int err
+    cdef gaterpc_hold* hold = <gaterpc_hold*>malloc(sizeof(gaterpc_hold))
+    if hold is NULL:
+        raise MemoryError()
+    hold.obj = <PyObject*>frame
+    hold.next = NULL
+    Py_INCREF(frame)
+    if z_msg_init_data(&zmsg, <void*>PyBytes_AS_STRING(frame), <size_t>PyBytes_GET_SIZE(frame),
+                       gaterpc_hold_free, <void*>hold) < 0:
+        # libzmq did not take the hold (no memory): it is still ours.
+        err = z_errno()
+        Py_DECREF(frame)
+        free(hold)
+        return -err
+    if z_msg_send(&zmsg, h, flags) < 0:
+        # Still ours: closing it calls the free function (the hold is released later).
+        err = z_errno()
+        z_msg_close(&zmsg)
+        return -err
+    return 0
 
 
 @cython.final
@@ -199,7 +342,15 @@ cdef class ZSocketIO:
     frame sizes; ``tx_msgs``/``tx_bytes`` the messages ``send``/
     ``send_many`` sent whole and their frame sizes (a message that would
     block is not counted).  Every frame counts, including a ROUTER's
-    routing-id frame.
+    routing-id frame.  ``tx_nocopy_frames``/``tx_nocopy_bytes`` count the
+    frames of those messages handed to libzmq without a copy (``bytes`` of
+    at least ``ZERO_COPY_MIN`` bytes) and their sizes.
+
+    ``recv_nocopy_min`` (default 0: off): a received frame of at least that
+    many bytes is returned as a read-only ``memoryview`` of libzmq's own
+    buffer instead of a ``bytes`` copy (``rx_nocopy_frames`` counts them).
+    Smaller frames stay ``bytes``.  Only for a receiver whose code accepts
+    any buffer in those frames (msgpack, ``==``, ``len``, forwarding).
     """
 
     cdef readonly object socket
@@ -208,14 +359,21 @@ cdef class ZSocketIO:
     cdef readonly unsigned long long rx_bytes
     cdef readonly unsigned long long tx_msgs
     cdef readonly unsigned long long tx_bytes
+    cdef readonly unsigned long long tx_nocopy_frames
+    cdef readonly unsigned long long tx_nocopy_bytes
+    cdef readonly unsigned long long rx_nocopy_frames
+    cdef readonly Py_ssize_t recv_nocopy_min
 
-    def __init__(self, sock):
+    def __init__(self, sock, recv_nocopy_min=0):
+        if type(recv_nocopy_min) is not int or recv_nocopy_min < 0:
+            raise ValueError(f"recv_nocopy_min must be an int >= 0, got {recv_nocopy_min!r}")
         if not isinstance(sock, Socket):
             raise TypeError(f"expected a zmq.Socket, got {type(sock).__name__}")
         if sock.closed:
             raise ZMQError(ENOTSOCK)
         self.socket = sock
         self._handle = <void*><uintptr_t>sock.underlying
+        self.recv_nocopy_min = recv_nocopy_min
 
     cdef inline void* _sock(self) except NULL:
         # The pyzmq socket may have been closed behind our back: never use a
@@ -230,11 +388,13 @@ cdef class ZSocketIO:
         cdef void* h = self._sock()
         cdef list out = []
         cdef list msg
+        _release_sent()
         cdef gaterpc_zmq_msg_t zmsg
         cdef int rc, err
         cdef Py_ssize_t count = 0
         cdef size_t size, nbytes
-        cdef bytes frame
+        cdef size_t nocopy_min = <size_t>self.recv_nocopy_min if self.recv_nocopy_min > 0 else <size_t>-1
+        cdef object frame
         while count < max_msgs:
             msg = []
             nbytes = 0
@@ -251,10 +411,14 @@ cdef class ZSocketIO:
                         return out
                     raise _error(err)
                 size = z_msg_size(&zmsg)
+                rc = z_msg_more(&zmsg)
                 try:
-                    frame = PyBytes_FromStringAndSize(<char*>z_msg_data(&zmsg), <Py_ssize_t>size)
+                    if size >= nocopy_min:
+                        frame = _msg_view(&zmsg)
+                        self.rx_nocopy_frames += 1
+                    else:
+                        frame = PyBytes_FromStringAndSize(<char*>z_msg_data(&zmsg), <Py_ssize_t>size)
                 finally:
-                    rc = z_msg_more(&zmsg)
                     z_msg_close(&zmsg)
                 msg.append(frame)
                 nbytes += size
@@ -271,9 +435,10 @@ cdef class ZSocketIO:
         cdef Py_buffer stack_views[STACK_FRAMES]
         cdef Py_buffer* views = stack_views
         cdef Py_ssize_t n, i, got = 0
-        cdef size_t nbytes = 0
-        cdef int rc, err, flags
+        cdef size_t nbytes = 0, nocopy_bytes = 0
+        cdef int rc, err, flags, nocopy = 0
         cdef object seq
+        _release_sent()
         if type(frames) is list or type(frames) is tuple:
             seq = frames
         else:
@@ -295,9 +460,18 @@ cdef class ZSocketIO:
             i = 0
             while i < n:
                 flags = ZMQ_DONTWAIT | ZMQ_SNDMORE if i < n - 1 else ZMQ_DONTWAIT
-                rc = z_send(h, views[i].buf, <size_t>views[i].len, flags)
+                # Only an immutable ``bytes`` may be lent: a bytearray could change under libzmq.
+                if views[i].len >= ZERO_COPY_MIN and PyBytes_CheckExact(<object>views[i].obj):
+                    rc = _send_nocopy(h, <object>views[i].obj, flags)
+                    err = -rc
+                    if rc == 0:
+                        nocopy += 1
+                        nocopy_bytes += <size_t>views[i].len
+                else:
+                    rc = z_send(h, views[i].buf, <size_t>views[i].len, flags)
+                    if rc < 0:
+                        err = z_errno()
                 if rc < 0:
-                    err = z_errno()
                     if err == EINTR:
                         PyErr_CheckSignals()
                         continue
@@ -307,6 +481,8 @@ cdef class ZSocketIO:
                 i += 1
             self.tx_msgs += 1
             self.tx_bytes += nbytes
+            self.tx_nocopy_frames += nocopy
+            self.tx_nocopy_bytes += nocopy_bytes
             return 1
         finally:
             for i in range(got):
@@ -331,6 +507,7 @@ cdef class ZSocketIO:
         """The socket's ``ZMQ_EVENTS`` (POLLIN=1, POLLOUT=2)."""
         cdef void* h = self._sock()
         cdef int value = 0
+        _release_sent()
         cdef size_t size = sizeof(int)
         cdef int err
         while z_getsockopt(h, ZMQ_EVENTS, &value, &size) < 0:
@@ -344,3 +521,4 @@ cdef class ZSocketIO:
         """Close the socket (idempotent); later calls raise ``zmq.ZMQError(ENOTSOCK)``."""
         self._handle = NULL
         self.socket.close(linger=linger)
+        _release_sent()
