@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import struct
 import sys
@@ -61,7 +60,7 @@ from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.hugedata import HugeDataReceiver
 from gaterpc.loopio import LoopSocket
 from gaterpc.protocol import KEEPALIVE_ARG
-from gaterpc.serialization import msg_pack, msg_unpack
+from gaterpc.serialization import msg_pack, msg_unpack, pack_fast as _pack
 from gaterpc.streams import StreamReply
 from gaterpc._speedups.reqtable import RequestTable
 
@@ -76,6 +75,9 @@ _EMPTY_ARRAY = b"\x90"
 _KEEPALIVE_FUNC = msg_pack("keepalive")
 _KEEPALIVE_ARGS = msg_pack((KEEPALIVE_ARG,))
 _EVENT_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+# Request ids: 8 random bytes drawn once per client, then a 64-bit counter
+# (16 bytes, unique per client and, in practice, everywhere).
+_RID = struct.Struct(">8sQ")
 
 
 if sys.version_info >= (3, 11):
@@ -165,6 +167,8 @@ class Client(_ReplyHandler):
         # figures read by gaterpc.metrics; the latency histogram is kept only once the
         # client is registered there (service -> [bucket counts], count, sum)
         self._stat_calls = 0
+        self._rid_prefix = secrets.token_bytes(8)
+        self._rid_next = 0
         self._stat_errors = 0
         self._latency: Optional[dict[str, list[Any]]] = None
         self._huge: dict[bytes, HugeDataReceiver] = {}
@@ -397,11 +401,112 @@ class Client(_ReplyHandler):
 
     async def knock(self, service_name: str, func_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``service_name.func_name(*args, **kwargs)`` remotely."""
-        return await self._call(service_name, func_name, args, kwargs)
+        # The body of ``_call``, repeated so that a call is one coroutine, not two.
+        rid = self._submit(service_name, func_name, args, kwargs)
+        if rid is None:
+            return await self._call_slow(service_name, func_name, args, kwargs)
+        t0 = self.last_message_sent_time
+        try:
+            result = await self.replies[rid]
+        except BaseException:
+            self._call_failed(rid, service_name, t0)
+            raise
+        if self._latency is not None:
+            self._observe(service_name, t0)
+        return result
 
     async def _call(
         self, service_name: Optional[str], func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
     ) -> Any:
+        rid = self._submit(service_name, func_name, args, kwargs)
+        if rid is None:
+            return await self._call_slow(service_name, func_name, args, kwargs)
+        t0 = self.last_message_sent_time
+        try:
+            result = await self.replies[rid]
+        except BaseException:
+            self._call_failed(rid, service_name, t0)
+            raise
+        if self._latency is not None:
+            self._observe(service_name, t0)
+        return result
+
+    def _submit(
+        self, service_name: Optional[str], func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
+    ) -> Optional[bytes]:
+        """Send a call on the fast path; its request id (the Future is ``replies[rid]``).
+
+        ``None`` when the call needs the slow path (not connected or not ready
+        yet, a service the client does not know, the pending limit reached):
+        nothing was sent then.  Bad arguments raise before anything is sent.
+        """
+        if not self._is_ready:
+            return None
+        if not service_name:
+            service_name = self.default_service
+        if service_name not in self._remote_services or len(self.replies) >= Settings.MESSAGE_MAX:
+            return None
+        return self._send_request(service_name, func_name, args, kwargs)
+
+    def _send_request(
+        self, service_name: str, func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
+    ) -> bytes:
+        """Encode and send one request; registers its Future and deadline. Returns its request id."""
+        lsock = self._lsock
+        if lsock is None:
+            raise RuntimeError("Gate service not yet ready.")
+        service_b = self._service_cache.get(service_name)
+        if service_b is None:
+            service_b = self._service_cache[service_name] = service_name.encode("utf-8")
+        func_b = self._func_cache.get(func_name)
+        if func_b is None:
+            func_b = msg_pack(func_name)
+            if len(self._func_cache) < 4096:
+                self._func_cache[func_name] = func_b
+        args_b = _pack(args) if args else _EMPTY_ARRAY
+        kwargs_b = _pack(kwargs) if kwargs else _EMPTY_MAP
+        if len(args_b) > _VALUE_LIMIT or len(kwargs_b) > _VALUE_LIMIT:
+            _check_value_sizes(func_name, args, kwargs)
+        n = self._rid_next
+        self._rid_next = n + 1
+        request_id = _RID.pack(self._rid_prefix, n)
+        zap = self._zap_frames_bytes
+        if zap:
+            frames = (b"", self._header, service_b, *zap, request_id, func_b, args_b, kwargs_b)
+        else:
+            frames = (b"", self._header, service_b, request_id, func_b, args_b, kwargs_b)
+        loop = self._loop
+        assert loop is not None  # bound before the socket exists
+        now = loop.time()
+        self.replies[request_id] = loop.create_future()
+        self._table.add(request_id, None, now + self.reply_timeout)
+        self.last_message_sent_time = now
+        try:
+            lsock.send(frames)
+        except BaseException:
+            self._forget(request_id)
+            raise
+        self._stat_calls += 1
+        return request_id
+
+    def _call_failed(self, request_id: bytes, service_name: Optional[str], t0: float) -> None:
+        """A call raised (remote error, timeout, lost broker, cancelled): count it, drop its state."""
+        self._stat_errors += 1
+        if request_id not in self._streams:
+            self._forget(request_id)
+        if self._latency is not None:
+            self._observe(service_name, t0)
+
+    def _observe(self, service_name: Optional[str], t0: float) -> None:
+        latency = self._latency
+        loop = self._loop
+        if latency is not None and loop is not None:
+            _observe(latency, service_name or self.default_service, loop.time() - t0)
+
+    async def _call_slow(
+        self, service_name: Optional[str], func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
+    ) -> Any:
+        """A call that first connects, waits for the broker or looks its service up."""
         if not self._is_ready:
             await self._ensure_ready()
         if not service_name:
@@ -422,47 +527,16 @@ class Client(_ReplyHandler):
         self, service_name: str, func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
     ) -> Any:
         """Send one request and wait for its reply (the value, a stream or HugeData)."""
-        lsock = self._lsock
-        if lsock is None:
-            raise RuntimeError("Gate service not yet ready.")
-        service_b = self._service_cache.get(service_name)
-        if service_b is None:
-            service_b = self._service_cache[service_name] = service_name.encode("utf-8")
-        func_b = self._func_cache.get(func_name)
-        if func_b is None:
-            func_b = msg_pack(func_name)
-            if len(self._func_cache) < 4096:
-                self._func_cache[func_name] = func_b
-        args_b = msg_pack(args) if args else _EMPTY_ARRAY
-        kwargs_b = msg_pack(kwargs) if kwargs else _EMPTY_MAP
-        if len(args_b) > _VALUE_LIMIT or len(kwargs_b) > _VALUE_LIMIT:
-            _check_value_sizes(func_name, args, kwargs)
-        request_id = os.urandom(16)
-        zap = self._zap_frames_bytes
-        if zap:
-            frames = (b"", self._header, service_b, *zap, request_id, func_b, args_b, kwargs_b)
-        else:
-            frames = (b"", self._header, service_b, request_id, func_b, args_b, kwargs_b)
-        loop = self._loop
-        assert loop is not None  # bound before the socket exists
-        fut: asyncio.Future[Any] = loop.create_future()
-        now = loop.time()
-        self.replies[request_id] = fut
-        self._table.add(request_id, fut, now + self.reply_timeout)
-        self.last_message_sent_time = now
-        lsock.send(frames)
-        self._stat_calls += 1
+        rid = self._send_request(service_name, func_name, args, kwargs)
+        t0 = self.last_message_sent_time
         try:
-            return await fut
+            result = await self.replies[rid]
         except BaseException:
-            self._stat_errors += 1
+            self._call_failed(rid, service_name, t0)
             raise
-        finally:
-            if request_id not in self._streams:
-                self._forget(request_id)
-            latency = self._latency
-            if latency is not None:
-                _observe(latency, service_name, loop.time() - now)
+        if self._latency is not None:
+            self._observe(service_name, t0)
+        return result
 
     async def _majordomo_service(self, func_name: str, *args: Any, **kwargs: Any) -> Any:
         return await self._request(self._internal_name, func_name, args, kwargs)
@@ -489,7 +563,9 @@ class Client(_ReplyHandler):
         """Send the broker's internal ``keepalive``; any reply proves it alive (no Future kept)."""
         lsock = self._lsock
         self._last_probe = now
-        rid = os.urandom(16)
+        n = self._rid_next
+        self._rid_next = n + 1
+        rid = _RID.pack(self._rid_prefix, n)
         self._probe_id = rid
         service_b = self._internal_name.encode("utf-8")
         zap = self._zap_frames_bytes
