@@ -45,7 +45,8 @@ import secrets
 import struct
 import sys
 import uuid
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections import deque
+from typing import Any, Deque, Mapping, Optional, Sequence, Union
 
 import zmq
 from zmq import constants as z_const
@@ -78,6 +79,8 @@ _EVENT_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 # Request ids: 8 random bytes drawn once per client, then a 64-bit counter
 # (16 bytes, unique per client and, in practice, everywhere).
 _RID = struct.Struct(">8sQ")
+# Stale deadline pairs tolerated (beyond twice the pending calls) before a rebuild.
+_DEADLINES_SLACK = 2048
 
 
 if sys.version_info >= (3, 11):
@@ -162,7 +165,14 @@ class Client(_ReplyHandler):
         self._lsock: Optional[LoopSocket] = None
         self._is_ready = False
         self._last_recv = 0.0
+        # Deadlines.  A single call's deadline goes to ``_deadlines`` (flat pairs
+        # deadline, request id: no tracked object per call), in order as long as
+        # ``reply_timeout`` stays the same; a call that would break the order, and
+        # every stream and HugeData reply (each chunk moves its deadline), is kept
+        # in ``_table``.  Answered calls leave stale pairs, dropped in bulk.
         self._table = RequestTable()
+        self._deadlines: Deque[Any] = deque()
+        self._last_deadline = 0.0
         self._streams: dict[bytes, StreamReply] = {}
         # figures read by gaterpc.metrics; the latency histogram is kept only once the
         # client is registered there (service -> [bucket counts], count, sum)
@@ -246,6 +256,8 @@ class Client(_ReplyHandler):
                 self._streams.clear()
                 self._huge.clear()
                 self._table.clear()
+                self._deadlines.clear()
+                self._last_deadline = 0.0
                 self.ready = None
                 self._is_ready = False
         return loop
@@ -393,6 +405,8 @@ class Client(_ReplyHandler):
             for rid in pending:
                 self._fail(rid, err)
         self._table.clear()
+        self._deadlines.clear()
+        self._last_deadline = 0.0
 
     def _on_socket_error(self, exc: BaseException) -> None:
         Clogger.error("client socket failed: %s", exc)
@@ -478,8 +492,18 @@ class Client(_ReplyHandler):
         loop = self._loop
         assert loop is not None  # bound before the socket exists
         now = loop.time()
-        self.replies[request_id] = loop.create_future()
-        self._table.add(request_id, None, now + self.reply_timeout)
+        replies = self.replies
+        replies[request_id] = loop.create_future()
+        deadline = now + self.reply_timeout
+        if deadline >= self._last_deadline:
+            self._last_deadline = deadline
+            dl = self._deadlines
+            dl.append(deadline)
+            dl.append(request_id)
+            if len(dl) > 4 * len(replies) + _DEADLINES_SLACK:
+                self._compact_deadlines()
+        else:  # reply_timeout was lowered: keep the deadline order
+            self._table.add(request_id, None, deadline)
         self.last_message_sent_time = now
         try:
             lsock.send(frames)
@@ -488,6 +512,35 @@ class Client(_ReplyHandler):
             raise
         self._stat_calls += 1
         return request_id
+
+    def _compact_deadlines(self) -> None:
+        """Drop the deadlines of answered calls (O(n), after O(n) calls: O(1) per call)."""
+        replies = self.replies
+        old = self._deadlines
+        new: Deque[Any] = deque()
+        while old:
+            deadline = old.popleft()
+            rid = old.popleft()
+            if rid in replies:
+                new.append(deadline)
+                new.append(rid)
+        self._deadlines = new
+
+    def _expire(self, now: float) -> None:
+        """Fail every call whose deadline passed with ``ReplyTimeout``."""
+        expired = self._table.expire(now)
+        for request_id, _ in expired:
+            self._fail(request_id, ReplyTimeout(_TIMEOUT_MESSAGE))
+        dl = self._deadlines
+        replies = self.replies
+        table = self._table
+        while dl and dl[0] <= now:
+            dl.popleft()
+            rid = dl.popleft()
+            # Answered calls are gone from ``replies``; streams and HugeData
+            # replies in progress have their own (moving) deadline in ``table``.
+            if rid in replies and rid not in table:
+                self._fail(rid, ReplyTimeout(_TIMEOUT_MESSAGE))
 
     def _call_failed(self, request_id: bytes, service_name: Optional[str], t0: float) -> None:
         """A call raised (remote error, timeout, lost broker, cancelled): count it, drop its state."""
@@ -590,10 +643,7 @@ class Client(_ReplyHandler):
             while True:
                 await asyncio.sleep(sweep)
                 now = loop.time()
-                expired = self._table.expire(now)
-                if expired:
-                    for request_id, _ in expired:
-                        self._fail(request_id, ReplyTimeout(_TIMEOUT_MESSAGE))
+                self._expire(now)
                 if self._lsock is None or self._lsock.closed:
                     reason = "the connection was closed"
                     break

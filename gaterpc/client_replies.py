@@ -130,7 +130,7 @@ class _ReplyHandler:
                 stream._put_exception(_remote_error(msg_unpack(body[2])))
                 self._forget(request_id)
                 return
-            self._table.touch(request_id, loop.time() + self.reply_timeout)
+            self._table.add(request_id, None, loop.time() + self.reply_timeout)
         elif tag == HUGE_TAG:
             receiver = self._huge.get(request_id)
             if receiver is None:
@@ -164,7 +164,7 @@ class _ReplyHandler:
             elif n == 3 and (body[1] == STREAM_EXC or body[1] == HUGE_EXC):
                 self._fail(request_id, _remote_error(msg_unpack(body[2])))
                 return
-            self._table.touch(request_id, loop.time() + self.reply_timeout)
+            self._table.add(request_id, None, loop.time() + self.reply_timeout)
 
     def _forget(self, request_id: bytes) -> None:
         """Drop every trace of a request (reply, stream, HugeData receiver)."""
