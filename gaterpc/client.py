@@ -3,11 +3,18 @@
 Frames: docs/PROTOCOL.md, "Client and broker".
 
 ``Client`` sends each call as one request message and keeps a Future per
-request id.  Replies are read in batches from the socket's event-loop
-callback and resolve their Futures there (no task per reply); a request
-table with deadlines replaces one timer per call, and a single maintenance
-task (``_recv_task``) sweeps it, sends keepalives and watches the broker's
-liveness.
+request id.  A call is one coroutine (``knock`` or the dot-call): it encodes
+the request, queues it and awaits the Future; the requests queued during
+one event-loop iteration leave together right after it (one callback per
+burst, not per call), so the broker gets them in batches.  Request ids are
+16 bytes: 8 random bytes drawn once per client and a 64-bit counter.
+Replies are read in batches from the socket's event-loop callback and
+resolve their Futures there (no task per reply).  Deadlines replace one
+timer per call: a single call's deadline is appended to a deque (in order,
+since every call has the same ``reply_timeout``), streams and HugeData
+replies (whose deadline moves with each chunk) use a request table, and a
+single maintenance task (``_recv_task``) sweeps both, sends keepalives and
+watches the broker's liveness.
 
 Losing the broker.  Every pending call, open stream and HugeData result
 fails with ``BrokerUnavailableError`` (a ``TimeoutError``) as soon as the
@@ -59,7 +66,7 @@ from gaterpc.client_replies import INLINE_DECODE_MAX, _remote_error, _ReplyHandl
 from gaterpc.calls import VALUE_LIMIT as _VALUE_LIMIT, check_value_sizes as _check_value_sizes, observe as _observe
 from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.hugedata import HugeDataReceiver
-from gaterpc.loopio import LoopSocket
+from gaterpc.loopio import BacklogBudgetError, LoopSocket
 from gaterpc.protocol import KEEPALIVE_ARG
 from gaterpc.serialization import msg_pack, msg_unpack, pack_fast as _pack
 from gaterpc.streams import StreamReply
@@ -173,6 +180,7 @@ class Client(_ReplyHandler):
         self._table = RequestTable()
         self._deadlines: Deque[Any] = deque()
         self._last_deadline = 0.0
+        self._outbox: list[Sequence[bytes]] = []
         self._streams: dict[bytes, StreamReply] = {}
         # figures read by gaterpc.metrics; the latency histogram is kept only once the
         # client is registered there (service -> [bucket counts], count, sum)
@@ -367,6 +375,7 @@ class Client(_ReplyHandler):
         self._is_ready = False
 
     def _close_sockets(self) -> None:
+        self._outbox = []  # requests not sent yet: their calls fail with the connection
         mon = self._monitor
         self._monitor = None
         lsock = self._lsock
@@ -505,13 +514,26 @@ class Client(_ReplyHandler):
         else:  # reply_timeout was lowered: keep the deadline order
             self._table.add(request_id, None, deadline)
         self.last_message_sent_time = now
-        try:
-            lsock.send(frames)
-        except BaseException:
-            self._forget(request_id)
-            raise
+        out = self._outbox
+        out.append(frames)
+        if len(out) == 1:
+            loop.call_soon(self._flush_outbox)
         self._stat_calls += 1
         return request_id
+
+    def _flush_outbox(self) -> None:
+        out = self._outbox
+        if not out:
+            return
+        self._outbox = []
+        lsock = self._lsock
+        if lsock is None:
+            return
+        for frames in out:
+            try:
+                lsock.send(frames)
+            except BacklogBudgetError as exc:
+                self._fail(frames[-4], exc)
 
     def _compact_deadlines(self) -> None:
         """Drop the deadlines of answered calls (O(n), after O(n) calls: O(1) per call)."""

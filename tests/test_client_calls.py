@@ -141,3 +141,34 @@ async def test_bad_arguments_fail_before_sending_and_keep_no_state(tmp_path):
         assert await cli.Calc.add(1, 2) == 3
     finally:
         await c.stop()
+
+
+async def test_requests_leave_in_one_burst_per_loop_iteration_and_refusals_reach_the_call(tmp_path):
+    from gaterpc.loopio import BacklogBudgetError
+
+    c = await start_cluster("inproc", tmp_path)
+    try:
+        cli = c.client
+        real = cli._lsock
+
+        class Refusing:
+            closed = False
+            sent = 0
+
+            def send(self, frames):
+                Refusing.sent += 1
+                if Refusing.sent == 2:
+                    raise BacklogBudgetError("over the budget")
+                return real.send(frames)
+
+        cli._lsock = Refusing()
+        calls = [asyncio.ensure_future(cli.Calc.add(i, 1)) for i in range(3)]
+        await asyncio.sleep(0)
+        assert len(cli._outbox) == 3 and Refusing.sent == 0  # queued by the calls, not sent yet
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert done[0] == 1 and done[2] == 3
+        assert isinstance(done[1], BacklogBudgetError)  # the refused request fails its own call
+        cli._lsock = real
+        assert_clean(cli)
+    finally:
+        await c.stop()
