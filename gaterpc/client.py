@@ -88,6 +88,21 @@ _EVENT_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 _RID = struct.Struct(">8sQ")
 # Stale deadline pairs tolerated (beyond twice the pending calls) before a rebuild.
 _DEADLINES_SLACK = 2048
+_Future = asyncio.Future
+
+
+def _plain_future_loop(loop: Optional[asyncio.AbstractEventLoop]) -> Optional[asyncio.AbstractEventLoop]:
+    """``loop`` if its ``create_future()`` is asyncio's or uvloop's (both return
+    ``asyncio.Future(loop=loop)``, which is cheaper to call directly), else None."""
+    if loop is None:
+        return None
+    create = type(loop).create_future
+    if create is asyncio.BaseEventLoop.create_future:
+        return loop
+    uvloop = sys.modules.get("uvloop")
+    if uvloop is not None and type(loop) is getattr(uvloop, "Loop", None):
+        return loop
+    return None
 
 
 if sys.version_info >= (3, 11):
@@ -181,6 +196,7 @@ class Client(_ReplyHandler):
         self._deadlines: Deque[Any] = deque()
         self._last_deadline = 0.0
         self._outbox: list[Sequence[bytes]] = []
+        self._plain_loop = _plain_future_loop(self._loop)
         self._streams: dict[bytes, StreamReply] = {}
         # figures read by gaterpc.metrics; the latency histogram is kept only once the
         # client is registered there (service -> [bucket counts], count, sum)
@@ -255,6 +271,7 @@ class Client(_ReplyHandler):
         old = self._loop
         if old is not loop:
             self._loop = loop
+            self._plain_loop = _plain_future_loop(loop)
             if old is not None:
                 self._recv_task = None
                 self._close_sockets()
@@ -502,14 +519,18 @@ class Client(_ReplyHandler):
         assert loop is not None  # bound before the socket exists
         now = loop.time()
         replies = self.replies
-        replies[request_id] = loop.create_future()
+        replies[request_id] = _Future(loop=loop) if loop is self._plain_loop else loop.create_future()
         deadline = now + self.reply_timeout
         if deadline >= self._last_deadline:
             self._last_deadline = deadline
             dl = self._deadlines
+            # Calls are mostly answered in order: drop the answered ones at the front.
+            while dl and dl[1] not in replies:
+                dl.popleft()
+                dl.popleft()
             dl.append(deadline)
             dl.append(request_id)
-            if len(dl) > 4 * len(replies) + _DEADLINES_SLACK:
+            if len(dl) > 4 * len(replies) + _DEADLINES_SLACK:  # a long call holds the front
                 self._compact_deadlines()
         else:  # reply_timeout was lowered: keep the deadline order
             self._table.add(request_id, None, deadline)

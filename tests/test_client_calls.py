@@ -123,8 +123,16 @@ async def test_answered_calls_do_not_pile_up_deadlines(tmp_path):
         cli = c.client
         for _ in range(30):
             assert await asyncio.gather(*(cli.Calc.add(i, 1) for i in range(200))) == list(range(1, 201))
-        # 6,000 calls answered long before their deadline: the stale pairs were dropped in bulk.
-        assert len(cli._deadlines) <= 2 * 2048 + 4
+        # 6,000 calls answered long before their deadline: their pairs were dropped.
+        assert len(cli._deadlines) <= 2 * 200
+        # A pending call at the front: answered calls behind it are dropped in bulk.
+        held = asyncio.ensure_future(cli.Calc.sleep(30))
+        for _ in range(30):
+            assert await asyncio.gather(*(cli.Calc.add(i, 1) for i in range(200))) == list(range(1, 201))
+        assert len(cli.replies) == 1
+        assert len(cli._deadlines) <= 4 * 201 + 2048  # bounded by the calls pending at once
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
         assert_clean(cli)
     finally:
         await c.stop()
