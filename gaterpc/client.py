@@ -442,7 +442,7 @@ class Client(_ReplyHandler):
     async def knock(self, service_name: str, func_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``service_name.func_name(*args, **kwargs)`` remotely."""
         # The body of ``_call``, repeated so that a call is one coroutine, not two.
-        rid = self._submit(service_name, func_name, args, kwargs)
+        rid = self._send_request(service_name, func_name, args, kwargs, True)
         if rid is None:
             return await self._call_slow(service_name, func_name, args, kwargs)
         t0 = self.last_message_sent_time
@@ -458,7 +458,7 @@ class Client(_ReplyHandler):
     async def _call(
         self, service_name: Optional[str], func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
     ) -> Any:
-        rid = self._submit(service_name, func_name, args, kwargs)
+        rid = self._send_request(service_name, func_name, args, kwargs, True)
         if rid is None:
             return await self._call_slow(service_name, func_name, args, kwargs)
         t0 = self.last_message_sent_time
@@ -471,27 +471,25 @@ class Client(_ReplyHandler):
             self._observe(service_name, t0)
         return result
 
-    def _submit(
-        self, service_name: Optional[str], func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
-    ) -> Optional[bytes]:
-        """Send a call on the fast path; its request id (the Future is ``replies[rid]``).
-
-        ``None`` when the call needs the slow path (not connected or not ready
-        yet, a service the client does not know, the pending limit reached):
-        nothing was sent then.  Bad arguments raise before anything is sent.
-        """
-        if not self._is_ready:
-            return None
-        if not service_name:
-            service_name = self.default_service
-        if service_name not in self._remote_services or len(self.replies) >= Settings.MESSAGE_MAX:
-            return None
-        return self._send_request(service_name, func_name, args, kwargs)
-
     def _send_request(
-        self, service_name: str, func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
-    ) -> bytes:
-        """Encode and send one request; registers its Future and deadline. Returns its request id."""
+        self, service_name: Optional[str], func_name: str, args: Sequence[Any],
+        kwargs: Optional[Mapping[str, Any]], fast: bool = False,
+    ) -> Optional[bytes]:
+        """Encode and queue one request; registers its Future (``replies[rid]``) and deadline.
+
+        Returns the request id.  With ``fast`` (a user's call), ``None`` when
+        the call needs the slow path first (not connected or not ready yet, a
+        service the client does not know, the pending limit reached): nothing
+        was sent then.  Bad arguments raise before anything is sent.
+        """
+        if fast:
+            if not self._is_ready:
+                return None
+            if not service_name:
+                service_name = self.default_service
+            if service_name not in self._remote_services or len(self.replies) >= Settings.MESSAGE_MAX:
+                return None
+        assert service_name  # the slow path resolved it
         lsock = self._lsock
         if lsock is None:
             raise RuntimeError("Gate service not yet ready.")
@@ -624,6 +622,7 @@ class Client(_ReplyHandler):
     ) -> Any:
         """Send one request and wait for its reply (the value, a stream or HugeData)."""
         rid = self._send_request(service_name, func_name, args, kwargs)
+        assert rid is not None  # not the fast path: always sent
         t0 = self.last_message_sent_time
         try:
             result = await self.replies[rid]
