@@ -63,12 +63,12 @@ from gaterpc.counters import count_drop
 from gaterpc.exceptions import BrokerUnavailableError, RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.client_replies import INLINE_DECODE_MAX, _remote_error, _ReplyHandler  # noqa: F401 (re-exported)
-from gaterpc.calls import VALUE_LIMIT as _VALUE_LIMIT, check_value_sizes as _check_value_sizes, observe as _observe
+from gaterpc.calls import _EMPTY_MAP, _RID, _CallSender, _plain_future_loop
 from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.hugedata import HugeDataReceiver
-from gaterpc.loopio import BacklogBudgetError, LoopSocket
+from gaterpc.loopio import LoopSocket
 from gaterpc.protocol import KEEPALIVE_ARG
-from gaterpc.serialization import msg_pack, msg_unpack, pack_fast as _pack
+from gaterpc.serialization import msg_pack, msg_unpack
 from gaterpc.streams import StreamReply
 from gaterpc._speedups.reqtable import RequestTable
 
@@ -77,32 +77,10 @@ __all__ = ("Client", "SimpleClient", "_RemoteMethodProxy")
 Clogger = logging.getLogger("gaterpc.client")
 
 _TIMEOUT_MESSAGE = "Timeout while requesting the Majordomo service."
-_EMPTY_MAP = b"\x80"
-_EMPTY_ARRAY = b"\x90"
 
 _KEEPALIVE_FUNC = msg_pack("keepalive")
 _KEEPALIVE_ARGS = msg_pack((KEEPALIVE_ARG,))
 _EVENT_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
-# Request ids: 8 random bytes drawn once per client, then a 64-bit counter
-# (16 bytes, unique per client and, in practice, everywhere).
-_RID = struct.Struct(">8sQ")
-# Stale deadline pairs tolerated (beyond twice the pending calls) before a rebuild.
-_DEADLINES_SLACK = 2048
-_Future = asyncio.Future
-
-
-def _plain_future_loop(loop: Optional[asyncio.AbstractEventLoop]) -> Optional[asyncio.AbstractEventLoop]:
-    """``loop`` if its ``create_future()`` is asyncio's or uvloop's (both return
-    ``asyncio.Future(loop=loop)``, which is cheaper to call directly), else None."""
-    if loop is None:
-        return None
-    create = type(loop).create_future
-    if create is asyncio.BaseEventLoop.create_future:
-        return loop
-    uvloop = sys.modules.get("uvloop")
-    if uvloop is not None and type(loop) is getattr(uvloop, "Loop", None):
-        return loop
-    return None
 
 
 if sys.version_info >= (3, 11):
@@ -148,7 +126,7 @@ class _RemoteMethodProxy:
         return f"<remote method {self._service or '<default>'}.{self._func}>"
 
 
-class Client(_ReplyHandler):
+class Client(_ReplyHandler, _CallSender):
     """Asynchronous client of a broker frontend (DEALER socket)."""
 
     def __init__(self, broker_addr: Optional[str] = None, identity: Optional[str] = None,
@@ -471,102 +449,6 @@ class Client(_ReplyHandler):
             self._observe(service_name, t0)
         return result
 
-    def _send_request(
-        self, service_name: Optional[str], func_name: str, args: Sequence[Any],
-        kwargs: Optional[Mapping[str, Any]], fast: bool = False,
-    ) -> Optional[bytes]:
-        """Encode and queue one request; registers its Future (``replies[rid]``) and deadline.
-
-        Returns the request id.  With ``fast`` (a user's call), ``None`` when
-        the call needs the slow path first (not connected or not ready yet, a
-        service the client does not know, the pending limit reached): nothing
-        was sent then.  Bad arguments raise before anything is sent.
-        """
-        if fast:
-            if not self._is_ready:
-                return None
-            if not service_name:
-                service_name = self.default_service
-            if service_name not in self._remote_services or len(self.replies) >= Settings.MESSAGE_MAX:
-                return None
-        assert service_name  # the slow path resolved it
-        lsock = self._lsock
-        if lsock is None:
-            raise RuntimeError("Gate service not yet ready.")
-        service_b = self._service_cache.get(service_name)
-        if service_b is None:
-            service_b = self._service_cache[service_name] = service_name.encode("utf-8")
-        func_b = self._func_cache.get(func_name)
-        if func_b is None:
-            func_b = msg_pack(func_name)
-            if len(self._func_cache) < 4096:
-                self._func_cache[func_name] = func_b
-        args_b = _pack(args) if args else _EMPTY_ARRAY
-        kwargs_b = _pack(kwargs) if kwargs else _EMPTY_MAP
-        if len(args_b) > _VALUE_LIMIT or len(kwargs_b) > _VALUE_LIMIT:
-            _check_value_sizes(func_name, args, kwargs)
-        n = self._rid_next
-        self._rid_next = n + 1
-        request_id = _RID.pack(self._rid_prefix, n)
-        zap = self._zap_frames_bytes
-        if zap:
-            frames = (b"", self._header, service_b, *zap, request_id, func_b, args_b, kwargs_b)
-        else:
-            frames = (b"", self._header, service_b, request_id, func_b, args_b, kwargs_b)
-        loop = self._loop
-        assert loop is not None  # bound before the socket exists
-        now = loop.time()
-        replies = self.replies
-        replies[request_id] = _Future(loop=loop) if loop is self._plain_loop else loop.create_future()
-        deadline = now + self.reply_timeout
-        if deadline >= self._last_deadline:
-            self._last_deadline = deadline
-            dl = self._deadlines
-            # Calls are mostly answered in order: drop the answered ones at the front.
-            while dl and dl[1] not in replies:
-                dl.popleft()
-                dl.popleft()
-            dl.append(deadline)
-            dl.append(request_id)
-            if len(dl) > 4 * len(replies) + _DEADLINES_SLACK:  # a long call holds the front
-                self._compact_deadlines()
-        else:  # reply_timeout was lowered: keep the deadline order
-            self._table.add(request_id, None, deadline)
-        self.last_message_sent_time = now
-        out = self._outbox
-        out.append(frames)
-        if len(out) == 1:
-            loop.call_soon(self._flush_outbox)
-        self._stat_calls += 1
-        return request_id
-
-    def _flush_outbox(self) -> None:
-        out = self._outbox
-        if not out:
-            return
-        self._outbox = []
-        lsock = self._lsock
-        if lsock is None:
-            return
-        for frames in out:
-            try:
-                lsock.send(frames)
-            except BacklogBudgetError as exc:
-                self._fail(frames[-4], exc)
-
-    def _compact_deadlines(self) -> None:
-        """Drop the deadlines of answered calls (O(n), after O(n) calls: O(1) per call)."""
-        replies = self.replies
-        old = self._deadlines
-        new: Deque[Any] = deque()
-        while old:
-            deadline = old.popleft()
-            rid = old.popleft()
-            if rid in replies:
-                new.append(deadline)
-                new.append(rid)
-        self._deadlines = new
-
     def _expire(self, now: float) -> None:
         """Fail every call whose deadline passed with ``ReplyTimeout``."""
         expired = self._table.expire(now)
@@ -582,20 +464,6 @@ class Client(_ReplyHandler):
             # replies in progress have their own (moving) deadline in ``table``.
             if rid in replies and rid not in table:
                 self._fail(rid, ReplyTimeout(_TIMEOUT_MESSAGE))
-
-    def _call_failed(self, request_id: bytes, service_name: Optional[str], t0: float) -> None:
-        """A call raised (remote error, timeout, lost broker, cancelled): count it, drop its state."""
-        self._stat_errors += 1
-        if request_id not in self._streams:
-            self._forget(request_id)
-        if self._latency is not None:
-            self._observe(service_name, t0)
-
-    def _observe(self, service_name: Optional[str], t0: float) -> None:
-        latency = self._latency
-        loop = self._loop
-        if latency is not None and loop is not None:
-            _observe(latency, service_name or self.default_service, loop.time() - t0)
 
     async def _call_slow(
         self, service_name: Optional[str], func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
