@@ -3,11 +3,18 @@
 Frames: docs/PROTOCOL.md, "Client and broker".
 
 ``Client`` sends each call as one request message and keeps a Future per
-request id.  Replies are read in batches from the socket's event-loop
-callback and resolve their Futures there (no task per reply); a request
-table with deadlines replaces one timer per call, and a single maintenance
-task (``_recv_task``) sweeps it, sends keepalives and watches the broker's
-liveness.
+request id.  A call is one coroutine (``knock`` or the dot-call): it encodes
+the request, queues it and awaits the Future; the requests queued during
+one event-loop iteration leave together right after it (one callback per
+burst, not per call), so the broker gets them in batches.  Request ids are
+16 bytes: 8 random bytes drawn once per client and a 64-bit counter.
+Replies are read in batches from the socket's event-loop callback and
+resolve their Futures there (no task per reply).  Deadlines replace one
+timer per call: a single call's deadline is appended to a deque (in order,
+since every call has the same ``reply_timeout``), streams and HugeData
+replies (whose deadline moves with each chunk) use a request table, and a
+single maintenance task (``_recv_task``) sweeps both, sends keepalives and
+watches the broker's liveness.
 
 Losing the broker.  Every pending call, open stream and HugeData result
 fails with ``BrokerUnavailableError`` (a ``TimeoutError``) as soon as the
@@ -41,12 +48,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import struct
 import sys
 import uuid
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections import deque
+from typing import Any, Deque, Mapping, Optional, Sequence, Union
 
 import zmq
 from zmq import constants as z_const
@@ -57,7 +64,7 @@ from gaterpc.counters import count_drop
 from gaterpc.exceptions import BrokerUnavailableError, RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.client_replies import INLINE_DECODE_MAX, _remote_error, _ReplyHandler  # noqa: F401 (re-exported)
-from gaterpc.calls import VALUE_LIMIT as _VALUE_LIMIT, check_value_sizes as _check_value_sizes, observe as _observe
+from gaterpc.calls import _EMPTY_MAP, _RID, _CallSender, _plain_future_loop
 from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.hugedata import HugeDataReceiver
 from gaterpc.loopio import LoopSocket
@@ -71,8 +78,6 @@ __all__ = ("Client", "SimpleClient", "_RemoteMethodProxy")
 Clogger = logging.getLogger("gaterpc.client")
 
 _TIMEOUT_MESSAGE = "Timeout while requesting the Majordomo service."
-_EMPTY_MAP = b"\x80"
-_EMPTY_ARRAY = b"\x90"
 
 _KEEPALIVE_FUNC = msg_pack("keepalive")
 _KEEPALIVE_ARGS = msg_pack((KEEPALIVE_ARG,))
@@ -122,7 +127,7 @@ class _RemoteMethodProxy:
         return f"<remote method {self._service or '<default>'}.{self._func}>"
 
 
-class Client(_ReplyHandler):
+class Client(_ReplyHandler, _CallSender):
     """Asynchronous client of a broker frontend (DEALER socket)."""
 
     def __init__(self, broker_addr: Optional[str] = None, identity: Optional[str] = None,
@@ -162,11 +167,22 @@ class Client(_ReplyHandler):
         self._lsock: Optional[LoopSocket] = None
         self._is_ready = False
         self._last_recv = 0.0
+        # Deadlines.  A single call's deadline goes to ``_deadlines`` (flat pairs
+        # deadline, request id: no tracked object per call), in order as long as
+        # ``reply_timeout`` stays the same; a call that would break the order, and
+        # every stream and HugeData reply (each chunk moves its deadline), is kept
+        # in ``_table``.  Answered calls leave stale pairs, dropped in bulk.
         self._table = RequestTable()
+        self._deadlines: Deque[Any] = deque()
+        self._last_deadline = 0.0
+        self._outbox: list[Sequence[bytes]] = []
+        self._plain_loop = _plain_future_loop(self._loop)
         self._streams: dict[bytes, StreamReply] = {}
         # figures read by gaterpc.metrics; the latency histogram is kept only once the
         # client is registered there (service -> [bucket counts], count, sum)
         self._stat_calls = 0
+        self._rid_prefix = secrets.token_bytes(8)
+        self._rid_next = 0
         self._stat_errors = 0
         self._latency: Optional[dict[str, list[Any]]] = None
         self._huge: dict[bytes, HugeDataReceiver] = {}
@@ -236,6 +252,7 @@ class Client(_ReplyHandler):
         old = self._loop
         if old is not loop:
             self._loop = loop
+            self._plain_loop = _plain_future_loop(loop)
             if old is not None:
                 self._recv_task = None
                 self._close_sockets()
@@ -245,6 +262,8 @@ class Client(_ReplyHandler):
                 self._streams.clear()
                 self._huge.clear()
                 self._table.clear()
+                self._deadlines.clear()
+                self._last_deadline = 0.0
                 self.ready = None
                 self._is_ready = False
         return loop
@@ -359,6 +378,7 @@ class Client(_ReplyHandler):
         release_context(self, self.ctx)
 
     def _close_sockets(self) -> None:
+        self._outbox = []  # requests not sent yet: their calls fail with the connection
         mon = self._monitor
         self._monitor = None
         lsock = self._lsock
@@ -397,6 +417,8 @@ class Client(_ReplyHandler):
             for rid in pending:
                 self._fail(rid, err)
         self._table.clear()
+        self._deadlines.clear()
+        self._last_deadline = 0.0
 
     def _on_socket_error(self, exc: BaseException) -> None:
         Clogger.error("client socket failed: %s", exc)
@@ -405,11 +427,56 @@ class Client(_ReplyHandler):
 
     async def knock(self, service_name: str, func_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``service_name.func_name(*args, **kwargs)`` remotely."""
-        return await self._call(service_name, func_name, args, kwargs)
+        # The body of ``_call``, repeated so that a call is one coroutine, not two.
+        rid = self._send_request(service_name, func_name, args, kwargs, True)
+        if rid is None:
+            return await self._call_slow(service_name, func_name, args, kwargs)
+        t0 = self.last_message_sent_time
+        try:
+            result = await self.replies[rid]
+        except BaseException:
+            self._call_failed(rid, service_name, t0)
+            raise
+        if self._latency is not None:
+            self._observe(service_name, t0)
+        return result
 
     async def _call(
         self, service_name: Optional[str], func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
     ) -> Any:
+        rid = self._send_request(service_name, func_name, args, kwargs, True)
+        if rid is None:
+            return await self._call_slow(service_name, func_name, args, kwargs)
+        t0 = self.last_message_sent_time
+        try:
+            result = await self.replies[rid]
+        except BaseException:
+            self._call_failed(rid, service_name, t0)
+            raise
+        if self._latency is not None:
+            self._observe(service_name, t0)
+        return result
+
+    def _expire(self, now: float) -> None:
+        """Fail every call whose deadline passed with ``ReplyTimeout``."""
+        expired = self._table.expire(now)
+        for request_id, _ in expired:
+            self._fail(request_id, ReplyTimeout(_TIMEOUT_MESSAGE))
+        dl = self._deadlines
+        replies = self.replies
+        table = self._table
+        while dl and dl[0] <= now:
+            dl.popleft()
+            rid = dl.popleft()
+            # Answered calls are gone from ``replies``; streams and HugeData
+            # replies in progress have their own (moving) deadline in ``table``.
+            if rid in replies and rid not in table:
+                self._fail(rid, ReplyTimeout(_TIMEOUT_MESSAGE))
+
+    async def _call_slow(
+        self, service_name: Optional[str], func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
+    ) -> Any:
+        """A call that first connects, waits for the broker or looks its service up."""
         if not self._is_ready:
             await self._ensure_ready()
         if not service_name:
@@ -430,47 +497,17 @@ class Client(_ReplyHandler):
         self, service_name: str, func_name: str, args: Sequence[Any], kwargs: Optional[Mapping[str, Any]]
     ) -> Any:
         """Send one request and wait for its reply (the value, a stream or HugeData)."""
-        lsock = self._lsock
-        if lsock is None:
-            raise RuntimeError("Gate service not yet ready.")
-        service_b = self._service_cache.get(service_name)
-        if service_b is None:
-            service_b = self._service_cache[service_name] = service_name.encode("utf-8")
-        func_b = self._func_cache.get(func_name)
-        if func_b is None:
-            func_b = msg_pack(func_name)
-            if len(self._func_cache) < 4096:
-                self._func_cache[func_name] = func_b
-        args_b = msg_pack(args) if args else _EMPTY_ARRAY
-        kwargs_b = msg_pack(kwargs) if kwargs else _EMPTY_MAP
-        if len(args_b) > _VALUE_LIMIT or len(kwargs_b) > _VALUE_LIMIT:
-            _check_value_sizes(func_name, args, kwargs)
-        request_id = os.urandom(16)
-        zap = self._zap_frames_bytes
-        if zap:
-            frames = (b"", self._header, service_b, *zap, request_id, func_b, args_b, kwargs_b)
-        else:
-            frames = (b"", self._header, service_b, request_id, func_b, args_b, kwargs_b)
-        loop = self._loop
-        assert loop is not None  # bound before the socket exists
-        fut: asyncio.Future[Any] = loop.create_future()
-        now = loop.time()
-        self.replies[request_id] = fut
-        self._table.add(request_id, fut, now + self.reply_timeout)
-        self.last_message_sent_time = now
-        lsock.send(frames)
-        self._stat_calls += 1
+        rid = self._send_request(service_name, func_name, args, kwargs)
+        assert rid is not None  # not the fast path: always sent
+        t0 = self.last_message_sent_time
         try:
-            return await fut
+            result = await self.replies[rid]
         except BaseException:
-            self._stat_errors += 1
+            self._call_failed(rid, service_name, t0)
             raise
-        finally:
-            if request_id not in self._streams:
-                self._forget(request_id)
-            latency = self._latency
-            if latency is not None:
-                _observe(latency, service_name, loop.time() - now)
+        if self._latency is not None:
+            self._observe(service_name, t0)
+        return result
 
     async def _majordomo_service(self, func_name: str, *args: Any, **kwargs: Any) -> Any:
         return await self._request(self._internal_name, func_name, args, kwargs)
@@ -497,7 +534,9 @@ class Client(_ReplyHandler):
         """Send the broker's internal ``keepalive``; any reply proves it alive (no Future kept)."""
         lsock = self._lsock
         self._last_probe = now
-        rid = os.urandom(16)
+        n = self._rid_next
+        self._rid_next = n + 1
+        rid = _RID.pack(self._rid_prefix, n)
         self._probe_id = rid
         service_b = self._internal_name.encode("utf-8")
         zap = self._zap_frames_bytes
@@ -522,10 +561,7 @@ class Client(_ReplyHandler):
             while True:
                 await asyncio.sleep(sweep)
                 now = loop.time()
-                expired = self._table.expire(now)
-                if expired:
-                    for request_id, _ in expired:
-                        self._fail(request_id, ReplyTimeout(_TIMEOUT_MESSAGE))
+                self._expire(now)
                 if self._lsock is None or self._lsock.closed:
                     reason = "the connection was closed"
                     break

@@ -70,23 +70,29 @@ class _ReplyHandler:
         self._last_recv = loop.time()
         header = self._header
         replies = self.replies
+        # A single reply's request is in the table only if its deadline was out of
+        # order (reply_timeout lowered); nothing in this batch adds such a request.
+        table_pop = self._table.pop if len(self._table) else None
+        unpack = msg_unpack
         for msg in msgs:
-            if len(msg) < 5 or msg[0] or msg[1] != header:
+            n = len(msg)
+            if n < 5 or msg[0] or msg[1] != header:
                 count_drop("client_malformed_reply")
                 continue
             request_id = msg[3]
-            fut = replies.get(request_id)
-            if fut is None:
-                if request_id != self._probe_id:
-                    count_drop("client_unknown_reply")  # late (timed out) or abandoned
-                continue
-            if len(msg) == 5:
-                if fut.done():
+            if n == 5:
+                fut = replies.pop(request_id, None)
+                if fut is None:
+                    if request_id != self._probe_id:
+                        count_drop("client_unknown_reply")  # late (timed out) or abandoned
                     continue
-                del replies[request_id]
-                self._table.pop(request_id)
+                if fut.done():  # a stream or HugeData reply in progress: not for a single frame
+                    replies[request_id] = fut
+                    continue
+                if table_pop is not None:
+                    table_pop(request_id)
                 try:
-                    reply = msg_unpack(msg[4])
+                    reply = unpack(msg[4])
                     if type(reply) is not dict:
                         raise MsgUnpackError("the reply is not a map")
                 except MsgUnpackError as exc:
@@ -98,6 +104,11 @@ class _ReplyHandler:
                 else:
                     fut.set_result(reply.get("result"))
             else:
+                fut = replies.get(request_id)
+                if fut is None:
+                    if request_id != self._probe_id:
+                        count_drop("client_unknown_reply")
+                    continue
                 try:
                     self._on_multi(request_id, fut, msg[4:])
                 except Exception as exc:  # corrupt stream or HugeData
@@ -130,7 +141,7 @@ class _ReplyHandler:
                 stream._put_exception(_remote_error(msg_unpack(body[2])))
                 self._forget(request_id)
                 return
-            self._table.touch(request_id, loop.time() + self.reply_timeout)
+            self._table.add(request_id, None, loop.time() + self.reply_timeout)
         elif tag == HUGE_TAG:
             receiver = self._huge.get(request_id)
             if receiver is None:
@@ -164,7 +175,7 @@ class _ReplyHandler:
             elif n == 3 and (body[1] == STREAM_EXC or body[1] == HUGE_EXC):
                 self._fail(request_id, _remote_error(msg_unpack(body[2])))
                 return
-            self._table.touch(request_id, loop.time() + self.reply_timeout)
+            self._table.add(request_id, None, loop.time() + self.reply_timeout)
 
     def _forget(self, request_id: bytes) -> None:
         """Drop every trace of a request (reply, stream, HugeData receiver)."""
