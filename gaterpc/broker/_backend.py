@@ -21,6 +21,7 @@ from gaterpc.global_settings import Settings
 from gaterpc.loopio import BacklogBudgetError, budget_message
 from gaterpc.protocol import DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST
 from gaterpc._speedups.frames import is_terminal
+from gaterpc._speedups.route import route_replies
 from gaterpc.worker import Service
 
 from ._state import BrokerState, Frames
@@ -246,9 +247,12 @@ class BrokerBackend(BrokerState):
     def _backend_batch(self, msgs: list[list[bytes]]) -> None:
         """Handle received backend messages (``[worker, '', MDPW01, command, ...]``)."""
         now = self._loop.time()
+        checker = self._zap_checker
+        if checker is None and not self._hook_reply:
+            route_replies(self, msgs, now)  # the fast path (compiled when available)
+            return
         header = self._mdp_worker
         workers = self.workers
-        checker = self._zap_checker
         for msg in msgs:
             if len(msg) < 4 or msg[1] or msg[2] != header:
                 continue
