@@ -7,6 +7,11 @@ from the worker its request was given to; the capacity unit is released
 when the reply completes the request (a single reply, or the end/error of
 a stream or HugeData transfer).  Callers of a worker that is removed get
 an error at once.  See ``docs/PROTOCOL.md`` ("Worker commands").
+
+Without a ZAP checker and without overridden reply hooks, a whole batch goes
+through :func:`gaterpc._speedups.route.route_replies` (compiled when
+available): it completes single replies and hands commands, streams,
+HugeData and replies to the broker or a peer gate to the methods below.
 """
 
 from __future__ import annotations

@@ -6,6 +6,12 @@ capacity wait in the service's FIFO.  A client found gone when the broker
 sends to it is forgotten with everything it had pending, and clients with
 calls pending are probed once per heartbeat.  See ``docs/PROTOCOL.md``
 ("Client requests").
+
+Without a ZAP checker (and without an overridden
+``process_messages_from_frontend``) a whole batch goes through
+:func:`gaterpc._speedups.route.route_requests` (compiled when available):
+it routes the requests that find a worker with spare capacity and hands
+every other message to :meth:`BrokerFrontend._route_request`.
 """
 
 from __future__ import annotations
