@@ -9,8 +9,8 @@ handed to the broker's Python methods exactly as the pure twin does.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_SetItem
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_SetSlice
 from libc.string cimport memcmp
@@ -169,7 +169,7 @@ def route_requests(broker, list msgs):
                 continue
             svc.stat_requests += 1
             client_id = msg[0]
-            PyDict_SetItem(w._inflight, msg[4], client_id)
+            w._inflight[msg[4]] = client_id
             # [client, '', MDPC01, service, rid, *body] -> [worker, '', MDPW01, 02, client, '', rid, *body]
             PySequence_SetSlice(msg, 0, 4, (w.identity, _EMPTY, worker_header, _REQUEST, client_id, _EMPTY))
             out.put(msg)
