@@ -238,6 +238,21 @@ def test_a_failing_broker_method_is_counted_and_the_batch_goes_on(twins):
     assert [e[0] for e in py["log"]] == ["count_error", "command"]
 
 
+def test_messages_of_another_sequence_type_are_handled_alike(twins):
+    """Tuples (not what the sockets give): the same outcome from both twins, message by message."""
+    front = [tuple(req(b"c1", b"echo", b"r1", b"f")), tuple(req(b"c1", b"idle", b"r2", b"f")),
+             req(b"c2", b"echo", b"r3", b"f")]
+    back = [tuple(rep(b"w1", b"c1", b"r1", b"b")), tuple([b"w1", b"", W_HDR, HEARTBEAT])]
+
+    def script(mod, b):
+        mod.route_requests(b, [m if type(m) is tuple else list(m) for m in front])
+        mod.route_replies(b, list(back), 2.0)
+
+    py, c = run_both(twins, SPEC, script)
+    assert py == c
+    assert [e[0] for e in py["log"]] == ["count_error", "route_request", "send", "count_error", "command"]
+
+
 def test_take_and_give_back_match_the_service_methods(twins):
     """The twins' ``take``/``give_back`` and ``ServiceCapacity._take``/``_give_back`` agree step for step."""
     ops = [("take", None)] * 4 + [("back", b"w1"), ("take", None), ("back", b"w2"), ("back", b"w2"),

@@ -10,7 +10,6 @@ handed to the broker's Python methods exactly as the pure twin does.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
-from cpython.list cimport PyList_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_SetSlice
 from libc.string cimport memcmp
@@ -108,7 +107,7 @@ cdef class _Out:
                 self.io = io
                 self.direct = True
 
-    cdef int put(self, list msg) except -1:
+    cdef int put(self, object msg) except -1:
         if self.lsock is None:
             return 0
         if self.direct and (not self.peers or PyDict_GetItem(self.peers, msg[0]) is NULL) \
@@ -139,19 +138,19 @@ def give_back(svc, w):
     _give_back(svc, w)
 
 
-def route_requests(broker, list msgs):
+def route_requests(broker, msgs):
     """Route a frontend batch (see the pure twin)."""
     cdef object header = broker._mdp_client
     cdef object worker_header = broker._mdp_worker
     cdef object internal_b = broker._internal_b
     cdef dict services = broker._services_b
     cdef _Out out = _Out(broker._lback)
-    cdef list msg
+    cdef object msg
     cdef object svc, w, service_b, client_id
     cdef PyObject* found
     cdef Py_ssize_t n
     for msg in msgs:
-        n = PyList_GET_SIZE(msg)
+        n = len(msg)
         if n < 5 or not _is_empty(msg[1]) or not _eq(msg[2], header):
             count_drop("frontend_malformed")  # names no request: nobody to answer
             continue
@@ -178,19 +177,19 @@ def route_requests(broker, list msgs):
     out.done()
 
 
-def route_replies(broker, list msgs, double now):
+def route_replies(broker, msgs, double now):
     """Handle a backend batch (see the pure twin)."""
     cdef object header = broker._mdp_worker
     cdef object client_header = broker._mdp_client
     cdef dict workers = broker.workers
     cdef object special = broker._special_ids
     cdef _Out out = _Out(broker._lfront)
-    cdef list msg
+    cdef object msg
     cdef object w, svc, client_id, request_id, inflight, partial
     cdef PyObject* found
     cdef Py_ssize_t n
     for msg in msgs:
-        n = PyList_GET_SIZE(msg)
+        n = len(msg)
         if n < 4 or not _is_empty(msg[1]) or not _eq(msg[2], header):
             continue
         try:
