@@ -304,6 +304,11 @@ class Calc(Worker):
         await asyncio.sleep(seconds)
         return seconds
 
+    @interface
+    async def count(self, n):
+        for i in range(n):
+            yield i
+
 
 async def wait_for(predicate, timeout):
     loop = asyncio.get_running_loop()
@@ -430,21 +435,45 @@ async def test_failed_message_answers_its_caller(lab, ctx):
     def broken_route(msg, service_b):
         raise ValueError("route bug")
 
+    # a request the fast path hands to the Python routing (here: a service without workers)
+    b.register_service("Idle", "no workers")
+    await cli._get_services()  # the client learns it before the routing breaks
     b._route_request = broken_route
     with pytest.raises(RemoteException) as info:
-        await asyncio.wait_for(cli.Calc.add(1, 2), 3)
+        await asyncio.wait_for(cli.Idle.add(1, 2), 3)
     assert info.value.remote_type == "RuntimeError"
     del b._route_request
 
+    # a single reply that makes the fast path fail (its service record is broken)
+    svc = b.services["Calc"]
+    served = svc.stat_served
+    svc.stat_served = None  # None + 1 raises
+    try:
+        with pytest.raises(RemoteException) as info:
+            await asyncio.wait_for(cli.Calc.add(1, 3), 3)
+    finally:
+        svc.stat_served = served
+    assert info.value.remote_type == "RuntimeError"
+
+    on_reply = b._on_reply
+    failed = []
+
     def broken_reply(wk, msg):
-        raise ValueError("reply bug")
+        if not failed:
+            failed.append(msg)
+            raise ValueError("reply bug")
+        return on_reply(wk, msg)  # the rest of the stream: no longer dispatched, dropped
+
+    # a reply the fast path hands to the Python reply handling (here: a stream item)
+    async def consume():
+        return [i async for i in await cli.Calc.count(3)]
 
     b._on_reply = broken_reply
     with pytest.raises(RemoteException) as info:
-        await asyncio.wait_for(cli.Calc.add(1, 3), 3)
+        await asyncio.wait_for(consume(), 3)
     assert info.value.remote_type == "RuntimeError"
     del b._on_reply
-    assert drops_snapshot().get("broker_error", 0) - before == 2
+    assert drops_snapshot().get("broker_error", 0) - before == 3
     # the capacity of the failed reply came back: the worker still serves everything
     rw = b.workers[w.identity]
     assert not rw._inflight

@@ -40,7 +40,7 @@ from gaterpc.exceptions import HugeDataException
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEEDUPS = ROOT / "gaterpc" / "_speedups"
-HOT_PATHS = ("zmqio", "frames", "reqtable", "lru", "chunks")
+HOT_PATHS = ("zmqio", "frames", "reqtable", "lru", "chunks", "route")
 
 pytestmark = pytest.mark.c_extension
 

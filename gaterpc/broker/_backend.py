@@ -7,6 +7,11 @@ from the worker its request was given to; the capacity unit is released
 when the reply completes the request (a single reply, or the end/error of
 a stream or HugeData transfer).  Callers of a worker that is removed get
 an error at once.  See ``docs/PROTOCOL.md`` ("Worker commands").
+
+Without a ZAP checker and without overridden reply hooks, a whole batch goes
+through :func:`gaterpc._speedups.route.route_replies` (compiled when
+available): it completes single replies and hands commands, streams,
+HugeData and replies to the broker or a peer gate to the methods below.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from gaterpc.global_settings import Settings
 from gaterpc.loopio import BacklogBudgetError, budget_message
 from gaterpc.protocol import DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST
 from gaterpc._speedups.frames import is_terminal
+from gaterpc._speedups.route import route_replies
 from gaterpc.worker import Service
 
 from ._state import BrokerState, Frames
@@ -246,9 +252,12 @@ class BrokerBackend(BrokerState):
     def _backend_batch(self, msgs: list[list[bytes]]) -> None:
         """Handle received backend messages (``[worker, '', MDPW01, command, ...]``)."""
         now = self._loop.time()
+        checker = self._zap_checker
+        if checker is None and not self._hook_reply:
+            route_replies(self, msgs, now)  # the fast path (compiled when available)
+            return
         header = self._mdp_worker
         workers = self.workers
-        checker = self._zap_checker
         for msg in msgs:
             if len(msg) < 4 or msg[1] or msg[2] != header:
                 continue

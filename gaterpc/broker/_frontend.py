@@ -6,6 +6,12 @@ capacity wait in the service's FIFO.  A client found gone when the broker
 sends to it is forgotten with everything it had pending, and clients with
 calls pending are probed once per heartbeat.  See ``docs/PROTOCOL.md``
 ("Client requests").
+
+Without a ZAP checker (and without an overridden
+``process_messages_from_frontend``) a whole batch goes through
+:func:`gaterpc._speedups.route.route_requests` (compiled when available):
+it routes the requests that find a worker with spare capacity and hands
+every other message to :meth:`BrokerFrontend._route_request`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from gaterpc.loopio import BacklogBudgetError, budget_message
 from gaterpc.protocol import HUGE_TAG, REQUEST, STREAM_EXC, STREAM_TAG, error_body, exception_triple
 from gaterpc.serialization import msg_pack
 from gaterpc.wire import BadRequest
+from gaterpc._speedups.route import route_requests
 
 from ._backend import BrokerBackend
 from ._state import Frames
@@ -40,20 +47,20 @@ class BrokerFrontend(BrokerBackend):
 
     def _frontend_batch(self, msgs: list[list[bytes]]) -> None:
         """Handle received frontend messages (``[client, '', MDPC01, service, ...]``)."""
-        header = self._mdp_client
         checker = self._zap_checker
+        if checker is None:
+            route_requests(self, msgs)  # the fast path (compiled when available)
+            return
+        header = self._mdp_client
         for msg in msgs:
             if len(msg) < 5 or msg[1] or msg[2] != header:
                 count_drop("frontend_malformed")  # names no request: nobody to answer
                 continue
             try:
-                if checker is not None:
-                    if self._hook_zap:
-                        self._spawn(self._authenticate_with_hook(msg))
-                    else:
-                        checker.frontend(msg)
+                if self._hook_zap:
+                    self._spawn(self._authenticate_with_hook(msg))
                 else:
-                    self._route_request(msg, msg[3])
+                    checker.frontend(msg)
             except Exception:
                 self._count_error(msg, True)
 
