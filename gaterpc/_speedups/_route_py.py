@@ -98,7 +98,7 @@ def route_requests(broker: Any, msgs: List[List[bytes]]) -> None:
                 svc = services.get(service_b)
                 if svc is not None:
                     w = take(svc)
-            if w is None:
+            if w is None or svc is None:
                 broker._route_request(msg, service_b)
                 continue
             svc.stat_requests += 1

@@ -173,7 +173,7 @@ class ZSocketIO:
                 for part in parts:
                     size = len(part)
                     if size >= least:
-                        msg.append(memoryview(part).toreadonly())
+                        msg.append(memoryview(part).toreadonly())  # type: ignore[arg-type]  # zmq.Frame exports the buffer protocol
                         nocopy += 1
                     else:
                         msg.append(part.bytes)
