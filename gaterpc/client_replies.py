@@ -15,7 +15,10 @@ from gaterpc.counters import count_drop
 from gaterpc.exceptions import RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.hugedata import HugeDataReceiver
-from gaterpc.protocol import HUGE_END, HUGE_EXC, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG
+from gaterpc.protocol import (
+    KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_STREAM_END, KIND_STREAM_ERROR, KIND_STREAM_ITEM, STREAM_END,
+)
+from gaterpc._speedups.frames import reply_kind
 from gaterpc.serialization import MsgUnpackError, msg_unpack
 from gaterpc.streams import StreamReply
 
@@ -115,11 +118,16 @@ class _ReplyHandler:
                     self._fail(request_id, exc)
 
     def _on_multi(self, request_id: bytes, fut: asyncio.Future[Any], body: Sequence[bytes]) -> None:
+        """A reply of several frames: a stream item/end/error or a HugeData chunk/end/error.
+
+        The body is classified by :func:`gaterpc._speedups.frames.reply_kind`,
+        the one reply classifier that the broker, the gate and
+        :func:`gaterpc.wire.classify_reply` use too.
+        """
         loop = self._loop
         assert loop is not None  # the socket exists only on a bound loop
-        tag = body[0]
-        n = len(body)
-        if tag == STREAM_TAG:
+        k = reply_kind(body)
+        if k == KIND_STREAM_ITEM or k == KIND_STREAM_END or k == KIND_STREAM_ERROR:
             stream = self._streams.get(request_id)
             if stream is None:
                 if fut.done():
@@ -128,54 +136,58 @@ class _ReplyHandler:
                 stream._on_close = functools.partial(self._forget, request_id)
                 self._streams[request_id] = stream
                 fut.set_result(stream)
-            if n == 2:
-                if body[1] == STREAM_END:
-                    stream._put_end()
-                    self._forget(request_id)
-                    return
-                frame = body[1]
-                if not stream._put(msg_unpack(frame), len(frame)):
-                    self._forget(request_id)
-                    return
-            elif n == 3 and body[1] == STREAM_EXC:
+            if k == KIND_STREAM_END:
+                stream._put_end()
+                self._forget(request_id)
+                return
+            if k == KIND_STREAM_ERROR:
                 stream._put_exception(_remote_error(msg_unpack(body[2])))
                 self._forget(request_id)
                 return
+            frame = body[1]
+            if not stream._put(msg_unpack(frame), len(frame)):
+                self._forget(request_id)
+                return
             self._table.add(request_id, None, loop.time() + self.reply_timeout)
-        elif tag == HUGE_TAG:
+        elif k == KIND_HUGE_CHUNK or k == KIND_HUGE_END or k == KIND_HUGE_ERROR:
             receiver = self._huge.get(request_id)
             if receiver is None:
                 if fut.done():
                     return
                 receiver = self._huge[request_id] = HugeDataReceiver(
                     default_module=Settings.HUGE_DATA_COMPRESS_MODULE)
-            if n == 2:
-                if body[1] == HUGE_END:
-                    try:
-                        data = receiver.finish()
-                    except Exception as exc:
-                        self._fail(request_id, exc)
-                        return
-                    self._forget(request_id)
-                    if len(data) > INLINE_DECODE_MAX:
-                        # Decoding a large result would stall every other call: use a thread.
-                        loop.run_in_executor(None, msg_unpack, data).add_done_callback(
-                            functools.partial(_settle, fut))
-                        return
-                    try:
-                        result = msg_unpack(data)
-                    except Exception as exc:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                        return
-                    if not fut.done():
-                        fut.set_result(result)
+            if k == KIND_HUGE_END:
+                try:
+                    data = receiver.finish()
+                except Exception as exc:
+                    self._fail(request_id, exc)
                     return
-                receiver.feed(body[1])
-            elif n == 3 and (body[1] == STREAM_EXC or body[1] == HUGE_EXC):
+                self._forget(request_id)
+                if len(data) > INLINE_DECODE_MAX:
+                    # Decoding a large result would stall every other call: use a thread.
+                    loop.run_in_executor(None, msg_unpack, data).add_done_callback(
+                        functools.partial(_settle, fut))
+                    return
+                try:
+                    result = msg_unpack(data)
+                except Exception as exc:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                    return
+                if not fut.done():
+                    fut.set_result(result)
+                return
+            if k == KIND_HUGE_ERROR:
                 self._fail(request_id, _remote_error(msg_unpack(body[2])))
                 return
+            receiver.feed(body[1])
             self._table.add(request_id, None, loop.time() + self.reply_timeout)
+        else:
+            # neither a stream nor a HugeData reply: the call fails with a clear error
+            # (it would otherwise wait for its timeout)
+            count_drop("client_malformed_reply")
+            self._fail(request_id, MsgUnpackError(
+                f"malformed reply: {len(body)} frames that are neither a stream nor a HugeData reply"))
 
     def _forget(self, request_id: bytes) -> None:
         """Drop every trace of a request (reply, stream, HugeData receiver)."""

@@ -18,8 +18,10 @@ The roles own the sockets; this module only reads the frames they received
 
 Neither checks that the function exists: that is the receiver's business
 (its table of ``@interface`` methods).  The broker's per-message path keeps
-the compiled ``is_terminal`` for its terminal test (cheaper than building an
-event); :func:`classify_reply` is for code that needs the parts.
+the compiled ``is_terminal`` for its terminal test and the client and the
+gate dispatch on the compiled ``reply_kind`` (cheaper than building an event):
+all of them, and :func:`classify_reply`, share that one classifier;
+:func:`classify_reply` is for code that needs the parts.
 """
 
 from __future__ import annotations

@@ -180,3 +180,55 @@ async def test_requests_leave_in_one_burst_per_loop_iteration_and_refusals_reach
         assert_clean(cli)
     finally:
         await c.stop()
+
+
+async def test_a_malformed_multi_frame_reply_fails_its_call_at_once(tmp_path):
+    """Reply frames that are neither a stream nor a HugeData reply: a clear error, counted, not a timeout."""
+    import zmq
+    import zmq.asyncio
+
+    from gaterpc.counters import drops_snapshot
+    from gaterpc.global_settings import Settings
+    from gaterpc.serialization import MsgUnpackError
+
+    actx = zmq.asyncio.Context()
+    router = actx.socket(zmq.ROUTER)
+    router.linger = 0
+    addr = f"ipc://{tmp_path}/fake-broker"
+    router.bind(addr)
+    seen: list[list[bytes]] = []
+
+    async def fake_broker() -> None:
+        """Answer the client's own probes validly and the call to Svc with a malformed body."""
+        from gaterpc.serialization import msg_pack
+
+        for _ in range(1000):
+            frames = await router.recv_multipart()
+            client_id, empty, header, service, rid = frames[:5]
+            assert (empty, header) == (b"", Settings.MDP_CLIENT)
+            if service == b"Svc":
+                seen.append(frames)
+                body = [b"NotATag", b"x"]
+            else:
+                body = [msg_pack({"result": ["Svc"], "exception": None})]  # get_services, probes
+            await router.send_multipart([client_id, b"", Settings.MDP_CLIENT, service, rid, *body])
+
+    server = asyncio.ensure_future(fake_broker())
+    cli = Client(addr, context=actx, reply_timeout=30)
+    try:
+        await asyncio.wait_for(cli.connect(), 20)
+        before = drops_snapshot().get("client_malformed_reply", 0)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(MsgUnpackError, match="neither a stream nor a HugeData reply"):
+            await asyncio.wait_for(cli.Svc.fn(1), 10)
+        assert loop.time() - t0 < 10  # at once, not after reply_timeout (30 s)
+        assert len(seen) == 1
+        assert drops_snapshot().get("client_malformed_reply", 0) == before + 1
+        assert_clean(cli)
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+        cli.close()
+        router.close(linger=0)
+        actx.term()

@@ -29,7 +29,11 @@ from typing import Any, Optional, Sequence
 from gaterpc.counters import count_drop, count_event
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import to_bytes
-from gaterpc.protocol import HUGE_END, HUGE_EXC, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG
+from gaterpc.protocol import (
+    KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_SINGLE, KIND_STREAM_END, KIND_STREAM_ERROR,
+    KIND_STREAM_ITEM,
+)
+from gaterpc._speedups.frames import is_terminal, reply_kind
 from gaterpc.serialization import msg_unpack
 
 from ._typed import BusyGateError, GateUnAvailableError, HugeDataReceiver, ServiceUnAvailableError
@@ -70,9 +74,7 @@ class _ForwardingMixin(_GateBase):
         rid = msg[5]
         if fwd is not None:
             # A reply to a request we forwarded to this peer.
-            n = len(msg) - 6
-            if n == 2 and ((msg[6] == STREAM_TAG and msg[7] != STREAM_END)
-                           or (msg[6] == HUGE_TAG and msg[7] != HUGE_END)):
+            if not is_terminal(msg[6:]):  # a stream item or HugeData chunk: more follow
                 fwd.seen += 1
             else:
                 del gate._inflight[rid]
@@ -94,20 +96,20 @@ class _ForwardingMixin(_GateBase):
         self._on_gate_reply(rid, msg[6:])
 
     def _on_gate_reply(self, rid: bytes, body: Frames) -> None:
-        """A reply to this gate's own call to a peer (``gate_replies``)."""
-        n = len(body)
+        """A reply to this gate's own call to a peer (``gate_replies``), classified by ``reply_kind``."""
+        k = reply_kind(body)
         stream = self._gate_streams.get(rid)
-        if n >= 2 and body[0] == STREAM_TAG:
+        if k == KIND_STREAM_ITEM or k == KIND_STREAM_END or k == KIND_STREAM_ERROR:
             if stream is None:
                 fut = self.gate_replies.pop(rid)
                 stream = _new_stream()
                 self._gate_streams[rid] = stream
                 if fut is not None and not fut.done():
                     fut.set_result(stream)
-            if n == 2 and body[1] == STREAM_END:
+            if k == KIND_STREAM_END:
                 del self._gate_streams[rid]
                 stream._put_end()
-            elif n == 3 and body[1] == STREAM_EXC:
+            elif k == KIND_STREAM_ERROR:
                 del self._gate_streams[rid]
                 stream._put_exception(_remote_error(body[2]))
             else:
@@ -119,13 +121,13 @@ class _ForwardingMixin(_GateBase):
                     return
                 stream._put(item)
             return
-        if n >= 2 and body[0] == HUGE_TAG:
+        if k == KIND_HUGE_CHUNK or k == KIND_HUGE_END or k == KIND_HUGE_ERROR:
             receiver = stream
             if receiver is None:
                 receiver = self._gate_streams[rid] = HugeDataReceiver(
                     default_module=Settings.HUGE_DATA_COMPRESS_MODULE)
             fut = self.gate_replies.get(rid)
-            if n == 2 and body[1] == HUGE_END:
+            if k == KIND_HUGE_END:
                 del self._gate_streams[rid]
                 self.gate_replies.pop(rid)
                 value: Any
@@ -140,7 +142,7 @@ class _ForwardingMixin(_GateBase):
                         fut.set_exception(value)
                     else:
                         fut.set_result(value)
-            elif n == 3 and body[1] in (STREAM_EXC, HUGE_EXC):
+            elif k == KIND_HUGE_ERROR:
                 del self._gate_streams[rid]
                 self.gate_replies.pop(rid)
                 receiver.close()
@@ -159,7 +161,8 @@ class _ForwardingMixin(_GateBase):
         fut = self.gate_replies.pop(rid)
         if fut is not None and not fut.done():
             try:
-                fut.set_result(msg_unpack(body[0]) if n == 1 else list(body))
+                # a single reply; any other body is handed over as its frames, as before
+                fut.set_result(msg_unpack(body[0]) if k == KIND_SINGLE else list(body))
             except Exception as exc:
                 fut.set_exception(exc)
 
