@@ -77,6 +77,7 @@ class _ReplyHandler:
         # order (reply_timeout lowered); nothing in this batch adds such a request.
         table_pop = self._table.pop if len(self._table) else None
         unpack = msg_unpack
+        huge = self._huge
         for msg in msgs:
             n = len(msg)
             if n < 5 or msg[0] or msg[1] != header:
@@ -94,6 +95,11 @@ class _ReplyHandler:
                     continue
                 if table_pop is not None:
                     table_pop(request_id)
+                if huge:
+                    # a single reply ends a HugeData transfer left unfinished: drop its receiver
+                    receiver = huge.pop(request_id, None)
+                    if receiver is not None:
+                        receiver.close()
                 try:
                     reply = unpack(msg[4])
                     if type(reply) is not dict:

@@ -107,15 +107,17 @@ def _decompress_executor() -> ThreadPoolExecutor:
 class HugeDataReceiver:
     """Reassembles one HugeData reply from its chunks (client side).
 
-    Decompression is pipelined: :meth:`feed` gathers compressed chunks into
-    segments of ``SEGMENT`` bytes and hands each to a worker thread, which
-    decompresses it while later chunks arrive (zlib, bz2, lzma and lz4 release
-    the GIL); :meth:`finish` waits for the last segments.  At most
-    ``MAX_QUEUED`` compressed bytes wait for the thread: a feed beyond that
-    waits for it, so memory stays bounded.  A stream shorter than one segment
-    is decompressed in :meth:`finish`, without a thread.  An error found by the
-    thread (corrupt stream, size limit) is raised by the next ``feed`` or by
-    ``finish``.  ``pipelined=False`` decompresses each chunk in ``feed``.
+    Decompression is pipelined: the first ``SEGMENT`` compressed bytes are
+    decompressed in :meth:`feed` as they come (a corrupt or mislabelled stream
+    fails at its first chunk; a small transfer needs no thread); after that
+    :meth:`feed` gathers chunks into segments of ``SEGMENT`` bytes and hands
+    each to a worker thread, which decompresses it while later chunks arrive
+    (zlib, bz2, lzma and lz4 release the GIL); :meth:`finish` waits for the
+    last segments.  At most ``MAX_QUEUED`` compressed bytes wait for the
+    thread: a feed beyond that waits for it, so memory stays bounded.  An
+    error found by the thread (corrupt stream, size limit) is raised by the
+    next ``feed`` or by ``finish``.  ``pipelined=False`` decompresses each
+    chunk in ``feed``.
     """
 
     #: Compressed bytes gathered before a segment goes to the thread.
@@ -134,6 +136,8 @@ class HugeDataReceiver:
         self._closed = False
         self._step = _STEP
         self._pipelined = pipelined
+        #: Compressed bytes still to be decompressed inline before the thread takes over.
+        self._inline_left = self.SEGMENT
         # Pipelined mode: compressed input not yet handed over, the segments
         # waiting for the thread (and their size), whether a thread job runs,
         # and the first error it met.
@@ -167,6 +171,13 @@ class HugeDataReceiver:
             self._start(head)
             chunk = head
         if not self._pipelined:
+            self._decompress(chunk)
+            return
+        if self._inline_left > 0 and not self._pending:
+            # The first SEGMENT bytes are decompressed here, chunk by chunk: a
+            # corrupt or wrongly labelled stream fails at its first chunk (and
+            # a small transfer needs no thread at all).
+            self._inline_left -= len(cast(BytesLike, chunk))
             self._decompress(chunk)
             return
         if self._error is not None:

@@ -302,7 +302,8 @@ def test_hugedata_bench_reports_rate_cpu_and_rss(tmp_path):
         assert r["ok"] is True and r["impl"] == "ours" and r["size_mib"] == 1.0 and r["runs"] == 1
         assert r["mb_s"] == pytest.approx(1.0 / r["elapsed"])
         for role in ("broker", "worker", "client"):
-            assert r[f"rss_{role}"] >= r[f"base_{role}"] > 0
+            # peak vs an earlier current RSS: the kernel counts RSS per thread, so allow a few pages
+            assert r[f"rss_{role}"] >= r[f"base_{role}"] - 1.0 and r[f"base_{role}"] > 0
             assert r[f"cpu_{role}"] is not None and r[f"cpu_{role}"] >= 0
         assert r["cpu_worker"] > 0 and r["cpu_client"] > 0  # both ends did the work
         assert r["max_growth_ratio"] == pytest.approx(max(r[f"rss_{x}"] - r[f"base_{x}"]

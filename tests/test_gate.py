@@ -438,3 +438,39 @@ async def test_wire_datagram_layout(nodes):
     assert msg[:16] == a.gate.identity and msg[16:22] == b"GATE01" and msg[22:23] == b"\x00"
     assert msg[23:39] == bytes.fromhex("7a6ffafc9c865df289b642699deddb34")
     assert int.from_bytes(msg[39:], "big", signed=True) == a.port
+
+
+async def test_connect_gate_joins_without_waiting_for_a_heartbeat(tmp_path):
+    """connect_gate on both sides: joined (and the peer's services known) long before one heartbeat.
+
+    The first INVITE goes out before TCP has connected and is dropped (the
+    gate sockets queue only on established connections); the quick re-invites
+    after connect_gate make up for it.
+    """
+    heartbeat_ms = 20000
+    ctx = Context()
+    pa, pb = free_port(), free_port()
+    a = Gate(pa, identity=f"qa-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=heartbeat_ms, multicast=False, gate_bind="127.0.0.1")
+    b = Gate(pb, identity=f"qb-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=heartbeat_ms, multicast=False, gate_bind="127.0.0.1")
+    worker = None
+    try:
+        for g, n in ((a, "a"), (b, "b")):
+            g.bind_frontend(f"ipc://{tmp_path}/{n}-front")
+            g.bind_backend(f"ipc://{tmp_path}/{n}-back")
+            g.run()
+        worker = Service(name="QuickEcho").create_worker(Echo, f"ipc://{tmp_path}/b-back", context=ctx)
+        worker.run()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await a.connect_gate(b.identity, f"tcp://127.0.0.1:{pb}")
+        await b.connect_gate(a.identity, f"tcp://127.0.0.1:{pa}")
+        await a.wait_for_service("QuickEcho", timeout=heartbeat_ms / 1000 / 2)
+        assert loop.time() - t0 < heartbeat_ms / 1000 / 2
+        assert b.identity in a.gate_cluster.workers and a.identity in b.gate_cluster.workers
+    finally:
+        if worker is not None:
+            worker.stop()
+        a.stop()
+        b.stop()
+        await asyncio.sleep(0.1)
+        ctx.destroy(linger=0)

@@ -155,7 +155,23 @@ def test_queue_is_bounded_while_the_thread_lags(backend, monkeypatch):
         most = max(most, r._queued)
     assert 0 < most < 256 * 1024 + 64 * 1024
     assert r.finish() == payload
-    assert threading.get_ident() not in log[:-1]  # every segment but the tail ran in the thread
+    # The first SEGMENT bytes are decompressed inline (the feeds above), then every
+    # segment but the tail runs in the thread.
+    main = threading.get_ident()
+    head = 0
+    while head < len(log) and log[head] == main:
+        head += 1
+    assert head > 0 and main not in log[head:-1] and len(log) - head > 2
+
+
+def test_a_corrupt_stream_fails_at_its_first_chunk(backend):
+    """The first segment is decompressed in feed(): a corrupt start is an error at once, not at finish()."""
+    from gaterpc.exceptions import BadGzip
+
+    r = HugeDataReceiver(default_module="gzip")
+    with pytest.raises(BadGzip, match="corrupt gzip stream"):
+        r.feed(b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"\xff" * 100)
+    r.close()
 
 
 def test_close_stops_the_thread_job(backend, monkeypatch):

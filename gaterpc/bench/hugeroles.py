@@ -116,7 +116,9 @@ class Bench(Worker):
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS so far; never below the current RSS (the kernel's two counters
+    are kept per thread and may disagree by a few pages)."""
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_mib())
 
 
 def rss_mib() -> float:

@@ -33,6 +33,9 @@ from ._common import _MCAST_LEN, _PORT, Glogger, _is_ipv4, _reuse, _send_raw
 from .peers import RemoteGate
 
 
+#: Seconds after ``connect_gate`` at which a peer that has not joined is invited again.
+_QUICK_INVITES = (0.02, 0.1, 0.3, 1.0)
+
 class _DiscoveryMixin(_GateBase):
     """Discovery, the INVITE/JOIN handshake and the gate heartbeats."""
 
@@ -88,9 +91,22 @@ class _DiscoveryMixin(_GateBase):
             self._gate_addrs[gate_id] = addr
         self._last_invite.pop(gate_id, None)
         self._invite(gate_id, sock, now)
+        # The socket queues only on an established connection (IMMEDIATE), so this
+        # first INVITE is usually dropped while TCP connects: try again a few times
+        # soon instead of waiting a heartbeat (four timers per connect, no more).
+        for delay in _QUICK_INVITES:
+            self._loop.call_later(delay, self._quick_invite, gate_id)
         if gate_id in self._join_wanted:
             # the peer invited us before we had a connection to it
             self._send_join(gate_id, now)
+
+    def _quick_invite(self, gate_id: bytes) -> None:
+        """Invite a peer we connected to just now, unless it has joined (or is gone) meanwhile."""
+        sock = self.gate_cluster.unready_gates.get(gate_id)
+        if sock is None or sock.closed or gate_id in self.gate_cluster.workers:
+            return
+        self._last_invite.pop(gate_id, None)
+        self._invite(gate_id, sock, self._loop.time())
 
     def _invite(self, gate_id: bytes, sock: zmq.Socket[Any], now: float) -> None:
         last = self._last_invite.get(gate_id)
@@ -175,6 +191,11 @@ class _DiscoveryMixin(_GateBase):
             entry = self._pending.get(gate_id)
             if entry is not None:
                 entry[2] = self.heartbeat / 1000
+            # It is alive now: our earlier INVITE may have gone out before its side
+            # was up, so do not wait for the next heartbeat (at most one per 50 ms).
+            last = self._last_invite.get(gate_id)
+            if last is not None and now - last >= 0.05:
+                del self._last_invite[gate_id]
             self._invite(gate_id, sock, now)
 
     async def process_invite_command(self, gate_id: bytes) -> None:
