@@ -25,10 +25,12 @@ worker, client), ``id`` (the role's identity, hex), ``service``, ``socket``,
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Optional
 
 from gaterpc.counters import drops_snapshot, events_snapshot
 
@@ -280,21 +282,55 @@ class _Collector:
 
 
 class MetricsServer:
-    """An HTTP endpoint serving the registered roles' metrics (``/metrics``) in Prometheus text format."""
+    """An HTTP endpoint serving the registered roles' metrics (``/metrics``) in Prometheus text format.
 
-    def __init__(self, host: str, port: int) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
+    When an event loop is given (or one runs in the calling thread), the
+    endpoint is served by that loop: a scrape is a few hundred microseconds of
+    work between two batches of messages, and no other thread competes with
+    the roles for the GIL (a thread answering a scrape in a process whose
+    loop is busy slows the roles down while it waits for the GIL). The socket
+    is bound here, so an address in use fails at once; the loop answers once
+    it runs. Without a loop, ``prometheus_client``'s server thread answers.
+    """
+
+    def __init__(self, host: str, port: int, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector())
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         self.host = host
-        self.port = int(self._server.server_address[1])
+        self._http: Any = None
+        self._thread: Optional[threading.Thread] = None
+        self._aserver: Optional[asyncio.base_events.Server] = None
+        self._task: Optional[asyncio.Task[None]] = None
+        self._sock: Optional[socket.socket] = None
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        if loop is None or loop.is_closed():
+            from prometheus_client import start_http_server
+
+            self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+            self.port = int(self._http.server_address[1])
+            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = int(sock.getsockname()[1])
+        self._task = loop.create_task(self._serve(sock))
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
+
+    @property
+    def in_loop(self) -> bool:
+        """True when the event loop answers the scrapes (no server thread)."""
+        return self._sock is not None
 
     def render(self) -> bytes:
         """The text a scrape gets."""
@@ -302,11 +338,56 @@ class MetricsServer:
 
         return generate_latest(self.registry)
 
+    async def _serve(self, sock: socket.socket) -> None:
+        self._aserver = await asyncio.start_server(self._answer, sock=sock, limit=_MAX_REQUEST)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One HTTP/1.x request: ``GET``/``HEAD`` of ``/metrics`` (or ``/``); anything else is a 404/405."""
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _REQUEST_TIMEOUT)
+            parts = head.split(b"\r\n", 1)[0].split()
+            method = parts[0] if parts else b""
+            path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
+            if method not in (b"GET", b"HEAD"):
+                status, body, ctype = b"405 Method Not Allowed", b"only GET and HEAD\n", b"text/plain"
+            elif path not in (b"/metrics", b"/"):
+                status, body, ctype = b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
+            else:
+                from prometheus_client import CONTENT_TYPE_LATEST
+
+                status, body, ctype = b"200 OK", self.render(), CONTENT_TYPE_LATEST.encode()
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
+                         + b"\r\nContent-Length: " + str(len(body)).encode()
+                         + b"\r\nConnection: close\r\n\r\n" + (body if method != b"HEAD" else b""))
+            await asyncio.wait_for(writer.drain(), _REQUEST_TIMEOUT)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError,
+                ValueError):
+            pass  # a client that hung up, sent too much or too slowly: nothing to answer
+        finally:
+            writer.close()
+
     def close(self) -> None:
         """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._http = None
+            return
+        if self._aserver is not None:
+            self._aserver.close()  # closes the listening socket
+            self._aserver = None
+        elif self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._sock is not None and self._aserver is None:
+            self._sock.close()
+
+
+#: Seconds a scrape may take to send its request and read the answer.
+_REQUEST_TIMEOUT = 10.0
+#: Bytes a scrape's request (line and headers) may have.
+_MAX_REQUEST = 16 * 1024
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -318,8 +399,21 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def start_metrics_server(address: str, roles: Iterable[Any] = ()) -> MetricsServer:
-    """Serve ``/metrics`` on ``address`` (``HOST:PORT``); register ``roles`` first."""
+def start_metrics_server(address: str, roles: Iterable[Any] = (),
+                         loop: Optional[asyncio.AbstractEventLoop] = None) -> MetricsServer:
+    """Serve ``/metrics`` on ``address`` (``HOST:PORT``); register ``roles`` first.
+
+    Served by ``loop``, else by the loop running in this thread, else by the
+    loop the roles were built on (it answers once it runs), else by a thread.
+    """
+    roles = list(roles)
     register(*roles)
     host, port = parse_hostport(address)
-    return MetricsServer(host, port)
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loops = [getattr(r, "_loop", None) for r in roles]
+            loop = next((lp for lp in loops if isinstance(lp, asyncio.AbstractEventLoop) and not lp.is_closed()),
+                        None)
+    return MetricsServer(host, port, loop)

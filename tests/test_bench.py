@@ -311,3 +311,15 @@ def test_hugedata_bench_reports_rate_cpu_and_rss(tmp_path):
     table = proc.stdout.splitlines()
     assert "CPU ms broker" in table[0] and "growth/size" in table[0]
     assert sum(1 for line in table if line.startswith("ours") and line.rstrip().endswith("ok")) == 4
+
+
+@pytest.mark.slow
+def test_bench_vs_metrics_runs_both_rows(tmp_path):
+    """--vs-metrics: the same run with every role serving metrics, scraped by another process."""
+    proc, report = run_bench(tmp_path, "-n", "3000", "--vs-metrics", "--metrics", "0.2", "--loop", "asyncio")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {r["impl"] for r in report["results"]} == {"ours", "metrics"}
+    for impl in ("ours", "metrics"):
+        res = check_report(proc, report, impl, "3proc", n=3000)
+        assert res["calls_per_s"] > 0
+    assert "ours / metrics on asyncio (calls/s)" in report["ratios"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.error
 import urllib.request
 
 import pytest
@@ -142,3 +143,52 @@ async def test_oversized_argument_is_refused_before_sending(roles):
     # several values that are each under the limit still go
     half = b"y" * (17 * 1024 * 1024)
     assert await client.Echo.echo([half, half]) == [half, half]
+
+
+def _http(url: str, method: str = "GET") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_endpoint_is_served_by_the_running_loop_without_a_thread():
+    """In a running loop the loop answers scrapes: no server thread competes with the roles for the GIL."""
+    import socket
+    import threading
+
+    threads = threading.active_count()
+    server = metrics.start_metrics_server("127.0.0.1:0")
+    loop = asyncio.get_running_loop()
+    try:
+        assert server.in_loop and threading.active_count() == threads
+        status, body = await loop.run_in_executor(None, _http, server.url)
+        assert status == 200 and b"# TYPE gaterpc_dropped_total counter" in body
+        base = server.url.rsplit("/", 1)[0]
+        assert (await loop.run_in_executor(None, _http, base + "/nothing"))[0] == 404
+        assert (await loop.run_in_executor(None, _http, server.url, "POST"))[0] == 405
+        assert await loop.run_in_executor(None, _http, server.url, "HEAD") == (200, b"")
+
+        def garbage() -> None:  # a request that never ends its headers, then hangs up
+            with socket.create_connection((server.host, server.port), timeout=5) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"y" * 40000)
+
+        await loop.run_in_executor(None, garbage)
+        status, body = await loop.run_in_executor(None, _http, server.url)
+        assert status == 200 and b"gaterpc_" in body
+    finally:
+        server.close()
+    with pytest.raises(OSError):  # closed: nothing listens any more
+        await loop.run_in_executor(None, _http, server.url)
+
+
+def test_endpoint_without_a_loop_is_served_by_a_thread():
+    server = metrics.start_metrics_server("127.0.0.1:0")
+    try:
+        assert not server.in_loop
+        status, body = _http(server.url)
+        assert status == 200 and b"gaterpc_" in body
+    finally:
+        server.close()

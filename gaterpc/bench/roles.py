@@ -227,22 +227,42 @@ def start_metrics(cfg: dict[str, Any], *roles: Any) -> Optional[MetricsServer]:
     as an operator's Prometheus would, so that the run pays the whole cost of metrics."""
     if not cfg.get("metrics") or implementation() != "ours":
         return None
-    import threading
-    import urllib.request
+    import atexit
+    import subprocess
 
     from gaterpc import metrics
 
     server = metrics.start_metrics_server("127.0.0.1:0", roles)
-    period = float(cfg["metrics"])
+    # The scraper is another process, as an operator's Prometheus is: the role
+    # pays for answering each scrape, not for being its HTTP client as well.
+    scraper = subprocess.Popen([sys.executable, "-c", _SCRAPER, server.url, str(float(cfg["metrics"])),
+                                str(os.getpid())], stdin=subprocess.DEVNULL)
 
-    def scrape() -> None:
-        while True:
-            time.sleep(period)
-            with urllib.request.urlopen(server.url, timeout=5) as resp:
-                resp.read()
+    def stop_scraper() -> None:
+        scraper.kill()
+        scraper.wait(timeout=10)
 
-    threading.Thread(target=scrape, name="bench-scraper", daemon=True).start()
+    atexit.register(stop_scraper)
     return server
+
+
+#: Scrape URL every PERIOD seconds while the process PARENT lives (a day at most).
+_SCRAPER = """
+import os, sys, time, urllib.request
+url, period, parent = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+deadline = time.monotonic() + 86400
+while time.monotonic() < deadline:
+    time.sleep(period)
+    try:
+        os.kill(parent, 0)
+    except OSError:
+        break
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            resp.read()
+    except OSError:
+        pass
+"""
 
 
 async def read_line(loop: asyncio.AbstractEventLoop) -> str:
