@@ -82,11 +82,11 @@ def _local_addresses(code: str, tmp: str) -> str:
 
 
 def test_local_addresses_rewrites_fixed_ports_and_paths():
-    code = 'Gate(9101, x); connect("tcp://127.0.0.1:9101"); bind("ipc:///tmp/a-front"); n = 91010'
+    code = 'Node(9101, x); connect("tcp://127.0.0.1:9101"); bind("ipc:///tmp/a-front"); n = 91010'
     out = _local_addresses(code, "/tmp/t1")
     assert "9101," not in out and ":9101" not in out and "ipc:///tmp/t1/a-front" in out
     port = re.search(r"tcp://127\.0\.0\.1:(\d+)", out).group(1)
-    assert f"Gate({port}, x)" in out and out.endswith("n = 91010")
+    assert f"Node({port}, x)" in out and out.endswith("n = 91010")
 
 
 def test_every_doc_has_been_looked_at():
