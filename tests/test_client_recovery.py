@@ -44,6 +44,26 @@ def free_port():
         return s.getsockname()[1]
 
 
+def _descendants(pid):
+    """The pids of every process below ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    found, todo = [], [pid]
+    while todo and len(found) < 1000:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as fh:
+                    kids = [int(x) for x in fh.read().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
+
+
 class Brokers:
     """Broker processes of one test; every one is SIGKILLed by pid at the end."""
 
@@ -70,9 +90,17 @@ class Brokers:
         return proc
 
     def kill(self, proc):
+        """SIGKILL the broker and, by pid, the processes it started (the original's
+        broker runs a process pool whose workers would outlive it)."""
         try:
             if proc.poll() is None:
+                children = _descendants(proc.pid)
                 os.kill(proc.pid, signal.SIGKILL)
+                for pid in children:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
             proc.wait(10)
         finally:
             proc.stdout.close()
