@@ -46,37 +46,15 @@ __all__ = ("route_requests", "route_replies", "take", "give_back")
 def take(svc: Any) -> Optional[Any]:
     """A worker of ``svc`` with spare capacity (one unit taken), or ``None``.
 
-    Step for step :meth:`gaterpc.bookkeeping.ServiceCapacity._take`.
+    The pure twin is :meth:`gaterpc.bookkeeping.ServiceCapacity._take` itself;
+    the compiled twin inlines the same steps.
     """
-    ready = svc._ready
-    workers = svc.workers
-    while ready:
-        w = ready[0]
-        if not w.ready or w.max_allowed_request <= 0 or w.identity not in workers:
-            ready.popleft()
-            w._in_ready = False
-            continue
-        w.max_allowed_request -= 1
-        if w.max_allowed_request > 0:
-            ready.rotate(-1)
-        else:
-            ready.popleft()
-            w._in_ready = False
-        return w
-    return None
+    return svc._take()
 
 
 def give_back(svc: Any, w: Any) -> None:
-    """Return one unit of capacity of ``w`` to ``svc``.
-
-    Step for step :meth:`gaterpc.bookkeeping.ServiceCapacity._give_back`.
-    """
-    w.max_allowed_request += 1
-    if not w._in_ready and w.ready and w.max_allowed_request > 0 and w.identity in svc.workers:
-        w._in_ready = True
-        svc._ready.append(w)
-    if svc._capacity_waiters:
-        svc._wake_capacity_waiter()
+    """Return one unit of capacity of ``w`` to ``svc`` (:meth:`ServiceCapacity._give_back`)."""
+    svc._give_back(w)
 
 
 def route_requests(broker: Any, msgs: List[List[bytes]]) -> None:
