@@ -175,6 +175,40 @@ def test_bench_several_clients_report_fairness(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_fan_out_against_one_by_one_in_the_same_run(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "2000", "--clients", "2", "--workers", "2", "--vs-1x1",
+                             "--loop", "asyncio")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by = {r["impl"]: r for r in report["results"]}
+    assert set(by) == {"ours", "ours@1x1"}
+    assert [p["role"] for p in by["ours"]["processes"]] == ["broker", "worker1", "worker2", "client1",
+                                                           "client2"]
+    assert [p["role"] for p in by["ours@1x1"]["processes"]] == ["broker", "worker", "client"]
+    for res in by.values():
+        assert res["ok"] and res["completed"] == 2000 and res["errors"] == 0 and res["mismatches"] == 0
+    wide, one = by["ours"], by["ours@1x1"]
+    ratios = report["ratios"]
+    from gaterpc.bench.echo import usable_cores
+    cores = usable_cores()
+    assert ratios["ours 2x2 / 1x1 on asyncio (calls/s)"] == pytest.approx(
+        wide["calls_per_s"] / one["calls_per_s"])
+    assert ratios["ours 2x2 / 1x1 on asyncio (CPU us per call)"] == pytest.approx(
+        wide["cpu_us_per_call"] / one["cpu_us_per_call"])
+    share = ratios[f"ours 2x2 on asyncio as % of what its 1x1 CPU cost allows on {cores} cores"]
+    assert share == pytest.approx(wide["calls_per_s"] * one["cpu_us_per_call"] / (cores * 1e6))
+    busy = ratios[f"ours 2x2 on asyncio: cores kept busy, as % of {cores}"]
+    assert busy == pytest.approx(wide["calls_per_s"] * wide["cpu_us_per_call"] / (cores * 1e6))
+    assert "what its 1x1 CPU cost allows" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [("--vs-1x1",), ("--vs-1x1", "--clients", "2", "--mode", "latency"),
+                                  ("--vs-1x1", "--workers", "2", "--layout", "2proc")])
+def test_one_by_one_needs_a_fan_out(tmp_path, args):
+    proc, _ = run_bench(tmp_path, "-n", "10", *args, timeout=60)
+    assert proc.returncode == 2 and "--vs-1x1" in proc.stderr
+
+
+@pytest.mark.slow
 def test_bench_queue_mode_reports_broker_memory(tmp_path):
     proc, report = run_bench(tmp_path, "-n", "3000", "--mode", "queue")
     assert proc.returncode == 0, proc.stdout + proc.stderr

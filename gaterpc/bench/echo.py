@@ -293,6 +293,9 @@ def run_interleaved(plan: list[tuple[str, Optional[str]]], opts: argparse.Namesp
             impl, loop = key
             o = copy.copy(opts)
             o.uvloop = loop == "uvloop"
+            if impl.endswith(ONE_BY_ONE):  # the same implementation, one client and one worker
+                impl = impl[:-len(ONE_BY_ONE)]
+                o.clients = o.workers = 1
             try:
                 runs[key].append(run_once(impl, o, r))
             except (BenchError, OSError) as exc:
@@ -300,10 +303,56 @@ def run_interleaved(plan: list[tuple[str, Optional[str]]], opts: argparse.Namesp
     out = []
     for key in plan:
         res = _median_of(key[0], runs[key], failures.get(key))
-        res["loop"] = key[1]
+        res["impl"], res["loop"] = key
         out.append(res)
     return out
 
+
+
+ONE_BY_ONE = "@1x1"
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _scale_ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]],
+                  opts: argparse.Namespace) -> dict[str, Any]:
+    """``--vs-1x1``: each fan-out run against the same implementation's 1x1 run of this invocation.
+
+    "Allows" is the machine's usable cores divided by the CPU time the 1x1
+    run spent per call over all its processes: the rate the fan-out would
+    reach if its extra processes cost nothing per call and every core were
+    busy.  Reporting it for the limit row too (libzmq loops, no RPC work)
+    shows how much of the loss is the machine's, not ours."""
+    cores = usable_cores()
+    shape = f"{opts.clients}x{opts.workers}"
+    out: dict[str, Any] = {}
+    for (name, loop), one in by_key.items():
+        if not name.endswith(ONE_BY_ONE):
+            continue
+        impl = name[:-len(ONE_BY_ONE)]
+        wide = by_key.get((impl, loop))
+        where = f" on {loop}" if loop else ""
+        if wide is None or not (wide.get("ok") and one.get("ok") and wide.get("calls_per_s")
+                                and one.get("calls_per_s") and one.get("cpu_us_per_call")):
+            out[f"{impl} {shape} / 1x1{where}"] = "n/a (a run failed)"
+            continue
+        out[f"{impl} {shape} / 1x1{where} (calls/s)"] = wide["calls_per_s"] / one["calls_per_s"]
+        if wide.get("cpu_us_per_call"):
+            out[f"{impl} {shape} / 1x1{where} (CPU us per call)"] = wide["cpu_us_per_call"] / one["cpu_us_per_call"]
+        if wide.get("cpu_us_per_call"):
+            # how busy the fan-out kept the machine: CPU seconds per wall second over the cores
+            out[f"{impl} {shape}{where}: cores kept busy, as % of {cores}"] = \
+                wide["calls_per_s"] * wide["cpu_us_per_call"] / (cores * 1e6)
+        allowed = cores * 1e6 / one["cpu_us_per_call"]
+        out[f"{impl} {shape}{where} as % of what its 1x1 CPU cost allows on {cores} cores"] = \
+            wide["calls_per_s"] / allowed
+    return out
 
 
 def run_gate_spill(opts: argparse.Namespace) -> dict[str, Any]:
@@ -380,10 +429,12 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
             except OriginalEnvError as exc:
                 results.append({"impl": impl, "ok": False, "failure": str(exc)})
                 continue
-        if impl in LOOPLESS:
-            plan.append((impl, None))
-        else:
-            plan.extend((impl, loop) for loop in loops)
+        variants = [impl, impl + ONE_BY_ONE] if opts.vs_1x1 and impl in ("ours", "limit") else [impl]
+        for name in variants:
+            if impl in LOOPLESS:
+                plan.append((name, None))
+            else:
+                plan.extend((name, loop) for loop in loops)
     results.extend(run_interleaved(plan, opts))
     for res in results:
         if res["impl"] == "ours":
@@ -421,6 +472,8 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
                 ratios[name] = base["latency_p50_ms"] / raw_sync["latency_p50_ms"]
             else:
                 ratios[name] = "n/a (a run failed)"
+    if opts.vs_1x1:
+        ratios.update(_scale_ratios(by_key, opts))
     config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "loop", "backend",
                                              "metrics", "workers", "clients", "layout", "transport", "mode", "repeat", "timeout")}
     config["uvloop"] = opts.loop

@@ -169,6 +169,10 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
     p.add_argument("--vs-limit", action="store_true",
                    help="also run the limit row: the same three processes as libzmq loops doing no RPC "
                         "work (C proxy broker, C reflector worker, compiled batch-I/O client)")
+    p.add_argument("--vs-1x1", dest="vs_1x1", action="store_true",
+                   help="with --clients/--workers above 1: also run each implementation as one client and "
+                        "one worker in the same invocation, and report how close the fan-out comes to what "
+                        "the 1x1 CPU cost per call allows on this machine's cores")
     p.add_argument("--metrics", type=float, default=None, metavar="S",
                    help="ours: every role serves its metrics on 127.0.0.1 and is scraped every S seconds "
                         "(the cost of metrics, to compare with a run without)")
@@ -201,6 +205,9 @@ def _resolve(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("-n, --window, --repeat and --workers must be positive, --payload non-negative")
     if opts.timeout <= 0:
         parser.error("--timeout must be positive")
+    if opts.vs_1x1 and (opts.clients == 1 and opts.workers == 1 or opts.layout != "3proc"
+                        or opts.mode != "throughput"):
+        parser.error("--vs-1x1 goes with --clients or --workers above 1, --layout 3proc and throughput mode")
     if opts.transport == "inproc" and opts.layout != "inproc":
         parser.error("--transport inproc needs --layout inproc")
     if opts.mode in ("latency", "stream", "hol"):
