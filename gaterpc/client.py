@@ -559,8 +559,14 @@ class Client(_ReplyHandler, _CallSender):
         waited: Optional[float] = None
         try:
             while True:
+                slept = loop.time()
                 await asyncio.sleep(sweep)
                 now = loop.time()
+                late = now - slept - sweep
+                if late > sweep:
+                    # our loop stalled: the broker's replies may sit unread, so the
+                    # stall does not count as the broker's silence
+                    self._last_recv += late
                 self._expire(now)
                 if self._lsock is None or self._lsock.closed:
                     reason = "the connection was closed"

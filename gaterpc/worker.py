@@ -417,9 +417,15 @@ class Worker(ABCWorker):
             while True:
                 stop: asyncio.Future[bool] = loop.create_future()
                 self._stop_signal = stop
+                slept = loop.time()
                 await asyncio.wait((stop,), timeout=interval)
                 if stop.done():
                     return stop.result()
+                late = loop.time() - slept - interval
+                if late > interval / 4:
+                    # our loop stalled: the broker's messages may sit unread, so the
+                    # stall does not count as the broker's silence
+                    self._last_recv += late
                 lsock = self._lsock
                 if lsock is None or lsock.closed:
                     return False

@@ -20,7 +20,9 @@ works before ``run()``.
 Worker liveness and recovery: every worker gets a HEARTBEAT every interval;
 a send that finds a worker's connection gone (EHOSTUNREACH) removes it at
 once, so a killed worker is noticed within one heartbeat (expiry after
-heartbeat x liveness stays as the fallback for a hung worker).  Its callers
+heartbeat x liveness stays as the fallback for a hung worker; a stall of
+the broker's own loop is not counted against its workers, see
+``_forgive_stall``).  Its callers
 get ``ServiceUnAvailableError``; a caller whose stream or HugeData had begun
 gets it as a stream/HugeData error, so the iteration raises.  A HEARTBEAT or
 REPLY from a worker id the broker does not know (e.g. after a restart) is

@@ -72,6 +72,16 @@ class BrokerBackend(BrokerState):
                 client_id, request_id, body, _ = waiting.popleft()
                 self._reply_error(client_id, svc._name_b, request_id, BusyWorkerError())
 
+    def _forgive_stall(self, late: float) -> None:
+        """The broker's loop stalled for ``late`` seconds: push every worker's expiry back by it.
+
+        A worker's heartbeats cannot be read while the loop does not run, so
+        a stall must not expire it.  A worker that is really gone still
+        expires: each tick moves its expiry back only by that tick's delay.
+        """
+        for w in self.workers.values():
+            w.expiry += late
+
     def register_service(self, name: str, description: str) -> Service:
         """Create the service ``name`` (the first description wins)."""
         svc = self.services.get(name)

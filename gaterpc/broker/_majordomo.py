@@ -186,8 +186,16 @@ class AMajordomo(BrokerAPI):
         next_heartbeat = loop.time() + interval
         try:
             while True:
+                slept = loop.time()
                 await asyncio.sleep(tick)
                 now = loop.time()
+                late = now - slept - tick
+                if late > tick:
+                    # This loop was stalled (a long batch, GC, CPU starvation):
+                    # the peers' heartbeats may sit unread in our sockets, so
+                    # the stall does not count against them.
+                    self._forgive_stall(late)
+                    next_heartbeat = min(next_heartbeat, now)
                 if now >= next_heartbeat:
                     next_heartbeat = now + interval
                     self._send_heartbeats()

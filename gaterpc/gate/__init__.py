@@ -370,6 +370,13 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         task.add_done_callback(self.cleanup_gate_task)
         return task
 
+    def _forgive_stall(self, late: float) -> None:
+        super()._forgive_stall(late)
+        for gate in self.gate_cluster.workers.values():
+            gate.expiry += late
+        # our own heartbeats are late too: the peers hear from us at once
+        self._next_gate_beat = min(self._next_gate_beat, self._loop.time())
+
     def _tick(self, now: float) -> None:
         if self.gate_cluster.services:
             # spill first: with spill_after == Settings.TIMEOUT a request is due to
