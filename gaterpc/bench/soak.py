@@ -139,7 +139,7 @@ async def _clients(
         return c
 
     state: Dict[str, Any] = {"next": 0, "done": 0, "errors": 0, "client": await new_client(), "first_errors": [],
-             "kinds": {}}
+             "kinds": {}, "first_of_kind": {}}
     roles.emit({"ready": "clients", "pid": os.getpid()})
     word = roles.WORD
 
@@ -158,10 +158,13 @@ async def _clients(
                 kind = "closed client" if "client was closed" in str(exc) else type(exc).__name__
                 if "ServiceUnAvailableError" in str(exc):
                     kind = "worker lost"
+                text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                if kind not in state["kinds"]:
+                    # the first error of each kind, so that a rare one is never hidden by the many
+                    state["first_of_kind"][kind] = f"call {i}: {text}"
                 state["kinds"][kind] = state["kinds"].get(kind, 0) + 1
                 if len(state["first_errors"]) < 5:
-                    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-                    state["first_errors"].append(text[:300])
+                    state["first_errors"].append(text)
             state["done"] += 1
 
     async def churner() -> None:
@@ -205,7 +208,8 @@ async def _clients(
     roles.emit({"progress": state["done"], "errors": state["errors"]})
     roles.emit({"result": {"calls": state["done"], "errors": state["errors"], "time": elapsed,
                            "rate": state["done"] / elapsed if elapsed > 0 else None,
-                           "first_errors": state["first_errors"], "error_kinds": state["kinds"]}})
+                           "first_errors": state["first_errors"], "error_kinds": state["kinds"],
+                           "first_of_kind": state["first_of_kind"]}})
     state["client"].close()
     await asyncio.wait({stop}, timeout=float(cfg["timeout"]))
 
@@ -337,6 +341,8 @@ def run(opts: argparse.Namespace, out: Callable[[str], object] = print) -> int:
                     + ", ".join(f"{k} {v}" for k, v in sorted(result["error_kinds"].items())))
             if result["first_errors"]:
                 out("first errors: " + " | ".join(result["first_errors"]))
+            for kind, text in sorted((result.get("first_of_kind") or {}).items()):
+                out(f"first {kind}: {text}")
             if warm_rss and later:
                 peak = max(later)
                 growth = (peak - warm_rss) / warm_rss
