@@ -71,8 +71,8 @@ if TYPE_CHECKING:
 
 __all__ = (
     "HugeData", "HugeDataReceiver", "GzipCompressor", "GzipDecompressor", "iter_hugedata_chunks",
-    "_incremental_compress", "_incremental_decompress", "ensure_shm_unlink", "detect_format",
-    "INLINE_OUTPUT", "StreamDecoder",
+    "iter_hugedata_batches", "_incremental_compress", "_incremental_decompress", "ensure_shm_unlink",
+    "detect_format", "INLINE_OUTPUT", "StreamDecoder",
 )
 
 OFFLOAD_SIZE = 256 * 1024
@@ -533,9 +533,15 @@ class HugeData:
         compress the next 1 MiB piece in a thread while the chunks of the
         previous one are yielded.
         """
-        if self.compress_module == "gzip":
-            async for chunk in self._compress_gzip():
+        async for batch in self._compress_batches():
+            for chunk in batch:
                 yield chunk
+
+    async def _compress_batches(self) -> AsyncIterator[List[bytes]]:
+        """The chunks of :meth:`compress`, in lists: those cut from one piece of output at a time (maybe none)."""
+        if self.compress_module == "gzip":
+            async for batch in self._compress_gzip():
+                yield batch
             return
         try:
             compressor = get_codec(self.compress_module).compressor(self.compress_level)
@@ -557,23 +563,20 @@ class HugeData:
                 else:
                     out = compressor.compress(piece)
                 if ready:
-                    for chunk in cutter.feed(ready):
-                        yield chunk
+                    yield cutter.feed(ready)
                 ready = await job if job is not None else out
             if ready:
-                for chunk in cutter.feed(ready):
-                    yield chunk
+                yield cutter.feed(ready)
             ready = None
-            for chunk in cutter.feed(compressor.flush()):
-                yield chunk
+            yield cutter.feed(compressor.flush())
         except HugeDataException:
             raise
         except Exception as exc:
             raise HugeDataException(exc) from exc
-        yield cutter.rest()
+        yield [cutter.rest()]
 
-    async def _compress_gzip(self) -> AsyncIterator[bytes]:
-        """gzip in blocks compressed in parallel threads; the chunks as :meth:`compress` yields them."""
+    async def _compress_gzip(self) -> AsyncIterator[List[bytes]]:
+        """gzip in blocks compressed in parallel threads; the chunks as :meth:`_compress_batches` yields them."""
         level = self.compress_level
         running = asyncio.get_running_loop()
         cutter = ChunkCutter(self.blksize)
@@ -598,8 +601,7 @@ class HugeData:
 
         try:
             # Also checks the level, as the sequential compressor does.
-            for chunk in cutter.feed(GzipCompressor(level)._header()):
-                yield chunk
+            yield cutter.feed(GzipCompressor(level)._header())
             async for piece in self._input():
                 if not block and len(piece) >= _SLICE // 2:
                     submit(piece, False)  # a large piece goes as it is, without a copy
@@ -613,18 +615,15 @@ class HugeData:
                     out, part_crc, part_len = await jobs.popleft()
                     crc = crc32_combine(crc, part_crc, part_len)
                     size += part_len
-                    for chunk in cutter.feed(out):
-                        yield chunk
+                    yield cutter.feed(out)
             submit(block, True)
             block = bytearray()
             while jobs:
                 out, part_crc, part_len = await jobs.popleft()
                 crc = crc32_combine(crc, part_crc, part_len)
                 size += part_len
-                for chunk in cutter.feed(out):
-                    yield chunk
-            for chunk in cutter.feed(struct.pack("<II", crc, size & 0xFFFFFFFF)):
-                yield chunk
+                yield cutter.feed(out)
+            yield cutter.feed(struct.pack("<II", crc, size & 0xFFFFFFFF))
         except HugeDataException:
             raise
         except Exception as exc:
@@ -632,7 +631,7 @@ class HugeData:
         finally:
             for job in jobs:
                 job.cancel()  # those not started yet; a running one ends unheeded
-        yield cutter.rest()
+        yield [cutter.rest()]
 
     async def decompress(
         self, loop: Optional[asyncio.AbstractEventLoop] = None, max_length: Optional[int] = -1
@@ -704,19 +703,50 @@ async def iter_hugedata_chunks(
     With a ``blksize`` below the gzip header length the first chunk is made
     longer than ``blksize`` so that it still holds the whole header.
     """
+    async for batch in iter_hugedata_batches(hd, loop):
+        for chunk in batch:
+            yield chunk
+
+
+async def iter_hugedata_batches(
+    hd: HugeData, loop: Optional[asyncio.AbstractEventLoop] = None
+) -> AsyncIterator[List[bytes]]:
+    """The chunks of :func:`iter_hugedata_chunks`, the same ones in the same
+    order, in non-empty lists (all that one piece of compressed output made;
+    the last list is ``[b""]``): a sender can send a list in one burst, with
+    one suspension per list instead of one per chunk.
+    """
     head: Optional[bytes] = b""
-    async for chunk in hd.compress(loop):
-        if not chunk:
-            continue
+    if type(hd).compress is HugeData.compress:
+        batches = hd._compress_batches()
+    else:  # a subclass's own compress(): its chunks one by one
+        batches = _one_by_one(hd.compress(loop))
+    async for batch in batches:
         if head is not None:
-            head += chunk
-            if len(head) < _HEADER_LEN:
-                continue
-            chunk, head = head, None
-        yield chunk
+            # The first chunk holds the whole header (a blksize below it makes it longer).
+            out: List[bytes] = []
+            for chunk in batch:
+                if not chunk:
+                    continue
+                if head is not None:
+                    head += chunk
+                    if len(head) < _HEADER_LEN:
+                        continue
+                    chunk, head = head, None
+                out.append(chunk)
+            batch = out
+        elif not all(batch):
+            batch = [chunk for chunk in batch if chunk]
+        if batch:
+            yield batch
     if head:
-        yield head
-    yield b""
+        yield [head]
+    yield [b""]
+
+
+async def _one_by_one(chunks: AsyncIterator[bytes]) -> AsyncIterator[List[bytes]]:
+    async for chunk in chunks:
+        yield [chunk]
 
 
 def _incremental_compress(

@@ -566,3 +566,71 @@ async def test_undecodable_result_fails_the_call_and_the_client_goes_on(tmp_path
         broker.stop()
         await asyncio.sleep(0.05)
         ctx.destroy(linger=0)
+
+
+# -- the sender's chunks in batches ----------------------------------------------------------------
+
+from gaterpc.hugedata import iter_hugedata_batches  # noqa: E402
+
+
+def _expected_chunks(stream: bytes, blksize: int) -> list:
+    """The wire chunks of a compressed stream: cut every ``blksize`` bytes, the first chunks
+    merged until they hold the 10-byte header, then the empty chunk."""
+    cut = [stream[i:i + blksize] for i in range(0, len(stream), blksize)]
+    out, head = [], b""
+    for chunk in cut:
+        if head is not None:
+            head += chunk
+            if len(head) < 10:
+                continue
+            chunk, head = head, None
+        out.append(chunk)
+    if head:
+        out.append(head)
+    return out + [b""]
+
+
+@pytest.mark.parametrize("module", ["gzip", "lz4"])
+@pytest.mark.parametrize("size, blksize", [(size, blksize) for size in (0, 1, 5000, 2_500_000)
+                                           for blksize in (1, 3, 1000, 65536)
+                                           if blksize >= 1000 or size <= 5000])  # not millions of tiny chunks
+async def test_batches_are_the_chunks_on_the_wire(module, size, blksize, backend):
+    payload = mixed(size, seed=size)[:size]
+
+    def make():
+        hd = HugeData(END, EXC, compress_module=module, blksize=blksize)
+        for i in range(0, len(payload), 700_001):
+            hd.add_data(payload[i:i + 700_001])
+        hd.flush()
+        return hd
+
+    batches = [b async for b in iter_hugedata_batches(make())]
+    chunks = [c async for c in iter_hugedata_chunks(make())]
+    assert all(batches) and batches[-1] == [b""]
+    flat = [c for b in batches for c in b]
+    stream = b"".join(flat)
+    if module == "gzip":  # the header's MTIME may differ between the two transfers
+        assert b"".join(chunks)[:4] + b"".join(chunks)[8:] == stream[:4] + stream[8:]
+    else:
+        assert b"".join(chunks) == stream
+    assert [len(c) for c in chunks] == [len(c) for c in flat] == [len(c) for c in _expected_chunks(stream, blksize)]
+    assert flat == _expected_chunks(stream, blksize)
+    r = HugeDataReceiver()
+    for c in flat:
+        r.feed(c)
+    assert r.finish() == payload
+    if size > 1_000_000 and blksize == 1000:
+        assert len(batches) < len(flat) / 100  # one list per piece of compressed output, not per chunk
+
+
+async def test_a_subclass_compress_is_still_used(backend):
+    class Custom(HugeData):
+        async def compress(self, loop=None):
+            async for chunk in super().compress(loop):
+                yield chunk
+            self.used = True
+
+    hd = Custom(END, EXC, data=b"x" * 5000, blksize=4)
+    chunks = [c async for c in iter_hugedata_chunks(hd)]
+    assert hd.used and len(chunks[0]) >= 10 and chunks[-1] == b""
+    assert gzip.decompress(b"".join(chunks)) == b"x" * 5000
