@@ -17,10 +17,10 @@ import msgpack
 from gaterpc import serialization as _serialization
 from gaterpc.exceptions import HugeDataException
 from gaterpc.hugecodecs import BytesLike
-from gaterpc.serialization import MsgUnpackError, _unpack_error
+from gaterpc.serialization import MsgUnpackError, _unpack_error, msg_unpack
 from gaterpc._speedups.chunks import UNLIMITED_STEP
 
-__all__ = ("INLINE_OUTPUT", "Output", "StreamDecoder")
+__all__ = ("INLINE_OUTPUT", "Output", "STREAMING", "StreamDecoder")
 
 #: Decompressed output a receiver makes in ``feed`` on the caller's thread
 #: (the event loop) before its thread takes over: a highly compressible
@@ -28,6 +28,10 @@ __all__ = ("INLINE_OUTPUT", "Output", "StreamDecoder")
 INLINE_OUTPUT = 1024 * 1024
 #: Bytes of the decompressed payload shown by a decode error.
 _PREVIEW = 200
+#: msgpack's compiled ``Unpacker`` resumes where a piece ended; its pure-Python
+#: fallback parses the value again from its start at every piece and keeps
+#: all the input, so with it the payload is gathered and decoded at the end.
+STREAMING = not msgpack.Unpacker.__module__.startswith("msgpack.fallback")
 
 
 class _Preview:
@@ -59,9 +63,11 @@ class StreamDecoder:
     :func:`gaterpc.serialization.msg_unpack` (hooks and limits of
     ``message_pack``), and so are the errors: a ``MsgUnpackError`` for
     undecodable or trailing data, or a payload that ends inside the value.
+    Without msgpack's compiled extension (``STREAMING`` false) the pieces
+    are gathered and decoded by :meth:`result`.
     """
 
-    __slots__ = ("limit", "total", "_unpacker", "_head", "_done", "_result")
+    __slots__ = ("limit", "total", "_unpacker", "_head", "_done", "_result", "_whole")
 
     def __init__(self, limit: int) -> None:
         self.limit = int(limit)
@@ -72,6 +78,7 @@ class StreamDecoder:
         self._head = b""
         self._done = False
         self._result: Any = None
+        self._whole: Optional[bytearray] = None if STREAMING else bytearray()
 
     def room(self) -> int:
         """How much output to ask for next: one byte past the limit, to detect it."""
@@ -100,6 +107,9 @@ class StreamDecoder:
         unpacker = self._unpacker
         if unpacker is None:
             raise HugeDataException("the HugeData decoder failed or was closed")
+        if self._whole is not None:
+            self._whole += piece
+            return
         if self._done:
             raise self._error(msgpack.ExtraData(self._result, b""))
         unpacker.feed(piece)
@@ -115,6 +125,10 @@ class StreamDecoder:
 
     def result(self) -> Any:
         """The decoded value, once the whole payload was added."""
+        whole, self._whole = self._whole, None
+        if whole is not None:
+            self._unpacker = None
+            return msg_unpack(whole)
         if not self._done:
             raise self._error(ValueError("Unpack failed: incomplete input"))
         result, self._result = self._result, None

@@ -634,3 +634,21 @@ async def test_a_subclass_compress_is_still_used(backend):
     chunks = [c async for c in iter_hugedata_chunks(hd)]
     assert hd.used and len(chunks[0]) >= 10 and chunks[-1] == b""
     assert gzip.decompress(b"".join(chunks)) == b"x" * 5000
+
+
+@pytest.mark.parametrize("name", ["empty bytes", "pieces", "many small"])
+def test_without_a_resuming_unpacker_the_payload_is_decoded_at_the_end(name, backend, monkeypatch):
+    """msgpack's pure-Python fallback cannot resume: the same values and errors, decoded in one go."""
+    import gaterpc.hugedecode as hugedecode_mod
+
+    monkeypatch.setattr(hugedecode_mod, "STREAMING", False)
+    value = _values()[name]
+    encoded = msg_pack(value)
+    d = StreamDecoder(0)
+    d.add(encoded)
+    assert d._unpacker.tell() == 0 and len(d._whole) == len(encoded)  # gathered, not decoded yet
+    assert d.result() == value
+    assert _decode(_stream("lz4", encoded)) == value
+    for bad in (encoded[:-1], encoded + b"\x01"):
+        with pytest.raises(MsgUnpackError, match="unpack failed"):
+            _decode([gzip.compress(bad)])
