@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from gaterpc.counters import count_drop
 from gaterpc.exceptions import RemoteException
 from gaterpc.global_settings import Settings
-from gaterpc.hugedata import HugeDataReceiver
+from gaterpc.hugedata import INLINE_OUTPUT, HugeDataReceiver
 from gaterpc.protocol import (
     KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_STREAM_END, KIND_STREAM_ERROR, KIND_STREAM_ITEM, STREAM_END,
 )
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = ("INLINE_DECODE_MAX", "_ReplyHandler", "_remote_error")
 
-#: HugeData results whose encoded form is larger than this are decoded in the
-#: default thread executor instead of on the event loop.
-INLINE_DECODE_MAX = 1024 * 1024
+#: HugeData results whose encoded form is larger than this are decoded off the
+#: event loop: by the receiver's thread as the chunks come (streaming decode,
+#: :class:`gaterpc.hugedata.StreamDecoder`), the end in the default thread executor.
+INLINE_DECODE_MAX = INLINE_OUTPUT
 
 
 def _remote_error(info: Any) -> RemoteException:
@@ -161,21 +162,18 @@ class _ReplyHandler:
                 if fut.done():
                     return
                 receiver = self._huge[request_id] = HugeDataReceiver(
-                    default_module=Settings.HUGE_DATA_COMPRESS_MODULE)
+                    default_module=Settings.HUGE_DATA_COMPRESS_MODULE, decode=True)
             if k == KIND_HUGE_END:
-                try:
-                    data = receiver.finish()
-                except Exception as exc:
-                    self._fail(request_id, exc)
-                    return
+                del self._huge[request_id]  # the receiver is finished below, not closed by _forget
                 self._forget(request_id)
-                if len(data) > INLINE_DECODE_MAX:
-                    # Decoding a large result would stall every other call: use a thread.
-                    loop.run_in_executor(None, msg_unpack, data).add_done_callback(
+                if receiver.slow_finish:
+                    # The receiver's thread has or had work (it decodes the result as the
+                    # chunks come): waiting for it here would stall every other call.
+                    loop.run_in_executor(None, receiver.finish_decoded).add_done_callback(
                         functools.partial(_settle, fut))
                     return
                 try:
-                    result = msg_unpack(data)
+                    result = receiver.finish_decoded()
                 except Exception as exc:
                     if not fut.done():
                         fut.set_exception(exc)

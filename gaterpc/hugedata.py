@@ -24,7 +24,10 @@ decompressing overlap:
   sequential);
 * receiver (:class:`HugeDataReceiver`): compressed chunks are gathered into
   256 KiB segments, decompressed in a thread while later chunks arrive; at
-  most 2 MiB of compressed input waits for the thread.
+  most 2 MiB of compressed input waits for the thread.  A client's receiver
+  (``decode=True``) also decodes the msgpack result there, as the
+  decompressed pieces come (streaming decode): the decompressed payload
+  never exists whole next to the decoded result (:mod:`gaterpc.hugedecode`).
 
 Pieces under ``OFFLOAD_SIZE`` bytes are (de)compressed inline.  Buffers are
 bounded: at most two input blocks per thread and their output are in flight
@@ -57,7 +60,8 @@ from typing import (
 )
 
 from gaterpc.exceptions import BadGzip, HugeDataException, RemoteException
-from gaterpc.serialization import msg_unpack
+from gaterpc.hugedecode import INLINE_OUTPUT, Output, StreamDecoder
+from gaterpc.serialization import MsgUnpackError, msg_unpack
 from gaterpc._speedups.chunks import ChunkCutter, OutputLimiter
 
 if TYPE_CHECKING:
@@ -67,7 +71,8 @@ if TYPE_CHECKING:
 
 __all__ = (
     "HugeData", "HugeDataReceiver", "GzipCompressor", "GzipDecompressor", "iter_hugedata_chunks",
-    "_incremental_compress", "_incremental_decompress", "ensure_shm_unlink", "detect_format",
+    "iter_hugedata_batches", "_incremental_compress", "_incremental_decompress", "ensure_shm_unlink",
+    "detect_format", "INLINE_OUTPUT", "StreamDecoder",
 )
 
 OFFLOAD_SIZE = 256 * 1024
@@ -117,7 +122,14 @@ class HugeDataReceiver:
     thread: a feed beyond that waits for it, so memory stays bounded.  An
     error found by the thread (corrupt stream, size limit) is raised by the
     next ``feed`` or by ``finish``.  ``pipelined=False`` decompresses each
-    chunk in ``feed``.
+    chunk in ``feed``.  At most ``INLINE_OUTPUT`` decompressed bytes are
+    made in :meth:`feed` itself: a highly compressible start goes on in the
+    thread.
+
+    ``decode=True`` (the client's receivers): the decompressed pieces are
+    decoded with msgpack as they come, in the same thread, and
+    :meth:`finish_decoded` returns the value (:class:`StreamDecoder`); a
+    decode error is raised as early as a decompression error.
     """
 
     #: Compressed bytes gathered before a segment goes to the thread.
@@ -126,13 +138,15 @@ class HugeDataReceiver:
     MAX_QUEUED = 2 * 1024 * 1024
 
     def __init__(self, *, default_module: CodecName = "gzip", max_decompressed_size: Optional[int] = None,
-                 pipelined: bool = True) -> None:
+                 pipelined: bool = True, decode: bool = False) -> None:
         self.default_module = default_module
         self.max_decompressed_size = (HugeData.DEFAULT_MAX_DECOMPRESSED_SIZE
                                       if max_decompressed_size is None else max_decompressed_size)
         self._head = b""
         self._decompressor: Optional[Decompressor] = None
-        self._out = OutputLimiter(self.max_decompressed_size)
+        self._decode = decode
+        self._out: Output = (StreamDecoder(self.max_decompressed_size) if decode
+                              else OutputLimiter(self.max_decompressed_size))
         self._closed = False
         self._step = _STEP
         self._pipelined = pipelined
@@ -173,13 +187,19 @@ class HugeDataReceiver:
         if not self._pipelined:
             self._decompress(chunk)
             return
-        if self._inline_left > 0 and not self._pending:
+        if self._inline_left > 0:
             # The first SEGMENT bytes are decompressed here, chunk by chunk: a
             # corrupt or wrongly labelled stream fails at its first chunk (and
-            # a small transfer needs no thread at all).
-            self._inline_left -= len(cast(BytesLike, chunk))
-            self._decompress(chunk)
-            return
+            # a small transfer needs no thread at all), up to INLINE_OUTPUT
+            # bytes of output; the thread goes on from there.
+            if self._out.total < INLINE_OUTPUT:
+                self._inline_left -= len(cast(BytesLike, chunk))
+                if self._decompress(chunk, INLINE_OUTPUT):
+                    return
+                self._inline_left = 0
+                self._submit(b"")  # the decompressor holds more output: the thread takes it out
+                return
+            self._inline_left = 0
         if self._error is not None:
             self._raise_error()
         pending = self._pending
@@ -260,11 +280,17 @@ class HugeDataReceiver:
         """True once the decompressor reported the end of the compressed stream."""
         return bool(getattr(self._decompressor, "eof", False))
 
-    def _decompress(self, data: Buffer) -> None:
+    def _decompress(self, data: Buffer, budget: int = 0) -> bool:
+        """Decompress ``data`` into the output; True when it is all done.
+
+        With a ``budget`` (> 0), stop once ``budget`` bytes of output were made
+        from the total so far and return False if the decompressor may hold
+        more for the same input (a later ``_decompress(b"")`` takes it out).
+        """
         d = self._decompressor
         if d is None:  # closed meanwhile (a thread job)
             if self._closed:
-                return
+                return True
             raise AssertionError("the decompressor starts in feed()/_complete() before any data")
         out = self._out
         step = self._step
@@ -276,12 +302,15 @@ class HugeDataReceiver:
                 piece = d.decompress(data, want)
                 data = b""
                 if not piece:
-                    return
+                    return True
                 out.add(piece)
                 # Go on while the decompressor may hold more output for the same input.
                 if getattr(d, "needs_input", True) and len(piece) < want:
-                    return
-        except (HugeDataException, BadGzip):
+                    return True
+                if budget and out.total >= budget:
+                    return False
+            return True
+        except (HugeDataException, BadGzip, MsgUnpackError):
             raise
         except Exception as exc:
             raise HugeDataException(f"corrupt HugeData stream: {type(exc).__name__}: {exc}") from None
@@ -313,7 +342,7 @@ class HugeDataReceiver:
 
     def _take(self) -> bytes:
         """Output gathered since the last call (streaming use)."""
-        out: bytes = self._out.take()
+        out: bytes = cast(OutputLimiter, self._out).take()
         return out
 
     def finish(self) -> bytearray:
@@ -324,10 +353,35 @@ class HugeDataReceiver:
         """
         if self._closed:
             raise HugeDataException("the HugeData receiver is closed")
+        out = self._out
+        if isinstance(out, StreamDecoder):
+            raise TypeError("a decoding receiver (decode=True) gives its value with finish_decoded()")
         self._complete()
-        payload: bytearray = self._out.getvalue()
+        payload: bytearray = cast(OutputLimiter, out).getvalue()
         self.close()
         return payload
+
+    def finish_decoded(self) -> Any:
+        """The decoded value (``decode=True``), once the end tag arrived.
+
+        Raises as :meth:`finish`, and ``MsgUnpackError`` when the payload is
+        not exactly one msgpack value.  Waits for the thread: see :attr:`slow_finish`.
+        """
+        if self._closed:
+            raise HugeDataException("the HugeData receiver is closed")
+        out = self._out
+        if not isinstance(out, StreamDecoder):
+            raise TypeError("finish_decoded() needs a decoding receiver (decode=True)")
+        try:
+            self._complete()
+            return out.result()
+        finally:
+            self.close()
+
+    @property
+    def slow_finish(self) -> bool:
+        """True when finishing may take a while: the thread has or had work, or compressed input waits."""
+        return self._cond is not None or bool(self._pending) or self._out.total > INLINE_OUTPUT
 
     def close(self) -> None:
         """Drop the buffers (idempotent); a running thread job stops after its segment."""
@@ -479,9 +533,15 @@ class HugeData:
         compress the next 1 MiB piece in a thread while the chunks of the
         previous one are yielded.
         """
-        if self.compress_module == "gzip":
-            async for chunk in self._compress_gzip():
+        async for batch in self._compress_batches():
+            for chunk in batch:
                 yield chunk
+
+    async def _compress_batches(self) -> AsyncIterator[List[bytes]]:
+        """The chunks of :meth:`compress`, in lists: those cut from one piece of output at a time (maybe none)."""
+        if self.compress_module == "gzip":
+            async for batch in self._compress_gzip():
+                yield batch
             return
         try:
             compressor = get_codec(self.compress_module).compressor(self.compress_level)
@@ -503,23 +563,20 @@ class HugeData:
                 else:
                     out = compressor.compress(piece)
                 if ready:
-                    for chunk in cutter.feed(ready):
-                        yield chunk
+                    yield cutter.feed(ready)
                 ready = await job if job is not None else out
             if ready:
-                for chunk in cutter.feed(ready):
-                    yield chunk
+                yield cutter.feed(ready)
             ready = None
-            for chunk in cutter.feed(compressor.flush()):
-                yield chunk
+            yield cutter.feed(compressor.flush())
         except HugeDataException:
             raise
         except Exception as exc:
             raise HugeDataException(exc) from exc
-        yield cutter.rest()
+        yield [cutter.rest()]
 
-    async def _compress_gzip(self) -> AsyncIterator[bytes]:
-        """gzip in blocks compressed in parallel threads; the chunks as :meth:`compress` yields them."""
+    async def _compress_gzip(self) -> AsyncIterator[List[bytes]]:
+        """gzip in blocks compressed in parallel threads; the chunks as :meth:`_compress_batches` yields them."""
         level = self.compress_level
         running = asyncio.get_running_loop()
         cutter = ChunkCutter(self.blksize)
@@ -544,8 +601,7 @@ class HugeData:
 
         try:
             # Also checks the level, as the sequential compressor does.
-            for chunk in cutter.feed(GzipCompressor(level)._header()):
-                yield chunk
+            yield cutter.feed(GzipCompressor(level)._header())
             async for piece in self._input():
                 if not block and len(piece) >= _SLICE // 2:
                     submit(piece, False)  # a large piece goes as it is, without a copy
@@ -559,18 +615,15 @@ class HugeData:
                     out, part_crc, part_len = await jobs.popleft()
                     crc = crc32_combine(crc, part_crc, part_len)
                     size += part_len
-                    for chunk in cutter.feed(out):
-                        yield chunk
+                    yield cutter.feed(out)
             submit(block, True)
             block = bytearray()
             while jobs:
                 out, part_crc, part_len = await jobs.popleft()
                 crc = crc32_combine(crc, part_crc, part_len)
                 size += part_len
-                for chunk in cutter.feed(out):
-                    yield chunk
-            for chunk in cutter.feed(struct.pack("<II", crc, size & 0xFFFFFFFF)):
-                yield chunk
+                yield cutter.feed(out)
+            yield cutter.feed(struct.pack("<II", crc, size & 0xFFFFFFFF))
         except HugeDataException:
             raise
         except Exception as exc:
@@ -578,7 +631,7 @@ class HugeData:
         finally:
             for job in jobs:
                 job.cancel()  # those not started yet; a running one ends unheeded
-        yield cutter.rest()
+        yield [cutter.rest()]
 
     async def decompress(
         self, loop: Optional[asyncio.AbstractEventLoop] = None, max_length: Optional[int] = -1
@@ -650,19 +703,50 @@ async def iter_hugedata_chunks(
     With a ``blksize`` below the gzip header length the first chunk is made
     longer than ``blksize`` so that it still holds the whole header.
     """
+    async for batch in iter_hugedata_batches(hd, loop):
+        for chunk in batch:
+            yield chunk
+
+
+async def iter_hugedata_batches(
+    hd: HugeData, loop: Optional[asyncio.AbstractEventLoop] = None
+) -> AsyncIterator[List[bytes]]:
+    """The chunks of :func:`iter_hugedata_chunks`, the same ones in the same
+    order, in non-empty lists (all that one piece of compressed output made;
+    the last list is ``[b""]``): a sender can send a list in one burst, with
+    one suspension per list instead of one per chunk.
+    """
     head: Optional[bytes] = b""
-    async for chunk in hd.compress(loop):
-        if not chunk:
-            continue
+    if type(hd).compress is HugeData.compress:
+        batches = hd._compress_batches()
+    else:  # a subclass's own compress(): its chunks one by one
+        batches = _one_by_one(hd.compress(loop))
+    async for batch in batches:
         if head is not None:
-            head += chunk
-            if len(head) < _HEADER_LEN:
-                continue
-            chunk, head = head, None
-        yield chunk
+            # The first chunk holds the whole header (a blksize below it makes it longer).
+            out: List[bytes] = []
+            for chunk in batch:
+                if not chunk:
+                    continue
+                if head is not None:
+                    head += chunk
+                    if len(head) < _HEADER_LEN:
+                        continue
+                    chunk, head = head, None
+                out.append(chunk)
+            batch = out
+        elif not all(batch):
+            batch = [chunk for chunk in batch if chunk]
+        if batch:
+            yield batch
     if head:
-        yield head
-    yield b""
+        yield [head]
+    yield [b""]
+
+
+async def _one_by_one(chunks: AsyncIterator[bytes]) -> AsyncIterator[List[bytes]]:
+    async for chunk in chunks:
+        yield [chunk]
 
 
 def _incremental_compress(

@@ -345,26 +345,40 @@ async def test_busy_client_with_long_calls_is_not_declared_lost(ctx):
 
 
 async def test_large_hugedata_result_is_decoded_off_the_loop(ctx, monkeypatch):
+    """The result is decoded as the chunks come: beyond the first INLINE_DECODE_MAX bytes in the
+    receiver's thread, and finished in a thread too; a small result stays on the loop."""
     import gaterpc.client_replies as client_mod
+    import gaterpc.hugedata as hugedata_mod
 
-    threads = []
-    real = client_mod.msg_unpack
+    added = []  # (thread, bytes) of every decoded piece
+    finished = []  # the thread that gave each result
+    real_add, real_result = hugedata_mod.StreamDecoder.add, hugedata_mod.StreamDecoder.result
 
-    def spy(data):
-        if len(data) > client_mod.INLINE_DECODE_MAX:
-            threads.append(threading.current_thread())
-        return real(data)
+    def add(self, piece):
+        added.append((threading.current_thread(), len(piece)))
+        return real_add(self, piece)
 
-    monkeypatch.setattr(client_mod, "msg_unpack", spy)
+    def result(self):
+        finished.append(threading.current_thread())
+        return real_result(self)
+
+    monkeypatch.setattr(hugedata_mod.StreamDecoder, "add", add)
+    monkeypatch.setattr(hugedata_mod.StreamDecoder, "result", result)
     frontend = f"inproc://recovery-huge-{id(ctx)}"
     md, w = await _inproc_broker(ctx, frontend, f"inproc://recovery-huge-back-{id(ctx)}")
     cli = Client(frontend, context=ctx)
     try:
         assert await cli.Slow.blob(1000) == {"blob": b"b" * 1000}
-        assert threads == []
+        assert finished == [threading.main_thread()]
+        assert {t for t, _ in added} == {threading.main_thread()}
+        added.clear()
+        finished.clear()
         big = 3 * 1024 * 1024
         assert await cli.Slow.blob(big) == {"blob": b"b" * big}
-        assert len(threads) == 1 and threads[0] is not threading.main_thread()
+        on_loop = sum(n for t, n in added if t is threading.main_thread())
+        off_loop = sum(n for t, n in added if t is not threading.main_thread())
+        assert on_loop < client_mod.INLINE_DECODE_MAX + 1024 * 1024 and off_loop >= big - on_loop
+        assert len(finished) == 1 and finished[0] is not threading.main_thread()
         assert not cli.replies
     finally:
         cli.close()

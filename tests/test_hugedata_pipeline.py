@@ -352,3 +352,303 @@ async def test_large_transfers_over_rpc_back_to_back(tmp_path, submits):
         broker.stop()
         await asyncio.sleep(0.05)
         ctx.destroy(linger=0)
+
+
+# -- streaming decode (the client's receivers: decode=True) ------------------------------------
+
+import msgpack  # noqa: E402
+
+from gaterpc.hugedata import INLINE_OUTPUT, StreamDecoder  # noqa: E402
+from gaterpc.serialization import MsgUnpackError, msg_pack, msg_unpack  # noqa: E402
+
+
+def _stream(module: str, encoded: bytes, blksize: int = 1000) -> list:
+    async def make():
+        hd = HugeData(END, EXC, data=encoded, compress_module=module, blksize=blksize)
+        return [c async for c in iter_hugedata_chunks(hd)]
+    return asyncio.run(make()) if encoded else [gzip.compress(b"")]
+
+
+def _decode(chunks, **kw):
+    r = HugeDataReceiver(decode=True, **kw)
+    for c in chunks:
+        r.feed(c)
+    return r.finish_decoded()
+
+
+def _values():
+    rnd = random.Random(3)
+    seg = HugeDataReceiver.SEGMENT
+    return {
+        "empty bytes": b"",
+        "small": {"a": [1, 2.5, None, "x"], "b": b"\x00" * 10},
+        "one segment of bytes": rnd.randbytes(seg - 5),  # bin32 header + SEGMENT - 5 bytes: SEGMENT encoded
+        "pieces": [rnd.randbytes(300_000) + b"t" * 700_000 for _ in range(4)],
+        "many small": [{"i": i, "s": "v" * (i % 50)} for i in range(60_000)],
+    }
+
+
+@pytest.mark.parametrize("module", ["gzip", "lz4"])
+@pytest.mark.parametrize("name", list(_values()))
+def test_streaming_decode_equals_the_whole_decode(name, module, backend):
+    value = _values()[name]
+    encoded = msg_pack(value)
+    if name == "one segment of bytes":
+        assert len(encoded) == HugeDataReceiver.SEGMENT
+    for blksize in (1000, 1 << 20):
+        chunks = _stream(module, encoded, blksize)
+        got = _decode(chunks)
+        assert got == value == msg_unpack(encoded)
+        assert msg_pack(got) == encoded  # byte for byte
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 7])
+def test_streaming_decode_with_piece_boundaries_inside_headers(step, backend):
+    """Decompressed pieces of a few bytes: every msgpack header is cut somewhere."""
+    value = [b"x" * 70_000, "s" * 300, {"k": list(range(40))}, b"", 2 ** 40, -1.5, [b"y" * 5] * 20]
+    encoded = msg_pack(value)
+    r = HugeDataReceiver(decode=True, pipelined=False)
+    r._step = step  # the decompressor gives at most `step` bytes per call
+    stream = gzip.compress(encoded)
+    for i in range(0, len(stream), 4096):
+        r.feed(stream[i:i + 4096])
+    assert r.finish_decoded() == value
+
+
+def test_stream_decoder_every_split_of_a_bin32_header():
+    value = [b"z" * 70_000, 7]
+    encoded = msg_pack(value)
+    for cut in range(0, 12):
+        d = StreamDecoder(0)
+        d.add(encoded[:cut])
+        d.add(encoded[cut:])
+        assert d.result() == value
+
+
+def test_streaming_decode_holds_one_value_not_the_payload(backend):
+    """The decoder's buffer holds about one undecoded value, not the decompressed payload."""
+    value = [os.urandom(256 * 1024) for _ in range(40)]  # 10 MiB of 256 KiB values
+    encoded = msg_pack(value)
+    d = StreamDecoder(0)
+    most = 0
+    for i in range(0, len(encoded), 100_000):
+        d.add(encoded[i:i + 100_000])
+        most = max(most, d.total - d._unpacker.tell())
+    assert d.result() == value
+    assert most < 512 * 1024
+
+
+@pytest.mark.parametrize("module", ["gzip", "lz4"])
+def test_undecodable_payload_fails_mid_stream(module, backend):
+    """A valid compressed stream of bad msgpack fails at a feed long before the end."""
+    big = b"q" * 3_000_000
+    encoded = b"\x93" + msg_pack(big) + b"\xc1" + msg_pack(os.urandom(3_000_000))  # 0xc1: never used
+    chunks = _stream(module, encoded)
+    r = HugeDataReceiver(decode=True)
+    fed = 0
+    with pytest.raises(MsgUnpackError, match="unpack failed"):
+        for c in chunks:
+            r.feed(c)
+            fed += 1
+        r.finish_decoded()
+    assert fed < len(chunks) - 1  # raised by a feed, not at the end
+    r.close()
+
+
+@pytest.mark.parametrize("encoded, what", [
+    (b"", "empty"),
+    (msg_pack([1, 2, 3])[:-1], "truncated"),
+    (msg_pack([1, 2]) + b"\x01", "trailing"),
+    (msg_pack(b"x" * 2_000_000) + msg_pack(1), "trailing after a large value"),
+])
+def test_payload_that_is_not_one_value_fails_as_msg_unpack(encoded, what, backend):
+    with pytest.raises(MsgUnpackError):
+        msg_unpack(encoded)
+    with pytest.raises(MsgUnpackError, match="unpack failed"):
+        _decode([gzip.compress(encoded)])
+
+
+def test_decode_limits_and_hooks_are_those_of_message_pack(backend, monkeypatch):
+    from gaterpc.serialization import message_pack
+
+    monkeypatch.setattr(message_pack, "max_bin_len", 1000)
+    try:
+        with pytest.raises(MsgUnpackError, match="max_bin_len"):
+            _decode([gzip.compress(msg_pack([b"x" * 2000]))])
+        message_pack.unpack_list_hook = tuple
+        assert _decode([gzip.compress(msg_pack([1, [2, 3]]))]) == (1, (2, 3))
+    finally:
+        del message_pack.max_bin_len
+        del message_pack.unpack_list_hook
+
+
+def test_decompression_bomb_limit_with_decode(backend):
+    limit = 1024 * 1024
+    stream = gzip.compress(msg_pack(os.urandom(3 * limit)), 1)
+    with pytest.raises(HugeDataException, match=r"exceeds limit \(1048576 bytes\)"):
+        _decode([stream[i:i + 1000] for i in range(0, len(stream), 1000)], max_decompressed_size=limit)
+
+
+def test_highly_compressible_start_goes_on_in_the_thread(backend, submits):
+    """A tiny first chunk that expands to many MiB: feed() makes about INLINE_OUTPUT, the thread the rest."""
+    value = b"\x00" * (12 * 1024 * 1024)
+    stream = gzip.compress(msg_pack(value), 6)
+    assert len(stream) < HugeDataReceiver.SEGMENT
+    r = HugeDataReceiver(decode=True)
+    r.feed(stream)
+    assert r._out.total < INLINE_OUTPUT + 2 * 1024 * 1024
+    assert submits and r.slow_finish
+    assert r.finish_decoded() == value
+
+
+def test_finish_and_finish_decoded_are_kept_apart(backend):
+    r = HugeDataReceiver(decode=True)
+    r.feed(gzip.compress(msg_pack(1)))
+    with pytest.raises(TypeError, match="finish_decoded"):
+        r.finish()
+    r = HugeDataReceiver()
+    r.feed(gzip.compress(msg_pack(1)))
+    with pytest.raises(TypeError, match="decode=True"):
+        r.finish_decoded()
+    assert msg_unpack(r.finish()) == 1
+
+
+async def test_undecodable_result_fails_the_call_and_the_client_goes_on(tmp_path):
+    """Over RPC: a result that is not msgpack fails its call with MsgUnpackError (mid-stream, found
+    by the decoding thread); the same client then gets the next HugeData results right."""
+    from gaterpc.core import AMajordomo, Client, Context, Service, Worker
+    from gaterpc.global_settings import Settings
+    from gaterpc.utils import interface
+
+    class Bad(Worker):
+        @interface
+        async def blob(self, n, module, corrupt):
+            data = msg_pack([random.Random(n).randbytes(n)] * 2)
+            if corrupt:
+                data = b"\x93" + msg_pack(b"q" * n) + b"\xc1" + data  # 0xc1: never used in msgpack
+            return HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG, compress_module=module,
+                            blksize=64 * 1024, data=data)
+
+    ctx = Context()
+    front, back = f"ipc://{tmp_path}/front", f"ipc://{tmp_path}/back"
+    broker = AMajordomo(context=ctx)
+    worker = client = None
+    try:
+        broker.bind_frontend(front)
+        broker.bind_backend(back)
+        broker.run()
+        worker = Service(name="Bad").create_worker(Bad, back, context=ctx)
+        worker.run()
+        for _ in range(500):
+            if "Bad" in broker.services and broker.services["Bad"].workers:
+                break
+            await asyncio.sleep(0.01)
+        client = Client(front, context=ctx, reply_timeout=60)
+        await client.connect()
+        for module in ("lz4", "gzip"):
+            n = 2_000_000
+            with pytest.raises(MsgUnpackError, match="unpack failed"):
+                await asyncio.wait_for(client.Bad.blob(n, module, True), 60)
+            got = await asyncio.wait_for(client.Bad.blob(n, module, False), 60)
+            assert got == [random.Random(n).randbytes(n)] * 2
+            assert await asyncio.wait_for(client.Bad.blob(10, module, False), 60) == [random.Random(10).randbytes(10)] * 2
+        assert not client._huge
+        for _ in range(200):  # the failed call's late chunks are dropped as they come
+            if not client.replies:
+                break
+            await asyncio.sleep(0.01)
+        assert not client.replies
+    finally:
+        if client is not None:
+            client.close()
+        if worker is not None:
+            worker.stop()
+        broker.stop()
+        await asyncio.sleep(0.05)
+        ctx.destroy(linger=0)
+
+
+# -- the sender's chunks in batches ----------------------------------------------------------------
+
+from gaterpc.hugedata import iter_hugedata_batches  # noqa: E402
+
+
+def _expected_chunks(stream: bytes, blksize: int) -> list:
+    """The wire chunks of a compressed stream: cut every ``blksize`` bytes, the first chunks
+    merged until they hold the 10-byte header, then the empty chunk."""
+    cut = [stream[i:i + blksize] for i in range(0, len(stream), blksize)]
+    out, head = [], b""
+    for chunk in cut:
+        if head is not None:
+            head += chunk
+            if len(head) < 10:
+                continue
+            chunk, head = head, None
+        out.append(chunk)
+    if head:
+        out.append(head)
+    return out + [b""]
+
+
+@pytest.mark.parametrize("module", ["gzip", "lz4"])
+@pytest.mark.parametrize("size, blksize", [(size, blksize) for size in (0, 1, 5000, 2_500_000)
+                                           for blksize in (1, 3, 1000, 65536)
+                                           if blksize >= 1000 or size <= 5000])  # not millions of tiny chunks
+async def test_batches_are_the_chunks_on_the_wire(module, size, blksize, backend):
+    payload = mixed(size, seed=size)[:size]
+
+    def make():
+        hd = HugeData(END, EXC, compress_module=module, blksize=blksize)
+        for i in range(0, len(payload), 700_001):
+            hd.add_data(payload[i:i + 700_001])
+        hd.flush()
+        return hd
+
+    batches = [b async for b in iter_hugedata_batches(make())]
+    chunks = [c async for c in iter_hugedata_chunks(make())]
+    assert all(batches) and batches[-1] == [b""]
+    flat = [c for b in batches for c in b]
+    stream = b"".join(flat)
+    if module == "gzip":  # the header's MTIME may differ between the two transfers
+        assert b"".join(chunks)[:4] + b"".join(chunks)[8:] == stream[:4] + stream[8:]
+    else:
+        assert b"".join(chunks) == stream
+    assert [len(c) for c in chunks] == [len(c) for c in flat] == [len(c) for c in _expected_chunks(stream, blksize)]
+    assert flat == _expected_chunks(stream, blksize)
+    r = HugeDataReceiver()
+    for c in flat:
+        r.feed(c)
+    assert r.finish() == payload
+    if size > 1_000_000 and blksize == 1000:
+        assert len(batches) < len(flat) / 100  # one list per piece of compressed output, not per chunk
+
+
+async def test_a_subclass_compress_is_still_used(backend):
+    class Custom(HugeData):
+        async def compress(self, loop=None):
+            async for chunk in super().compress(loop):
+                yield chunk
+            self.used = True
+
+    hd = Custom(END, EXC, data=b"x" * 5000, blksize=4)
+    chunks = [c async for c in iter_hugedata_chunks(hd)]
+    assert hd.used and len(chunks[0]) >= 10 and chunks[-1] == b""
+    assert gzip.decompress(b"".join(chunks)) == b"x" * 5000
+
+
+@pytest.mark.parametrize("name", ["empty bytes", "pieces", "many small"])
+def test_without_a_resuming_unpacker_the_payload_is_decoded_at_the_end(name, backend, monkeypatch):
+    """msgpack's pure-Python fallback cannot resume: the same values and errors, decoded in one go."""
+    import gaterpc.hugedecode as hugedecode_mod
+
+    monkeypatch.setattr(hugedecode_mod, "STREAMING", False)
+    value = _values()[name]
+    encoded = msg_pack(value)
+    d = StreamDecoder(0)
+    d.add(encoded)
+    assert d._unpacker.tell() == 0 and len(d._whole) == len(encoded)  # gathered, not decoded yet
+    assert d.result() == value
+    assert _decode(_stream("lz4", encoded)) == value
+    for bad in (encoded[:-1], encoded + b"\x01"):
+        with pytest.raises(MsgUnpackError, match="unpack failed"):
+            _decode([gzip.compress(bad)])

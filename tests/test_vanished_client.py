@@ -63,7 +63,7 @@ async def _serve_status(status):
 async def _role(role, args):
     from gaterpc.core import AMajordomo, Client, Context, Service, Worker
     from gaterpc.global_settings import Settings
-    from gaterpc.utils import HugeData, interface
+    from gaterpc.utils import HugeData, interface, msg_pack
 
     Settings.TIMEOUT = WAIT_TIMEOUT
     ctx = Context()
@@ -117,7 +117,9 @@ async def _role(role, args):
                               compress_module="gzip", timeout=None)
 
                 async def feed():  # pipe mode: a payload that keeps coming
-                    piece = os.urandom(64 * 1024)
+                    # one msgpack list of 64 KiB items: the client decodes it as it comes
+                    piece = msg_pack(os.urandom(64 * 1024))
+                    hd.add_data(b"\xdd" + (nbytes // len(piece)).to_bytes(4, "big"))
                     for _ in range(nbytes // len(piece)):
                         try:
                             hd.add_data(piece)
