@@ -447,6 +447,7 @@ class Worker(ABCWorker):
             task.cancel()
         for task in list(self._hook_tasks):
             task.cancel()
+        self._runner.close()  # its idle standby task (see gaterpc.execute)
 
     def _send_heartbeat(self, lsock: LoopSocket) -> None:
         if self._hook_send:
