@@ -495,9 +495,12 @@ class Worker(ABCWorker):
             if out:
                 lsock = self._lsock
                 if lsock is not None:
-                    send = lsock.send
-                    for frames in out:
-                        send(frames)
+                    # One call for the burst; what the socket does not take now is queued in order.
+                    n = lsock.send_many(out)
+                    if n < len(out):
+                        send = lsock.send
+                        for i in range(n, len(out)):
+                            send(out[i])
 
     def _handle_batch(self, msgs: list[list[bytes]]) -> None:
         header = self._header
