@@ -56,7 +56,7 @@ from gaterpc.hugedata import HugeData, iter_hugedata_chunks
 from gaterpc.protocol import (
     HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
 )
-from gaterpc._speedups.frames import singleton_ok
+from gaterpc._speedups.frames import coro_step, singleton_ok
 from gaterpc.serialization import MsgPackError, msg_pack
 
 if TYPE_CHECKING:
@@ -84,7 +84,6 @@ if _STEP_EAGERLY:
     )
 _STREAM_KINDS = (GeneratorType, AsyncGeneratorType, HugeData)
 
-_FINISHED = object()   # the eager first step returned (or raised)
 _getrefcount = sys.getrefcount
 
 
@@ -359,7 +358,7 @@ class Runner:
         # Taken while the step runs: a call made from inside the step gets its own.
         self._standby = None
         task = sb.task
-        value: Any = _FINISHED
+        finished = True
         ctx = copy_context()
         outer = _current_tasks.get(loop)
         if outer is not None:
@@ -367,14 +366,14 @@ class Runner:
         refs = _getrefcount(task)
         _enter_task(loop, task)
         try:
-            value = ctx.run(coro.send, None)
-        except StopIteration as stop:
-            return True, stop.value
+            finished, value = coro_step(ctx, coro)
+            if finished:
+                return True, value
         finally:
             _leave_task(loop, task)
             if outer is not None:
                 _enter_task(loop, outer)
-            if value is _FINISHED:
+            if finished:  # returned or raised
                 # Reused only if the step kept no reference to it and did not cancel it.
                 if (_getrefcount(task) == refs and not sb.gate.done()
                         and not task._must_cancel  # type: ignore[attr-defined]  # private, not in the stubs
