@@ -469,6 +469,25 @@ async def test_worker_answers_immediate_suspended_and_hugedata_calls(lab):
     assert not worker.requests
 
 
+async def test_interleaved_immediate_and_suspending_calls_all_answered(lab):
+    broker, worker, client = lab
+    calls = [client.Eager.now(i) if i % 3 else client.Eager.later(0) for i in range(600)]
+    results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+    assert results == [i if i % 3 else 0 for i in range(600)]
+    assert await until_empty(worker)
+    # Before 3.12 at most one idle standby task is left in the worker's runner.
+    sb = worker._runner._standby
+    assert sb is None or not sb.task.done()
+
+
+async def until_empty(worker):
+    for _ in range(200):
+        if not worker.requests and not worker._runner.active:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
 async def test_shutdown_grace_cancels_a_suspended_call(lab):
     broker, worker, client = lab
     call = asyncio.create_task(client.Eager.later(30))
