@@ -15,7 +15,15 @@ by a task.  During the first step the coroutine already runs as that task
 task's context, a copy of the caller's made when the call starts: context
 variables set in the first step are seen after it and do not leak into the
 caller -- as with 3.12's eager tasks (``eager_start``), which are used on
-3.12+; 3.10 and 3.11 do the same with a small trampoline (``_continue``).
+3.12+.  3.10 and 3.11 do the same with a *standby* task (``_Standby``): one
+idle task per runner, as which the first steps run; a call that finishes
+in its first step leaves it idle for the next call (no task is created and
+nothing is scheduled for it), a call that suspends is continued by it and a
+new standby is made.  A standby whose first step kept a reference to it
+(``asyncio.current_task()`` stored or returned) or cancelled it is not
+reused: it ends, as that call's own task would.  (A done-callback added to
+``asyncio.current_task()`` by a call that never suspends runs only when
+that standby task ends, at the next suspending call or ``Runner.close()``.)
 Executor functions run in a future of their executor,
 streams and HugeData transfers in a task that respects the socket's backlog.
 Every call that runs in a task or executor is registered under
@@ -48,7 +56,7 @@ from gaterpc.hugedata import HugeData, iter_hugedata_chunks
 from gaterpc.protocol import (
     HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
 )
-from gaterpc._speedups.frames import singleton_ok
+from gaterpc._speedups.frames import coro_step, singleton_ok
 from gaterpc.serialization import MsgPackError, msg_pack
 
 if TYPE_CHECKING:
@@ -64,7 +72,7 @@ KIND_THREAD = 2
 KIND_PROCESS = 3
 
 _EAGER = sys.version_info >= (3, 12)
-#: before 3.12 the eager first step is made here (see ``_continue``)
+#: before 3.12 the eager first step is made here (see ``_Standby``)
 _STEP_EAGERLY = not _EAGER
 #: 3.10's tasks cannot be given a context: the task's copy is brought up to date instead
 _TASK_CONTEXT_ARG = sys.version_info >= (3, 11)
@@ -76,39 +84,77 @@ if _STEP_EAGERLY:
     )
 _STREAM_KINDS = (GeneratorType, AsyncGeneratorType, HugeData)
 
-_FINISHED = object()   # the eager first step returned (or raised)
-_SUSPENDED: list[Any] = [None, None]  # stands for the cell on 3.12+, where the task itself stepped eagerly
+_getrefcount = sys.getrefcount
+
+
+class _Standby:
+    """A task waiting to continue the next coroutine call that suspends (before 3.12).
+
+    Its body (``_standby_body``) waits on ``gate``.  A call's eager first
+    step runs *as* this task; when the step finishes without suspending, the
+    task is left waiting and serves the next call, so such a call creates no
+    task and schedules nothing.  When the step suspends, ``coro``, ``value``
+    (what the step yielded) and ``ctx`` (the context the step ran in) are
+    set and ``gate`` is resolved: the task wakes up and continues that
+    coroutine, and the runner makes a new standby for later calls.  A standby
+    that the first step may have kept or changed (a reference to it was
+    taken, it was cancelled) is never reused: it is woken without a
+    coroutine and ends, as the task of such a call always did.
+    """
+
+    __slots__ = ("gate", "task", "coro", "value", "ctx")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.gate: asyncio.Future[None] = loop.create_future()
+        self.coro: Optional[Coroutine[Any, Any, Any]] = None
+        self.value: Any = None
+        self.ctx: Any = None
+        body = _standby_body(self)
+        body.send(None)  # so that a cancellation before the task's first step reaches the body
+        if _TASK_CONTEXT_ARG:
+            # context= exists from 3.11 on; mypy checks against 3.10
+            task = loop.create_task(body, context=copy_context())  # type: ignore[call-arg]
+        else:
+            task = copy_context().run(loop.create_task, body)
+        # Idle, it is not a pending call: no "Task was destroyed but it is pending!".
+        task._log_destroy_pending = False  # type: ignore[attr-defined]  # private, not in the stubs
+        self.task: asyncio.Task[Any] = task
+
+    def release(self) -> None:
+        """End the task (it continues nothing)."""
+        gate = self.gate
+        if not gate.done():
+            gate.set_result(None)
 
 
 @types.coroutine
-def _continue(coro: Coroutine[Any, Any, Any], cell: list[Any]) -> Generator[Any, Any, Any]:
-    """The body of the task that continues ``coro`` after its eager first step.
+def _standby_body(sb: _Standby) -> Generator[Any, Any, Any]:
+    """The body of a :class:`_Standby` task: wait on its gate, then continue ``sb.coro``.
 
-    Primed before the task exists (it stops at its first ``yield``), so the
-    task's first step resumes it here -- or throws in a cancellation that came
-    before, which is forwarded to ``coro``.  ``cell[0]`` is what the first
-    step yielded (a future or ``None``), ``_FINISHED`` when it returned or
-    raised (the task then ends at once, its outcome already answered);
-    ``cell[1]`` is, on 3.10 only, the context the first step ran in.  From
-    the first yielded value on, ``yield from`` hands every send/throw/close
-    of the task straight to ``coro``.
+    A cancellation that comes before the task first runs the coroutine (also
+    while it waits) is forwarded to the coroutine; ``sb.value`` is what the
+    first step yielded (a future or ``None``).  From then on, ``yield from``
+    hands every send/throw/close of the task straight to the coroutine.
     """
     pending: Optional[BaseException] = None
     try:
-        yield
-    except BaseException as exc:  # cancelled before the task's first step
+        yield  # primed: stops here before the task exists (see _Standby.__init__)
+        yield from sb.gate
+    except BaseException as exc:  # cancelled while waiting, or before the task ran
         pending = exc
-    value = cell[0]
-    if value is _FINISHED:
+    coro = sb.coro
+    if coro is None:  # released: no call to continue
         if pending is not None:
             raise pending
         return None
-    first_ctx = cell[1]
-    if first_ctx is not None:
-        # 3.10: this task's context was copied before the first step; we run in it
-        # now, so what the first step set in its own context is set here too.
-        for var, var_value in first_ctx.items():
-            var.set(var_value)
+    value = sb.value
+    sb.coro = sb.value = None
+    first_ctx = sb.ctx
+    sb.ctx = None
+    # The first step ran in its own copy of the caller's context; this task
+    # runs in the context it was made with: bring what the step set here.
+    for var, var_value in first_ctx.items():
+        var.set(var_value)
     while True:
         if pending is not None:
             if isinstance(pending, GeneratorExit):
@@ -212,6 +258,8 @@ class Runner:
         self.pack = msg_pack
         # (client_id, request_id) -> the task/future running that request (for cancel())
         self.active: Dict[Tuple[bytes, bytes], asyncio.Future[Any]] = {}
+        # before 3.12: the task the next coroutine call's first step runs as (see _Standby)
+        self._standby: Optional[_Standby] = None
 
     def cancel(self, client_id: bytes, request_id: bytes) -> bool:
         """Stop the request ``(client_id, request_id)`` if it runs in a task (True if it did).
@@ -255,35 +303,13 @@ class Runner:
                     if task.done():
                         self._task_done(client_id, request_id, task)
                         return
-                    cell = _SUSPENDED
-                else:
-                    cell = [_FINISHED, None]
-                    resume = _continue(coro, cell)
-                    resume.send(None)  # primed: stops before its first real step
-                    ctx = copy_context()
-                    loop = self.loop
-                    if _TASK_CONTEXT_ARG:
-                        # context= exists from 3.11 on; mypy checks against 3.10
-                        task = loop.create_task(resume, context=ctx)  # type: ignore[call-arg]
-                    else:
-                        task = ctx.run(loop.create_task, resume)
-                        cell[1] = ctx
-                    # Made current for the first step, as 3.12's eager tasks are (a task
-                    # already running, e.g. an overridden hook's, steps aside meanwhile).
-                    outer = _current_tasks.get(loop)
-                    if outer is not None:
-                        _leave_task(loop, outer)
-                    _enter_task(loop, task)
-                    try:
-                        # An exception of the first step is answered below (the task then ends quietly).
-                        cell[0] = ctx.run(coro.send, None)
-                    except StopIteration as stop:
-                        result = stop.value  # finished without suspending: reply now
-                    finally:
-                        _leave_task(loop, task)
-                        if outer is not None:
-                            _enter_task(loop, outer)
-                if cell[0] is not _FINISHED:
+                    self._track(client_id, request_id, task)
+                    task.add_done_callback(functools.partial(self._task_done, client_id, request_id))
+                    return
+                # An exception of the first step is answered below.
+                finished, result = self._first_step(coro)
+                if not finished:  # suspended: a task continues it
+                    task = result
                     self._track(client_id, request_id, task)
                     task.add_done_callback(functools.partial(self._task_done, client_id, request_id))
                     return
@@ -315,6 +341,60 @@ class Runner:
                 raise
             return
         self.deliver(client_id, request_id, result)
+
+    def _first_step(self, coro: Coroutine[Any, Any, Any]) -> Tuple[bool, Any]:
+        """Run ``coro`` up to its first suspension as the standby task (before 3.12).
+
+        ``(True, result)`` when it returned; ``(False, task)`` when it
+        suspended: the standby task continues it from there.  An exception of
+        the step propagates.  The step runs in a copy of the caller's context,
+        with the standby task current (a task already running, e.g. an
+        overridden hook's, steps aside meanwhile).
+        """
+        loop = self.loop
+        sb = self._standby
+        if sb is None or sb.gate.done():
+            sb = _Standby(loop)
+        # Taken while the step runs: a call made from inside the step gets its own.
+        self._standby = None
+        task = sb.task
+        finished = True
+        ctx = copy_context()
+        outer = _current_tasks.get(loop)
+        if outer is not None:
+            _leave_task(loop, outer)
+        refs = _getrefcount(task)
+        _enter_task(loop, task)
+        try:
+            finished, value = coro_step(ctx, coro)
+            if finished:
+                return True, value
+        finally:
+            _leave_task(loop, task)
+            if outer is not None:
+                _enter_task(loop, outer)
+            if finished:  # returned or raised
+                # Reused only if the step kept no reference to it and did not cancel it.
+                if (_getrefcount(task) == refs and not sb.gate.done()
+                        and not task._must_cancel  # type: ignore[attr-defined]  # private, not in the stubs
+                        and self._standby is None):
+                    self._standby = sb  # untouched: it serves the next call
+                else:
+                    sb.release()  # kept or changed by the step: it ends, as a call's task would
+        # Suspended: the standby task continues the coroutine.
+        sb.coro = coro
+        sb.value = value
+        sb.ctx = ctx
+        task._log_destroy_pending = True  # type: ignore[attr-defined]  # a pending call from now on
+        sb.gate.set_result(None)
+        return False, task
+
+    def close(self) -> None:
+        """End the idle standby task, if any (a later coroutine call makes a new one)."""
+        sb = self._standby
+        self._standby = None
+        if sb is not None:
+            sb.release()
 
     def _task_done(self, client_id: bytes, request_id: bytes, task: asyncio.Future[Any]) -> None:
         self.tasks.discard(task)

@@ -11,7 +11,10 @@ stream) wait for it.
 
 Because a send can consume the descriptor's edge, every send schedules one
 re-check of ``EVENTS`` for the next loop iteration (at most one per socket
-per iteration).
+per iteration).  A burst of messages (the worker's replies to one batch,
+the client's requests of one loop iteration) goes to ZeroMQ in one call,
+:meth:`LoopSocket.send_many`; the caller queues what it did not take with
+:meth:`LoopSocket.send`.
 
 A ROUTER that sends (the broker's frontend and backend) runs in *per-peer*
 mode: ``ZMQ_ROUTER_MANDATORY`` is set, so a peer at its high-water mark
@@ -259,6 +262,30 @@ class LoopSocket:
             self._check_scheduled = True
             self.loop.call_soon(self._check)
         return True
+
+    def send_many(self, messages: Sequence[Frames]) -> int:
+        """Send at once, in order, as many of ``messages`` as the socket takes; how many.
+
+        One call into the I/O layer for a whole burst (the worker's replies
+        of one batch, the client's requests of one loop iteration) instead
+        of one :meth:`send` per message.  Only when nothing waits in a
+        backlog and the socket is not in per-peer mode; otherwise, and from
+        the first message the socket would not take, it stops: the caller
+        hands the rest (``messages[n:]``) to :meth:`send`, which queues them
+        in order.  0 when the socket is closed or fails (:meth:`send` then
+        drops the rest, as it drops any message of a closed socket).
+        """
+        if self._closed or self._per_peer or self._backlog or not messages:
+            return 0
+        try:
+            n: int = self.io.send_many(messages)
+        except zmq.ZMQError as exc:
+            self._fail(exc)
+            return 0
+        if n and not self._check_scheduled:
+            self._check_scheduled = True
+            self.loop.call_soon(self._check)
+        return n
 
     def send_forced(self, frames: Frames) -> bool:
         """Like :meth:`send`, but a message that has to wait is queued even over the budget.

@@ -453,6 +453,7 @@ class Worker(ABCWorker):
             task.cancel()
         for task in list(self._hook_tasks):
             task.cancel()
+        self._runner.close()  # its idle standby task (see gaterpc.execute)
 
     def _send_heartbeat(self, lsock: LoopSocket) -> None:
         if self._hook_send:
@@ -500,9 +501,12 @@ class Worker(ABCWorker):
             if out:
                 lsock = self._lsock
                 if lsock is not None:
-                    send = lsock.send
-                    for frames in out:
-                        send(frames)
+                    # One call for the burst; what the socket does not take now is queued in order.
+                    n = lsock.send_many(out)
+                    if n < len(out):
+                        send = lsock.send
+                        for i in range(n, len(out)):
+                            send(out[i])
 
     def _handle_batch(self, msgs: list[list[bytes]]) -> None:
         header = self._header

@@ -317,6 +317,103 @@ async def test_async_def_returning_an_async_generator_streams_after_suspending()
     assert bodies == [(STREAM_TAG, msg_pack(0)), (STREAM_TAG, msg_pack(1)), (STREAM_TAG, STREAM_END)]
 
 
+async def test_calls_that_do_not_suspend_leave_no_task_behind():
+    h = Harness()
+
+    async def echo(x):
+        return x
+
+    await h.call(b"r0", echo, 0)
+    before = len(asyncio.all_tasks())
+    for i in range(1, 50):
+        await h.call(b"r%d" % i, echo, i)
+    assert [single(h.replies(b"r%d" % i)[0])["result"] for i in range(50)] == list(range(50))
+    # Before 3.12 at most the one idle standby task exists, whatever the number of calls.
+    assert len(asyncio.all_tasks()) <= before
+    assert not h.tasks and not h.runner.active
+    h.runner.close()
+
+
+async def test_a_task_kept_by_a_first_step_finishes_and_is_not_reused():
+    h = Harness()
+    kept = []
+
+    async def keep():
+        kept.append(asyncio.current_task())
+        return 1
+
+    async def who():
+        return id(asyncio.current_task())
+
+    await h.call(b"r1", keep)
+    await h.call(b"r2", who)
+    assert single(h.replies(b"r1")[0])["result"] == 1
+    assert kept[0] is not None
+    assert single(h.replies(b"r2")[0])["result"] != id(kept[0])
+    await asyncio.wait_for(kept[0], 5)  # it ends, as the task of a finished call does
+    assert kept[0].done() and not kept[0].cancelled()
+    h.runner.close()
+
+
+async def test_a_first_step_that_cancels_its_own_task_does_not_cancel_the_next_call():
+    h = Harness()
+
+    async def self_cancel():
+        asyncio.current_task().cancel()
+        return "returned"
+
+    async def later(x):
+        await asyncio.sleep(0.01)
+        return x
+
+    await h.call(b"r1", self_cancel)
+    await h.call(b"r2", later, 7)
+    assert single(h.replies(b"r1")[0])["result"] == "returned"
+    assert single((await h.wait_reply(b"r2"))[0])["result"] == 7
+    h.runner.close()
+
+
+async def test_a_call_made_from_inside_a_first_step_runs_as_another_task():
+    h = Harness()
+    seen = []
+
+    async def inner():
+        seen.append(("inner", asyncio.current_task()))
+        await asyncio.sleep(0.01)
+        return "inner"
+
+    async def outer():
+        seen.append(("outer", asyncio.current_task()))
+        h.runner.run(b"client", b"r2", inner, KIND_CORO, (), {})
+        assert asyncio.current_task() is seen[0][1]  # back to its own task after the nested call
+        await asyncio.sleep(0.01)
+        return "outer"
+
+    await h.call(b"r1", outer)
+    assert single((await h.wait_reply(b"r1"))[0])["result"] == "outer"
+    assert single((await h.wait_reply(b"r2"))[0])["result"] == "inner"
+    assert seen[0][1] is not seen[1][1]
+    h.runner.close()
+
+
+async def test_runner_close_ends_the_idle_standby_task():
+    h = Harness()
+
+    async def echo(x):
+        return x
+
+    before = set(asyncio.all_tasks())
+    await h.call(b"r1", echo, 1)
+    extra = set(asyncio.all_tasks()) - before
+    h.runner.close()
+    if extra:  # before 3.12: the standby task
+        await asyncio.wait_for(asyncio.gather(*extra), 5)
+    assert set(asyncio.all_tasks()) <= before
+    await h.call(b"r2", echo, 2)  # a later call makes a new one
+    assert single(h.replies(b"r2")[0])["result"] == 2
+    h.runner.close()
+
+
 # -- through a real worker ---------------------------------------------------------
 
 
@@ -370,6 +467,25 @@ async def test_worker_answers_immediate_suspended_and_hugedata_calls(lab):
     assert results == list(range(50)) + [0.05]
     assert await asyncio.wait_for(client.Eager.huge(200_000), 10) == b"z" * 200_000
     assert not worker.requests
+
+
+async def test_interleaved_immediate_and_suspending_calls_all_answered(lab):
+    broker, worker, client = lab
+    calls = [client.Eager.now(i) if i % 3 else client.Eager.later(0) for i in range(600)]
+    results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+    assert results == [i if i % 3 else 0 for i in range(600)]
+    assert await until_empty(worker)
+    # Before 3.12 at most one idle standby task is left in the worker's runner.
+    sb = worker._runner._standby
+    assert sb is None or not sb.task.done()
+
+
+async def until_empty(worker):
+    for _ in range(200):
+        if not worker.requests and not worker._runner.active:
+            return True
+        await asyncio.sleep(0.02)
+    return False
 
 
 async def test_shutdown_grace_cancels_a_suspended_call(lab):

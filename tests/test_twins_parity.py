@@ -16,6 +16,7 @@ only with ``--no-c-extensions`` or in a pure build that has none.
 from __future__ import annotations
 
 import ast
+import contextvars
 import importlib
 import inspect
 import itertools
@@ -258,6 +259,83 @@ def test_singletons_build_identically(twins, packed):
     for fn in ("singleton_ok", "singleton_error"):
         assert outcome(getattr(py, fn), packed) == outcome(getattr(c, fn), packed)
     assert outcome(protocol.ok_body, lambda v: v, packed) == outcome(c.singleton_ok, packed)
+
+
+_STEP_VAR: "contextvars.ContextVar[str]" = contextvars.ContextVar("_STEP_VAR", default="unset")
+
+
+class _Yield:
+    """Awaitable that suspends once, yielding ``value`` (as a future would)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __await__(self):
+        return (yield self.value)
+
+
+def _step_cases():
+    async def returns(x):
+        _STEP_VAR.set("inside")
+        return [x, _STEP_VAR.get()]
+
+    async def suspends(x):
+        _STEP_VAR.set("suspended")
+        await _Yield(x)
+        return "never"
+
+    async def raises(x):
+        raise KeyError(x)
+
+    async def stop_iteration(x):
+        raise StopIteration(x)  # a coroutine turns it into RuntimeError
+
+    async def base_exc(x):
+        raise GeneratorExit(x)
+
+    def gen(x):  # a plain generator works too
+        yield x
+
+    return [returns, suspends, raises, stop_iteration, base_exc, gen]
+
+
+def _step_outcome(mod, fn, arg):
+    ctx = contextvars.copy_context()
+    coro = fn(arg)
+    try:
+        try:
+            result = ("ok", mod.coro_step(ctx, coro))
+        except BaseException as exc:  # noqa: BLE001 - compared across twins
+            result = ("raised", type(exc), str(exc))
+        return result, ctx.get(_STEP_VAR, "unset"), _STEP_VAR.get()
+    finally:
+        coro.close()
+
+
+@_PARITY
+@given(arg=st.one_of(st.integers(), st.text(max_size=8), st.none()))
+def test_coro_step_agrees(twins, arg):
+    py, c = twins["frames"]
+    for fn in _step_cases():
+        assert _step_outcome(py, fn, arg) == _step_outcome(c, fn, arg)
+
+
+def test_coro_step_golden(twins):
+    for mod in twins["frames"]:
+        returns, suspends, raises = _step_cases()[:3]
+        assert _step_outcome(mod, returns, 1) == (("ok", (True, [1, "inside"])), "inside", "unset")
+        assert _step_outcome(mod, suspends, 2) == (("ok", (False, 2)), "suspended", "unset")
+        assert _step_outcome(mod, raises, 3) == (("raised", KeyError, "3"), "unset", "unset")
+        coro = returns(0)
+        with pytest.raises(TypeError, match="an instance of Context was expected"):
+            mod.coro_step(object(), coro)
+        coro.close()
+        # a context already entered cannot be entered again (as Context.run says)
+        ctx = contextvars.copy_context()
+        coro = returns(0)
+        with pytest.raises(RuntimeError):
+            ctx.run(mod.coro_step, ctx, coro)
+        coro.close()
 
 
 # -- reqtable -----------------------------------------------------------------

@@ -1,12 +1,13 @@
 """Type stub of the compiled ``_frames_c``: the same API as the pure twin ``_frames_py``."""
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from contextvars import Context
+from typing import Any, Coroutine, Dict, Optional, Sequence, Tuple, Union
 
 __all__ = (
     "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
     "KIND_HUGE_CHUNK", "KIND_HUGE_END", "KIND_HUGE_ERROR",
     "split_frontend", "split_backend", "split_worker", "split_client_reply",
-    "reply_kind", "is_terminal", "singleton_ok", "singleton_error",
+    "reply_kind", "is_terminal", "singleton_ok", "singleton_error", "coro_step",
 )
 
 KIND_INVALID: int
@@ -27,3 +28,4 @@ def reply_kind(body: Sequence[Any]) -> int: ...
 def is_terminal(body: Sequence[Any]) -> bool: ...
 def singleton_ok(packed_result: bytes) -> bytes: ...
 def singleton_error(packed_triple: bytes) -> bytes: ...
+def coro_step(ctx: Context, coro: Coroutine[Any, Any, Any]) -> Tuple[bool, Any]: ...

@@ -9,6 +9,7 @@ Same functions, constants and results as the pure twin; parsers return
 cimport cython
 from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.list cimport PyList_GET_SIZE
+from cpython.ref cimport PyObject, Py_XDECREF
 from libc.string cimport memcmp, memcpy
 
 from gaterpc._speedups cimport _wire as W
@@ -17,7 +18,7 @@ __all__ = (
     "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
     "KIND_HUGE_CHUNK", "KIND_HUGE_END", "KIND_HUGE_ERROR",
     "split_frontend", "split_backend", "split_worker", "split_client_reply",
-    "reply_kind", "is_terminal", "singleton_ok", "singleton_error",
+    "reply_kind", "is_terminal", "singleton_ok", "singleton_error", "coro_step",
 )
 
 KIND_INVALID = W.KIND_INVALID
@@ -155,3 +156,30 @@ def singleton_ok(packed_result):
 def singleton_error(packed_triple):
     """``mp({"result": nil, "exception": <triple>})`` from ``mp(triple)``."""
     return _SINGLE_HEAD + _SINGLE_ERR_MID + packed_triple
+
+
+cdef extern from "Python.h":
+    # PYGEN_ERROR is -1: Cython raises the exception it leaves set.
+    int PyIter_Send(object iter, object arg, PyObject** presult) except -1
+    int PyContext_Enter(object ctx) except -1
+    int PyContext_Exit(object ctx) except -1
+
+
+def coro_step(ctx, coro):
+    """Run ``coro`` one step (``send(None)``) in the context ``ctx``.
+
+    ``(True, returned value)`` when it finished, ``(False, yielded value)``
+    when it suspended; an exception of the step propagates.  The execute
+    path's eager first step: no ``StopIteration`` is raised for a
+    coroutine that returns.
+    """
+    cdef PyObject* res = NULL
+    cdef int r
+    PyContext_Enter(ctx)
+    try:
+        r = PyIter_Send(coro, None, &res)
+    finally:
+        PyContext_Exit(ctx)
+    value = <object>res
+    Py_XDECREF(res)
+    return (r == 0, value)

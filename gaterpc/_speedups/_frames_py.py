@@ -9,7 +9,8 @@ constants are ``gaterpc.protocol``'s (the compiled twin's come from
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from contextvars import Context
+from typing import Any, Coroutine, Optional, Sequence, Tuple
 
 from gaterpc.protocol import (
     HUGE_END as _HUGE_END,
@@ -35,7 +36,7 @@ __all__ = (
     "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
     "KIND_HUGE_CHUNK", "KIND_HUGE_END", "KIND_HUGE_ERROR",
     "split_frontend", "split_backend", "split_worker", "split_client_reply",
-    "reply_kind", "is_terminal", "singleton_ok", "singleton_error",
+    "reply_kind", "is_terminal", "singleton_ok", "singleton_error", "coro_step",
 )
 
 #: A received message: its frames (``bytes`` from a socket; tests also pass other buffers).
@@ -110,3 +111,19 @@ def singleton_ok(packed_result: bytes) -> bytes:
 def singleton_error(packed_triple: bytes) -> bytes:
     """``mp({"result": nil, "exception": <triple>})`` from ``mp(triple)``."""
     return _SINGLE_HEAD + _SINGLE_ERR_MID + packed_triple
+
+
+def coro_step(ctx: Context, coro: Coroutine[Any, Any, Any]) -> Tuple[bool, Any]:
+    """Run ``coro`` one step (``send(None)``) in the context ``ctx``.
+
+    ``(True, returned value)`` when it finished, ``(False, yielded value)``
+    when it suspended; an exception of the step propagates.  The execute
+    path's eager first step (the compiled twin raises no ``StopIteration``
+    for a coroutine that returns).
+    """
+    if type(ctx) is not Context:
+        raise TypeError("an instance of Context was expected")
+    try:
+        return False, ctx.run(coro.send, None)
+    except StopIteration as stop:
+        return True, stop.value
