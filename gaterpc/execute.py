@@ -52,7 +52,7 @@ from typing import (
 )
 
 from gaterpc.counters import count_drop
-from gaterpc.hugedata import HugeData, iter_hugedata_chunks
+from gaterpc.hugedata import HugeData, iter_hugedata_batches
 from gaterpc.protocol import (
     HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
 )
@@ -496,8 +496,10 @@ class Runner:
     async def _send_hugedata(self, client_id: bytes, request_id: bytes, hd: HugeData) -> None:
         send = self.send_body
         try:
-            async for chunk in iter_hugedata_chunks(hd, self.loop):
-                send(client_id, request_id, (HUGE_TAG, chunk))
+            # a piece of compressed output's chunks leave together, one backlog check per piece
+            async for batch in iter_hugedata_batches(hd, self.loop):
+                for chunk in batch:
+                    send(client_id, request_id, (HUGE_TAG, chunk))
                 await self._wait_backlog()
         except asyncio.CancelledError:
             raise
