@@ -306,3 +306,15 @@ async def test_one_mib_call_through_a_gate():
         for node in (a, b):
             if node is not None:
                 await node.stop()
+
+
+@pytest.mark.parametrize("size", [BIG, BIG + 1, MIB, 3 * MIB + 7])
+def test_large_bytes_reply_body_is_the_packed_body_byte_for_byte(size):
+    """The one-copy body of a large ``bytes`` result is exactly what packing the reply gives."""
+    from gaterpc.protocol import ok_body, ok_body_bytes
+    from gaterpc.serialization import msg_pack
+
+    value = blob(size, size)
+    body = ok_body_bytes(value)
+    assert body == ok_body(msg_pack, value) == msgpack.packb({"result": value, "exception": None})
+    assert msgpack.unpackb(body) == {"result": value, "exception": None}
