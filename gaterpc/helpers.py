@@ -54,8 +54,7 @@ _UNPACK_BY_LEN = {
 def to_bytes(s: Any, fmt: Optional[str] = None) -> bytes:
     """Convert a frame value to bytes.
 
-    ``bytes`` are returned as is, ``str`` is UTF-8 encoded, a ``memoryview``
-    (a large received frame) is copied into ``bytes``, anything else
+    ``bytes`` are returned as is, ``str`` is UTF-8 encoded, anything else
     goes through ``struct.pack(fmt, s)``.  Without ``fmt`` a float uses
     ``"!d"`` and an int the smallest of ``"!b"``, ``"!h"``, ``"!i"``;
     other values raise ``TypeError``.
@@ -68,9 +67,6 @@ def to_bytes(s: Any, fmt: Optional[str] = None) -> bytes:
         return s
     if isinstance(s, str):
         return s.encode("utf-8")
-    if isinstance(s, memoryview):
-        # a large received frame (roles receive those without a copy)
-        return s.tobytes()
     if fmt is not None:
         return struct.pack(fmt, s)
     if isinstance(s, float):

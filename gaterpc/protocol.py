@@ -81,7 +81,9 @@ REQTABLE_SLACK = 1024
 #: HugeData: output asked of a decompressor per call when there is no size limit.
 HUGE_UNLIMITED_STEP = 64 * 1024 * 1024
 #: ``ZSocketIO``: a ``bytes`` frame of at least this many bytes is handed to libzmq
-#: without copying it (the same threshold as pyzmq's ``zmq.COPY_THRESHOLD``).
+#: without copying it (the same threshold as pyzmq's ``zmq.COPY_THRESHOLD``), and
+#: the roles (broker, worker, client) receive frames of at least this many bytes as
+#: read-only ``memoryview`` objects over libzmq's message (``recv_nocopy_min``).
 ZERO_COPY_MIN = 64 * 1024
 
 

@@ -83,9 +83,11 @@ class Cluster:
         await self.client.connect()
         return self
 
-    def raw(self, kind=zmq.DEALER, addr=None):
+    def raw(self, kind=zmq.DEALER, addr=None, identity=None):
         s = self.ctx.socket(kind)
         s.linger = 0
+        if identity is not None:
+            s.identity = identity
         s.connect(addr or self.front)
         self.raws.append(s)
         return s
@@ -318,3 +320,21 @@ def test_large_bytes_reply_body_is_the_packed_body_byte_for_byte(size):
     body = ok_body_bytes(value)
     assert body == ok_body(msg_pack, value) == msgpack.packb({"result": value, "exception": None})
     assert msgpack.unpackb(body) == {"result": value, "exception": None}
+
+
+async def test_original_api_methods_pass_views_on(cluster):
+    """The original's broker methods that send frames accept a received view among them."""
+    c = cluster
+    raw = c.raw(identity=b"raw-client")
+    header = Settings.MDP_CLIENT
+    await raw.send_multipart([b"", header, b"Big", b"r0", msgpack.packb("echo"), msgpack.packb([1])])
+    await asyncio.wait_for(raw.recv_multipart(), 10)  # the broker's ROUTER knows the peer now
+    big = blob(MIB, 3)
+    view = memoryview(big).toreadonly()
+    await c.broker.reply_frontend(b"raw-client", "Big", b"r1", view)
+    reply = await asyncio.wait_for(raw.recv_multipart(), 10)
+    assert reply == [b"", header, b"Big", b"r1", big]
+    await c.broker.request_backend("Big", b"raw-client", b"r2",
+                                   [msgpack.packb("echo"), memoryview(msgpack.packb([big]))])
+    reply = await asyncio.wait_for(raw.recv_multipart(), 10)
+    assert reply[3] == b"r2" and msgpack.unpackb(reply[4]) == {"result": big, "exception": None}

@@ -47,8 +47,10 @@ def _lendable(f: Any) -> bool:
     """
     if type(f) is bytes:
         return len(f) >= ZERO_COPY_MIN
-    return (type(f) is memoryview and type(f.obj) is zmq.Frame and f.nbytes >= ZERO_COPY_MIN
-            and f.nbytes == len(f.obj))
+    if type(f) is not memoryview or f.nbytes < ZERO_COPY_MIN:
+        return False
+    owner: object = f.obj
+    return type(owner) is zmq.Frame and f.nbytes == len(owner)
 
 
 class ZSocketIO:
