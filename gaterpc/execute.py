@@ -46,11 +46,11 @@ from typing import (
 from gaterpc.counters import count_drop
 from gaterpc.hugedata import HugeData, iter_hugedata_chunks
 from gaterpc.protocol import (
-    BIN32_MAX, HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, ZERO_COPY_MIN, error_body,
-    exception_triple, ok_body_bytes,
+    HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
 )
 from gaterpc._speedups.frames import singleton_ok
 from gaterpc.serialization import MsgPackError, msg_pack
+from gaterpc.wire import ok_reply_body
 
 if TYPE_CHECKING:
     from gaterpc.loopio import LoopSocket
@@ -357,10 +357,8 @@ class Runner:
             task.add_done_callback(functools.partial(self._transfer_done, client_id, request_id))
             return
         try:
-            if type(result) is bytes and ZERO_COPY_MIN <= len(result) <= BIN32_MAX and self.pack is msg_pack:
-                body = ok_body_bytes(result)  # a large bytes result: one copy, same bytes
-            else:
-                body = singleton_ok(self.pack(result))
+            # the same bytes as singleton_ok(msg_pack(result)), one buffer (see ok_reply_body)
+            body = ok_reply_body(result) if self.pack is msg_pack else singleton_ok(self.pack(result))
         except MsgPackError as exc:
             self.reply_error(client_id, request_id, exc, with_traceback=False)
             return

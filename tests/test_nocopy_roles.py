@@ -338,3 +338,43 @@ async def test_original_api_methods_pass_views_on(cluster):
                                    [msgpack.packb("echo"), memoryview(msgpack.packb([big]))])
     reply = await asyncio.wait_for(raw.recv_multipart(), 10)
     assert reply[3] == b"r2" and msgpack.unpackb(reply[4]) == {"result": big, "exception": None}
+
+
+_VALUES = [None, True, 0, -1, 2**64 - 1, 1.5, "", "é" * 40, b"", b"x" * (BIG - 1), b"y" * BIG, bytearray(b"ab" * BIG),
+           memoryview(b"m" * 10), [1, "a", b"b"], ("t", (1, 2)), {"k": [None, {"n": b"z" * MIB}]},
+           ("word", 7, "s" * MIB), [b"q" * MIB, b"r" * MIB]]
+
+
+@pytest.mark.parametrize("value", _VALUES, ids=lambda v: type(v).__name__ + str(len(v) if hasattr(v, "__len__") else ""))
+def test_reply_body_is_the_original_layout_byte_for_byte(value):
+    """``ok_reply_body`` == ``singleton_ok(msg_pack(v))`` == msgpack of the original's reply map."""
+    from gaterpc._speedups.frames import singleton_ok
+    from gaterpc.serialization import msg_pack
+    from gaterpc.wire import ok_reply_body
+
+    body = ok_reply_body(value)
+    assert type(body) is bytes
+    assert body == singleton_ok(msg_pack(value)) == msgpack.packb({"result": value, "exception": None})
+
+
+def test_reply_body_with_a_prepare_pack_hook_and_its_errors():
+    from gaterpc._speedups.frames import singleton_ok
+    from gaterpc.serialization import MsgPackError, message_pack, msg_pack
+    from gaterpc.wire import ok_reply_body
+
+    saved = message_pack.prepare_pack
+    try:
+        message_pack.prepare_pack = lambda o: sorted(o) if isinstance(o, set) else str(o)
+        for value in ({3, 1, 2}, [ValueError("v")], {"s": {b"x" * BIG}}):
+            assert ok_reply_body(value) == singleton_ok(msg_pack(value))
+        message_pack.prepare_pack = None
+        for bad in ([object()], {"k": {1, 2}}, 2**64):
+            with pytest.raises(MsgPackError) as got:
+                ok_reply_body(bad)
+            with pytest.raises(MsgPackError) as expected:
+                msg_pack(bad)
+            assert str(got.value) == str(expected.value)
+        # the per-thread packer is left clean by a failure
+        assert ok_reply_body([1, b"x" * BIG]) == singleton_ok(msg_pack([1, b"x" * BIG]))
+    finally:
+        message_pack.prepare_pack = saved
