@@ -229,31 +229,28 @@ def is_partial(event: ReplyEvent) -> bool:
 
 
 def ok_reply_body(value: Any) -> bytes:
-    """The single reply body for ``value``: what ``singleton_ok(msg_pack(value))`` gives, in one buffer.
+    """The single reply body for ``value``: the bytes and errors of ``singleton_ok(msg_pack(value))``.
 
-    Same bytes and same errors, but packed as the map itself (a large value is
-    copied into one fresh buffer instead of a packed copy and then the body:
-    at 1 MiB two fresh buffers alive at once cost over ten times one, in page
-    faults).  A ``bytes`` value of ``ZERO_COPY_MIN`` bytes or more is framed
-    directly (:func:`gaterpc.protocol.ok_body_bytes`, one copy).  Anything
-    the map cannot be packed with (a ``prepare_pack`` value that fails, a
-    value too large) is redone by ``msg_pack`` for its error.
+    A large reply is built without two large fresh buffers alive at once (at
+    1 MiB that costs over ten times one, in page faults): a ``bytes`` value of
+    ``ZERO_COPY_MIN`` bytes or more is framed directly
+    (:func:`gaterpc.protocol.ok_body_bytes`, one copy); any other value whose
+    packed form is that large is packed again, once that copy is freed, as
+    the reply map itself (``{"result": value, "exception": None}``, the same
+    bytes) into one buffer.  Small values take the plain path (one length
+    test more).
     """
     t = type(value)
     if t is bytes and ZERO_COPY_MIN <= len(value) <= BIN32_MAX:
         return ok_body_bytes(value)
-    if t in _serialization._PLAIN_TYPES:
-        try:
-            if _serialization._pack_default is None:
-                try:
-                    packer = _serialization._tls.packer
-                except AttributeError:
-                    packer = _serialization._new_packer()
-                packed: bytes = packer.pack({"result": value, "exception": None})
-                return packed
-            # A hook may itself call msg_pack: a private packer per call, as msg_pack does.
-            return _serialization._packb({"result": value, "exception": None},
-                                         default=_serialization._pack_default)
-        except Exception:  # noqa: BLE001 - redone below for msg_pack's error
-            pass
-    return singleton_ok(msg_pack(value))
+    packed = msg_pack(value)  # msg_pack's errors
+    if len(packed) < ZERO_COPY_MIN or _serialization._pack_default is not None \
+            or t not in _serialization._PLAIN_TYPES:
+        return singleton_ok(packed)
+    del packed
+    try:
+        packer = _serialization._tls.packer
+    except AttributeError:
+        packer = _serialization._new_packer()
+    body: bytes = packer.pack({"result": value, "exception": None})
+    return body
