@@ -68,7 +68,7 @@ from gaterpc.calls import _EMPTY_MAP, _RID, _CallSender, _plain_future_loop
 from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.hugedata import HugeDataReceiver
 from gaterpc.loopio import LoopSocket
-from gaterpc.protocol import KEEPALIVE_ARG
+from gaterpc.protocol import KEEPALIVE_ARG, ZERO_COPY_MIN
 from gaterpc.serialization import msg_pack, msg_unpack
 from gaterpc.streams import StreamReply
 from gaterpc._speedups.reqtable import RequestTable
@@ -235,7 +235,8 @@ class Client(_ReplyHandler, _CallSender):
         self._lost = None
         self._header = Settings.MDP_CLIENT
         self._internal_name = Settings.MDP_INTERNAL_SERVICE
-        self._lsock = LoopSocket(loop, sock, self._on_messages, on_error=self._on_socket_error)
+        self._lsock = LoopSocket(loop, sock, self._on_messages, on_error=self._on_socket_error,
+                                 recv_nocopy_min=ZERO_COPY_MIN)
         self.ready = loop.create_future()
         self._is_ready = False
         self._last_recv = self._last_probe = loop.time()

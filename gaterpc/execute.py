@@ -58,6 +58,7 @@ from gaterpc.protocol import (
 )
 from gaterpc._speedups.frames import coro_step, singleton_ok
 from gaterpc.serialization import MsgPackError, msg_pack
+from gaterpc.wire import ok_reply_body
 
 if TYPE_CHECKING:
     from gaterpc.loopio import LoopSocket
@@ -436,7 +437,8 @@ class Runner:
             task.add_done_callback(functools.partial(self._transfer_done, client_id, request_id))
             return
         try:
-            body = singleton_ok(self.pack(result))
+            # the same bytes as singleton_ok(msg_pack(result)), one buffer (see ok_reply_body)
+            body = ok_reply_body(result) if self.pack is msg_pack else singleton_ok(self.pack(result))
         except MsgPackError as exc:
             self.reply_error(client_id, request_id, exc, with_traceback=False)
             return

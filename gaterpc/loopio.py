@@ -45,7 +45,9 @@ receive, frames are ``bytes`` copies unless the socket is created with
 read-only ``memoryview`` objects over libzmq's buffer (equal to the
 ``bytes``, hashable, accepted by msgpack and by :meth:`LoopSocket.send`, but
 without ``.decode``); a handler that keeps, forwards or unpacks such frames
-saves one copy of each.
+saves one copy of each, and a view sent on whole shares libzmq's message (no
+copy at all).  The broker, worker and client sockets use
+``recv_nocopy_min=ZERO_COPY_MIN``.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def _socket_stats(lsock: Any) -> dict[str, Any] | None:
         "backlog": lsock.backlog_size() if hasattr(lsock, "backlog_size") else None,
         "dropped": getattr(lsock, "dropped", None),
     }
-    for key in ("rx_msgs", "rx_bytes", "tx_msgs", "tx_bytes"):
+    for key in ("rx_msgs", "rx_bytes", "tx_msgs", "tx_bytes", "rx_nocopy_frames", "tx_nocopy_frames"):
         value = getattr(io, key, None) if io is not None else None
         out[key] = int(value) if value is not None else None
     return out

@@ -50,7 +50,7 @@ from gaterpc.execute import Runner, collect_interfaces
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, interface, name2uuid, to_bytes
 from gaterpc.loopio import LoopSocket
-from gaterpc.protocol import CANCEL, DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST
+from gaterpc.protocol import CANCEL, DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST, ZERO_COPY_MIN
 from gaterpc.wire import decode_request
 
 if TYPE_CHECKING:
@@ -299,7 +299,10 @@ class Worker(ABCWorker):
         self._reply_prefix = (b"", self._header, REPLY) + zap
         self._hb_frames = (b"", self._header, HEARTBEAT) + zap
         self._last_recv = self._loop.time()
-        self._lsock = LoopSocket(self._loop, sock, self._on_messages, on_error=self._on_socket_error)
+        # Large request frames arrive as views of libzmq's buffers (decoded by msgpack
+        # without a copy); an overridden process_request gets bytes, as it always did.
+        self._lsock = LoopSocket(self._loop, sock, self._on_messages, on_error=self._on_socket_error,
+                                 recv_nocopy_min=0 if self._hook_request else ZERO_COPY_MIN)
         sep = Settings.MDP_DESCRIPTION_SEP
         body = f"{self.service.name}{sep}{self.service.description}{sep}{self.max_allowed_request}"
         if self._hook_send:
@@ -532,7 +535,7 @@ class Worker(ABCWorker):
                 final = len(msg) > 3
                 if final:
                     # Our broker refuses us and says why (e.g. failed authentication): stop.
-                    Wlogger.warning("broker sent DISCONNECT: %s", msg[3].decode("utf-8", "replace")[:200])
+                    Wlogger.warning("broker sent DISCONNECT: %s", bytes(msg[3][:800]).decode("utf-8", "replace")[:200])
                 else:
                     Wlogger.info("broker sent DISCONNECT")
                 stop = self._stop_signal

@@ -174,11 +174,16 @@ def test_recv_nocopy_gives_readonly_views_of_big_frames(zs, zmqio_module, addr):
     assert msgpack.unpackb(msg[4]) == ["x", b"\x00" * BIG]
     with pytest.raises(TypeError):
         view[0] = 1
-    # Forwarded as is: the view is sent again (copied: it is not a ``bytes``).
+    # Forwarded as is: each whole view is sent again sharing libzmq's message (no copy).
     assert r.send(msg)
+    assert (r.tx_nocopy_frames, r.tx_nocopy_bytes) == (2, BIG + len(payload))
     (back,) = recv_n(d, 1)
     assert back == [b"", b"MDPC01", big, payload, b"s" * (BIG - 1)]
     assert all(type(f) is bytes for f in back)
+    # A slice of a view is not the received message: copied (and not counted).
+    assert r.send([msg[0], msg[4][1:]])
+    (back,) = recv_n(d, 1)
+    assert back == [payload[1:]] and r.tx_nocopy_frames == 2
     # The view keeps libzmq's message alive after the socket is gone.
     r.close()
     assert bytes(view) == big

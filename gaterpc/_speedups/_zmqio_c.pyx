@@ -4,12 +4,17 @@
 libzmq is called directly on the pyzmq socket's handle (``socket.underlying``)
 through function pointers taken from the very libzmq that pyzmq loaded (see
 ``_find_libzmq``); ``zmq_msg_t`` is treated as an opaque 64-byte aligned
-struct.  Frames are copied into ``bytes`` on receive.  On send, a ``bytes``
-frame of at least ``ZERO_COPY_MIN`` bytes (``gaterpc.protocol``) is handed to
-libzmq without a copy (``zmq_msg_init_data``): the message holds a reference
-to the ``bytes`` object until libzmq is done with it; any other frame (small,
-or a mutable buffer such as ``bytearray``) is copied.  The GIL is held
-throughout (every call is non-blocking).
+struct.  Frames are copied into ``bytes`` on receive, except frames of at
+least ``recv_nocopy_min`` bytes (when set), which arrive as read-only
+``memoryview`` objects owning the received libzmq message.  On send, a
+``bytes`` frame of at least ``ZERO_COPY_MIN`` bytes (``gaterpc.protocol``) is
+handed to libzmq without a copy (``zmq_msg_init_data``): the message holds a
+reference to the ``bytes`` object until libzmq is done with it; such a
+received view, passed on whole, shares its libzmq buffer (``zmq_msg_copy``:
+libzmq counts the references, no Python object is held by its threads); any
+other frame (small, a slice of a view, or a mutable buffer such as
+``bytearray``) is copied.  The GIL is held throughout (every call is
+non-blocking).
 
 libzmq releases a zero-copy message from whichever thread finishes with it
 (usually its I/O thread), which must not wait for the GIL: the free function
@@ -26,6 +31,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillI
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport malloc, free
 
@@ -115,6 +121,7 @@ ctypedef int (*f_send)(void*, const void*, size_t, int) noexcept nogil
 ctypedef void (*f_free)(void*, void*) noexcept nogil
 ctypedef int (*f_msg_init_data)(gaterpc_zmq_msg_t*, void*, size_t, f_free, void*) noexcept nogil
 ctypedef int (*f_msg_move)(gaterpc_zmq_msg_t*, gaterpc_zmq_msg_t*) noexcept nogil
+ctypedef int (*f_msg_copy)(gaterpc_zmq_msg_t*, gaterpc_zmq_msg_t*) noexcept nogil
 
 cdef enum:
     STACK_FRAMES = 16  # Py_buffer views of a message kept on the C stack; more are malloc'ed
@@ -132,6 +139,7 @@ cdef f_getsockopt z_getsockopt = NULL
 cdef f_send z_send = NULL
 cdef f_msg_init_data z_msg_init_data = NULL
 cdef f_msg_move z_msg_move = NULL
+cdef f_msg_copy z_msg_copy = NULL
 
 cdef int EAGAIN = zmq.EAGAIN
 cdef int EINTR = _errno.EINTR
@@ -195,7 +203,7 @@ def _loaded_libzmq_candidates():
 _SYMBOLS = (
     "zmq_msg_init", "zmq_msg_init_size", "zmq_msg_recv", "zmq_msg_send", "zmq_msg_data",
     "zmq_msg_size", "zmq_msg_more", "zmq_msg_close", "zmq_errno", "zmq_getsockopt", "zmq_send",
-    "zmq_version", "zmq_msg_init_data", "zmq_msg_move",
+    "zmq_version", "zmq_msg_init_data", "zmq_msg_move", "zmq_msg_copy",
 )
 
 
@@ -221,7 +229,7 @@ def _find_libzmq():
 
 cdef void _bind(dict addrs):
     global z_msg_init, z_msg_init_size, z_msg_recv, z_msg_send, z_msg_data, z_msg_size
-    global z_msg_more, z_msg_close, z_errno, z_getsockopt, z_send, z_msg_init_data, z_msg_move
+    global z_msg_more, z_msg_close, z_errno, z_getsockopt, z_send, z_msg_init_data, z_msg_move, z_msg_copy
     z_msg_init = <f_msg_init><uintptr_t>addrs["zmq_msg_init"]
     z_msg_init_size = <f_msg_init_size><uintptr_t>addrs["zmq_msg_init_size"]
     z_msg_recv = <f_msg_io><uintptr_t>addrs["zmq_msg_recv"]
@@ -235,6 +243,7 @@ cdef void _bind(dict addrs):
     z_send = <f_send><uintptr_t>addrs["zmq_send"]
     z_msg_init_data = <f_msg_init_data><uintptr_t>addrs["zmq_msg_init_data"]
     z_msg_move = <f_msg_move><uintptr_t>addrs["zmq_msg_move"]
+    z_msg_copy = <f_msg_copy><uintptr_t>addrs["zmq_msg_copy"]
 
 
 LIBZMQ_PATH, _addrs = _find_libzmq()
@@ -299,6 +308,42 @@ cdef object _msg_view(gaterpc_zmq_msg_t* zmsg):
     return memoryview(m)
 
 
+cdef inline _Msg _whole_msg(Py_buffer* view):
+    """The received message ``view`` shows whole (a ``memoryview`` from ``recv_batch``), else None."""
+    cdef object obj
+    cdef Py_buffer* mv
+    cdef _Msg m
+    if <PyObject*>view.obj == NULL:
+        return None
+    obj = view.obj
+    if not PyMemoryView_Check(obj):
+        return None
+    mv = PyMemoryView_GET_BUFFER(obj)
+    if <PyObject*>mv.obj == NULL or type(mv.obj) is not _Msg:
+        return None
+    m = <_Msg>mv.obj
+    # A slice of the view shares its _Msg: only the whole message can be passed on.
+    if not m.live or view.buf != z_msg_data(&m.msg) or <size_t>view.len != z_msg_size(&m.msg):
+        return None
+    return m
+
+
+cdef int _send_shared(void* h, _Msg m, int flags) noexcept:
+    """Send a received message again, sharing its buffer (libzmq counts the references): 0 or -errno."""
+    cdef gaterpc_zmq_msg_t zmsg
+    cdef int err
+    z_msg_init(&zmsg)
+    if z_msg_copy(&zmsg, &m.msg) < 0:
+        err = z_errno()
+        z_msg_close(&zmsg)
+        return -err
+    if z_msg_send(&zmsg, h, flags) < 0:
+        err = z_errno()
+        z_msg_close(&zmsg)
+        return -err
+    return 0
+
+
 cdef int _send_nocopy(void* h, object frame, int flags) except -2:
     """Send one ``bytes`` frame without copying it: 0 sent, else minus the errno."""
     cdef gaterpc_zmq_msg_t zmsg
@@ -344,7 +389,8 @@ cdef class ZSocketIO:
     block is not counted).  Every frame counts, including a ROUTER's
     routing-id frame.  ``tx_nocopy_frames``/``tx_nocopy_bytes`` count the
     frames of those messages handed to libzmq without a copy (``bytes`` of
-    at least ``ZERO_COPY_MIN`` bytes) and their sizes.
+    at least ``ZERO_COPY_MIN`` bytes, or received views passed on whole)
+    and their sizes.
 
     ``recv_nocopy_min`` (default 0: off): a received frame of at least that
     many bytes is returned as a read-only ``memoryview`` of libzmq's own
@@ -438,6 +484,7 @@ cdef class ZSocketIO:
         cdef size_t nbytes = 0, nocopy_bytes = 0
         cdef int rc, err, flags, nocopy = 0
         cdef object seq
+        cdef _Msg shared
         _release_sent()
         if type(frames) is list or type(frames) is tuple:
             seq = frames
@@ -468,9 +515,18 @@ cdef class ZSocketIO:
                         nocopy += 1
                         nocopy_bytes += <size_t>views[i].len
                 else:
-                    rc = z_send(h, views[i].buf, <size_t>views[i].len, flags)
-                    if rc < 0:
-                        err = z_errno()
+                    shared = _whole_msg(&views[i]) if views[i].len >= ZERO_COPY_MIN else None
+                    if shared is not None:
+                        # A frame received without a copy, passed on (a broker forwarding a body).
+                        rc = _send_shared(h, shared, flags)
+                        err = -rc
+                        if rc == 0:
+                            nocopy += 1
+                            nocopy_bytes += <size_t>views[i].len
+                    else:
+                        rc = z_send(h, views[i].buf, <size_t>views[i].len, flags)
+                        if rc < 0:
+                            err = z_errno()
                 if rc < 0:
                     if err == EINTR:
                         PyErr_CheckSignals()

@@ -6,7 +6,9 @@ give the same results and raise the same exceptions (including ``errno``).
 A ``bytes`` frame of at least ``ZERO_COPY_MIN`` bytes (``gaterpc.protocol``)
 is sent with pyzmq's ``copy=False``: libzmq reads the ``bytes`` object itself
 and pyzmq drops its reference once libzmq is done with it (pyzmq does that in
-its own thread, so :func:`release_sent` has nothing to do here).
+its own thread, so :func:`release_sent` has nothing to do here).  A frame
+received as a view (``recv_nocopy_min``) and passed on whole is sent as the
+``zmq.Frame`` it shows: libzmq shares the received message (no copy).
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ def release_sent() -> int:
     pyzmq releases them in its own thread: always 0 in this twin.
     """
     return 0
+
+
+def _lendable(f: Any) -> bool:
+    """True for a frame libzmq may send without a copy: a large ``bytes``, or a view received whole.
+
+    Only immutable memory may be lent: a ``bytes`` object, or a read-only
+    view of a received ``zmq.Frame`` (what ``recv_nocopy_min`` returns; the
+    frame keeps its libzmq message until pyzmq is done sending it).  A
+    ``bytearray`` or a slice is copied.
+    """
+    if type(f) is bytes:
+        return len(f) >= ZERO_COPY_MIN
+    if type(f) is not memoryview or f.nbytes < ZERO_COPY_MIN:
+        return False
+    owner: object = f.obj
+    return type(owner) is zmq.Frame and f.nbytes == len(owner)
 
 
 class ZSocketIO:
@@ -207,6 +225,9 @@ class ZSocketIO:
                         nocopy_bytes += size
                 else:
                     size = memoryview(f).nbytes
+                    if size >= ZERO_COPY_MIN and _lendable(f):
+                        nocopy += 1
+                        nocopy_bytes += size
                 nbytes += size
         except TypeError:
             # The compiled twin's message (memoryview's names itself).
@@ -226,8 +247,9 @@ class ZSocketIO:
                 f = frames[i]
                 flags = _NOBLOCK | _SNDMORE if i < last else _NOBLOCK
                 try:
-                    if type(f) is bytes and len(f) >= ZERO_COPY_MIN:
-                        send(f, flags, copy=False)
+                    if nocopy and _lendable(f):
+                        # a received view is sent as its zmq.Frame: libzmq shares the message
+                        send(f if type(f) is bytes else f.obj, flags, copy=False)
                     else:
                         send(f, flags)
                 except _Again:

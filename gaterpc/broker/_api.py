@@ -52,6 +52,11 @@ __all__ = ("BrokerAPI",)
 
 Mlogger = logging.getLogger("gaterpc.majordomo")
 
+
+def _frame(value: Any) -> Any:
+    """``to_bytes``, except that a ``memoryview`` (a large received frame) is sent as it is."""
+    return value if type(value) is memoryview else to_bytes(value)
+
 #: hook name -> the flag the broker checks
 _HOOKS = {
     "process_messages_from_frontend": "_hook_front",
@@ -128,7 +133,7 @@ class BrokerAPI(BrokerInternal):
             raise
         if client_id == self.identity:
             self.internal_requests[request_id] = self._loop.create_future()
-        self._send_request(w, client_id, request_id, [to_bytes(f) for f in body])
+        self._send_request(w, client_id, request_id, [_frame(f) for f in body])
 
     async def disconnect_all(self) -> None:
         """Send DISCONNECT to every registered worker and forget them."""
@@ -169,8 +174,8 @@ class BrokerAPI(BrokerInternal):
         elif isinstance(messages, (bytes, str)):
             messages = (messages,)
         frames = [wid, b"", self._mdp_worker, to_bytes(command)]
-        frames.extend(to_bytes(f) for f in (option or ()))
-        frames.extend(to_bytes(f) for f in messages)
+        frames.extend(_frame(f) for f in (option or ()))
+        frames.extend(_frame(f) for f in messages)
         if self._lback is not None:
             self._lback.send(frames)
 
@@ -178,12 +183,12 @@ class BrokerAPI(BrokerInternal):
         """Send a reply to a client."""
         if client_id in self._special_ids:
             self._deliver_special(client_id, to_bytes(service_name), to_bytes(request_id),
-                                  tuple(to_bytes(b) for b in body))
+                                  tuple(_frame(b) for b in body))
             return
         lfront = self._lfront
         if lfront is not None:
             lfront.send((client_id, b"", self._mdp_client, to_bytes(service_name), to_bytes(request_id))
-                        + tuple(to_bytes(b) for b in body))
+                        + tuple(_frame(b) for b in body))
 
     async def process_messages_from_frontend(self, request: list[bytes]) -> None:
         """Handle one frontend message (as received, with the client envelope)."""

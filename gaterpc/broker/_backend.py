@@ -103,7 +103,8 @@ class BrokerBackend(BrokerState):
         sep = Settings.MDP_DESCRIPTION_SEP
         parts: list[str]
         try:
-            parts = frames[0].decode("utf-8").split(sep)
+            # bytes(): a body of ZERO_COPY_MIN bytes or more arrives as a read-only memoryview
+            parts = bytes(frames[0]).decode("utf-8").split(sep)
         except UnicodeDecodeError:
             parts = []
         if len(parts) != 3:
@@ -416,7 +417,7 @@ class BrokerBackend(BrokerState):
                 count_drop("malformed_heartbeat")
         elif command == READY:
             if self._hook_ready and len(frames) == 1 and worker_id not in self.workers:
-                self._spawn(self.process_ready_command(worker_id, frames[0]))
+                self._spawn(self.process_ready_command(worker_id, bytes(frames[0])))
             else:
                 self._on_ready(worker_id, frames)
         elif command == DISCONNECT:

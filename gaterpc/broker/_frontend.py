@@ -65,7 +65,17 @@ class BrokerFrontend(BrokerBackend):
                 self._count_error(msg, True)
 
     def _route_request(self, msg: list[bytes], service_b: bytes) -> None:
-        """Route ``msg`` = ``[client, '', header, service, request_id, *body]``."""
+        """Route ``msg`` = ``[client, '', header, service, request_id, *body]``.
+
+        Body frames of ``ZERO_COPY_MIN`` bytes or more are read-only memoryviews
+        (forwarded without a copy); an oversized service name or request id is
+        made ``bytes`` here, off the fast path, so everything that keeps it as a
+        key or decodes it gets ``bytes``.
+        """
+        if type(service_b) is not bytes:
+            service_b = msg[3] = bytes(service_b)
+        if type(msg[4]) is not bytes:
+            msg[4] = bytes(msg[4])
         if service_b == self._internal_b:
             self._internal_request(msg[0], msg[4], msg[5:])
             return

@@ -23,7 +23,7 @@ from gaterpc.execute import Runner
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.loopio import LoopSocket
-from gaterpc.protocol import DISCONNECT, KEEPALIVE_OK
+from gaterpc.protocol import DISCONNECT, KEEPALIVE_OK, ZERO_COPY_MIN
 from gaterpc.serialization import msg_pack
 
 from ._api import BrokerAPI
@@ -120,9 +120,7 @@ class AMajordomo(BrokerAPI):
             self.backend = new_socket(self.ctx, zmq.ROUTER, sock_opt)
             self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if self.running:
-                self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True,
-                                         on_unreachable=self._on_worker_unreachable,
-                                         on_over_budget=self._back_over_budget)
+                self._lback = self._back_socket()
         self.backend.bind(addr)
 
     def unbind_backend(self, addr: str) -> None:
@@ -158,8 +156,20 @@ class AMajordomo(BrokerAPI):
         return self._lfront
 
     def _front_socket(self) -> LoopSocket:
+        # Large frames (arguments) arrive as views of libzmq's buffers and are forwarded to
+        # the worker without a copy; an overridden hook that is handed the raw frames gets
+        # bytes, as it always did.
+        nocopy = 0 if self._hook_front or self._hook_zap else ZERO_COPY_MIN
         return LoopSocket(self._loop, self.frontend, self._on_frontend, per_peer=True,
-                          on_unreachable=self._client_gone, on_over_budget=self._front_over_budget)
+                          on_unreachable=self._client_gone, on_over_budget=self._front_over_budget,
+                          recv_nocopy_min=nocopy)
+
+    def _back_socket(self) -> LoopSocket:
+        # As the frontend: large results are forwarded to the client without a copy.
+        hooked = self._hook_back or self._hook_reply_command or self._hook_reply_frontend or self._hook_zap
+        return LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True,
+                          on_unreachable=self._on_worker_unreachable, on_over_budget=self._back_over_budget,
+                          recv_nocopy_min=0 if hooked else ZERO_COPY_MIN)
 
     def run(self) -> None:
         """Start the broker loop."""
@@ -171,9 +181,7 @@ class AMajordomo(BrokerAPI):
         if self.frontend is not None and self._lfront is None:
             self._lfront = self._front_socket()
         if self.backend is not None and self._lback is None:
-            self._lback = LoopSocket(self._loop, self.backend, self._on_backend, per_peer=True,
-                                     on_unreachable=self._on_worker_unreachable,
-                                     on_over_budget=self._back_over_budget)
+            self._lback = self._back_socket()
         if self._zap_checker is not None:
             self._zap_checker.attach()
 

@@ -125,7 +125,8 @@ class BrokerState:
             return
         if self._hook_reply_frontend:
             # a subclass overrides reply_frontend: every reply to a client goes through it
-            self._spawn(self.reply_frontend(client_id, service_b.decode("utf-8", "replace"), request_id, *body))
+            self._spawn(self.reply_frontend(client_id, bytes(service_b).decode("utf-8", "replace"), request_id,
+                                            *body))
             return
         lfront = self._lfront
         if lfront is not None:
@@ -163,7 +164,7 @@ class BrokerState:
     def _service_unavailable(self, client_id: bytes, service_b: bytes, request_id: bytes, body: Frames) -> None:
         """Hook: no local worker for the service (the Gate forwards instead)."""
         self._reply_error(client_id, service_b, request_id,
-                          ServiceUnAvailableError(service_b.decode("utf-8", "replace")))
+                          ServiceUnAvailableError(bytes(service_b).decode("utf-8", "replace")))
 
     def _fail_inflight(self, client_id: bytes, svc: Service, request_id: bytes, tag: Optional[bytes],
                        exc: BaseException) -> None:
