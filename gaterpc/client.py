@@ -386,12 +386,20 @@ class Client(_ReplyHandler, _CallSender):
         self._lsock = None
         self.socket = None
         if mon is not None:
-            mon.close()
+            # Stop the monitor while its reader is still connected, with room in
+            # the pipe: libzmq's I/O thread sends each event with a blocking send
+            # while holding the monitor's lock, so an event sent after the reader
+            # is gone (or into a full pipe) blocks it for good, and with it
+            # disable_monitor().
             if lsock is not None and not lsock.closed:
                 try:
+                    for _ in range(64):  # bounded: events keep coming only while connecting
+                        if not mon.io.recv_batch(1024):
+                            break
                     lsock.socket.disable_monitor()
                 except zmq.ZMQError:
                     pass
+            mon.close()
         if lsock is not None:
             lsock.close()
 
