@@ -53,6 +53,7 @@ from typing import (
 
 from gaterpc.counters import count_drop
 from gaterpc.hugedata import HugeData, iter_hugedata_batches
+from gaterpc.loopio import BacklogBudgetError, budget_message
 from gaterpc.protocol import (
     HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
 )
@@ -62,6 +63,7 @@ from gaterpc.wire import ok_reply_body
 
 if TYPE_CHECKING:
     from gaterpc.loopio import LoopSocket
+    from gaterpc.loopio import Frames
 
 __all__ = ("KIND_CORO", "KIND_INLINE", "KIND_THREAD", "KIND_PROCESS", "Runner", "collect_interfaces")
 
@@ -261,6 +263,8 @@ class Runner:
         self.active: Dict[Tuple[bytes, bytes], asyncio.Future[Any]] = {}
         # before 3.12: the task the next coroutine call's first step runs as (see _Standby)
         self._standby: Optional[_Standby] = None
+        # streams and HugeData transfers whose caller was already given the budget's error
+        self._refused: Set[Tuple[bytes, bytes]] = set()
 
     def cancel(self, client_id: bytes, request_id: bytes) -> bool:
         """Stop the request ``(client_id, request_id)`` if it runs in a task (True if it did).
@@ -415,6 +419,27 @@ class Runner:
 
     # -- replying -------------------------------------------------------------
 
+    def refused_reply(self, client_id: bytes, request_id: bytes, body: Frames) -> Optional[Tuple[bytes, ...]]:
+        """What to send instead of a reply ``body`` the process-wide backlog budget refused.
+
+        A single reply becomes an error reply naming the budget.  A stream or
+        HugeData transfer ends for its caller with that error (the transfer
+        stops at its next message, see :meth:`_send_stream`); None when that
+        caller was already told (later messages of the transfer are dropped).
+        The returned body is small: the owner sends it past the budget.
+        """
+        exc = BacklogBudgetError(budget_message())
+        tag = body[0] if body else b""
+        if tag == STREAM_TAG or tag == HUGE_TAG:
+            key = (client_id, request_id)
+            if key in self._refused:
+                return None
+            self._refused.add(key)
+            if len(body) > 2 and body[1] == STREAM_EXC:
+                return tuple(bytes(f) for f in body)  # already an error: it goes through
+            return (bytes(tag), STREAM_EXC, self.pack(exception_triple(exc, False)))
+        return (error_body(self.pack, exc, False),)
+
     def reply_error(
         self, client_id: bytes, request_id: bytes, exc: BaseException, with_traceback: bool = True
     ) -> None:
@@ -466,11 +491,15 @@ class Runner:
     ) -> None:
         send = self.send_body
         pack = self.pack
+        refused = self._refused
+        key = (client_id, request_id)
         try:
             if isinstance(gen, GeneratorType):
                 count = 0
                 for item in gen:
                     send(client_id, request_id, (STREAM_TAG, pack(item)))
+                    if refused and key in refused:
+                        return  # over the budget: the caller has its error
                     count += 1
                     lsock = self._lsock()
                     if lsock is not None and lsock.backlog_size():
@@ -480,6 +509,8 @@ class Runner:
             else:
                 async for item in gen:
                     send(client_id, request_id, (STREAM_TAG, pack(item)))
+                    if refused and key in refused:
+                        return
                     lsock = self._lsock()
                     if lsock is not None and lsock.backlog_size():
                         await lsock.drain()
@@ -493,15 +524,24 @@ class Runner:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return
+        finally:
+            refused.discard(key)
+            if isinstance(gen, GeneratorType):
+                gen.close()
         send(client_id, request_id, (STREAM_TAG, STREAM_END))
+        refused.discard(key)  # the end itself may have been refused
 
     async def _send_hugedata(self, client_id: bytes, request_id: bytes, hd: HugeData) -> None:
         send = self.send_body
+        refused = self._refused
+        key = (client_id, request_id)
         try:
             # a piece of compressed output's chunks leave together, one backlog check per piece
             async for batch in iter_hugedata_batches(hd, self.loop):
                 for chunk in batch:
                     send(client_id, request_id, (HUGE_TAG, chunk))
+                if refused and key in refused:
+                    return  # over the budget: the caller has its error
                 await self._wait_backlog()
         except asyncio.CancelledError:
             raise
@@ -514,8 +554,10 @@ class Runner:
                 raise
             return
         finally:
+            refused.discard(key)
             try:
                 hd.destroy()
             except Exception:
                 logger.debug("HugeData.destroy failed", exc_info=True)
         send(client_id, request_id, (HUGE_TAG, HUGE_END))
+        refused.discard(key)  # the end itself may have been refused

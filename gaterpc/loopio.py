@@ -32,7 +32,8 @@ message sent at once costs nothing.  A message that would push the process
 over the budget is not queued: the drop is counted (``backlog_budget``) and
 the socket's ``on_over_budget(frames)`` callback decides what the sender is
 told (the broker ends that client's request with an error reply naming the
-budget and cancels it at the worker); a socket without that callback raises
+budget and cancels it at the worker; the worker replaces a refused reply with
+such an error reply); a socket without that callback raises
 :class:`BacklogBudgetError` from :meth:`LoopSocket.send`.  Nothing is dropped
 silently.  :func:`backlog_budget` reports the current use.
 

@@ -302,6 +302,7 @@ class Worker(ABCWorker):
         # Large request frames arrive as views of libzmq's buffers (decoded by msgpack
         # without a copy); an overridden process_request gets bytes, as it always did.
         self._lsock = LoopSocket(self._loop, sock, self._on_messages, on_error=self._on_socket_error,
+                                 on_over_budget=self._over_budget,
                                  recv_nocopy_min=0 if self._hook_request else ZERO_COPY_MIN)
         sep = Settings.MDP_DESCRIPTION_SEP
         body = f"{self.service.name}{sep}{self.service.description}{sep}{self.max_allowed_request}"
@@ -473,6 +474,25 @@ class Worker(ABCWorker):
 
     def _get_lsock(self) -> Optional[LoopSocket]:
         return self._lsock
+
+    def _over_budget(self, frames: Sequence[bytes]) -> None:
+        """A message refused by the process-wide backlog budget: its caller is told.
+
+        A refused reply is replaced by an error reply naming the budget (a
+        stream or HugeData transfer ends with it and stops), sent past the
+        budget as it is small; READY, HEARTBEAT and DISCONNECT go through.
+        """
+        lsock = self._lsock
+        if lsock is None:
+            return
+        if len(frames) > 2 and frames[2] == REPLY:
+            n = len(self._reply_prefix)  # b"", header, REPLY and the ZAP frames
+            if len(frames) > n + 3:
+                body = self._runner.refused_reply(frames[n], frames[n + 2], frames[n + 3:])
+                if body is not None:
+                    lsock.send_forced(tuple(frames[:n + 3]) + body)
+            return
+        lsock.send_forced(frames)
 
     def _send_reply_body(self, client_id: bytes, request_id: bytes, body: tuple[bytes, ...]) -> None:
         lsock = self._lsock
