@@ -28,11 +28,11 @@ EXPECTED_ROLES = {
 }
 
 
-def run_bench(tmp_path: Path, *args: str, timeout: float = 150.0):
+def run_bench(tmp_path: Path, *args: str, timeout: float = 150.0, preexec_fn=None):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "gaterpc", "bench", *args, "--json", str(out), "--timeout", "90"],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn,
     )
     report = json.loads(out.read_text()) if out.exists() else None
     return proc, report
@@ -357,3 +357,83 @@ def test_bench_vs_metrics_runs_both_rows(tmp_path):
         res = check_report(proc, report, impl, "3proc", n=3000)
         assert res["calls_per_s"] > 0
     assert "ours / metrics on asyncio (calls/s)" in report["ratios"]
+
+
+# --------------------------------------------------------------------------- --sched
+
+needs_batch = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux only")
+
+
+@pytest.mark.slow
+@needs_batch
+def test_bench_sched_batch_every_process(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "400", "--sched", "batch", "--clients", "2", "--workers", "2",
+                             "--vs-limit", "--loop", "asyncio")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert report["config"]["sched"] == "batch" and "sched=batch" in proc.stdout
+    assert {r["impl"] for r in report["results"]} == {"ours", "limit"}
+    for res in report["results"]:
+        assert res["ok"] and res["completed"] == 400
+        assert res["sched"] == "batch" and res["sched_verified"] is True
+        # what the harness read from every thread of every role while it ran
+        assert [p["sched"] for p in res["processes"]] == ["batch"] * len(res["processes"])
+        assert len(res["processes"]) == 5  # broker, 2 workers, 2 clients
+
+
+@pytest.mark.slow
+@needs_batch
+def test_bench_sched_both_sets_each_policy_and_adds_ratios(tmp_path):
+    from gaterpc.sched import set_policy
+
+    # The harness itself runs under batch: the normal rows show it sets normal, not inherits it.
+    proc, report = run_bench(tmp_path, "-n", "300", "--sched", "both", "--mode", "latency", "--vs-raw",
+                             "--loop", "asyncio", preexec_fn=lambda: set_policy("batch"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    keys = {(r["impl"], r["loop"], r["sched"]) for r in report["results"]}
+    assert keys == {(impl, loop, sched) for impl, loop in (("ours", "asyncio"), ("raw", "asyncio"),
+                                                          ("raw-sync", None)) for sched in ("normal", "batch")}
+    for res in report["results"]:
+        assert res["ok"] and res["completed"] == 300
+        assert {p["sched"] for p in res["processes"]} == {res["sched"]}
+    ratios = report["ratios"]
+    by = {(r["impl"], r["sched"]): r for r in report["results"]}
+    assert ratios["ours on asyncio: batch / normal (calls/s)"] == pytest.approx(
+        by[("ours", "batch")]["calls_per_s"] / by[("ours", "normal")]["calls_per_s"])
+    assert ratios["raw-sync: batch / normal (p50 latency)"] == pytest.approx(
+        by[("raw-sync", "batch")]["latency_p50_ms"] / by[("raw-sync", "normal")]["latency_p50_ms"])
+    # the like-for-like ratios, once per policy
+    assert "normal: ours / raw on asyncio (calls/s)" in ratios and "batch: ours / raw on asyncio (calls/s)" in ratios
+
+
+@needs_batch
+def test_harness_fails_a_role_whose_threads_left_the_policy(tmp_path):
+    import time
+
+    from gaterpc.bench.procs import BenchError, Child, stop_all
+
+    # A role that starts a thread, then moves its main thread back to normal (as a library might).
+    code = ("import os, sys, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "if sys.argv[1] == 'drift': os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))\n"
+            "print('{\"ready\": 1}', flush=True)\n"
+            "sys.stdin.readline()\n")
+    children = []
+    try:
+        for how in ("stay", "drift"):
+            children.append(Child(how, [sys.executable, "-c", code, how], dict(os.environ), str(tmp_path),
+                                  tmp_path / f"{how}.log", sched="batch"))
+        for c in children:
+            c.expect("ready", time.monotonic() + 30)
+        stay, drift = children
+        stay.check_sched()
+        assert stay.sched_seen == {"batch"}
+        with pytest.raises(BenchError, match=r"batch scheduling policy, but thread \d+: normal"):
+            drift.check_sched()
+        assert drift.sched_seen == {"batch", "normal"}  # its other thread kept batch
+    finally:
+        stop_all(children)
+
+
+def test_sched_is_checked_at_parse_time(tmp_path):
+    proc, _ = run_bench(tmp_path, "-n", "10", "--sched", "fifo", timeout=60)
+    assert proc.returncode == 2 and "--sched" in proc.stderr

@@ -103,6 +103,8 @@ def test_unknown_service_exits_1(cluster):
     (["nosuchcommand"], "invalid choice"),
     (["worker", "calcmod", "--backend", "ipc:///tmp/x"], "MODULE:CLASS"),
     (["broker", "--frontend", "ipc:///tmp/f"], "--backend"),
+    (["broker", "--frontend", "ipc:///tmp/f", "--backend", "ipc:///tmp/b", "--sched", "fast"], "invalid choice"),
+    (["worker", "calcmod:Calc", "--backend", "ipc:///tmp/b", "--sched", "idle"], "invalid choice"),
 ])
 def test_usage_errors_exit_2(procs, args, text):
     p = procs.run(gaterpc_cmd(*args))
@@ -258,3 +260,51 @@ def test_metrics_address_is_checked(procs, short_tmp):
     p = procs.run(gaterpc_cmd("broker", "--frontend", f"ipc://{short_tmp}/f", "--backend",
                               f"ipc://{short_tmp}/b", "--metrics", "nowhere"), timeout=30)
     assert p.returncode == 2 and "HOST:PORT" in p.err
+
+
+# --------------------------------------------------------------------------- --sched
+
+def _as_policy(name):
+    """A preexec_fn: start the child under ``name``, so that what it ends up with is its own doing."""
+    from gaterpc.sched import set_policy
+
+    return lambda: set_policy(name)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux only")
+def test_sched_batch_broker_and_workers_really_run_under_it(procs, short_tmp):
+    from gaterpc.sched import thread_policies
+
+    Path(short_tmp, "calcmod.py").write_text(CALC_MODULE)
+    front, back = f"ipc://{short_tmp}/f", f"ipc://{short_tmp}/b"
+    broker = procs.start(gaterpc_cmd("broker", "--frontend", front, "--backend", back, "--heartbeat", HEARTBEAT,
+                                     "--sched", "batch"), preexec_fn=_as_policy("normal"))
+    worker = procs.start(gaterpc_cmd("worker", "calcmod:Calc", "--backend", back, "--heartbeat", HEARTBEAT,
+                                     "--service", "Calc", "--sched", "batch"), preexec_fn=_as_policy("normal"))
+    # started under batch, asked for normal: the option sets it either way
+    other = procs.start(gaterpc_cmd("worker", "calcmod:Calc", "--backend", back, "--heartbeat", HEARTBEAT,
+                                    "--service", "Other", "--sched", "normal"), preexec_fn=_as_policy("batch"))
+    wait_service(procs, front, "Calc")
+    wait_service(procs, front, "Other")
+    p = procs.run(gaterpc_cmd("call", front, "Calc.add", "2", "3"))
+    assert (p.returncode, p.out.strip()) == (0, "5"), p.err
+    for proc, want in ((broker, "batch"), (worker, "batch"), (other, "normal")):
+        seen = thread_policies(proc.pid)  # every thread, libzmq's I/O threads among them
+        assert len(seen) >= 2, seen
+        assert set(seen.values()) == {want}, (proc.args, seen)
+    for proc in (other, worker, broker):
+        rc, _, err = stop(proc)
+        assert rc == 0, err
+    assert "CPU scheduling policy: batch" in err
+
+
+def test_sched_without_the_platform_support_is_a_one_line_usage_error(monkeypatch, capsys, short_tmp):
+    from gaterpc.cli import main
+
+    monkeypatch.delattr(os, "SCHED_BATCH", raising=False)
+    rc = main(["broker", "--frontend", f"ipc://{short_tmp}/f", "--backend", f"ipc://{short_tmp}/b",
+               "--sched", "batch"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "SCHED_BATCH" in err and "--sched batch" in err, err
+    assert "Traceback" not in err

@@ -40,7 +40,8 @@ from typing import Any, Callable, Optional
 from gaterpc.bench.procs import (
     BenchError, Child, _active_backend, _command, _endpoints, _free_port, _package_root, stop_all,
 )
-from gaterpc.bench.report import LOOPLESS, LOOPS, _ms, _resolve, build_parser, format_report
+from gaterpc.bench.report import LOOPLESS, LOOPS, SCHEDS, _ms, _resolve, build_parser, format_report
+from gaterpc.sched import available as sched_available
 
 __all__ = ("main", "run_benchmark", "build_parser", "BenchError", "Child", "stop_all", "_package_root")
 
@@ -116,9 +117,11 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         cfg["gate_a_port"], cfg["gate_b_port"] = sorted(ports)
         cfg["gate_b_front"], cfg["gate_a_back"] = _endpoints(transport, tmp, f"g{run_index}")
 
+    sched = _child_sched(opts)
+
     def spawn(role: str, label: str) -> Child:
         argv, env, cwd = _command(real_impl, role, cfg, opts, tmp)
-        child = Child(label, argv, env, cwd, tmp / f"{label}.log")
+        child = Child(label, argv, env, cwd, tmp / f"{label}.log", sched=sched)
         children.append(child)
         return child
 
@@ -151,6 +154,8 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
             clients = [spawn("all", "broker+worker+client")]
         for client in clients:
             client.info.update(client.expect("ready", deadline, watch=children))
+        for c in children:  # every thread of every role runs under the policy asked for
+            c.check_sched()
         cpu0 = {c.pid: c.cpu() for c in children}
         rss0 = {c.pid: c.rss_kib() for c in children}
         t0 = time.monotonic()
@@ -170,6 +175,8 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         cpu1 = {c.pid: c.cpu() for c in children}
         rss1 = {c.pid: c.rss_kib() for c in children}
         hwm = {c.pid: c.hwm_kib() for c in children}
+        for c in children:  # again: threads started during the run inherit it too
+            c.check_sched()
     finally:
         stop_all(children)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -186,6 +193,7 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
             "peak_rss_mib": _mib(hwm[c.pid]), "rss_before_mib": _mib(rss0[c.pid]),
             "rss_after_mib": _mib(rss1[c.pid]),
             "loop": c.info.get("loop"), "impl": c.info.get("impl"), "version": c.info.get("version"),
+            "sched": ",".join(sorted(c.sched_seen)) or None,
         })
     completed = int(result.get("completed") or 0)
     queued = None
@@ -203,6 +211,7 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         "interface": opts.interface, "uvloop_requested": opts.uvloop,
         "loop": None if impl in LOOPLESS else ("uvloop" if opts.uvloop else "asyncio"),
         "backend": opts.backend if impl == "ours" else None, "workers": workers,
+        "sched": opts.sched, "sched_verified": sched is not None,
         "calls_per_s": result.get("rate"), "time_send_all_s": result.get("time_send_all"),
         "time_first_item_s": result.get("time_first_item"),
         "time_total_s": result.get("time_total"), "wall_s": wall,
@@ -219,6 +228,12 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         "cpu_us_per_call": (cpu_total / completed * 1e6) if completed else None,
         "processes": processes,
     }
+
+
+def _child_sched(opts: argparse.Namespace) -> Optional[str]:
+    """The policy to set in every role process of a run: ``opts.sched`` where this platform can
+    set it (``normal`` elsewhere: the processes run as started, unverified)."""
+    return opts.sched if sched_available(opts.sched) else None
 
 
 def _mib(kib: Optional[int]) -> Optional[float]:
@@ -279,20 +294,24 @@ def run_repeated(impl: str, opts: argparse.Namespace) -> dict[str, Any]:
     return _median_of(impl, runs, None)
 
 
-def run_interleaved(plan: list[tuple[str, Optional[str]]], opts: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run every ``(impl, loop)`` of ``plan`` once per repetition, in turn (A B C A B C ...).
+PlanKey = tuple[str, Optional[str], str]  # (implementation, event loop or None, scheduling policy)
+
+
+def run_interleaved(plan: list[PlanKey], opts: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run every ``(impl, loop, sched)`` of ``plan`` once per repetition, in turn (A B C A B C ...).
 
     Interleaving spreads the machine's drift over every entry alike; each
     entry reports the run with its median calls/s."""
-    runs: dict[tuple[str, Optional[str]], list[dict[str, Any]]] = {key: [] for key in plan}
-    failures: dict[tuple[str, Optional[str]], str] = {}
+    runs: dict[PlanKey, list[dict[str, Any]]] = {key: [] for key in plan}
+    failures: dict[PlanKey, str] = {}
     for r in range(opts.repeat):
         for key in plan:
             if key in failures or (runs[key] and not runs[key][-1]["ok"]):
                 continue
-            impl, loop = key
+            impl, loop, sched = key
             o = copy.copy(opts)
             o.uvloop = loop == "uvloop"
+            o.sched = sched
             if impl.endswith(ONE_BY_ONE):  # the same implementation, one client and one worker
                 impl = impl[:-len(ONE_BY_ONE)]
                 o.clients = o.workers = 1
@@ -303,7 +322,7 @@ def run_interleaved(plan: list[tuple[str, Optional[str]]], opts: argparse.Namesp
     out = []
     for key in plan:
         res = _median_of(key[0], runs[key], failures.get(key))
-        res["impl"], res["loop"] = key
+        res["impl"], res["loop"], res["sched"] = key
         out.append(res)
     return out
 
@@ -380,8 +399,10 @@ def run_gate_spill(opts: argparse.Namespace) -> dict[str, Any]:
     try:
         for role in ("spill-b", "spill-a"):
             argv, env, cwd = _command("ours", role, cfg, opts, tmp)
-            children.append(Child(role, argv, env, cwd, tmp / f"{role}.log"))
+            children.append(Child(role, argv, env, cwd, tmp / f"{role}.log", sched=_child_sched(opts)))
         children[0].expect("ready", deadline, watch=children)
+        for c in children:
+            c.check_sched()
         result = children[1].expect("result", deadline, watch=children)["result"]
     except Exception as exc:  # a role failed or timed out: report it
         failure = f"{exc}; log tail: {children[-1].log_tail() if children else ''}"
@@ -392,7 +413,7 @@ def run_gate_spill(opts: argparse.Namespace) -> dict[str, Any]:
     cluster = result.get("cluster_calls_per_s")
     ratio = cluster / local if local and cluster else None
     return {"gate_spill": True, "config": {"n": opts.n, "window": cfg["window"], "transport": opts.transport,
-                                           "backend": opts.backend, "remote_workers": 4},
+                                           "backend": opts.backend, "remote_workers": 4, "sched": opts.sched},
             "result": result, "ratio": ratio, "failure": failure,
             "ok": failure is None and result.get("errors") == 0}
 
@@ -400,8 +421,9 @@ def run_gate_spill(opts: argparse.Namespace) -> dict[str, Any]:
 def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
     """Run the selected implementation and the comparisons; return the report dict.
 
-    Every (implementation, loop) pair runs ``--repeat`` times, interleaved;
-    ratios are computed only between runs on the same event loop."""
+    Every (implementation, loop, scheduling policy) runs ``--repeat`` times,
+    interleaved; ratios are computed only between runs on the same event loop
+    under the same policy, and with ``--sched both`` batch over normal for each."""
     if opts.layout == "gate-spill":
         return run_gate_spill(opts)
     impls = [opts.impl]
@@ -412,10 +434,11 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
     if opts.vs_raw and opts.mode == "latency" and "raw-sync" not in impls:
         impls.append("raw-sync")  # issue 13: sequential p50 against raw synchronous pyzmq, same run
     loops = list(LOOPS) if opts.loop == "both" else [opts.loop]
+    scheds = list(SCHEDS) if opts.sched == "both" else [opts.sched]
     results: list[dict[str, Any]] = []
     ratios: dict[str, Any] = {}
     active = _active_backend(opts) if "ours" in impls else None
-    plan: list[tuple[str, Optional[str]]] = []
+    plan: list[PlanKey] = []
     for impl in impls:
         if impl == "original":
             if opts.mode == "stream" and impl != opts.impl:
@@ -431,15 +454,31 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
                 continue
         variants = [impl, impl + ONE_BY_ONE] if opts.vs_1x1 and impl in ("ours", "limit") else [impl]
         for name in variants:
-            if impl in LOOPLESS:
-                plan.append((name, None))
-            else:
-                plan.extend((name, loop) for loop in loops)
+            for loop in ([None] if impl in LOOPLESS else loops):
+                plan.extend((name, loop, sched) for sched in scheds)
     results.extend(run_interleaved(plan, opts))
     for res in results:
         if res["impl"] == "ours":
             res["backend_active"] = active
-    by_key = {(r["impl"], r.get("loop")): r for r in results}
+    for sched in scheds:
+        view = {(r["impl"], r.get("loop")): r for r in results if r.get("sched", sched) == sched}
+        ratios.update(_ratios(view, impls, loops, opts, f"{sched}: " if len(scheds) > 1 else ""))
+    if len(scheds) > 1:
+        ratios.update(_sched_ratios(plan, results, opts.mode))
+    config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "loop", "backend",
+                                             "metrics", "workers", "clients", "layout", "transport", "mode",
+                                             "repeat", "timeout", "sched")}
+    config["uvloop"] = opts.loop
+    config["python"] = sys.version.split()[0]
+    config["backend_active"] = active
+    return {"config": config, "results": results, "ratios": ratios,
+            "ok": all(r.get("ok") for r in results)}
+
+
+def _ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]], impls: list[str], loops: list[str],
+            opts: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The ratios between the runs of one scheduling policy, named with ``prefix``."""
+    ratios: dict[str, Any] = {}
     base_impl = opts.impl
     limit = by_key.get(("limit", None))
     raw_sync = by_key.get(("raw-sync", None))
@@ -453,34 +492,49 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
             other = by_key.get((impl, loop))
             if other is None or other.get("skipped"):
                 continue
-            name = f"{base_impl} / {impl} on {loop} (calls/s)"
+            name = f"{prefix}{base_impl} / {impl} on {loop} (calls/s)"
             if base.get("calls_per_s") and other.get("calls_per_s"):
                 ratios[name] = base["calls_per_s"] / other["calls_per_s"]
             else:
                 ratios[name] = "n/a (a run failed)"
         if limit is not None:
-            name = f"{base_impl} on {loop} as % of the limit (calls/s)"
+            name = f"{prefix}{base_impl} on {loop} as % of the limit (calls/s)"
             if base.get("calls_per_s") and limit.get("calls_per_s"):
                 ratios[name] = base["calls_per_s"] / limit["calls_per_s"]
             else:
                 ratios[name] = "n/a (a run failed)"
         if raw_sync is not None:
             # below 1.00x: a sequential call through us is faster than through raw blocking pyzmq
-            name = f"{base_impl} on {loop} / raw-sync (p50 latency)"
+            name = f"{prefix}{base_impl} on {loop} / raw-sync (p50 latency)"
             if base.get("ok") and raw_sync.get("ok") and base.get("latency_p50_ms") \
                     and raw_sync.get("latency_p50_ms"):
                 ratios[name] = base["latency_p50_ms"] / raw_sync["latency_p50_ms"]
             else:
                 ratios[name] = "n/a (a run failed)"
     if opts.vs_1x1:
-        ratios.update(_scale_ratios(by_key, opts))
-    config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "loop", "backend",
-                                             "metrics", "workers", "clients", "layout", "transport", "mode", "repeat", "timeout")}
-    config["uvloop"] = opts.loop
-    config["python"] = sys.version.split()[0]
-    config["backend_active"] = active
-    return {"config": config, "results": results, "ratios": ratios,
-            "ok": all(r.get("ok") for r in results)}
+        ratios.update({prefix + k: v for k, v in _scale_ratios(by_key, opts).items()})
+    return ratios
+
+
+def _sched_ratios(plan: list[PlanKey], results: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """``--sched both``: each implementation under batch over itself under normal, same loop, same run."""
+    by_key = {(r["impl"], r.get("loop"), r.get("sched")): r for r in results}
+    ratios: dict[str, Any] = {}
+    for impl, loop, sched in plan:
+        if sched != SCHEDS[0]:
+            continue
+        normal, batch = by_key.get((impl, loop, SCHEDS[0])), by_key.get((impl, loop, SCHEDS[1]))
+        where = f"{impl} on {loop}" if loop else impl
+        if normal is None or batch is None or not (normal.get("ok") and batch.get("ok")):
+            ratios[f"{where}: batch / normal"] = "n/a (a run failed)"
+            continue
+        for key, what in (("calls_per_s", "calls/s"), ("cpu_us_per_call", "CPU us per call"),
+                          ("latency_p50_ms", "p50 latency")):
+            if key == "latency_p50_ms" and mode != "latency":
+                continue
+            if normal.get(key) and batch.get(key):
+                ratios[f"{where}: batch / normal ({what})"] = batch[key] / normal[key]
+    return ratios
 
 
 def _interrupt(signum: int, frame: Optional[FrameType]) -> None:

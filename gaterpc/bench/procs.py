@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from gaterpc.sched import set_policy, thread_policies
+
 HERE = Path(__file__).resolve().parent
 ROLES_FILE = HERE / "roles.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -85,11 +87,29 @@ def _parent_death_signal() -> None:
         _PRCTL(1, int(signal.SIGTERM))
 
 
+def _preexec(sched: Optional[str]) -> Optional[Callable[[], None]]:
+    """The child's set-up before exec: the parent-death signal, and the scheduling policy ``sched``
+    (set there, before the role's ZeroMQ context starts its I/O threads, which inherit it)."""
+    if sched is None:
+        return _parent_death_signal if _PRCTL is not None else None
+
+    def setup() -> None:
+        _parent_death_signal()
+        set_policy(sched)
+
+    return setup
+
+
 class Child:
     """A role process: JSON lines from its stdout arrive in ``self.lines``."""
 
-    def __init__(self, role: str, argv: list[str], env: dict[str, str], cwd: str, log_path: Path) -> None:
+    def __init__(self, role: str, argv: list[str], env: dict[str, str], cwd: str, log_path: Path,
+                 sched: Optional[str] = None) -> None:
         self.role = role
+        #: the scheduling policy asked for ("normal", "batch"; None: as the harness runs)
+        self.sched = sched
+        #: the policies the harness read from the child's threads (check_sched)
+        self.sched_seen: set[str] = set()
         self.log_path = log_path
         # decoded JSON lines; None once stdout is closed
         self.lines: queue.Queue[Optional[dict[str, Any]]] = queue.Queue()
@@ -101,7 +121,7 @@ class Child:
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                 env=env, cwd=cwd, text=True, bufsize=1,
                 start_new_session=True,  # its own process group: leftovers of a role can be swept
-                preexec_fn=_parent_death_signal if _PRCTL is not None else None,
+                preexec_fn=_preexec(sched),
             )
         except OSError:
             self._log.close()
@@ -162,6 +182,19 @@ class Child:
         except (BrokenPipeError, OSError, ValueError):
             pass
 
+    def check_sched(self) -> None:
+        """Read the scheduling policy of every thread of the live child; BenchError if one is not
+        the policy asked for.  What was read is kept in ``sched_seen``."""
+        seen = thread_policies(self.pid)
+        self.sched_seen.update(seen.values())
+        if self.sched is None:
+            return
+        wrong = {tid: name for tid, name in seen.items() if name != self.sched}
+        if wrong or not seen:
+            detail = ", ".join(f"thread {tid}: {name}" for tid, name in sorted(wrong.items())) or "no thread read"
+            raise BenchError(f"{self.role} (pid {self.pid}) was to run under the {self.sched} scheduling "
+                             f"policy, but {detail}")
+
     def cpu(self) -> float | None:
         return _proc_cpu(self.pid)
 
@@ -207,6 +240,8 @@ class Child:
         except (ProcessLookupError, PermissionError):
             pass
         self._reader.join(timeout=GRACE)
+        if not self._reader.is_alive() and self.proc.stdout is not None:
+            self.proc.stdout.close()
         while True:
             try:
                 msg = self.lines.get_nowait()

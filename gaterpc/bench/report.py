@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
+from gaterpc.sched import available as sched_available
+
 # gate-spill: one slow local worker behind gate A, four idle ones behind gate B
 LAYOUTS = ("3proc", "2proc", "inproc", "gate", "gate-spill")
 IMPLS = ("ours", "original", "raw", "raw-sync", "limit")  # plus "direct"/"metrics": ours, run another way
 #: implementations that run without an event loop (one row, not one per --loop)
 LOOPLESS = ("limit", "raw-sync")
 LOOPS = ("asyncio", "uvloop")
+#: CPU scheduling policies of the role processes (``--sched``; ``both`` runs each in turn)
+SCHEDS = ("normal", "batch")
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:
@@ -47,23 +51,25 @@ def format_report(report: dict[str, Any]) -> str:
                f"layout={cfg['layout']} transport={cfg['transport']} payload={cfg['payload']} "
                f"interface={cfg['interface']} loop={cfg['loop']} backend={cfg['backend']}"
                f"{'' if cfg.get('backend_active') in (None, cfg['backend']) else ' (active: ' + cfg['backend_active'] + ')'} "
-               f"workers={cfg['workers']} clients={cfg.get('clients', 1)} repeat={cfg['repeat']}")
+               f"workers={cfg['workers']} clients={cfg.get('clients', 1)} repeat={cfg['repeat']} "
+               f"sched={cfg.get('sched', 'normal')}")
     rate_name = "items/s" if cfg["mode"] == "stream" else "calls/s"
-    header = (f"{'impl':<9} {'loop':<8} {rate_name:>9} {'send all s':>10} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+    header = (f"{'impl':<9} {'loop':<8} {'sched':<6} {rate_name:>9} {'send all s':>10} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'p99.9 ms':>9} {'CPU us/call':>11} {'status':>8}")
     out.append(header)
     out.append("-" * len(header))
     for res in report["results"]:
         loop = res.get("loop") or "-"
+        sched = res.get("sched") or "-"
         if res.get("skipped"):
-            out.append(f"{res['impl']:<9} {loop:<8} {res['failure']}")
+            out.append(f"{res['impl']:<9} {loop:<8} {sched:<6} {res['failure']}")
             continue
         if "failure" in res and "calls_per_s" not in res:
-            out.append(f"{res['impl']:<9} {loop:<8} FAILED: {res['failure'].splitlines()[0]}")
+            out.append(f"{res['impl']:<9} {loop:<8} {sched:<6} FAILED: {res['failure'].splitlines()[0]}")
             continue
         status = "ok" if res["ok"] else "FAILED"
         out.append(
-            f"{res['impl']:<9} {loop:<8} {_fmt(res['calls_per_s']):>9} {_fmt(res['time_send_all_s'], '.3f'):>10} "
+            f"{res['impl']:<9} {loop:<8} {sched:<6} {_fmt(res['calls_per_s']):>9} {_fmt(res['time_send_all_s'], '.3f'):>10} "
             f"{_fmt(res['time_total_s'], '.3f'):>8} {_fmt(res['latency_p50_ms'], '.3f'):>8} "
             f"{_fmt(res['latency_p99_ms'], '.3f'):>8} {_fmt(res['latency_p999_ms'], '.3f'):>9} "
             f"{_fmt(res['cpu_us_per_call'], ',.0f'):>11} {status:>8}")
@@ -86,13 +92,16 @@ def format_report(report: dict[str, Any]) -> str:
             out.append(f"{res['impl']:<9} {res.get('loop') or '-':<8} fairness (slowest/fastest client) "
                        f"{res['fairness']:.2f}; per client calls/s: {rates}")
     out.append("")
-    out.append(f"{'impl':<9} {'process':<22} {'CPU s':>7} {'CPU us/call':>11} {'peak RSS MiB':>12}  loop")
+    # sched: the policy the harness read from every thread of the process while it ran
+    out.append(f"{'impl':<9} {'process':<22} {'CPU s':>7} {'CPU us/call':>11} {'peak RSS MiB':>12}  "
+               f"{'sched':<6}  loop")
     for res in report["results"]:
         done = res.get("completed") or 0
         for p in res.get("processes", []):
             per_call = p["cpu_s"] / done * 1e6 if done and p.get("cpu_s") is not None else None
             out.append(f"{res['impl']:<9} {p['role']:<22} {_fmt(p['cpu_s'], '.2f'):>7} "
-                       f"{_fmt(per_call, ',.1f'):>11} {_fmt(p['peak_rss_mib'], '.1f'):>12}  {p.get('loop') or '-'}")
+                       f"{_fmt(per_call, ',.1f'):>11} {_fmt(p['peak_rss_mib'], '.1f'):>12}  "
+                       f"{p.get('sched') or '-':<6}  {p.get('loop') or '-'}")
     for res in report["results"]:
         if not res.get("ok"):
             detail = res.get("failure") or "; ".join(res.get("first_errors") or []) or (
@@ -134,6 +143,12 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                    help="event loop of every role (ours, original and raw alike); 'both' runs each "
                         "implementation on each loop and compares like with like (default: uvloop "
                         "when installed)")
+    p.add_argument("--sched", choices=SCHEDS + ("both",), default="normal",
+                   help="CPU scheduling policy of every role process (every implementation alike): normal "
+                        "(SCHED_OTHER, the default) or batch (SCHED_BATCH: a woken process does not preempt "
+                        "the running one; fewer, longer wake-ups when processes outnumber cores); 'both' runs "
+                        "each implementation under each policy and adds batch/normal ratios. The harness "
+                        "reads every thread's policy while the roles run and fails the run on a mismatch")
     p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=None,
                    help="same as --loop uvloop / --loop asyncio")
     p.add_argument("--backend", choices=("compiled", "pure"), default="compiled",
@@ -226,4 +241,6 @@ def _resolve(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     opts.uvloop = opts.loop == "uvloop"
     if (opts.vs_limit or opts.impl == "limit") and (opts.layout != "3proc" or opts.mode == "stream"):
         parser.error("the limit row needs --layout 3proc and a throughput or latency mode")
+    if opts.sched != "normal" and not sched_available("batch"):
+        parser.error("--sched batch needs the SCHED_BATCH scheduling policy (Linux)")
     opts.original_python = None
