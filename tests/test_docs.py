@@ -159,6 +159,19 @@ def test_systemd_units_run_as_written(procs, short_tmp):
     assert any(json.loads(line)["message"].startswith("broker serving") for line in err.splitlines())
 
 
+def test_systemd_units_offer_sched_batch_commented_out():
+    deploy = (ROOT / "docs" / "DEPLOY.md").read_text()
+    for unit in sorted((ROOT / "deploy" / "systemd").glob("*.service")):
+        text = unit.read_text()
+        lines = text.splitlines()
+        # offered, off by default (a latency-sensitive host keeps the default policy)
+        assert "#CPUSchedulingPolicy=batch" in lines, unit.name
+        assert "CPUSchedulingPolicy" not in _unit_cmd(unit.name)[1]
+        # in the [Service] section, next to the command it applies to
+        assert text.index("[Service]") < text.index("#CPUSchedulingPolicy=batch") < text.index("[Install]")
+    assert "CPUSchedulingPolicy=batch" in deploy and "chrt -b 0" in deploy and "--sched batch" in deploy
+
+
 def test_systemd_gate_unit_starts_and_stops(procs, short_tmp):
     args, _ = _unit_cmd("gaterpc-gate.service")
     assert "--multicast" not in args  # multicast stays off
