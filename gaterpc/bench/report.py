@@ -29,7 +29,7 @@ def format_gate_spill(report: dict[str, Any]) -> str:
     """The text report of ``--layout gate-spill``."""
     cfg, res = report["config"], report["result"]
     out = [f"gaterpc gate spill-over benchmark: n={cfg['n']:,} window={cfg['window']} "
-           f"transport={cfg['transport']} backend={cfg['backend']}: gate A with 1 slow worker "
+           f"transport={cfg['transport']} backend={cfg['backend']} sched={cfg.get('sched', 'normal')}: gate A with 1 slow worker "
            f"(capacity 1), gate B with {cfg['remote_workers']} like it"]
     if report.get("failure"):
         out.append(f"FAILED: {report['failure']}")
@@ -243,4 +243,6 @@ def _resolve(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("the limit row needs --layout 3proc and a throughput or latency mode")
     if opts.sched != "normal" and not sched_available("batch"):
         parser.error("--sched batch needs the SCHED_BATCH scheduling policy (Linux)")
+    if opts.sched == "both" and opts.layout == "gate-spill":
+        parser.error("--layout gate-spill runs one policy: --sched normal or --sched batch")
     opts.original_python = None
