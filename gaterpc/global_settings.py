@@ -310,6 +310,11 @@ class GlobalSettings(metaclass=_SettingsMeta):
     # that would exceed it is refused with an error instead of queued.
     BACKLOG_MAX_MESSAGES: int = 1_000_000
     BACKLOG_MAX_BYTES: int = 256 * 1024 * 1024
+    # Addition: the I/O threads of the contexts gaterpc creates (``Context``)
+    # run under SCHED_BATCH where the system allows it (Linux): woken by
+    # every message, they would otherwise preempt the event loop's thread
+    # once per message of a burst (see gaterpc.base.io_thread_policy).
+    ZMQ_IO_THREAD_BATCH: bool = True
     GATE_COMMAND_NOTICE: bytes = b"\x00"
     GATE_COMMAND_INVITE: bytes = b"\x01"
     GATE_COMMAND_JOIN: bytes = b"\x02"
