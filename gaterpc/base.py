@@ -66,7 +66,9 @@ def io_thread_policy() -> Optional[int]:
     of its burst: with many processes on few cores, most messages cost two
     context switches and a cold cache.  A ``SCHED_BATCH`` I/O thread still
     runs at once on an idle core, but does not preempt a busy one: the event
-    loop finishes its burst and the I/O thread moves it in one go.
+    loop finishes its burst and the I/O thread moves it in one go.  The price:
+    a message may wait for the sender to finish what it is doing, which adds
+    latency per hop when the host is not saturated (hence opt-in).
 
     The policy is probed on a short-lived thread of our own first: libzmq
     aborts the process if it cannot apply a policy it was given.
@@ -86,8 +88,8 @@ def io_thread_policy() -> Optional[int]:
 class Context(zmq.asyncio.Context):
     """A ``zmq.asyncio.Context`` (keyword-only arguments, as the original).
 
-    Its I/O threads run under ``SCHED_BATCH`` where the system allows it
-    (``Settings.ZMQ_IO_THREAD_BATCH``, on by default; :func:`io_thread_policy`).
+    With ``Settings.ZMQ_IO_THREAD_BATCH`` (off by default) its I/O threads run
+    under ``SCHED_BATCH`` where the system allows it (:func:`io_thread_policy`).
     """
 
     def __init__(self, *, io_threads: int = 1, shadow: int = 0) -> None:

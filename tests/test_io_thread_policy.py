@@ -1,10 +1,11 @@
-"""The I/O threads of gaterpc's contexts run under SCHED_BATCH (Linux), the caller's thread does not."""
+"""``Settings.ZMQ_IO_THREAD_BATCH``: the I/O threads of gaterpc's contexts under SCHED_BATCH (Linux), opt-in."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from typing import Optional
 
 import pytest
 import zmq
@@ -30,15 +31,22 @@ def _policies() -> dict[int, tuple[str, int]]:
     return out
 
 
-def _new_threads_policies(batch: bool) -> tuple[list[int], int]:
-    """Policies of the threads a context starts with its first socket, and the caller's policy."""
+def _new_threads_policies(batch: Optional[bool]) -> tuple[list[int], int]:
+    """Policies of the threads a context starts with its first socket, and the caller's policy.
+
+    ``batch``: ``Settings.ZMQ_IO_THREAD_BATCH`` for that context (None: as it is).
+    """
     before = set(_policies())
-    old = Settings.ZMQ_IO_THREAD_BATCH
-    Settings.ZMQ_IO_THREAD_BATCH = batch
+    had, old = "ZMQ_IO_THREAD_BATCH" in vars(Settings), Settings.ZMQ_IO_THREAD_BATCH
+    if batch is not None:
+        Settings.ZMQ_IO_THREAD_BATCH = batch
     try:
         ctx = Context()
-    finally:
-        Settings.ZMQ_IO_THREAD_BATCH = old
+    finally:  # Settings as it was (a class default stays a class default)
+        if had:
+            Settings.ZMQ_IO_THREAD_BATCH = old
+        else:
+            vars(Settings).pop("ZMQ_IO_THREAD_BATCH", None)
     sock = ctx.socket(zmq.DEALER, socket_class=zmq.Socket)
     try:
         sock.connect("inproc://gaterpc-policy-test")
@@ -64,6 +72,14 @@ def test_io_threads_run_batch_and_caller_does_not() -> None:
 
 def test_setting_off_keeps_the_default_policy() -> None:
     policies, caller = _new_threads_policies(False)
+    assert policies, "the context started no thread"
+    assert set(policies) == {os.SCHED_OTHER}, policies
+    assert caller == os.SCHED_OTHER
+
+
+def test_off_by_default() -> None:
+    assert Settings.ZMQ_IO_THREAD_BATCH is False
+    policies, caller = _new_threads_policies(None)
     assert policies, "the context started no thread"
     assert set(policies) == {os.SCHED_OTHER}, policies
     assert caller == os.SCHED_OTHER

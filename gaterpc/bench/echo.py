@@ -98,7 +98,7 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         "progress": show is not None, "settle": 0.3 if workers > 1 else 0.0,
         "queued": 1000 * workers if opts.mode == "hol" else 0,
         "metrics": getattr(opts, "metrics", None),
-        "io_threads": getattr(opts, "io_threads", "batch"),
+        "io_threads": getattr(opts, "io_threads", "default"),
     }
     if opts.hwm is not None:
         cfg["hwm"] = opts.hwm
