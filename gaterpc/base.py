@@ -12,6 +12,7 @@ import atexit
 import inspect
 import logging
 import os
+import sys
 import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -30,7 +31,7 @@ from gaterpc.protocol import exception_triple
 __all__ = (
     "Context", "set_ctx", "set_sock", "generate_reply", "check_zap_args", "parse_zap_frame",
     "ABCWorker", "ABCService", "new_socket", "current_loop",
-    "own_context", "live_context", "release_context", "hold_loop", "release_loop",
+    "own_context", "live_context", "release_context", "hold_loop", "release_loop", "io_thread_policy",
 )
 
 logger = logging.getLogger("gaterpc")
@@ -38,14 +39,72 @@ logger = logging.getLogger("gaterpc")
 _HWM = z_const.SocketOption.HWM
 
 
+#: what ``io_thread_policy`` found (probed at its first call)
+_BATCH_PROBED = False
+_BATCH_POLICY: Optional[int] = None
+
+
+def _probe_batch(result: list[int]) -> None:
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is None:
+        return
+    try:
+        # On Linux a scheduling policy is a thread's own: pid 0 is this thread only.
+        os.sched_setscheduler(0, batch, os.sched_param(0))
+        if os.sched_getscheduler(0) == batch:
+            result.append(batch)
+    except (OSError, AttributeError):
+        pass
+
+
+def io_thread_policy() -> Optional[int]:
+    """``SCHED_BATCH`` if a thread of this process may take it (Linux), else None; probed once.
+
+    Why: a libzmq I/O thread wakes for every message a socket hands it while
+    it sleeps, and under the default policy each of those wake-ups preempts
+    the thread that sent (the event loop, on the same core) in the middle
+    of its burst: with many processes on few cores, most messages cost two
+    context switches and a cold cache.  A ``SCHED_BATCH`` I/O thread still
+    runs at once on an idle core, but does not preempt a busy one: the event
+    loop finishes its burst and the I/O thread moves it in one go.  The price:
+    a message may wait for the sender to finish what it is doing, which adds
+    latency per hop when the host is not saturated (hence opt-in).
+
+    The policy is probed on a short-lived thread of our own first: libzmq
+    aborts the process if it cannot apply a policy it was given.
+    """
+    global _BATCH_PROBED, _BATCH_POLICY
+    if not _BATCH_PROBED:
+        found: list[int] = []
+        if sys.platform.startswith("linux"):
+            probe = threading.Thread(target=_probe_batch, args=(found,), name="gaterpc-sched-probe")
+            probe.start()
+            probe.join()
+        _BATCH_POLICY = found[0] if found else None
+        _BATCH_PROBED = True
+    return _BATCH_POLICY
+
+
 class Context(zmq.asyncio.Context):
-    """A ``zmq.asyncio.Context`` (keyword-only arguments, as the original)."""
+    """A ``zmq.asyncio.Context`` (keyword-only arguments, as the original).
+
+    With ``Settings.ZMQ_IO_THREAD_BATCH`` (off by default) its I/O threads run
+    under ``SCHED_BATCH`` where the system allows it (:func:`io_thread_policy`).
+    """
 
     def __init__(self, *, io_threads: int = 1, shadow: int = 0) -> None:
         if shadow:
             super().__init__(shadow=shadow)
-        else:
-            super().__init__(io_threads=io_threads)
+            return
+        super().__init__(io_threads=io_threads)
+        if Settings.ZMQ_IO_THREAD_BATCH:
+            policy = io_thread_policy()
+            if policy is not None:
+                try:
+                    # Before the first socket: libzmq starts its threads then.
+                    self.set(zmq.THREAD_SCHED_POLICY, policy)
+                except (AttributeError, zmq.ZMQError) as exc:
+                    logger.debug("cannot set the I/O threads' scheduling policy: %s", exc)
 
 
 def set_ctx(ctx: zmq.Context[Any], options: Optional[Mapping[int, Any]] = None) -> None:

@@ -99,6 +99,7 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         "progress": show is not None, "settle": 0.3 if workers > 1 else 0.0,
         "queued": 1000 * workers if opts.mode == "hol" else 0,
         "metrics": getattr(opts, "metrics", None),
+        "io_threads": getattr(opts, "io_threads", "default"),
     }
     if opts.hwm is not None:
         cfg["hwm"] = opts.hwm
@@ -466,7 +467,7 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
     if len(scheds) > 1:
         ratios.update(_sched_ratios(plan, results, opts.mode))
     config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "loop", "backend",
-                                             "metrics", "workers", "clients", "layout", "transport", "mode",
+                                             "metrics", "io_threads", "workers", "clients", "layout", "transport", "mode",
                                              "repeat", "timeout", "sched")}
     config["uvloop"] = opts.loop
     config["python"] = sys.version.split()[0]
