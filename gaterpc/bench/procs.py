@@ -110,6 +110,9 @@ class Child:
         self.sched = sched
         #: the policies the harness read from the child's threads (check_sched)
         self.sched_seen: set[str] = set()
+        #: other threads than the main one may run under batch (``--io-threads batch``: ZeroMQ's
+        #: I/O threads of ours are put under SCHED_BATCH by the library itself)
+        self.io_threads_batch = False
         self.log_path = log_path
         # decoded JSON lines; None once stdout is closed
         self.lines: queue.Queue[Optional[dict[str, Any]]] = queue.Queue()
@@ -189,7 +192,8 @@ class Child:
         self.sched_seen.update(seen.values())
         if self.sched is None:
             return
-        wrong = {tid: name for tid, name in seen.items() if name != self.sched}
+        wrong = {tid: name for tid, name in seen.items()
+                 if name != self.sched and not (self.io_threads_batch and tid != self.pid and name == "batch")}
         if wrong or not seen:
             detail = ", ".join(f"thread {tid}: {name}" for tid, name in sorted(wrong.items())) or "no thread read"
             raise BenchError(f"{self.role} (pid {self.pid}) was to run under the {self.sched} scheduling "
