@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 from zmq import constants as z_const
 
+from gaterpc import iosched
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import generator_to_agenerator, to_bytes
 from gaterpc.protocol import exception_triple
@@ -88,8 +89,12 @@ def io_thread_policy() -> Optional[int]:
 class Context(zmq.asyncio.Context):
     """A ``zmq.asyncio.Context`` (keyword-only arguments, as the original).
 
-    With ``Settings.ZMQ_IO_THREAD_BATCH`` (off by default) its I/O threads run
-    under ``SCHED_BATCH`` where the system allows it (:func:`io_thread_policy`).
+    ``Settings.ZMQ_IO_THREAD_BATCH`` sets the scheduling policy of its I/O
+    threads where the system allows it (:func:`io_thread_policy`): ``"auto"``
+    (the default) moves them to ``SCHED_BATCH`` while this process's threads
+    wait for a core as long as they run, and back when they do not
+    (:mod:`gaterpc.iosched`); True keeps them under ``SCHED_BATCH``; False
+    leaves them under the system's default policy.
     """
 
     def __init__(self, *, io_threads: int = 1, shadow: int = 0) -> None:
@@ -97,14 +102,27 @@ class Context(zmq.asyncio.Context):
             super().__init__(shadow=shadow)
             return
         super().__init__(io_threads=io_threads)
-        if Settings.ZMQ_IO_THREAD_BATCH:
-            policy = io_thread_policy()
-            if policy is not None:
-                try:
-                    # Before the first socket: libzmq starts its threads then.
-                    self.set(zmq.THREAD_SCHED_POLICY, policy)
-                except (AttributeError, zmq.ZMQError) as exc:
-                    logger.debug("cannot set the I/O threads' scheduling policy: %s", exc)
+        mode = Settings.ZMQ_IO_THREAD_BATCH
+        if mode not in (False, True, "auto"):
+            super().term()
+            raise ValueError("Settings.ZMQ_IO_THREAD_BATCH must be True, False or \"auto\", "
+                             f"not {mode!r}")
+        if not mode:
+            return
+        policy = io_thread_policy()
+        if policy is None:
+            return
+        try:
+            # Before the first socket: libzmq starts its threads then.
+            if mode == "auto":
+                self.set(zmq.THREAD_NAME_PREFIX, iosched.PREFIX)
+            else:
+                self.set(zmq.THREAD_SCHED_POLICY, policy)
+        except (AttributeError, zmq.ZMQError) as exc:
+            logger.debug("cannot set the I/O threads' name or scheduling policy: %s", exc)
+            return
+        if mode == "auto":
+            iosched.watch(self, policy)
 
 
 def set_ctx(ctx: zmq.Context[Any], options: Optional[Mapping[int, Any]] = None) -> None:

@@ -310,13 +310,16 @@ class GlobalSettings(metaclass=_SettingsMeta):
     # that would exceed it is refused with an error instead of queued.
     BACKLOG_MAX_MESSAGES: int = 1_000_000
     BACKLOG_MAX_BYTES: int = 256 * 1024 * 1024
-    # Addition (opt-in): run the I/O threads of the contexts gaterpc creates
-    # (``Context``) under SCHED_BATCH where the system allows it (Linux).
-    # Woken by every message, they otherwise preempt the event loop's thread
-    # once per message of a burst: with more busy processes than cores, on
-    # lets each call cost less CPU (more calls/s), at the price of some
-    # latency per hop on a lightly loaded host (see gaterpc.base.io_thread_policy).
-    ZMQ_IO_THREAD_BATCH: bool = False
+    # Addition: the scheduling policy of the I/O threads of the contexts
+    # gaterpc creates (``Context``), where the system allows it (Linux).
+    # Woken by every message, under the default policy they preempt the event
+    # loop's thread once per message of a burst: with more busy processes than
+    # cores each call then costs more CPU.  Under SCHED_BATCH they do not, at
+    # the price of some latency per hop on a lightly loaded host.
+    # "auto": SCHED_BATCH while this process's threads wait for a core as long
+    # as they run, the default policy otherwise (gaterpc.iosched); True:
+    # always SCHED_BATCH; False: always the system's default policy.
+    ZMQ_IO_THREAD_BATCH: bool | str = "auto"
     GATE_COMMAND_NOTICE: bytes = b"\x00"
     GATE_COMMAND_INVITE: bytes = b"\x01"
     GATE_COMMAND_JOIN: bytes = b"\x02"

@@ -1,8 +1,10 @@
-"""``Settings.ZMQ_IO_THREAD_BATCH``: the I/O threads of gaterpc's contexts under SCHED_BATCH (Linux), opt-in."""
+"""``Settings.ZMQ_IO_THREAD_BATCH``: the I/O threads of gaterpc's contexts under SCHED_BATCH (Linux):
+always (True), never (False), or while the process waits for cores ("auto", the default)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from typing import Optional
@@ -10,6 +12,7 @@ from typing import Optional
 import pytest
 import zmq
 
+from gaterpc import iosched
 from gaterpc.base import Context, io_thread_policy
 from gaterpc.global_settings import Settings
 
@@ -53,8 +56,9 @@ def _new_threads_policies(batch: Optional[bool]) -> tuple[list[int], int]:
         # libzmq applies the policy, then names the thread ("ZMQbg/..."), then runs it.
         deadline = time.monotonic() + 10.0
         while True:
-            new = [v for tid, v in _policies().items() if tid not in before]
-            if (new and all(name.startswith("ZMQbg") for name, _ in new)) or time.monotonic() > deadline:
+            # its reaper and its one I/O thread (auto mode may also start a controller thread)
+            new = [v for tid, v in _policies().items() if tid not in before and "ZMQbg/" in v[0]]
+            if len(new) >= 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
         return [policy for _, policy in new], os.sched_getscheduler(0)
@@ -77,9 +81,152 @@ def test_setting_off_keeps_the_default_policy() -> None:
     assert caller == os.SCHED_OTHER
 
 
-def test_off_by_default() -> None:
-    assert Settings.ZMQ_IO_THREAD_BATCH is False
+def test_auto_by_default_starts_under_the_default_policy() -> None:
+    assert Settings.ZMQ_IO_THREAD_BATCH == "auto"
     policies, caller = _new_threads_policies(None)
     assert policies, "the context started no thread"
     assert set(policies) == {os.SCHED_OTHER}, policies
     assert caller == os.SCHED_OTHER
+
+
+# --- auto mode (gaterpc.iosched) ---------------------------------------------------------------
+
+W = 100_000_000  # a window of 0.1 s, in ns
+
+
+def test_decide_quiet_contended_and_the_band_between() -> None:
+    # quiet: the default policy, whatever the ratio
+    assert iosched.decide(False, 0, 0, W) is False
+    assert iosched.decide(True, int(0.01 * W), W, W) is False
+    # busy and waiting 1.5 times as long as it runs: batch
+    assert iosched.decide(False, int(0.2 * W), int(0.3 * W), W) is True
+    # busy, waiting less: stays as it is inside the band, leaves below it
+    assert iosched.decide(False, int(0.4 * W), int(0.4 * W), W) is False
+    assert iosched.decide(True, int(0.4 * W), int(0.4 * W), W) is True
+    assert iosched.decide(True, int(0.4 * W), int(0.2 * W), W) is False
+    # a window of no length decides nothing but the default
+    assert iosched.decide(True, 10, 10, 0) is False
+
+
+def _io_tids(ctl: iosched.Controller) -> list[int]:
+    return [tid for tid, name in ctl.names().items() if name.startswith(f"{iosched.PREFIX}/ZMQbg/IO/")]
+
+
+def _auto_context() -> tuple[Context, zmq.Socket[bytes], iosched.Controller]:
+    assert Settings.ZMQ_IO_THREAD_BATCH == "auto"
+    ctx = Context()
+    sock = ctx.socket(zmq.DEALER, socket_class=zmq.Socket)
+    sock.connect("inproc://gaterpc-auto-policy-test")
+    ctl = iosched.controller()
+    assert ctl is not None and ctl.running()
+    deadline = time.monotonic() + 10.0
+    while not _io_tids(ctl) and time.monotonic() < deadline:  # libzmq names it just after start
+        time.sleep(0.01)
+    return ctx, sock, ctl
+
+
+def test_step_moves_the_io_threads_and_leaves_after_calm_windows() -> None:
+    ctx, sock, ctl = _auto_context()
+    try:
+        tids = _io_tids(ctl)
+        assert tids, "no I/O thread named with gaterpc's prefix"
+        ctl.stop()  # the test drives it alone
+        names = ctl.names()
+
+        def sample(t: int, ran: int, waited: int) -> tuple[int, dict[int, tuple[int, int]], dict[int, str]]:
+            return t, {1: (ran, waited)}, names
+
+        t, ran, waited = 0, 0, 0
+        before = sample(t, ran, waited)
+        # contended: runs 20% of the window, waits 40%
+        t, ran, waited = t + W, ran + W // 5, waited + 2 * W // 5
+        ctl.step(before, before := sample(t, ran, waited))
+        assert ctl.batch and {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_BATCH}
+        # calm windows: it leaves after CALM of them in a row, not before
+        for k in range(1, iosched.CALM + 1):
+            t, ran = t + W, ran + W // 5
+            ctl.step(before, before := sample(t, ran, waited))
+            if k < iosched.CALM:
+                assert ctl.batch and {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_BATCH}, k
+        assert not ctl.batch and {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_OTHER}
+        assert ctl.switches == 2
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def _hog() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time\nt = time.monotonic() + 60\n"
+                             "while time.monotonic() < t: pass"])
+
+
+def test_auto_follows_real_contention_and_returns() -> None:
+    """More busy processes than cores: this process's I/O thread goes to SCHED_BATCH while
+    it is busy, and back to the default policy once it is quiet."""
+    ctx, sock, ctl = _auto_context()
+    hogs: list[subprocess.Popen[bytes]] = []
+    try:
+        tids = _io_tids(ctl)
+        assert tids, ctl.names()
+        hogs = [_hog() for _ in range(2 * (os.cpu_count() or 1) + 2)]
+        deadline = time.monotonic() + 20.0
+        while not ctl.batch and time.monotonic() < deadline:
+            pass  # busy, as a loaded event loop is: the hogs make this thread wait
+        assert ctl.batch, "the controller never saw this process wait for a core"
+        assert {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_BATCH}
+        for h in hogs:
+            h.kill()
+            h.wait(10)
+        deadline = time.monotonic() + 20.0
+        while ctl.batch and time.monotonic() < deadline:
+            time.sleep(0.05)  # quiet
+        assert not ctl.batch
+        assert {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_OTHER}
+    finally:
+        for h in hogs:
+            if h.poll() is None:
+                h.kill()
+                h.wait(10)
+        sock.close(linger=0)
+        ctx.term()
+
+
+def test_controller_ends_with_the_last_context_and_a_new_one_starts() -> None:
+    ctx, sock, ctl = _auto_context()
+    sock.close(linger=0)
+    ctx.term()
+    deadline = time.monotonic() + 10.0
+    while ctl.running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not ctl.running() and ctl.done
+    ctx2, sock2, ctl2 = _auto_context()
+    try:
+        assert ctl2 is not ctl and ctl2.running()
+    finally:
+        sock2.close(linger=0)
+        ctx2.term()
+
+
+@pytest.mark.parametrize("value", ["yes", "batch", 2, None])
+def test_a_bad_setting_is_a_clear_error(value: object) -> None:
+    Settings.ZMQ_IO_THREAD_BATCH = value  # restored by the suite's settings fixture
+    with pytest.raises(ValueError, match="ZMQ_IO_THREAD_BATCH must be True, False or \"auto\""):
+        Context()
+
+
+def test_a_policy_chosen_by_somebody_else_is_left_alone() -> None:
+    """An I/O thread found under another policy than the default (a whole process under
+    ``--sched batch``, say) is neither moved to batch nor back to the default."""
+    ctx, sock, ctl = _auto_context()
+    try:
+        tids = _io_tids(ctl)
+        assert tids
+        ctl.stop()
+        os.sched_setscheduler(tids[0], os.SCHED_IDLE, os.sched_param(0))
+        ctl.apply(True)
+        assert os.sched_getscheduler(tids[0]) == os.SCHED_IDLE
+        ctl.apply(False)
+        assert os.sched_getscheduler(tids[0]) == os.SCHED_IDLE
+    finally:
+        sock.close(linger=0)
+        ctx.term()

@@ -123,7 +123,8 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
     def spawn(role: str, label: str) -> Child:
         argv, env, cwd = _command(real_impl, role, cfg, opts, tmp)
         child = Child(label, argv, env, cwd, tmp / f"{label}.log", sched=sched)
-        child.io_threads_batch = real_impl == "ours" and getattr(opts, "io_threads", "default") == "batch"
+        # ours may put ZeroMQ's I/O threads under batch, unless told not to
+        child.io_threads_batch = real_impl == "ours" and getattr(opts, "io_threads", "default") != "normal"
         children.append(child)
         return child
 

@@ -194,10 +194,12 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
     p.add_argument("--vs-metrics", action="store_true",
                    help="also run ours with metrics served and scraped (every --metrics S seconds, default "
                         "1), in the same run: the cost of metrics as a ratio")
-    p.add_argument("--io-threads", dest="io_threads", choices=("default", "batch"), default="default",
-                   help="ours: scheduling policy of ZeroMQ's I/O threads: default (the system's, as the "
-                        "library's default) or batch (Settings.ZMQ_IO_THREAD_BATCH = True: SCHED_BATCH "
-                        "where the system allows it)")
+    p.add_argument("--io-threads", dest="io_threads", choices=("default", "auto", "normal", "batch"),
+                   default="default",
+                   help="ours: scheduling policy of ZeroMQ's I/O threads (Settings.ZMQ_IO_THREAD_BATCH): "
+                        "default (the library's default, auto), auto (SCHED_BATCH while the process waits "
+                        "for cores as long as it runs), normal (always the system's default policy) or "
+                        "batch (always SCHED_BATCH where the system allows it)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--repeat", type=int, default=1, metavar="R", help="report the median of R runs")
     p.add_argument("--timeout", type=float, default=180.0, metavar="S", help="deadline of each run (s)")

@@ -141,9 +141,10 @@ def configure(cfg: dict[str, Any]) -> None:
     if hwm is not None:
         import zmq
         Settings.ZMQ_SOCK.update({zmq.constants.SocketOption.HWM: int(hwm)})
-    if cfg.get("io_threads") == "batch" and implementation() == "ours":
-        # ZeroMQ's I/O threads under SCHED_BATCH (an opt-in setting of ours; the original has none).
-        setattr(Settings, "ZMQ_IO_THREAD_BATCH", True)
+    io_threads = cfg.get("io_threads") or "default"
+    if io_threads != "default" and implementation() == "ours":
+        # The policy of ZeroMQ's I/O threads (a setting of ours; the original has none).
+        setattr(Settings, "ZMQ_IO_THREAD_BATCH", {"normal": False, "batch": True, "auto": "auto"}[io_threads])
     Settings.configure("LOGGING", QUIET_LOGGING)
     Settings.setup()
 

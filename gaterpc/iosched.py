@@ -1,0 +1,284 @@
+"""Adaptive scheduling policy of ZeroMQ's I/O threads (``Settings.ZMQ_IO_THREAD_BATCH = "auto"``).
+
+A libzmq I/O thread sleeps between messages and is woken by each message a
+socket hands it.  Under Linux's default policy the woken thread preempts the
+thread that sent, usually the event loop on the same core, in the middle of
+its burst.  On an idle host that is what keeps a single call fast.  On a host
+with more busy processes than cores it costs two context switches and a cold
+cache for most messages, and the CPU per call grows by a quarter or more.
+``SCHED_BATCH`` I/O threads do not preempt: the loop finishes its burst and
+the I/O thread moves it in one go, at the price of some latency per hop on an
+idle host (``gaterpc.base.io_thread_policy``).
+
+Auto mode picks per process, from what the kernel says of the process's own
+threads (``/proc/self/task/*/schedstat``).  Once a window (``INTERVAL``) it
+compares the time they spent runnable but waiting for a core with the time
+they ran (the I/O threads included: measuring the loop alone would see its
+own effect, since batch I/O threads stop preempting it, and flap).  A busy
+process whose threads wait 1.5 times as long as they run (``ENTER``) shares
+its cores with more work than they can take: its I/O threads go to
+``SCHED_BATCH``.  After ``CALM`` windows in a row below half of that
+(``LEAVE``), or quiet, they return to the default policy.  Measured on
+2 cores: 8 clients and 4 workers through one broker wait 2 to 5 times as
+long as they run; one client, broker and worker about 1.2 times; one call
+at a time below 0.4 times.  Only the I/O threads of gaterpc's own contexts
+are touched: they carry the name prefix ``PREFIX``.
+
+Cost: one daemon thread per process that reads a few small files under
+``/proc`` ten times a second (about 40 µs each, 0.04% of a core); nothing
+on the path of a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Optional
+
+logger = logging.getLogger("gaterpc")
+
+__all__ = ("PREFIX", "Controller", "decide", "watch", "controller")
+
+#: ``ZMQ_THREAD_NAME_PREFIX`` of gaterpc's contexts in auto mode: their I/O threads are
+#: named ``"<PREFIX>/ZMQbg/IO/<n>"`` (``ps -L``, ``top -H``), which tells them from the
+#: threads of other contexts in the same process.
+PREFIX = 4207
+_IO_NAME = f"{PREFIX}/ZMQbg/IO/"
+
+#: seconds between two samples
+INTERVAL = 0.1
+#: a window counts as busy when the measured threads ran at least this share of it
+BUSY = 0.05
+#: to SCHED_BATCH when waiting / running >= ENTER (busy windows only); back below LEAVE
+ENTER = 1.5
+LEAVE = 0.75
+#: back to the default policy after this many windows in a row below LEAVE (or quiet)
+CALM = 3
+
+
+def decide(batch: bool, ran_ns: int, waited_ns: int, window_ns: int) -> bool:
+    """The policy for the next window: True for ``SCHED_BATCH``.
+
+    ``batch``: the policy now; ``ran_ns``/``waited_ns``: the time the measured threads
+    ran and waited for a core during a window of ``window_ns``.
+    """
+    if window_ns <= 0 or ran_ns < BUSY * window_ns:
+        return False  # quiet: latency matters more than CPU per call
+    ratio = waited_ns / ran_ns
+    if batch:
+        return ratio >= LEAVE
+    return ratio >= ENTER
+
+
+def _tids() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except (OSError, ValueError):
+        return []
+
+
+def _name(tid: int) -> Optional[str]:
+    try:
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:  # ended meanwhile
+        return None
+
+
+def _schedstat(tid: int) -> Optional[tuple[int, int]]:
+    """(ns run, ns waited on a run queue) of one thread of this process, None if gone."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            ran, waited, _ = f.read().split()
+        return int(ran), int(waited)
+    except (OSError, ValueError):
+        return None
+
+
+class Controller:
+    """The per-process thread that moves gaterpc's I/O threads between the two policies."""
+
+    def __init__(self, batch_policy: int) -> None:
+        self.batch_policy = batch_policy
+        self.batch = False
+        #: how many times the policy changed (both ways), for tests and the curious
+        self.switches = 0
+        self.pid = os.getpid()
+        self._contexts: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._stop = threading.Event()
+        # I/O thread id -> policy last given to it (-1: found under another policy, left alone)
+        self._applied: dict[int, int] = {}
+        self._calm = 0  # windows in a row that asked to leave SCHED_BATCH
+        self._names: dict[int, str] = {}  # thread id -> name, of ZeroMQ's threads
+        self._thread: Optional[threading.Thread] = None
+        #: the thread has ended or is ending: ``watch`` starts a new controller
+        self.done = False
+
+    def add(self, ctx: Any) -> None:
+        self._contexts.add(ctx)
+
+    def alive(self) -> bool:
+        return any(not getattr(c, "closed", True) for c in list(self._contexts))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gaterpc-iosched", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def names(self) -> dict[int, str]:
+        """Thread id -> name, for every thread of this process.
+
+        The name of a ZeroMQ thread is read once (libzmq names its threads once,
+        just after they start with their creator's name); others at every call.
+        """
+        names: dict[int, str] = {}
+        for tid in _tids():
+            name = self._names.get(tid)
+            if name is None:
+                name = _name(tid)
+                if name is None:
+                    continue
+                if "ZMQbg/" in name:
+                    self._names[tid] = name
+            names[tid] = name
+        for tid in [t for t in self._names if t not in names]:
+            del self._names[tid]
+        return names
+
+    def apply(self, batch: bool, names: Optional[dict[int, str]] = None) -> None:
+        """Give every I/O thread of gaterpc's contexts the policy (new ones included).
+
+        Only threads found under the default policy are moved, and only back to it:
+        a policy somebody else chose (``gaterpc broker --sched batch``, a real-time
+        one) is left alone.
+        """
+        policy = self.batch_policy if batch else os.SCHED_OTHER
+        threads = self.names() if names is None else names
+        for tid in [t for t in self._applied if t not in threads]:
+            del self._applied[tid]
+        for tid, name in threads.items():
+            if not name.startswith(_IO_NAME):
+                continue
+            now = self._applied.get(tid)
+            if now is None:
+                try:
+                    if os.sched_getscheduler(tid) != os.SCHED_OTHER:
+                        self._applied[tid] = -1  # not ours to change
+                        continue
+                except OSError:  # ended meanwhile
+                    continue
+                now = os.SCHED_OTHER
+            if now == policy or now == -1:
+                continue
+            try:
+                os.sched_setscheduler(tid, policy, os.sched_param(0))
+            except OSError as exc:  # ended meanwhile, or refused: leave it as it is
+                logger.debug("cannot set the scheduling policy of thread %d: %s", tid, exc)
+            self._applied[tid] = policy
+        self.batch = batch
+
+    def sample(self) -> tuple[int, dict[int, tuple[int, int]], dict[int, str]]:
+        """(now in ns, {thread id: (ran, waited)}, {thread id: name}); measured are the
+        threads of the process but ZeroMQ's and this controller's own."""
+        me = threading.get_native_id()
+        names = self.names()
+        stats: dict[int, tuple[int, int]] = {}
+        for tid, name in names.items():
+            if tid == me or "ZMQbg/Reap" in name:
+                continue
+            st = _schedstat(tid)
+            if st is not None:
+                stats[tid] = st
+        return _monotonic_ns(), stats, names
+
+    def step(self, before: tuple[int, dict[int, tuple[int, int]], dict[int, str]],
+             after: tuple[int, dict[int, tuple[int, int]], dict[int, str]]) -> bool:
+        """Decide from two samples, apply what changed; True if the process was busy."""
+        ran = waited = 0
+        for tid, (r1, w1) in after[1].items():
+            r0, w0 = before[1].get(tid, (r1, w1))
+            ran += r1 - r0
+            waited += w1 - w0
+        window = after[0] - before[0]
+        batch = decide(self.batch, ran, waited, window)
+        if self.batch and not batch:
+            self._calm += 1
+            batch = self._calm < CALM  # leave after CALM calm windows in a row
+        else:
+            self._calm = 0
+        if batch != self.batch:
+            self.switches += 1
+            logger.debug("ZeroMQ I/O threads to %s (ran %.0f%%, waited %.0f%% of %.2f s)",
+                         "SCHED_BATCH" if batch else "the default policy",
+                         100 * ran / window, 100 * waited / window, window / 1e9)
+            self.apply(batch, after[2])
+        elif batch:
+            self.apply(True, after[2])  # I/O threads started since (a new context) follow
+        return window > 0 and ran >= BUSY * window
+
+    def _run(self) -> None:
+        before = self.sample()
+        busy = False
+        while not self._stop.wait(INTERVAL):
+            with _lock:  # watch() either sees done, or adds its context before this check
+                if not self.alive():
+                    self.done = True
+                    break
+            after = self.sample()
+            try:
+                busy = self.step(before, after)
+            except Exception:  # never take the process down for a scheduling hint
+                logger.debug("I/O thread policy step failed", exc_info=True)
+            before = after
+        if self.batch:
+            try:
+                self.apply(False)
+            except Exception:
+                pass
+        self.done = True
+
+
+def _monotonic_ns() -> int:
+    return time.monotonic_ns()
+
+
+_lock = threading.Lock()
+_controller: Optional[Controller] = None
+
+
+def controller() -> Optional[Controller]:
+    """This process's controller, if auto mode started one."""
+    c = _controller
+    return c if c is not None and c.pid == os.getpid() else None
+
+
+def watch(ctx: Any, batch_policy: Optional[int]) -> bool:
+    """Put ``ctx`` (a context of ours, named with ``PREFIX``) under auto mode; start the
+    controller of this process if it is not running.  False where it cannot work
+    (not Linux, no ``SCHED_BATCH``, no ``/proc/self/task/*/schedstat``)."""
+    global _controller
+    if batch_policy is None or not sys.platform.startswith("linux"):
+        return False
+    if _schedstat(threading.get_native_id()) is None:
+        return False
+    with _lock:
+        c = _controller
+        if c is None or c.pid != os.getpid() or c.done or not c.running():
+            c = Controller(batch_policy)  # a forked child starts its own
+            _controller = c
+            c.add(ctx)
+            c.start()
+        else:
+            c.add(ctx)
+    return True
