@@ -15,13 +15,14 @@ threads (``/proc/self/task/*/schedstat``).  Once a window (``INTERVAL``) it
 compares the time they spent runnable but waiting for a core with the time
 they ran (the I/O threads included: measuring the loop alone would see its
 own effect, since batch I/O threads stop preempting it, and flap).  A busy
-process whose threads wait 1.5 times as long as they run (``ENTER``) shares
+process whose threads wait at least as long as they run (``ENTER``) shares
 its cores with more work than they can take: its I/O threads go to
 ``SCHED_BATCH``.  After ``CALM`` windows in a row below half of that
 (``LEAVE``), or quiet, they return to the default policy.  Measured on
 2 cores: 8 clients and 4 workers through one broker wait 2 to 5 times as
-long as they run; one client, broker and worker about 1.2 times; one call
-at a time below 0.4 times.  Only the I/O threads of gaterpc's own contexts
+long as they run, one client, broker and worker at full speed about 1.2
+times (both gain from batch I/O threads), one call at a time below 0.4
+times (which keeps the default policy and its lower latency).  Only the I/O threads of gaterpc's own contexts
 are touched: they carry the name prefix ``PREFIX``.
 
 Cost: one daemon thread per process that reads a few small files under
@@ -54,8 +55,8 @@ INTERVAL = 0.1
 #: a window counts as busy when the measured threads ran at least this share of it
 BUSY = 0.05
 #: to SCHED_BATCH when waiting / running >= ENTER (busy windows only); back below LEAVE
-ENTER = 1.5
-LEAVE = 0.75
+ENTER = 1.0
+LEAVE = 0.5
 #: back to the default policy after this many windows in a row below LEAVE (or quiet)
 CALM = 3
 
@@ -282,3 +283,14 @@ def watch(ctx: Any, batch_policy: Optional[int]) -> bool:
         else:
             c.add(ctx)
     return True
+
+
+def _after_fork_in_child() -> None:
+    # The controller's thread is not in the child, and it may have held the lock.
+    global _lock, _controller
+    _lock = threading.Lock()
+    _controller = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

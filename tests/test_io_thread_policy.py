@@ -4,6 +4,8 @@ always (True), never (False), or while the process waits for cores ("auto", the 
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -95,15 +97,19 @@ W = 100_000_000  # a window of 0.1 s, in ns
 
 
 def test_decide_quiet_contended_and_the_band_between() -> None:
+    ran = W // 5  # busy: ran 20% of the window
+    enter, leave = iosched.ENTER, iosched.LEAVE
+    assert leave < enter
+    band = int(ran * (enter + leave) / 2)  # waited between the two thresholds
     # quiet: the default policy, whatever the ratio
     assert iosched.decide(False, 0, 0, W) is False
     assert iosched.decide(True, int(0.01 * W), W, W) is False
-    # busy and waiting 1.5 times as long as it runs: batch
-    assert iosched.decide(False, int(0.2 * W), int(0.3 * W), W) is True
-    # busy, waiting less: stays as it is inside the band, leaves below it
-    assert iosched.decide(False, int(0.4 * W), int(0.4 * W), W) is False
-    assert iosched.decide(True, int(0.4 * W), int(0.4 * W), W) is True
-    assert iosched.decide(True, int(0.4 * W), int(0.2 * W), W) is False
+    # busy and waiting ENTER times as long as it runs: batch
+    assert iosched.decide(False, ran, int(ran * enter), W) is True
+    # inside the band: stays as it is; below it: leaves
+    assert iosched.decide(False, ran, band, W) is False
+    assert iosched.decide(True, ran, band, W) is True
+    assert iosched.decide(True, ran, int(ran * leave) - 1, W) is False
     # a window of no length decides nothing but the default
     assert iosched.decide(True, 10, 10, 0) is False
 
@@ -130,7 +136,8 @@ def test_step_moves_the_io_threads_and_leaves_after_calm_windows() -> None:
     try:
         tids = _io_tids(ctl)
         assert tids, "no I/O thread named with gaterpc's prefix"
-        ctl.stop()  # the test drives it alone
+        ctl.stop()  # the process's own controller leaves the threads to the test's
+        ctl = iosched.Controller(os.SCHED_BATCH)
         names = ctl.names()
 
         def sample(t: int, ran: int, waited: int) -> tuple[int, dict[int, tuple[int, int]], dict[int, str]]:
@@ -138,7 +145,8 @@ def test_step_moves_the_io_threads_and_leaves_after_calm_windows() -> None:
 
         t, ran, waited = 0, 0, 0
         before = sample(t, ran, waited)
-        # contended: runs 20% of the window, waits 40%
+        # contended: runs 20% of the window, waits twice as long
+        assert iosched.ENTER <= 2
         t, ran, waited = t + W, ran + W // 5, waited + 2 * W // 5
         ctl.step(before, before := sample(t, ran, waited))
         assert ctl.batch and {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_BATCH}
@@ -221,12 +229,47 @@ def test_a_policy_chosen_by_somebody_else_is_left_alone() -> None:
     try:
         tids = _io_tids(ctl)
         assert tids
-        ctl.stop()
+        ctl.stop()  # the process's own controller leaves the threads to the test's
+        ctl = iosched.Controller(os.SCHED_BATCH)
         os.sched_setscheduler(tids[0], os.SCHED_IDLE, os.sched_param(0))
         ctl.apply(True)
         assert os.sched_getscheduler(tids[0]) == os.SCHED_IDLE
         ctl.apply(False)
         assert os.sched_getscheduler(tids[0]) == os.SCHED_IDLE
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def test_a_forked_child_runs_its_own_controller() -> None:
+    ctx, sock, ctl = _auto_context()
+    try:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no controller until it builds a context of its own
+            ok = iosched.controller() is None
+            try:
+                c = Context()
+                s = c.socket(zmq.DEALER, socket_class=zmq.Socket)
+                child_ctl = iosched.controller()
+                ok = ok and child_ctl is not None and child_ctl.running() and child_ctl.pid == os.getpid()
+                s.close(linger=0)
+                c.term()
+            except BaseException:
+                ok = False
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+        os.close(write)
+        try:
+            ready, _, _ = select.select([read], [], [], 30.0)
+            got = os.read(read, 1) if ready else b"timeout"
+        finally:
+            os.close(read)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert got == b"1"
+        assert iosched.controller() is ctl and ctl.running()  # the parent's is untouched
     finally:
         sock.close(linger=0)
         ctx.term()
