@@ -69,7 +69,8 @@ def io_thread_policy() -> Optional[int]:
     runs at once on an idle core, but does not preempt a busy one: the event
     loop finishes its burst and the I/O thread moves it in one go.  The price:
     a message may wait for the sender to finish what it is doing, which adds
-    latency per hop when the host is not saturated (hence opt-in).
+    latency per hop when the host is not saturated (hence, by default, only while
+    the process waits for cores: :mod:`gaterpc.iosched`).
 
     The policy is probed on a short-lived thread of our own first: libzmq
     aborts the process if it cannot apply a policy it was given.

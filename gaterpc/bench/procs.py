@@ -110,7 +110,7 @@ class Child:
         self.sched = sched
         #: the policies the harness read from the child's threads (check_sched)
         self.sched_seen: set[str] = set()
-        #: other threads than the main one may run under batch (``--io-threads batch``: ZeroMQ's
+        #: other threads than the main one may run under batch (unless ``--io-threads normal``: ZeroMQ's
         #: I/O threads of ours are put under SCHED_BATCH by the library itself)
         self.io_threads_batch = False
         self.log_path = log_path
