@@ -11,6 +11,7 @@ here is a raw ROUTER socket the test reads only when it chooses to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 import zmq
@@ -56,14 +57,28 @@ def small_budget(monkeypatch):
         loopio._BUDGET.refresh()
 
 
-async def _raw_broker(tmp_path):
-    ctx = zmq.asyncio.Context()
-    broker = ctx.socket(zmq.ROUTER)
+@contextlib.asynccontextmanager
+async def _worker_and_raw_broker(tmp_path):
+    """A ``Big`` worker connected to a raw ROUTER that reads only when the test does;
+    yields (broker socket, worker, the worker's identity), ends both."""
+    raw_ctx = zmq.asyncio.Context()
+    broker = raw_ctx.socket(zmq.ROUTER)
     broker.linger = 0
     broker.rcvhwm = 2
     broker.setsockopt(zmq.RCVBUF, 8192)
     broker.bind(f"ipc://{tmp_path}/b")
-    return ctx, broker
+    ctx = Context()
+    worker = Service(name="Big").create_worker(Big, f"ipc://{tmp_path}/b", context=ctx)
+    worker._reconnect = False
+    worker.run()
+    try:
+        ready = await asyncio.wait_for(broker.recv_multipart(), 5)
+        yield broker, worker, ready[0]
+    finally:
+        worker.stop()
+        await asyncio.sleep(0.05)
+        raw_ctx.destroy(linger=0)
+        ctx.destroy(linger=0)
 
 
 async def _read_all(broker, quiet_ms=800, limit=10_000):
@@ -87,14 +102,7 @@ def _triple(body: bytes):
 
 
 async def test_every_refused_reply_becomes_an_error_reply(tmp_path, small_budget):
-    raw_ctx, broker = await _raw_broker(tmp_path)
-    ctx = Context()
-    worker = Service(name="Big").create_worker(Big, f"ipc://{tmp_path}/b", context=ctx)
-    worker._reconnect = False
-    worker.run()
-    try:
-        ready = await asyncio.wait_for(broker.recv_multipart(), 5)
-        wid = ready[0]
+    async with _worker_and_raw_broker(tmp_path) as (broker, worker, wid):
         drops0 = drops_snapshot().get("backlog_budget", 0)
         n = 40  # 4 MiB of results against a 256 KiB budget
         for i in range(n):
@@ -124,23 +132,11 @@ async def test_every_refused_reply_becomes_an_error_reply(tmp_path, small_budget
                 assert msg_unpack(body[0])["result"] == bytes([i % 256]) * BIG
         # the budget is given back once everything left
         assert await _until(lambda: loopio.backlog_budget()["messages"] == 0)
-    finally:
-        worker.stop()
-        await asyncio.sleep(0.05)
-        raw_ctx.destroy(linger=0)
-        ctx.destroy(linger=0)
 
 
 async def test_refused_stream_ends_with_one_error_and_stops(tmp_path, small_budget):
-    raw_ctx, broker = await _raw_broker(tmp_path)
-    ctx = Context()
-    worker = Service(name="Big").create_worker(Big, f"ipc://{tmp_path}/b", context=ctx)
-    worker._reconnect = False
-    worker.run()
     produced.clear()
-    try:
-        ready = await asyncio.wait_for(broker.recv_multipart(), 5)
-        wid = ready[0]
+    async with _worker_and_raw_broker(tmp_path) as (broker, worker, wid):
         drops0 = drops_snapshot().get("backlog_budget", 0)
         # four streams of 300 items of 100 KiB each: each waits for the backlog to drain
         # between items, so together they meet the budget only by being four
@@ -170,8 +166,3 @@ async def test_refused_stream_ends_with_one_error_and_stops(tmp_path, small_budg
         # a refused stream's generator stopped long before its 300 items
         assert len(produced) < 4 * 300
         assert await _until(lambda: not worker._runner._refused)
-    finally:
-        worker.stop()
-        await asyncio.sleep(0.05)
-        raw_ctx.destroy(linger=0)
-        ctx.destroy(linger=0)
