@@ -25,9 +25,10 @@ times (both gain from batch I/O threads), one call at a time below 0.4
 times (which keeps the default policy and its lower latency).  Only the I/O threads of gaterpc's own contexts
 are touched: they carry the name prefix ``PREFIX``.
 
-Cost: one daemon thread per process that reads a few small files under
-``/proc`` ten times a second (about 40 µs each, 0.04% of a core); nothing
-on the path of a message.
+Cost: one daemon thread per process that wakes ten times a second and reads
+the process's CPU time (one system call); only while the process is busy
+does it also read a few small files under ``/proc`` (about 40 µs, 0.04% of
+a core).  Nothing on the path of a message.
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ _IO_NAME = f"{PREFIX}/ZMQbg/IO/"
 
 #: seconds between two samples
 INTERVAL = 0.1
-#: a window counts as busy when the measured threads ran at least this share of it
+#: a window counts as quiet when the measured threads ran and waited for less than this
+#: share of it together
 BUSY = 0.05
+#: under the default policy /proc is not read after a window in which the process's CPU
+#: time grew by less than this share of it (an idle process costs a system call a window)
+IDLE = 0.01
+
 #: to SCHED_BATCH when waiting / running >= ENTER (busy windows only); back below LEAVE
 ENTER = 1.0
 LEAVE = 0.5
@@ -67,9 +73,10 @@ def decide(batch: bool, ran_ns: int, waited_ns: int, window_ns: int) -> bool:
     ``batch``: the policy now; ``ran_ns``/``waited_ns``: the time the measured threads
     ran and waited for a core during a window of ``window_ns``.
     """
-    if window_ns <= 0 or ran_ns < BUSY * window_ns:
+    if window_ns <= 0 or ran_ns + waited_ns < BUSY * window_ns:
         return False  # quiet: latency matters more than CPU per call
-    ratio = waited_ns / ran_ns
+    # (a thread starved of cores ran little and waited long: that is contention, not quiet)
+    ratio = waited_ns / max(ran_ns, 1)
     if batch:
         return ratio >= LEAVE
     return ratio >= ENTER
@@ -204,15 +211,26 @@ class Controller:
         return _monotonic_ns(), stats, names
 
     def step(self, before: tuple[int, dict[int, tuple[int, int]], dict[int, str]],
-             after: tuple[int, dict[int, tuple[int, int]], dict[int, str]]) -> bool:
-        """Decide from two samples, apply what changed; True if the process was busy."""
+             after: tuple[int, dict[int, tuple[int, int]], dict[int, str]],
+             active_ns: Optional[int] = None) -> bool:
+        """Decide from two samples, apply what changed; True if the process was busy.
+
+        ``active_ns``: the part of the time between the samples in which the process
+        was not idle (the rest were idle windows, which add nothing to either sum).
+        """
         ran = waited = 0
         for tid, (r1, w1) in after[1].items():
             r0, w0 = before[1].get(tid, (r1, w1))
             ran += r1 - r0
             waited += w1 - w0
         window = after[0] - before[0]
-        batch = decide(self.batch, ran, waited, window)
+        if active_ns is not None:
+            window = min(window, active_ns)
+        self._settle(decide(self.batch, ran, waited, window), after[2], ran, waited, window)
+        return window > 0 and ran + waited >= BUSY * window
+
+    def _settle(self, batch: bool, names: Optional[dict[int, str]], ran: int, waited: int,
+                window: int) -> None:
         if self.batch and not batch:
             self._calm += 1
             batch = self._calm < CALM  # leave after CALM calm windows in a row
@@ -222,26 +240,40 @@ class Controller:
             self.switches += 1
             logger.debug("ZeroMQ I/O threads to %s (ran %.0f%%, waited %.0f%% of %.2f s)",
                          "SCHED_BATCH" if batch else "the default policy",
-                         100 * ran / window, 100 * waited / window, window / 1e9)
-            self.apply(batch, after[2])
-        elif batch:
-            self.apply(True, after[2])  # I/O threads started since (a new context) follow
-        return window > 0 and ran >= BUSY * window
+                         100 * ran / max(window, 1), 100 * waited / max(window, 1), window / 1e9)
+            self.apply(batch, names)
+        elif batch and names is not None:
+            self.apply(True, names)  # I/O threads started since (a new context) follow
 
     def _run(self) -> None:
-        before = self.sample()
-        busy = False
+        # Under the default policy, the process's CPU time (every thread, one cheap system
+        # call) tells an idle window, and /proc is read only when the process ran.  Under
+        # batch every window is sampled: a process starved of cores runs little, and only
+        # its waiting tells that from quiet.  Idle windows add nothing to what a
+        # sample counts, so a sample taken before them still serves as the start of
+        # the window that follows them.
+        before: Optional[tuple[int, dict[int, tuple[int, int]], dict[int, str]]] = None
+        t0, cpu0 = _monotonic_ns(), time.process_time_ns()
+        active = 0  # ns of not-idle windows since ``before``
         while not self._stop.wait(INTERVAL):
             with _lock:  # watch() either sees done, or adds its context before this check
                 if not self.alive():
                     self.done = True
                     break
-            after = self.sample()
             try:
-                busy = self.step(before, after)
+                t1, cpu1 = _monotonic_ns(), time.process_time_ns()
+                idle = cpu1 - cpu0 < IDLE * (t1 - t0)
+                tick = t1 - t0
+                t0, cpu0 = t1, cpu1
+                if idle and not self.batch:
+                    continue
+                active += tick
+                after = self.sample()
+                if before is not None:
+                    self.step(before, after, active)
+                before, active = after, 0
             except Exception:  # never take the process down for a scheduling hint
                 logger.debug("I/O thread policy step failed", exc_info=True)
-            before = after
         if self.batch:
             try:
                 self.apply(False)

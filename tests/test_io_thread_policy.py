@@ -103,7 +103,9 @@ def test_decide_quiet_contended_and_the_band_between() -> None:
     band = int(ran * (enter + leave) / 2)  # waited between the two thresholds
     # quiet: the default policy, whatever the ratio
     assert iosched.decide(False, 0, 0, W) is False
-    assert iosched.decide(True, int(0.01 * W), W, W) is False
+    assert iosched.decide(True, int(0.01 * W), int(0.01 * W), W) is False
+    # starved of cores (ran little, waited long): contention, not quiet
+    assert iosched.decide(False, int(0.01 * W), W // 2, W) is True
     # busy and waiting ENTER times as long as it runs: batch
     assert iosched.decide(False, ran, int(ran * enter), W) is True
     # inside the band: stays as it is; below it: leaves
@@ -270,6 +272,54 @@ def test_a_forked_child_runs_its_own_controller() -> None:
             os.waitpid(pid, 0)
         assert got == b"1"
         assert iosched.controller() is ctl and ctl.running()  # the parent's is untouched
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def test_a_starved_window_is_contention_and_a_quiet_one_calm() -> None:
+    """Ran little but waited long (starved of cores): stays under batch; ran and waited
+    little (quiet): counts towards leaving."""
+    ctx, sock, ctl = _auto_context()
+    try:
+        tids = _io_tids(ctl)
+        assert tids
+        ctl.stop()  # the process's own controller leaves the threads to the test's
+        ctl = iosched.Controller(os.SCHED_BATCH)
+        names = ctl.names()
+        ctl.apply(True)
+        t = ran = waited = 0
+        before: tuple[int, dict[int, tuple[int, int]], dict[int, str]] = (t, {1: (ran, waited)}, names)
+        for _ in range(2 * iosched.CALM):  # starved: 1% run, 90% waiting
+            t, ran, waited = t + W, ran + W // 100, waited + 9 * W // 10
+            ctl.step(before, before := (t, {1: (ran, waited)}, names))
+        assert ctl.batch and {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_BATCH}
+        for k in range(iosched.CALM):  # quiet: 1% run, 1% waiting
+            t, ran, waited = t + W, ran + W // 100, waited + W // 100
+            ctl.step(before, before := (t, {1: (ran, waited)}, names))
+        assert not ctl.batch and {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_OTHER}
+        assert ctl.switches == 1
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def test_a_window_after_idle_ones_is_judged_by_its_active_part() -> None:
+    """Samples are skipped while the process is idle; the first busy window after them
+    compares with the sample before them, over the time the process was active."""
+    ctx, sock, ctl = _auto_context()
+    try:
+        ctl.stop()  # the process's own controller leaves the threads to the test's
+        names = ctl.names()
+        before = (0, {1: (0, 0)}, names)
+        after = (100 * W, {1: (W // 5, 2 * W // 5)}, names)  # 10 s later, all of it in the last 0.1 s
+        quiet = iosched.Controller(os.SCHED_BATCH)
+        quiet.step(before, after)  # over the whole 10 s it looks quiet
+        assert not quiet.batch
+        active = iosched.Controller(os.SCHED_BATCH)
+        active.step(before, after, W)  # over the active 0.1 s it is contended
+        assert active.batch
+        active.apply(False)
     finally:
         sock.close(linger=0)
         ctx.term()
