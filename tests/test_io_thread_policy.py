@@ -3,13 +3,14 @@ always (True), never (False), or while the process waits for cores ("auto", the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 import pytest
 import zmq
@@ -133,13 +134,23 @@ def _auto_context() -> tuple[Context, zmq.Socket[bytes], iosched.Controller]:
     return ctx, sock, ctl
 
 
-def test_step_moves_the_io_threads_and_leaves_after_calm_windows() -> None:
+@contextlib.contextmanager
+def _driven() -> Iterator[tuple[list[int], iosched.Controller]]:
+    """A context of ours with its I/O thread started, the process's own controller stopped
+    (it leaves the threads to the test), and a controller of the test's, not started."""
     ctx, sock, ctl = _auto_context()
     try:
         tids = _io_tids(ctl)
         assert tids, "no I/O thread named with gaterpc's prefix"
-        ctl.stop()  # the process's own controller leaves the threads to the test's
-        ctl = iosched.Controller(os.SCHED_BATCH)
+        ctl.stop()
+        yield tids, iosched.Controller(os.SCHED_BATCH)
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def test_step_moves_the_io_threads_and_leaves_after_calm_windows() -> None:
+    with _driven() as (tids, ctl):
         names = ctl.names()
 
         def sample(t: int, ran: int, waited: int) -> tuple[int, dict[int, tuple[int, int]], dict[int, str]]:
@@ -160,9 +171,6 @@ def test_step_moves_the_io_threads_and_leaves_after_calm_windows() -> None:
                 assert ctl.batch and {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_BATCH}, k
         assert not ctl.batch and {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_OTHER}
         assert ctl.switches == 2
-    finally:
-        sock.close(linger=0)
-        ctx.term()
 
 
 def _hog() -> subprocess.Popen[bytes]:
@@ -227,20 +235,12 @@ def test_a_bad_setting_is_a_clear_error(value: object) -> None:
 def test_a_policy_chosen_by_somebody_else_is_left_alone() -> None:
     """An I/O thread found under another policy than the default (a whole process under
     ``--sched batch``, say) is neither moved to batch nor back to the default."""
-    ctx, sock, ctl = _auto_context()
-    try:
-        tids = _io_tids(ctl)
-        assert tids
-        ctl.stop()  # the process's own controller leaves the threads to the test's
-        ctl = iosched.Controller(os.SCHED_BATCH)
+    with _driven() as (tids, ctl):
         os.sched_setscheduler(tids[0], os.SCHED_IDLE, os.sched_param(0))
         ctl.apply(True)
         assert os.sched_getscheduler(tids[0]) == os.SCHED_IDLE
         ctl.apply(False)
         assert os.sched_getscheduler(tids[0]) == os.SCHED_IDLE
-    finally:
-        sock.close(linger=0)
-        ctx.term()
 
 
 def test_a_forked_child_runs_its_own_controller() -> None:
@@ -280,12 +280,7 @@ def test_a_forked_child_runs_its_own_controller() -> None:
 def test_a_starved_window_is_contention_and_a_quiet_one_calm() -> None:
     """Ran little but waited long (starved of cores): stays under batch; ran and waited
     little (quiet): counts towards leaving."""
-    ctx, sock, ctl = _auto_context()
-    try:
-        tids = _io_tids(ctl)
-        assert tids
-        ctl.stop()  # the process's own controller leaves the threads to the test's
-        ctl = iosched.Controller(os.SCHED_BATCH)
+    with _driven() as (tids, ctl):
         names = ctl.names()
         ctl.apply(True)
         t = ran = waited = 0
@@ -299,27 +294,18 @@ def test_a_starved_window_is_contention_and_a_quiet_one_calm() -> None:
             ctl.step(before, before := (t, {1: (ran, waited)}, names))
         assert not ctl.batch and {os.sched_getscheduler(tid) for tid in tids} == {os.SCHED_OTHER}
         assert ctl.switches == 1
-    finally:
-        sock.close(linger=0)
-        ctx.term()
 
 
 def test_a_window_after_idle_ones_is_judged_by_its_active_part() -> None:
     """Samples are skipped while the process is idle; the first busy window after them
     compares with the sample before them, over the time the process was active."""
-    ctx, sock, ctl = _auto_context()
-    try:
-        ctl.stop()  # the process's own controller leaves the threads to the test's
+    with _driven() as (_, ctl):
         names = ctl.names()
         before = (0, {1: (0, 0)}, names)
         after = (100 * W, {1: (W // 5, 2 * W // 5)}, names)  # 10 s later, all of it in the last 0.1 s
-        quiet = iosched.Controller(os.SCHED_BATCH)
-        quiet.step(before, after)  # over the whole 10 s it looks quiet
-        assert not quiet.batch
+        ctl.step(before, after)  # over the whole 10 s it looks quiet
+        assert not ctl.batch
         active = iosched.Controller(os.SCHED_BATCH)
         active.step(before, after, W)  # over the active 0.1 s it is contended
         assert active.batch
         active.apply(False)
-    finally:
-        sock.close(linger=0)
-        ctx.term()
