@@ -198,7 +198,7 @@ class Controller:
 
     def sample(self) -> tuple[int, dict[int, tuple[int, int]], dict[int, str]]:
         """(now in ns, {thread id: (ran, waited)}, {thread id: name}); measured are the
-        threads of the process but ZeroMQ's and this controller's own."""
+        threads of the process but ZeroMQ's reaper and this controller's own."""
         me = threading.get_native_id()
         names = self.names()
         stats: dict[int, tuple[int, int]] = {}
@@ -208,7 +208,7 @@ class Controller:
             st = _schedstat(tid)
             if st is not None:
                 stats[tid] = st
-        return _monotonic_ns(), stats, names
+        return time.monotonic_ns(), stats, names
 
     def step(self, before: tuple[int, dict[int, tuple[int, int]], dict[int, str]],
              after: tuple[int, dict[int, tuple[int, int]], dict[int, str]],
@@ -253,7 +253,7 @@ class Controller:
         # sample counts, so a sample taken before them still serves as the start of
         # the window that follows them.
         before: Optional[tuple[int, dict[int, tuple[int, int]], dict[int, str]]] = None
-        t0, cpu0 = _monotonic_ns(), time.process_time_ns()
+        t0, cpu0 = time.monotonic_ns(), time.process_time_ns()
         active = 0  # ns of not-idle windows since ``before``
         while not self._stop.wait(INTERVAL):
             with _lock:  # watch() either sees done, or adds its context before this check
@@ -261,7 +261,7 @@ class Controller:
                     self.done = True
                     break
             try:
-                t1, cpu1 = _monotonic_ns(), time.process_time_ns()
+                t1, cpu1 = time.monotonic_ns(), time.process_time_ns()
                 idle = cpu1 - cpu0 < IDLE * (t1 - t0)
                 tick = t1 - t0
                 t0, cpu0 = t1, cpu1
@@ -280,10 +280,6 @@ class Controller:
             except Exception:
                 pass
         self.done = True
-
-
-def _monotonic_ns() -> int:
-    return time.monotonic_ns()
 
 
 _lock = threading.Lock()
