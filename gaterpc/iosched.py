@@ -14,21 +14,24 @@ Auto mode picks per process, from what the kernel says of the process's own
 threads (``/proc/self/task/*/schedstat``).  Once a window (``INTERVAL``) it
 compares the time they spent runnable but waiting for a core with the time
 they ran (the I/O threads included: measuring the loop alone would see its
-own effect, since batch I/O threads stop preempting it, and flap).  A busy
-process whose threads wait at least as long as they run (``ENTER``) shares
-its cores with more work than they can take: its I/O threads go to
-``SCHED_BATCH``.  After ``CALM`` windows in a row below half of that
-(``LEAVE``), or quiet, they return to the default policy.  Measured on
-2 cores: 8 clients and 4 workers through one broker wait 2 to 5 times as
-long as they run, one client, broker and worker at full speed about 1.2
-times (both gain from batch I/O threads), one call at a time below 0.4
-times (which keeps the default policy and its lower latency).  Only the I/O threads of gaterpc's own contexts
-are touched: they carry the name prefix ``PREFIX``.
+own effect, since batch I/O threads stop preempting it, and flap).  A process
+whose threads wait at least as long as they run (``ENTER``) shares its cores
+with more work than they can take: its I/O threads go to ``SCHED_BATCH``.
+After ``CALM`` windows in a row below half of that (``LEAVE``), or quiet
+(running and waiting together under ``BUSY`` of the window; a thread starved
+of cores runs little but waits long, which is contention, not quiet), they
+return to the default policy.  Measured on 2 cores: 8 clients and 4 workers
+through one broker wait 2 to 5 times as long as they run, one client, broker
+and worker at full speed about 1.2 times (both gain from batch I/O threads),
+one call at a time below 0.4 times (which keeps the default policy and its
+lower latency).  Only the I/O threads of gaterpc's own contexts are touched:
+they carry the name prefix ``PREFIX``.
 
 Cost: one daemon thread per process that wakes ten times a second and reads
-the process's CPU time (one system call); only while the process is busy
-does it also read a few small files under ``/proc`` (about 40 µs, 0.04% of
-a core).  Nothing on the path of a message.
+the process's CPU time (one system call); unless the process was idle since
+(``IDLE``), or its I/O threads are under batch, it also reads a few small
+files under ``/proc`` (about 40 µs, 0.04% of a core).  Nothing on the path
+of a message.
 """
 
 from __future__ import annotations
