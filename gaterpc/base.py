@@ -98,6 +98,9 @@ class Context(zmq.asyncio.Context):
     leaves them under the system's default policy.
     """
 
+    #: its I/O threads follow the "auto" policy (set once the controller watches it)
+    _gaterpc_auto: bool = False
+
     def __init__(self, *, io_threads: int = 1, shadow: int = 0) -> None:
         if shadow:
             super().__init__(shadow=shadow)
@@ -123,7 +126,7 @@ class Context(zmq.asyncio.Context):
             logger.debug("cannot set the I/O threads' name or scheduling policy: %s", exc)
             return
         if mode == "auto":
-            iosched.watch(self, policy)
+            self._gaterpc_auto = iosched.watch(self, policy)
 
 
 def set_ctx(ctx: zmq.Context[Any], options: Optional[Mapping[int, Any]] = None) -> None:
@@ -132,6 +135,10 @@ def set_ctx(ctx: zmq.Context[Any], options: Optional[Mapping[int, Any]] = None) 
     if options:
         opts.update(options)
     for option, value in opts.items():
+        if (option == zmq.THREAD_NAME_PREFIX and value != iosched.PREFIX
+                and getattr(ctx, "_gaterpc_auto", False)):
+            logger.warning("a THREAD_NAME_PREFIX of %r replaces gaterpc's: the I/O threads of this "
+                           "context no longer follow Settings.ZMQ_IO_THREAD_BATCH = \"auto\"", value)
         try:
             ctx.set(option, value)
         except (AttributeError, zmq.ZMQError, TypeError) as exc:

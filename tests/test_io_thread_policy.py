@@ -4,6 +4,7 @@ always (True), never (False), or while the process waits for cores ("auto", the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -16,7 +17,7 @@ import pytest
 import zmq
 
 from gaterpc import iosched
-from gaterpc.base import Context, io_thread_policy
+from gaterpc.base import Context, io_thread_policy, set_ctx
 from gaterpc.global_settings import Settings
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or io_thread_policy() is None,
@@ -309,3 +310,34 @@ def test_a_window_after_idle_ones_is_judged_by_its_active_part() -> None:
         active.step(before, after, W)  # over the active 0.1 s it is contended
         assert active.batch
         active.apply(False)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("mode, prefix, warned", [
+    ("auto", 9, True),                  # the user's prefix hides our I/O threads: said once
+    ("auto", iosched.PREFIX, False),    # ours again: nothing to say
+    (False, 9, False),                  # auto mode off: the prefix is the user's business
+])
+def test_a_prefix_of_the_users_own_is_reported(mode: object, prefix: int, warned: bool) -> None:
+    Settings.ZMQ_IO_THREAD_BATCH = mode  # restored by the suite's settings fixture
+    handler = _Records()
+    log = logging.getLogger("gaterpc")
+    log.addHandler(handler)
+    ctx = Context()
+    try:
+        set_ctx(ctx, {zmq.THREAD_NAME_PREFIX: prefix})
+    finally:
+        log.removeHandler(handler)
+        ctx.term()
+    hits = [m for m in handler.messages if "THREAD_NAME_PREFIX" in m]
+    assert bool(hits) is warned, handler.messages
+    if warned:
+        assert "ZMQ_IO_THREAD_BATCH" in hits[0] and "9" in hits[0]
