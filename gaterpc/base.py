@@ -116,16 +116,16 @@ class Context(zmq.asyncio.Context):
         policy = io_thread_policy()
         if policy is None:
             return
+        auto = mode == "auto"
         try:
-            # Before the first socket: libzmq starts its threads then.
-            if mode == "auto":
-                self.set(zmq.THREAD_NAME_PREFIX, iosched.PREFIX)
-            else:
-                self.set(zmq.THREAD_SCHED_POLICY, policy)
+            # Before the first socket: libzmq starts its threads then.  In auto mode the
+            # threads only get our name prefix; the controller sets their policy later.
+            self.set(zmq.THREAD_NAME_PREFIX if auto else zmq.THREAD_SCHED_POLICY,
+                     iosched.PREFIX if auto else policy)
         except (AttributeError, zmq.ZMQError) as exc:
             logger.debug("cannot set the I/O threads' name or scheduling policy: %s", exc)
             return
-        if mode == "auto":
+        if auto:
             self._gaterpc_auto = iosched.watch(self, policy)
 
 

@@ -215,8 +215,8 @@ class Controller:
 
     def step(self, before: tuple[int, dict[int, tuple[int, int]], dict[int, str]],
              after: tuple[int, dict[int, tuple[int, int]], dict[int, str]],
-             active_ns: Optional[int] = None) -> bool:
-        """Decide from two samples, apply what changed; True if the process was busy.
+             active_ns: Optional[int] = None) -> None:
+        """Decide from two samples and apply what changed.
 
         ``active_ns``: the part of the time between the samples in which the process
         was not idle (the rest were idle windows, which add nothing to either sum).
@@ -230,7 +230,6 @@ class Controller:
         if active_ns is not None:
             window = min(window, active_ns)
         self._settle(decide(self.batch, ran, waited, window), after[2], ran, waited, window)
-        return window > 0 and ran + waited >= BUSY * window
 
     def _settle(self, batch: bool, names: Optional[dict[int, str]], ran: int, waited: int,
                 window: int) -> None:
