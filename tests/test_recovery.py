@@ -455,27 +455,33 @@ async def test_failed_message_answers_its_caller(lab, ctx):
         svc.stat_served = served
     assert info.value.remote_type == "RuntimeError"
 
-    on_reply = b._on_reply
-    failed = []
+    rw = b.workers[w.identity]
 
-    def broken_reply(wk, msg):
-        if not failed:
-            failed.append(msg)
-            raise ValueError("reply bug")
-        return on_reply(wk, msg)  # the rest of the stream: no longer dispatched, dropped
+    class BrokenPartial(dict):
+        """The worker's record of replies in progress fails once (the rest of the stream is then dropped)."""
+        failed = False
 
-    # a reply the fast path hands to the Python reply handling (here: a stream item)
+        def __setitem__(self, key, value):
+            if not BrokenPartial.failed:
+                BrokenPartial.failed = True
+                raise ValueError("partial bug")
+            dict.__setitem__(self, key, value)
+
+    # a stream item that makes the fast path fail
     async def consume():
         return [i async for i in await cli.Calc.count(3)]
 
-    b._on_reply = broken_reply
-    with pytest.raises(RemoteException) as info:
-        await asyncio.wait_for(consume(), 3)
+    partial = rw._partial
+    rw._partial = BrokenPartial(partial)
+    try:
+        with pytest.raises(RemoteException) as info:
+            await asyncio.wait_for(consume(), 3)
+    finally:
+        rw._partial = partial
+    assert BrokenPartial.failed
     assert info.value.remote_type == "RuntimeError"
-    del b._on_reply
     assert drops_snapshot().get("broker_error", 0) - before == 3
     # the capacity of the failed reply came back: the worker still serves everything
-    rw = b.workers[w.identity]
     assert not rw._inflight
     assert await asyncio.gather(*(cli.Calc.add(i, 0) for i in range(20))) == list(range(20))
     cli.close()

@@ -30,7 +30,9 @@ from hypothesis import strategies as st
 
 from gaterpc import counters
 from gaterpc.bookkeeping import RemoteWorker
-from gaterpc.protocol import DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST, STREAM_END, STREAM_TAG
+from gaterpc.protocol import (
+    DISCONNECT, HEARTBEAT, HUGE_END, HUGE_TAG, READY, REPLY, REQUEST, STREAM_END, STREAM_EXC, STREAM_TAG,
+)
 from gaterpc.worker import Service
 
 SPEEDUPS = Path(__file__).resolve().parent.parent / "gaterpc" / "_speedups"
@@ -189,18 +191,25 @@ def test_replies_complete_requests_and_the_rest_goes_to_the_broker(twins):
     def prepare(b):
         w1 = b.workers[b"w1"]
         w1.max_allowed_request = 0
-        w1._inflight.update({b"r1": b"c1", b"r2": BROKER_ID, b"r3": b"c3", b"r4": b"c4"})
+        w1._inflight.update({b"r1": b"c1", b"r2": BROKER_ID, b"r3": b"c3", b"r4": b"c4",
+                             b"r5": b"c5", b"r6": b"c6", b"r7": b"c7", b"r8": b"c8"})
         w1._partial[b"r4"] = STREAM_TAG
         b.services["echo"]._waiting.append((b"c9", b"r9", [b"f"], 1e9))
 
     batch = [
         rep(b"w1", b"c1", b"r1", b"body"),                  # completes r1: capacity back, waiting dispatched
         rep(b"w1", BROKER_ID, b"r2", b"body"),              # a reply to the broker itself
-        rep(b"w1", b"c3", b"r3", STREAM_TAG, b"item"),      # a stream item
-        rep(b"w1", b"c3", b"r3", STREAM_TAG, STREAM_END),   # its end
+        rep(b"w1", b"c3", b"r3", STREAM_TAG, b"item"),      # a stream item: r3 goes on
+        rep(b"w1", b"c3", b"r3", STREAM_TAG, STREAM_END),   # its end completes r3
         rep(b"w1", b"cX", b"r4", b"body"),                  # not the requester: dropped
         rep(b"w1", b"c4", b"r4", b"body"),                  # completes r4 (its partial tag goes)
+        rep(b"w1", b"c5", b"r5", HUGE_TAG, b"chunk"),       # a HugeData chunk: r5 goes on
+        rep(b"w1", b"c6", b"r6", HUGE_TAG, b"chunk"),
+        rep(b"w1", b"c6", b"r6", HUGE_TAG, HUGE_END),       # a HugeData end completes r6
+        rep(b"w1", b"c7", b"r7", STREAM_TAG, STREAM_EXC, b"err"),  # a stream error completes r7
+        rep(b"w1", b"c8", b"r8", b"other", b"x"),           # two frames of no known kind: they end r8
         rep(b"w1", b"c1", b"r1", b"body"),                  # already answered: dropped
+        rep(b"w1", b"c3", b"r3", STREAM_TAG, b"late"),      # an item after the end: dropped
         rep(b"w9", b"c1", b"r1", b"body"),                  # unknown worker
         [b"w1", b"", W_HDR, REPLY, b"c1", b"", b"r1"],      # malformed
         [b"w1", b"", W_HDR, REPLY, b"c1", b"x", b"r1", b"b"],
@@ -215,14 +224,25 @@ def test_replies_complete_requests_and_the_rest_goes_to_the_broker(twins):
                      prepare=prepare)
     assert py == c
     sends = [e[1] for e in py["log"] if e[0] == "send"]
-    assert sends == [[b"c1", b"", C_HDR, b"echo", b"r1", b"body"], [b"c4", b"", C_HDR, b"echo", b"r4", b"body"]]
+    assert sends == [
+        [b"c1", b"", C_HDR, b"echo", b"r1", b"body"],
+        [b"c3", b"", C_HDR, b"echo", b"r3", STREAM_TAG, b"item"],
+        [b"c3", b"", C_HDR, b"echo", b"r3", STREAM_TAG, STREAM_END],
+        [b"c4", b"", C_HDR, b"echo", b"r4", b"body"],
+        [b"c5", b"", C_HDR, b"echo", b"r5", HUGE_TAG, b"chunk"],
+        [b"c6", b"", C_HDR, b"echo", b"r6", HUGE_TAG, b"chunk"],
+        [b"c6", b"", C_HDR, b"echo", b"r6", HUGE_TAG, HUGE_END],
+        [b"c7", b"", C_HDR, b"echo", b"r7", STREAM_TAG, STREAM_EXC, b"err"],
+        [b"c8", b"", C_HDR, b"echo", b"r8", b"other", b"x"],
+    ]
     kinds = [e[0] for e in py["log"]]
-    assert kinds.count("on_reply") == 3 and kinds.count("command") == 3 and kinds.count("unknown_worker") == 1
+    assert kinds.count("on_reply") == 1 and kinds.count("command") == 3 and kinds.count("unknown_worker") == 1
     assert ("dispatch_waiting", "echo", 1) in py["log"]
-    assert py["drops"] == {"reply_not_dispatched": 2, "malformed_reply": 2}
-    assert py[b"w1"][:4] == (2, True, {b"r2": BROKER_ID, b"r3": b"c3"}, {})
+    assert py["drops"] == {"reply_not_dispatched": 3, "malformed_reply": 2}
+    # r1, r3, r4, r6, r7 and r8 completed; r5's transfer goes on; r2 is the broker's own
+    assert py[b"w1"][:4] == (6, True, {b"r2": BROKER_ID, b"r5": b"c5"}, {b"r5": HUGE_TAG})
     assert py[b"w1"][4] == 100.0 + 500 * RemoteWorker(b"x", 500, 1, None, W_HDR, None).heartbeat_liveness / 1000
-    assert py["echo"][3] == 2
+    assert py["echo"][3] == 6
 
 
 def test_a_failing_broker_method_is_counted_and_the_batch_goes_on(twins):

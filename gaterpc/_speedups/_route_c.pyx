@@ -16,6 +16,7 @@ from libc.string cimport memcmp
 
 from zmq import ZMQError
 
+from gaterpc._speedups cimport _wire as W
 from gaterpc.counters import count_drop
 from gaterpc.protocol import REPLY as _PY_REPLY, REQUEST as _PY_REQUEST
 
@@ -24,6 +25,10 @@ __all__ = ("route_requests", "route_replies", "take", "give_back")
 cdef bytes _REPLY = _PY_REPLY
 cdef bytes _REQUEST = _PY_REQUEST
 cdef bytes _EMPTY = b""
+cdef bytes _STREAM_TAG = <bytes>W.STREAM_TAG
+cdef bytes _STREAM_END = <bytes>W.STREAM_END
+cdef bytes _HUGE_TAG = <bytes>W.HUGE_TAG
+cdef bytes _HUGE_END = <bytes>W.HUGE_END
 
 
 cdef inline bint _is_empty(object frame) except -1:
@@ -40,6 +45,18 @@ cdef inline bint _eq(object frame, object expected) except -1:
         return n == PyBytes_GET_SIZE(expected) and memcmp(
             PyBytes_AS_STRING(frame), PyBytes_AS_STRING(expected), n) == 0
     return frame == expected
+
+
+cdef inline bint _goes_on(object msg, Py_ssize_t n) except -1:
+    # The reply body msg[7:] is a stream item or a HugeData chunk: its request goes on.
+    if n != 9:
+        return False
+    tag = msg[7]
+    if _eq(tag, _STREAM_TAG):
+        return not _eq(msg[8], _STREAM_END)
+    if _eq(tag, _HUGE_TAG):
+        return not _eq(msg[8], _HUGE_END)
+    return False
 
 
 cdef object _take(object svc):
@@ -206,8 +223,8 @@ def route_replies(broker, msgs, double now):
                 continue
             w.expiry = now + w.heartbeat * w.heartbeat_liveness / 1000
             client_id = msg[4]
-            if n != 8 or client_id in special:
-                # a stream item or end, HugeData, or a reply to the broker itself / a peer gate
+            if client_id in special:
+                # a reply to the broker itself / a peer gate
                 broker._on_reply(w, msg)
                 continue
             request_id = msg[6]
@@ -216,15 +233,20 @@ def route_replies(broker, msgs, double now):
                 count_drop("reply_not_dispatched")
                 continue
             svc = w.service
-            svc.stat_served += 1
-            del inflight[request_id]
-            partial = w._partial
-            if partial:
-                partial.pop(request_id, None)
-            _give_back(svc, w)
-            if svc._waiting:
-                broker._dispatch_waiting(svc)
-            # -> [client, '', MDPC01, service, rid, body]
+            if n != 8 and _goes_on(msg, n):
+                # a stream item or HugeData chunk: if the worker dies now, the caller
+                # gets a stream-shaped error (see the broker's _on_reply)
+                w._partial[request_id] = msg[7]
+            else:
+                svc.stat_served += 1
+                del inflight[request_id]
+                partial = w._partial
+                if partial:
+                    partial.pop(request_id, None)
+                _give_back(svc, w)
+                if svc._waiting:
+                    broker._dispatch_waiting(svc)
+            # -> [client, '', MDPC01, service, rid, *body]
             PySequence_SetSlice(msg, 0, 6, (client_id, _EMPTY, client_header, svc._name_b))
             out.put(msg)
         except Exception:

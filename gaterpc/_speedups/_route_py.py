@@ -11,18 +11,21 @@ overridden and no ZAP checker is plugged in:
   place into ``[worker, '', MDPW01, 02, client, '', request_id, *body]`` and
   sending it on the backend.
 * :func:`route_replies` -- backend batch ``[worker, '', MDPW01, command,
-  ...]``: a single reply ``[worker, '', MDPW01, 03, client, '', request_id,
-  body]`` from the worker its request was given to completes the request
-  (its capacity unit is given back, requests waiting for capacity are
-  dispatched) and is rewritten in place into ``[client, '', MDPC01, service,
-  request_id, body]`` and sent on the frontend.
+  ...]``: a reply ``[worker, '', MDPW01, 03, client, '', request_id,
+  *body]`` from the worker its request was given to is rewritten in place
+  into ``[client, '', MDPC01, service, request_id, *body]`` and sent on the
+  frontend.  A body that ends the request (a single reply, a stream's or a
+  HugeData transfer's end or error) completes it: its capacity unit is
+  given back and requests waiting for capacity are dispatched.  A stream
+  item or HugeData chunk leaves the request in flight and records its tag
+  in ``worker._partial`` (for the error the caller gets if the worker dies).
 
 Everything else goes to the broker's own (Python) methods, one message at a
 time, exactly as if the fast path did not exist: ``broker._route_request``
 (internal service, unknown service, no capacity: the request waits, the
 Gate's hooks), ``broker._backend_command`` (READY, HEARTBEAT, DISCONNECT),
-``broker._unknown_worker``, ``broker._on_reply`` (streams, HugeData, replies
-to the broker itself or to a peer gate).  A message that makes the broker
+``broker._unknown_worker``, ``broker._on_reply`` (replies to the broker
+itself or to a peer gate).  A message that makes the broker
 fail goes to ``broker._count_error``; malformed ones are counted with
 :func:`gaterpc.counters.count_drop` as the broker counts them.
 
@@ -38,9 +41,18 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from gaterpc.counters import count_drop
-from gaterpc.protocol import REPLY, REQUEST
+from gaterpc.protocol import HUGE_END, HUGE_TAG, REPLY, REQUEST, STREAM_END, STREAM_TAG
 
 __all__ = ("route_requests", "route_replies", "take", "give_back")
+
+
+def _goes_on(tag: bytes, frame: bytes) -> bool:
+    """The two-frame reply body ``[tag, frame]`` is a stream item or a HugeData chunk: its request goes on."""
+    if tag == STREAM_TAG:
+        return frame != STREAM_END
+    if tag == HUGE_TAG:
+        return frame != HUGE_END
+    return False
 
 
 def take(svc: Any) -> Optional[Any]:
@@ -113,8 +125,8 @@ def route_replies(broker: Any, msgs: List[List[bytes]], now: float) -> None:
                 continue
             w.expiry = now + w.heartbeat * w.heartbeat_liveness / 1000
             client_id = msg[4]
-            if len(msg) != 8 or client_id in special:
-                # a stream item or end, HugeData, or a reply to the broker itself / a peer gate
+            if client_id in special:
+                # a reply to the broker itself / a peer gate
                 broker._on_reply(w, msg)
                 continue
             request_id = msg[6]
@@ -123,14 +135,19 @@ def route_replies(broker: Any, msgs: List[List[bytes]], now: float) -> None:
                 count_drop("reply_not_dispatched")
                 continue
             svc = w.service
-            svc.stat_served += 1
-            del inflight[request_id]
-            if w._partial:
-                w._partial.pop(request_id, None)
-            give_back(svc, w)
-            if svc._waiting:
-                broker._dispatch_waiting(svc)
-            # -> [client, '', MDPC01, service, rid, body]
+            if len(msg) == 9 and _goes_on(msg[7], msg[8]):
+                # a stream item or HugeData chunk: if the worker dies now, the caller
+                # gets a stream-shaped error (see the broker's _on_reply)
+                w._partial[request_id] = msg[7]
+            else:
+                svc.stat_served += 1
+                del inflight[request_id]
+                if w._partial:
+                    w._partial.pop(request_id, None)
+                give_back(svc, w)
+                if svc._waiting:
+                    broker._dispatch_waiting(svc)
+            # -> [client, '', MDPC01, service, rid, *body]
             msg[0:6] = (client_id, b"", client_header, svc._name_b)
             if lfront is not None:
                 lfront.send(msg)
