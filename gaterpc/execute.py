@@ -181,6 +181,9 @@ def _standby_body(sb: _Standby) -> Generator[Any, Any, Any]:
 TableEntry = Tuple[Callable[..., Any], int]
 #: ``send_body(client_id, request_id, body_frames)``: sends one reply message.
 SendBody = Callable[[bytes, bytes, Tuple[bytes, ...]], object]
+#: ``send_tagged(client_id, request_id, tag, frames)``: sends the reply
+#: messages ``(tag, frame)``, one per frame, in order (a burst).
+SendTagged = Callable[[bytes, bytes, bytes, Sequence[bytes]], object]
 
 class RunnerOwner(Protocol):
     """What a :class:`Runner` needs of its owner (a worker or a broker)."""
@@ -241,8 +244,10 @@ class Runner:
     """Runs calls for one owner (a worker or a broker) and sends their replies.
 
     ``send_body(client_id, request_id, body)`` sends one reply message;
-    ``lsock`` is the :class:`~gaterpc.loopio.LoopSocket` carrying the replies,
-    used to wait for its backlog in long transfers.
+    ``send_tagged`` (optional) sends a HugeData piece's chunks as one burst,
+    else they go through ``send_body`` one by one; ``lsock`` is the
+    :class:`~gaterpc.loopio.LoopSocket` carrying the replies, used to wait
+    for its backlog in long transfers.
     """
 
     def __init__(
@@ -252,10 +257,12 @@ class Runner:
         send_body: SendBody,
         lsock_getter: Callable[[], Optional[LoopSocket]],
         tasks: Set[Any],
+        send_tagged: Optional[SendTagged] = None,
     ) -> None:
         self.owner = owner
         self.loop = loop
         self.send_body = send_body
+        self.send_tagged = send_tagged
         self._lsock = lsock_getter
         self.tasks = tasks
         self.pack = msg_pack
@@ -533,13 +540,17 @@ class Runner:
 
     async def _send_hugedata(self, client_id: bytes, request_id: bytes, hd: HugeData) -> None:
         send = self.send_body
+        send_tagged = self.send_tagged
         refused = self._refused
         key = (client_id, request_id)
         try:
             # a piece of compressed output's chunks leave together, one backlog check per piece
             async for batch in iter_hugedata_batches(hd, self.loop):
-                for chunk in batch:
-                    send(client_id, request_id, (HUGE_TAG, chunk))
+                if send_tagged is not None:
+                    send_tagged(client_id, request_id, HUGE_TAG, batch)
+                else:
+                    for chunk in batch:
+                        send(client_id, request_id, (HUGE_TAG, chunk))
                 if refused and key in refused:
                     return  # over the budget: the caller has its error
                 await self._wait_backlog()

@@ -14,7 +14,7 @@ re-check of ``EVENTS`` for the next loop iteration (at most one per socket
 per iteration).  A burst of messages (the worker's replies to one batch,
 the client's requests of one loop iteration) goes to ZeroMQ in one call,
 :meth:`LoopSocket.send_many`; the caller queues what it did not take with
-:meth:`LoopSocket.send`.
+:meth:`LoopSocket.send` (:meth:`LoopSocket.send_all` does both).
 
 A ROUTER that sends (the broker's frontend and backend) runs in *per-peer*
 mode: ``ZMQ_ROUTER_MANDATORY`` is set, so a peer at its high-water mark
@@ -289,6 +289,17 @@ class LoopSocket:
             self._check_scheduled = True
             self.loop.call_soon(self._check)
         return n
+
+    def send_all(self, messages: Sequence[Frames]) -> None:
+        """Send every message of ``messages``, in order: what the socket takes at
+        once in one call (:meth:`send_many`), the rest through :meth:`send`
+        (queued in order; raises as :meth:`send` does when over the budget).
+        """
+        n = self.send_many(messages)
+        if n < len(messages):
+            send = self.send
+            for i in range(n, len(messages)):
+                send(messages[i])
 
     def send_forced(self, frames: Frames) -> bool:
         """Like :meth:`send`, but a message that has to wait is queued even over the budget.

@@ -228,7 +228,8 @@ class Worker(ABCWorker):
         self._hook_request = cls.process_request is not Worker.process_request
         self._hook_send = cls.send_to_majordomo is not Worker.send_to_majordomo
         self._hook_tasks: set[asyncio.Task[Any]] = set()
-        self._runner = Runner(self, self._loop, self._send_reply_body, self._get_lsock, self.requests)
+        self._runner = Runner(self, self._loop, self._send_reply_body, self._get_lsock, self.requests,
+                              self._send_tagged)
         self.interfaces, self._table = collect_interfaces(self)
 
     # -- public API -----------------------------------------------------------
@@ -511,6 +512,18 @@ class Worker(ABCWorker):
             else:
                 lsock.send(frames)
 
+    def _send_tagged(self, client_id: bytes, request_id: bytes, tag: bytes, frames: Sequence[bytes]) -> None:
+        """The reply messages ``(tag, frame)`` of one request, one per frame, in one burst."""
+        lsock = self._lsock
+        if lsock is None:
+            return
+        if self._hook_send or self._dynamic_zap or self._out is not None:
+            for frame in frames:
+                self._send_reply_body(client_id, request_id, (tag, frame))
+            return
+        head = self._reply_prefix + (client_id, b"", request_id, tag)
+        lsock.send_all([head + (frame,) for frame in frames])
+
     def _on_messages(self, msgs: list[list[bytes]]) -> None:
         self._last_recv = self._loop.time()
         # Replies made while the batch is handled are sent together at its end: one
@@ -521,15 +534,9 @@ class Worker(ABCWorker):
             self._handle_batch(msgs)
         finally:
             self._out = None
-            if out:
-                lsock = self._lsock
-                if lsock is not None:
-                    # One call for the burst; what the socket does not take now is queued in order.
-                    n = lsock.send_many(out)
-                    if n < len(out):
-                        send = lsock.send
-                        for i in range(n, len(out)):
-                            send(out[i])
+            lsock = self._lsock
+            if out and lsock is not None:
+                lsock.send_all(out)  # one call for the burst; the rest is queued in order
 
     def _handle_batch(self, msgs: list[list[bytes]]) -> None:
         header = self._header

@@ -137,3 +137,28 @@ async def test_a_frame_that_is_not_a_buffer_raises_as_send_does(pair):
         assert not la.closed
     finally:
         la.close()
+
+
+async def test_send_all_sends_the_burst_and_queues_the_rest_in_order(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair(hwm=5)
+    got = []
+    la = LoopSocket(loop, a, lambda msgs: None)
+    lb = None
+    try:
+        # The peer is connected once a message goes through (a DEALER without one would block).
+        assert await until(lambda: la.send_many([(b"first",)]) == 1)
+        la.send_all(_msgs(2000))  # nobody reads yet: the socket takes a few, the rest waits
+        taken = la.io.tx_msgs - 1
+        assert taken > 0 and la.backlog_size() == 2000 - taken
+        la.send_all(_msgs(3, 2000))  # behind the backlog, in order
+        assert la.io.tx_msgs - 1 == taken
+        lb = LoopSocket(loop, b, got.extend)
+        assert await until(lambda: len(got) == 2004)
+        assert [tuple(m) for m in got[1:]] == _msgs(2003)
+        assert la.backlog_size() == 0
+        la.send_all([])
+    finally:
+        la.close()
+        if lb is not None:
+            lb.close()
