@@ -166,7 +166,14 @@ class _ReplyHandler:
             if k == KIND_HUGE_END:
                 del self._huge[request_id]  # the receiver is finished below, not closed by _forget
                 self._forget(request_id)
-                if receiver.slow_finish:
+                try:
+                    slow = receiver.prepare_finish()
+                except Exception as exc:
+                    receiver.close()
+                    if not fut.done():
+                        fut.set_exception(exc)
+                    return
+                if slow:
                     # The receiver's thread has or had work (it decodes the result as the
                     # chunks come): waiting for it here would stall every other call.
                     loop.run_in_executor(None, receiver.finish_decoded).add_done_callback(

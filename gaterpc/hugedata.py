@@ -4,9 +4,10 @@ Frames: docs/PROTOCOL.md, "HugeData".
 
 A worker returns ``HugeData(end_tag, except_tag, data=...)``; the reply is
 one compressed stream cut into ``blksize``-byte chunks.  The client feeds the
-chunks to a :class:`HugeDataReceiver`, which detects the format from the
-stream's magic bytes, decompresses incrementally with a size limit, verifies
-the stream is complete, and returns the payload.
+chunks to a :class:`HugeDataReceiver` (:mod:`gaterpc.hugereceive`, re-exported
+here), which detects the format from the stream's magic bytes, decompresses
+incrementally with a size limit, verifies the stream is complete, and
+returns the payload.
 
 Everything runs in-process and incrementally: no process pool, no pipes,
 no shared memory (the original's process pool made the second transfer in a
@@ -21,10 +22,13 @@ decompressing overlap:
   member with the original's header;
 * sender, other formats: the next 1 MiB piece is compressed in a thread
   while the chunks of the previous one are sent (one codec stream is
-  sequential);
-* receiver (:class:`HugeDataReceiver`): compressed chunks are gathered into
-  256 KiB segments, decompressed in a thread while later chunks arrive; at
-  most 2 MiB of compressed input waits for the thread.  A client's receiver
+  sequential); with chunks of at most 64 KiB a piece is compressed in parts
+  of 256 KiB, the transfer's first part of 64 KiB and on the event loop, so
+  that the first chunks leave at once;
+* receiver (:class:`HugeDataReceiver`): the first chunk is decompressed at
+  once and the next small ones in 16 KiB groups, then compressed chunks are
+  gathered into 256 KiB segments, decompressed in a thread while later
+  chunks arrive; at most 2 MiB of compressed input waits for the thread.  A client's receiver
   (``decode=True``) also decodes the msgpack result there, as the
   decompressed pieces come (streaming decode): the decompressed payload
   never exists whole next to the decoded result (:mod:`gaterpc.hugedecode`).
@@ -56,13 +60,16 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import (
-    TYPE_CHECKING, Any, AsyncIterator, ClassVar, Deque, List, Optional, Tuple, Union, cast,
+    TYPE_CHECKING, Any, AsyncIterator, ClassVar, Deque, Iterable, Iterator, List, Optional, Tuple, Union, cast,
 )
 
 from gaterpc.exceptions import BadGzip, HugeDataException, RemoteException
-from gaterpc.hugedecode import INLINE_OUTPUT, Output, StreamDecoder
-from gaterpc.serialization import MsgUnpackError, msg_unpack
-from gaterpc._speedups.chunks import ChunkCutter, OutputLimiter
+from gaterpc.hugedecode import INLINE_OUTPUT, StreamDecoder
+from gaterpc.hugereceive import (  # noqa: F401 (HugeDataReceiver and INLINE_GROUP re-exported)
+    DEFAULT_MAX_DECOMPRESSED_SIZE, INLINE_GROUP, OFFLOAD_SIZE, HugeDataReceiver,
+)
+from gaterpc.serialization import msg_unpack
+from gaterpc._speedups.chunks import ChunkCutter
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -75,11 +82,11 @@ __all__ = (
     "detect_format", "INLINE_OUTPUT", "StreamDecoder",
 )
 
-OFFLOAD_SIZE = 256 * 1024
 _SLICE = 1024 * 1024
-#: Output asked of a decompressor per call: bounds the memory one call can
-#: allocate (some decompressors allocate ``max_length`` up front).
-_STEP = 1024 * 1024
+#: With small chunks, pieces of input are compressed (other than gzip) in
+#: parts of this size, the transfer's first part of ``_FIRST_PART`` bytes.
+_PART = OFFLOAD_SIZE
+_FIRST_PART = 64 * 1024
 #: The first wire chunk holds at least this much (the whole gzip header).
 _HEADER_LEN = 10
 
@@ -88,318 +95,10 @@ from gaterpc.hugecodecs import (  # noqa: F401 (re-exported: the original's name
     GzipDecompressor, _could_be_magic, _deflate_block, crc32_combine, detect_format, get_codec,
 )
 
-_executor: Optional[ThreadPoolExecutor] = None
-_executor_pid = 0
-_executor_lock = threading.Lock()
-
-
-def _decompress_executor() -> ThreadPoolExecutor:
-    """The threads that decompress HugeData segments (shared by every receiver of the process).
-
-    A forked child gets its own: the parent's threads do not exist there.
-    """
-    global _executor, _executor_pid
-    pid = os.getpid()
-    if _executor is None or _executor_pid != pid:
-        with _executor_lock:
-            if _executor is None or _executor_pid != pid:
-                _executor = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                               thread_name_prefix="gaterpc-hugedata")
-                _executor_pid = pid
-    return _executor
-
-
-class HugeDataReceiver:
-    """Reassembles one HugeData reply from its chunks (client side).
-
-    Decompression is pipelined: the first ``SEGMENT`` compressed bytes are
-    decompressed in :meth:`feed` as they come (a corrupt or mislabelled stream
-    fails at its first chunk; a small transfer needs no thread); after that
-    :meth:`feed` gathers chunks into segments of ``SEGMENT`` bytes and hands
-    each to a worker thread, which decompresses it while later chunks arrive
-    (zlib, bz2, lzma and lz4 release the GIL); :meth:`finish` waits for the
-    last segments.  At most ``MAX_QUEUED`` compressed bytes wait for the
-    thread: a feed beyond that waits for it, so memory stays bounded.  An
-    error found by the thread (corrupt stream, size limit) is raised by the
-    next ``feed`` or by ``finish``.  ``pipelined=False`` decompresses each
-    chunk in ``feed``.  At most ``INLINE_OUTPUT`` decompressed bytes are
-    made in :meth:`feed` itself: a highly compressible start goes on in the
-    thread.
-
-    ``decode=True`` (the client's receivers): the decompressed pieces are
-    decoded with msgpack as they come, in the same thread, and
-    :meth:`finish_decoded` returns the value (:class:`StreamDecoder`); a
-    decode error is raised as early as a decompression error.
-    """
-
-    #: Compressed bytes gathered before a segment goes to the thread.
-    SEGMENT = 256 * 1024
-    #: Compressed bytes at most waiting for the thread.
-    MAX_QUEUED = 2 * 1024 * 1024
-
-    def __init__(self, *, default_module: CodecName = "gzip", max_decompressed_size: Optional[int] = None,
-                 pipelined: bool = True, decode: bool = False) -> None:
-        self.default_module = default_module
-        self.max_decompressed_size = (HugeData.DEFAULT_MAX_DECOMPRESSED_SIZE
-                                      if max_decompressed_size is None else max_decompressed_size)
-        self._head = b""
-        self._decompressor: Optional[Decompressor] = None
-        self._decode = decode
-        self._out: Output = (StreamDecoder(self.max_decompressed_size) if decode
-                              else OutputLimiter(self.max_decompressed_size))
-        self._closed = False
-        self._step = _STEP
-        self._pipelined = pipelined
-        #: Compressed bytes still to be decompressed inline before the thread takes over.
-        self._inline_left = self.SEGMENT
-        # Pipelined mode: compressed input not yet handed over, the segments
-        # waiting for the thread (and their size), whether a thread job runs,
-        # and the first error it met.
-        self._pending = bytearray()
-        self._queue: Deque[BytesLike] = deque()
-        self._queued = 0
-        self._running = False
-        self._error: Optional[BaseException] = None
-        self._cond: Optional[threading.Condition] = None
-
-    def _start(self, head: bytes) -> None:
-        name = detect_format(head) or self.default_module
-        self._decompressor = get_codec(name).decompressor()
-
-    def feed(self, chunk: Buffer) -> None:
-        """Take one chunk (empty chunks are ignored); see the class for when it is decompressed.
-
-        A chunk of ``SEGMENT`` bytes or more is kept as it is until the thread
-        has decompressed it: a mutable buffer must not change meanwhile.
-        """
-        if not chunk:
-            return
-        if self._closed:
-            raise HugeDataException("the HugeData receiver is closed")
-        if self._decompressor is None:
-            head = self._head + bytes(chunk)
-            if len(head) < _MAGIC_LEN and _could_be_magic(head):
-                self._head = head
-                return
-            self._head = b""
-            self._start(head)
-            chunk = head
-        if not self._pipelined:
-            self._decompress(chunk)
-            return
-        if self._inline_left > 0:
-            # The first SEGMENT bytes are decompressed here, chunk by chunk: a
-            # corrupt or wrongly labelled stream fails at its first chunk (and
-            # a small transfer needs no thread at all), up to INLINE_OUTPUT
-            # bytes of output; the thread goes on from there.
-            if self._out.total < INLINE_OUTPUT:
-                self._inline_left -= len(cast(BytesLike, chunk))
-                if self._decompress(chunk, INLINE_OUTPUT):
-                    return
-                self._inline_left = 0
-                self._submit(b"")  # the decompressor holds more output: the thread takes it out
-                return
-            self._inline_left = 0
-        if self._error is not None:
-            self._raise_error()
-        pending = self._pending
-        if not pending and len(cast(BytesLike, chunk)) >= self.SEGMENT:
-            self._submit(cast(BytesLike, chunk))  # large chunks go as they are, without a copy
-            return
-        pending += chunk
-        if len(pending) >= self.SEGMENT:
-            self._pending = bytearray()
-            self._submit(pending)
-
-    def _submit(self, segment: BytesLike) -> None:
-        """Queue a segment for the thread (waiting while too much is queued)."""
-        cond = self._cond
-        if cond is None:
-            cond = self._cond = threading.Condition()
-        with cond:
-            while self._queued >= self.MAX_QUEUED and self._running and self._error is None:
-                cond.wait(1.0)
-            if self._error is not None:
-                self._raise_error()
-            self._queue.append(segment)
-            self._queued += len(segment)
-            if self._running:
-                return
-            self._running = True
-        try:
-            _decompress_executor().submit(self._drain)
-        except BaseException:
-            with cond:
-                self._running = False
-            raise
-
-    def _drain(self) -> None:
-        """Thread job: decompress the queued segments in order until none is left."""
-        cond = self._cond
-        assert cond is not None  # made by _submit before the job
-        while True:
-            with cond:
-                if not self._queue or self._closed or self._error is not None:
-                    self._running = False
-                    self._queue.clear()
-                    self._queued = 0
-                    cond.notify_all()
-                    return
-                segment = self._queue.popleft()
-                self._queued -= len(segment)
-                cond.notify_all()
-            try:
-                self._decompress(segment)
-            except BaseException as exc:
-                with cond:
-                    self._error = exc
-
-    def _wait_idle(self) -> None:
-        """Wait until the thread has decompressed every queued segment."""
-        cond = self._cond
-        if cond is None:
-            return
-        with cond:
-            while self._running:
-                cond.wait(1.0)
-
-    def _raise_error(self) -> None:
-        exc = self._error
-        assert exc is not None
-        raise exc.with_traceback(None)
-
-    async def feed_async(self, chunk: BytesLike) -> None:
-        """As :meth:`feed`, decompressing a large chunk in a thread."""
-        if len(chunk) >= OFFLOAD_SIZE:
-            await asyncio.to_thread(self.feed, chunk)
-        else:
-            self.feed(chunk)
-
-    @property
-    def eof(self) -> bool:
-        """True once the decompressor reported the end of the compressed stream."""
-        return bool(getattr(self._decompressor, "eof", False))
-
-    def _decompress(self, data: Buffer, budget: int = 0) -> bool:
-        """Decompress ``data`` into the output; True when it is all done.
-
-        With a ``budget`` (> 0), stop once ``budget`` bytes of output were made
-        from the total so far and return False if the decompressor may hold
-        more for the same input (a later ``_decompress(b"")`` takes it out).
-        """
-        d = self._decompressor
-        if d is None:  # closed meanwhile (a thread job)
-            if self._closed:
-                return True
-            raise AssertionError("the decompressor starts in feed()/_complete() before any data")
-        out = self._out
-        step = self._step
-        try:
-            while not getattr(d, "eof", False):
-                want = out.room()
-                if want > step:
-                    want = step
-                piece = d.decompress(data, want)
-                data = b""
-                if not piece:
-                    return True
-                out.add(piece)
-                # Go on while the decompressor may hold more output for the same input.
-                if getattr(d, "needs_input", True) and len(piece) < want:
-                    return True
-                if budget and out.total >= budget:
-                    return False
-            return True
-        except (HugeDataException, BadGzip, MsgUnpackError):
-            raise
-        except Exception as exc:
-            raise HugeDataException(f"corrupt HugeData stream: {type(exc).__name__}: {exc}") from None
-
-    def _complete(self) -> None:
-        """Drain the decompressor and check the stream ended (the end tag arrived)."""
-        if self._pipelined:
-            self._wait_idle()
-            if self._error is not None:
-                self._raise_error()
-            if self._pending:
-                pending, self._pending = self._pending, bytearray()
-                self._decompress(pending)
-        if self._decompressor is None:
-            if not self._head:
-                raise HugeDataException("empty HugeData stream: no compressed data before the end tag")
-            head, self._head = self._head, b""
-            self._start(head)
-            self._decompress(head)
-        d: Any = self._decompressor  # a plug-in's decompressor may lack eof/flush
-        if not hasattr(d, "eof"):
-            if hasattr(d, "flush"):
-                self._out.add(d.flush())
-            return
-        if not d.eof:
-            self._decompress(b"")
-        if not d.eof:
-            raise HugeDataException("truncated HugeData stream: the compressed data ended early")
-
-    def _take(self) -> bytes:
-        """Output gathered since the last call (streaming use)."""
-        out: bytes = cast(OutputLimiter, self._out).take()
-        return out
-
-    def finish(self) -> bytearray:
-        """The decompressed payload, once the end tag arrived.
-
-        Raises ``HugeDataException`` when the stream is empty or truncated.
-        The payload is a ``bytearray`` (bytes-like, handed over without a copy).
-        """
-        if self._closed:
-            raise HugeDataException("the HugeData receiver is closed")
-        out = self._out
-        if isinstance(out, StreamDecoder):
-            raise TypeError("a decoding receiver (decode=True) gives its value with finish_decoded()")
-        self._complete()
-        payload: bytearray = cast(OutputLimiter, out).getvalue()
-        self.close()
-        return payload
-
-    def finish_decoded(self) -> Any:
-        """The decoded value (``decode=True``), once the end tag arrived.
-
-        Raises as :meth:`finish`, and ``MsgUnpackError`` when the payload is
-        not exactly one msgpack value.  Waits for the thread: see :attr:`slow_finish`.
-        """
-        if self._closed:
-            raise HugeDataException("the HugeData receiver is closed")
-        out = self._out
-        if not isinstance(out, StreamDecoder):
-            raise TypeError("finish_decoded() needs a decoding receiver (decode=True)")
-        try:
-            self._complete()
-            return out.result()
-        finally:
-            self.close()
-
-    @property
-    def slow_finish(self) -> bool:
-        """True when finishing may take a while: the thread has or had work, or compressed input waits."""
-        return self._cond is not None or bool(self._pending) or self._out.total > INLINE_OUTPUT
-
-    def close(self) -> None:
-        """Drop the buffers (idempotent); a running thread job stops after its segment."""
-        self._closed = True
-        cond = self._cond
-        if cond is not None:
-            with cond:
-                self._queue.clear()
-                self._queued = 0
-        self._pending = bytearray()
-        self._decompressor = None
-        self._out = OutputLimiter(0)
-
-
 class HugeData:
     """A large payload, compressed and sent in chunks (the original's API)."""
 
-    DEFAULT_MAX_DECOMPRESSED_SIZE = 256 * 1024 * 1024
+    DEFAULT_MAX_DECOMPRESSED_SIZE = DEFAULT_MAX_DECOMPRESSED_SIZE
     _WRITE_BUFFER_COMPACT_THRESHOLD = 1024 * 1024
     _shared_process_executor: ClassVar[Optional[ProcessPoolExecutor]] = None
 
@@ -554,17 +253,28 @@ class HugeData:
         # compressed at a time (the compressor is sequential) and one output
         # waits to be cut, so at most two pieces are in flight.
         ready: Optional[bytes] = None
+        # With chunks much smaller than a piece, a piece is compressed in
+        # parts, the very first one small and inline: the first chunks leave
+        # at once instead of after a whole piece's compression, and each
+        # later part is compressed while the chunks before it are sent.
+        sliced = self.blksize * 4 <= _PART
+        first = _FIRST_PART if sliced else 0
         try:
             async for piece in self._input():
-                job: Optional[asyncio.Future[bytes]] = None
-                out: Optional[bytes] = None
-                if len(piece) >= OFFLOAD_SIZE:
-                    job = running.run_in_executor(None, compressor.compress, piece)
-                else:
-                    out = compressor.compress(piece)
-                if ready:
-                    yield cutter.feed(ready)
-                ready = await job if job is not None else out
+                parts: Iterable[BytesLike] = (piece,)
+                if sliced and len(piece) > _PART:
+                    parts = _parts(piece, first)
+                    first = 0
+                for part in parts:
+                    job: Optional[asyncio.Future[bytes]] = None
+                    out: Optional[bytes] = None
+                    if len(part) >= OFFLOAD_SIZE:
+                        job = running.run_in_executor(None, compressor.compress, part)
+                    else:
+                        out = compressor.compress(part)
+                    if ready:
+                        yield cutter.feed(ready)
+                    ready = await job if job is not None else out
             if ready:
                 yield cutter.feed(ready)
             ready = None
@@ -742,6 +452,19 @@ async def iter_hugedata_batches(
     if head:
         yield [head]
     yield [b""]
+
+
+def _parts(piece: BytesLike, first: int) -> Iterator[memoryview]:
+    """``piece`` as views of ``_PART`` bytes, the first of ``first`` bytes if that is not 0."""
+    view = memoryview(piece)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    start = 0
+    if first:
+        yield view[:first]
+        start = first
+    for i in range(start, len(view), _PART):
+        yield view[i:i + _PART]
 
 
 async def _one_by_one(chunks: AsyncIterator[bytes]) -> AsyncIterator[List[bytes]]:

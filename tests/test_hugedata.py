@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import gaterpc.hugedata as hugedata_mod
+import gaterpc.hugereceive as receive_mod
 from gaterpc.exceptions import BadGzip, HugeDataException, RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.hugedata import HugeData, HugeDataReceiver, detect_format, iter_hugedata_chunks
@@ -46,7 +47,7 @@ def chunks_twin(request):
 def backend(chunks_twin, monkeypatch):
     """``gaterpc.hugedata`` running on one chunk-assembly twin."""
     monkeypatch.setattr(hugedata_mod, "ChunkCutter", chunks_twin.ChunkCutter)
-    monkeypatch.setattr(hugedata_mod, "OutputLimiter", chunks_twin.OutputLimiter)
+    monkeypatch.setattr(receive_mod, "OutputLimiter", chunks_twin.OutputLimiter)
     return chunks_twin
 
 
@@ -180,7 +181,7 @@ def test_default_limit_is_256_mib():
 @pytest.mark.parametrize("module", ["gzip", "tests.plugins.xorzlib"])
 def test_unlimited_output_larger_than_one_step(module, backend, monkeypatch):
     """Output beyond one decompress call's step is drained, not taken for truncation."""
-    monkeypatch.setattr(hugedata_mod, "_STEP", 4096)
+    monkeypatch.setattr(receive_mod, "_STEP", 4096)
     payload = random.Random(3).randbytes(50_000) * 4
     c = hugedata_mod.get_codec(module).compressor(1)
     stream = c.compress(payload) + c.flush()
@@ -199,7 +200,7 @@ async def test_feed_async_decompresses_large_chunks_in_a_thread(backend, monkeyp
         threads.append(func)
         return await real(func, *args)
 
-    monkeypatch.setattr(hugedata_mod.asyncio, "to_thread", spy)
+    monkeypatch.setattr(receive_mod.asyncio, "to_thread", spy)
     r = HugeDataReceiver()
     await r.feed_async(stream[:100])
     await r.feed_async(stream[100:])

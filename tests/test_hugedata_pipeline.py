@@ -19,6 +19,7 @@ import zlib
 import pytest
 
 import gaterpc.hugedata as hugedata_mod
+import gaterpc.hugereceive as receive_mod
 from gaterpc.exceptions import BadGzip, HugeDataException
 from gaterpc.hugedata import HugeData, HugeDataReceiver, iter_hugedata_chunks
 
@@ -36,7 +37,7 @@ def chunks_twin(request):
 def backend(chunks_twin, monkeypatch):
     """``gaterpc.hugedata`` running on one chunk-assembly twin."""
     monkeypatch.setattr(hugedata_mod, "ChunkCutter", chunks_twin.ChunkCutter)
-    monkeypatch.setattr(hugedata_mod, "OutputLimiter", chunks_twin.OutputLimiter)
+    monkeypatch.setattr(receive_mod, "OutputLimiter", chunks_twin.OutputLimiter)
     return chunks_twin
 
 
@@ -49,14 +50,14 @@ def mixed(size: int, seed: int = 5) -> bytes:
 def submits(monkeypatch):
     """Counts the segments jobs handed to the receiver's thread pool."""
     calls = []
-    real = hugedata_mod._decompress_executor
+    real = receive_mod._decompress_executor
 
     class Spy:
         def submit(self, fn):
             calls.append(fn)
             return real().submit(fn)
 
-    monkeypatch.setattr(hugedata_mod, "_decompress_executor", lambda: Spy())
+    monkeypatch.setattr(receive_mod, "_decompress_executor", lambda: Spy())
     return calls
 
 
@@ -172,6 +173,110 @@ def test_a_corrupt_stream_fails_at_its_first_chunk(backend):
     with pytest.raises(BadGzip, match="corrupt gzip stream"):
         r.feed(b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"\xff" * 100)
     r.close()
+
+
+def spy_codec(log: list):
+    """Raw deflate (no magic) whose compressor and decompressor log the size of every input."""
+
+    class Compressor:
+        def __init__(self, level):
+            self._c = zlib.compressobj(level, zlib.DEFLATED, -15)
+
+        def compress(self, data):
+            log.append(("c", len(data)))
+            return self._c.compress(data)
+
+        def flush(self):
+            return self._c.flush()
+
+    class Decompressor:
+        def __init__(self):
+            self._d = zlib.decompressobj(-15)
+
+        def decompress(self, data, max_length):
+            log.append(("d", len(data)))
+            return self._d.decompress(self._d.unconsumed_tail + bytes(data), max(max_length, 0))
+
+        @property
+        def eof(self):
+            return self._d.eof
+
+    return types.SimpleNamespace(__name__="spydeflate", compressor=Compressor, decompressor=Decompressor)
+
+
+def test_small_chunks_are_decompressed_in_groups(backend, submits):
+    """While the receiver decompresses on the caller's thread, the first chunk is decompressed
+    alone and the next ones in groups of INLINE_GROUP bytes: one call per group, not per chunk."""
+    log: list = []
+    payload = os.urandom(150_000)
+    stream = raw_deflate(payload)
+    assert len(stream) < HugeDataReceiver.SEGMENT  # all of it in the inline phase
+    r = HugeDataReceiver(default_module=spy_codec(log))
+    for i in range(0, len(stream), 1000):
+        r.feed(stream[i:i + 1000])
+    group = receive_mod.INLINE_GROUP
+    sizes = [n for kind, n in log if kind == "d" and n]
+    assert sizes[0] == 1000  # the first chunk at once: a bad stream fails at its first chunk
+    assert all(group <= n < group + 1000 for n in sizes[1:])
+    assert len(sizes) == 1 + (len(stream) - 1000) // (group // 1000 * 1000 + 1000)
+    assert r._pending and not r.prepare_finish()  # the last group: decompressed here, no thread
+    assert not r._pending
+    assert r.finish() == payload
+    assert not submits
+
+
+def test_a_bad_value_after_the_first_chunk_fails_within_one_group(backend):
+    encoded = b"\x92" + msg_pack(os.urandom(4000)) + b"\xc1" + os.urandom(200_000)  # 0xc1: never used
+    chunks = _stream("lz4", encoded)
+    group_chunks = receive_mod.INLINE_GROUP // 1000 + 1
+    r = HugeDataReceiver(decode=True)
+    fed = 0
+    with pytest.raises(MsgUnpackError, match="unpack failed"):
+        for c in chunks:
+            r.feed(c)
+            fed += 1
+    assert 5 < fed <= 5 + group_chunks  # the bad byte is in the 5th chunk
+    r.close()
+
+
+def test_a_group_that_expands_a_lot_is_finished_in_the_thread(backend, submits):
+    """prepare_finish() decompresses the last group within the inline output budget: the rest
+    of a highly compressible group goes to the thread, and finishing is slow (off the loop)."""
+    payload = os.urandom(1000) + b"\x00" * (8 * 1024 * 1024)
+    stream = gzip.compress(payload, 6)
+    assert len(stream) < receive_mod.INLINE_GROUP
+    r = HugeDataReceiver()
+    for i in range(0, len(stream), 1000):
+        r.feed(stream[i:i + 1000])
+    assert r._out.total < INLINE_OUTPUT and not submits
+    assert r.prepare_finish()
+    assert submits
+    assert r.finish() == payload
+
+
+async def test_small_chunks_leave_before_the_piece_is_compressed(backend):
+    """With chunks much smaller than a piece, the piece is compressed in parts, the first one
+    small: the first chunks are ready after 64 KiB of input, not after the whole piece."""
+    log: list = []
+    payload = os.urandom(1024 * 1024 + 5)
+    hd = HugeData(END, EXC, compress_module=spy_codec(log), blksize=1000)
+    hd.add_data(payload)
+    hd.flush()
+    batches = [b async for b in iter_hugedata_batches(hd)]
+    sizes = [n for kind, n in log if kind == "c"]
+    assert sizes[0] == hugedata_mod._FIRST_PART
+    assert all(n <= hugedata_mod._PART for n in sizes) and sum(sizes) == len(payload)
+    assert sum(len(c) for c in batches[0]) <= hugedata_mod._FIRST_PART + 1000
+    stream = b"".join(c for b in batches for c in b)
+    assert zlib.decompress(stream, -15) == payload
+    # large chunks: the piece is compressed whole
+    log.clear()
+    hd = HugeData(END, EXC, compress_module=spy_codec(log), blksize=1024 * 1024)
+    hd.add_data(payload)
+    hd.flush()
+    stream = b"".join([c async for c in iter_hugedata_chunks(hd)])
+    assert [n for kind, n in log if kind == "c"] == [len(payload)]
+    assert zlib.decompress(stream, -15) == payload
 
 
 def test_close_stops_the_thread_job(backend, monkeypatch):
@@ -522,12 +627,12 @@ async def test_undecodable_result_fails_the_call_and_the_client_goes_on(tmp_path
 
     class Bad(Worker):
         @interface
-        async def blob(self, n, module, corrupt):
+        async def blob(self, n, module, corrupt, blksize=64 * 1024):
             data = msg_pack([random.Random(n).randbytes(n)] * 2)
             if corrupt:
                 data = b"\x93" + msg_pack(b"q" * n) + b"\xc1" + data  # 0xc1: never used in msgpack
             return HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG, compress_module=module,
-                            blksize=64 * 1024, data=data)
+                            blksize=blksize, data=data)
 
     ctx = Context()
     front, back = f"ipc://{tmp_path}/front", f"ipc://{tmp_path}/back"
@@ -552,6 +657,12 @@ async def test_undecodable_result_fails_the_call_and_the_client_goes_on(tmp_path
             got = await asyncio.wait_for(client.Bad.blob(n, module, False), 60)
             assert got == [random.Random(n).randbytes(n)] * 2
             assert await asyncio.wait_for(client.Bad.blob(10, module, False), 60) == [random.Random(10).randbytes(10)] * 2
+            # a small transfer in 1000-byte chunks: the bad byte is in the group of
+            # chunks decompressed when the end arrives (no thread)
+            with pytest.raises(MsgUnpackError, match="unpack failed"):
+                await asyncio.wait_for(client.Bad.blob(3000, module, True, 1000), 60)
+            got = await asyncio.wait_for(client.Bad.blob(3000, module, False, 1000), 60)
+            assert got == [random.Random(3000).randbytes(3000)] * 2
         assert not client._huge
         for _ in range(200):  # the failed call's late chunks are dropped as they come
             if not client.replies:
@@ -620,7 +731,8 @@ async def test_batches_are_the_chunks_on_the_wire(module, size, blksize, backend
         r.feed(c)
     assert r.finish() == payload
     if size > 1_000_000 and blksize == 1000:
-        assert len(batches) < len(flat) / 100  # one list per piece of compressed output, not per chunk
+        # one list per part of the input compressed (at most 256 KiB), not per chunk
+        assert len(batches) < len(flat) / 50
 
 
 async def test_a_subclass_compress_is_still_used(backend):

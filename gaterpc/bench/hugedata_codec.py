@@ -32,12 +32,15 @@ import time
 from typing import Optional, Sequence
 
 import gaterpc.hugedata as hugedata
+import gaterpc.hugereceive as hugereceive
 from gaterpc.hugedata import HugeData, HugeDataReceiver, iter_hugedata_chunks
 
 MIB = 1024 * 1024
 MODULES = ("gzip", "lz4", "bz2", "lzma")
 END, EXC = b"HugeDataEND", b"HugeDataException"
 TWIN_CLASSES = ("ChunkCutter", "OutputLimiter")
+#: The module whose name each class is looked up by (the sender cuts chunks, the receiver limits output).
+_TWIN_HOME = {"ChunkCutter": hugedata, "OutputLimiter": hugereceive}
 
 
 def make_payload(size: int, seed: int = 1) -> bytes:
@@ -103,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from gaterpc._speedups import chunks as selector
 
     print(f"chunk assembly: {'compiled' if selector.USE_C else 'pure'} twin; blksize 1000; "
-          f"offload to a thread at >= {hugedata.OFFLOAD_SIZE // 1024} KiB")
+          f"offload to a thread at >= {hugereceive.OFFLOAD_SIZE // 1024} KiB")
     print(f"{'module':<10}{'MiB':>6}{'ratio':>8}{'compress MB/s':>16}{'decompress MB/s':>18}")
     rate: dict[str, float] = {}  # module -> seconds per MiB (round trip), to predict the next size
     variants: list[tuple[str, Optional[str]]] = [(m, None) for m in modules]
@@ -118,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{label:<10}{size:>6}{'skip':>8}")
                 continue
             # The chunk-assembly classes hugedata uses, swapped for a twin's for this case.
-            saved = [getattr(hugedata, name) for name in TWIN_CLASSES]
+            saved = [getattr(_TWIN_HOME[name], name) for name in TWIN_CLASSES]
             if twin is not None:
                 try:
                     mod = importlib.import_module(f"gaterpc._speedups.{twin}")
@@ -126,12 +129,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     print(f"{label:<10}{size:>6}{'n/a':>8}")
                     continue
                 for name in TWIN_CLASSES:
-                    setattr(hugedata, name, getattr(mod, name))
+                    setattr(_TWIN_HOME[name], name, getattr(mod, name))
             try:
                 tc, td, clen = run_case(payload, module)
             finally:
                 for name, cls in zip(TWIN_CLASSES, saved):
-                    setattr(hugedata, name, cls)
+                    setattr(_TWIN_HOME[name], name, cls)
             rate[label] = (tc + td) / size
             mb = size * MIB / 1e6
             print(f"{label:<10}{size:>6}{clen / (size * MIB):>8.2f}{mb / tc:>16.1f}{mb / td:>18.1f}")
