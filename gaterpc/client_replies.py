@@ -16,7 +16,8 @@ from gaterpc.exceptions import RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.hugedata import INLINE_OUTPUT, HugeDataReceiver
 from gaterpc.protocol import (
-    KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_STREAM_END, KIND_STREAM_ERROR, KIND_STREAM_ITEM, STREAM_END,
+    HUGE_END, HUGE_TAG, KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_STREAM_END, KIND_STREAM_ERROR,
+    KIND_STREAM_ITEM, STREAM_END,
 )
 from gaterpc._speedups.frames import reply_kind
 from gaterpc.serialization import MsgUnpackError, msg_unpack
@@ -114,6 +115,19 @@ class _ReplyHandler:
                 else:
                     fut.set_result(reply.get("result"))
             else:
+                if n == 6 and huge and msg[4] == HUGE_TAG:
+                    # a chunk of a HugeData transfer under way (the common case, thousands per
+                    # transfer with small chunks): straight to its receiver
+                    receiver = huge.get(request_id)
+                    frame = msg[5]
+                    if receiver is not None and frame != HUGE_END:
+                        try:
+                            receiver.feed(frame)
+                        except Exception as exc:  # corrupt stream or payload
+                            self._fail(request_id, exc)
+                            continue
+                        self._table.add(request_id, None, loop.time() + self.reply_timeout)
+                        continue
                 fut = replies.get(request_id)
                 if fut is None:
                     if request_id != self._probe_id:
