@@ -167,15 +167,18 @@ def _start_metrics(args: argparse.Namespace, *roles: Any) -> Any:
 
 def _add_sched(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sched", choices=("normal", "batch"), default=None,
-                   help="CPU scheduling policy (Linux), set before anything starts (default: as started). "
+                   help="CPU scheduling policy (Linux), set before anything starts (default: as started, "
+                        "ZeroMQ's I/O threads adapting to contention). "
                         "batch (SCHED_BATCH): more throughput on a host with more busy processes than cores; "
                         "a woken role waits a little longer for a core, so latency on an idle host does not "
-                        "improve")
+                        "improve. normal: every thread, ZeroMQ's I/O threads included, under the default policy")
 
 
 def _apply_sched(args: argparse.Namespace) -> None:
     """``--sched``: set the policy of this process before any ZeroMQ context (its I/O threads
-    inherit it)."""
+    inherit it).  ``normal`` also keeps the I/O threads there: the adaptive I/O-thread policy
+    (``Settings.ZMQ_IO_THREAD_BATCH = "auto"``) is turned off, unless a ``--settings`` module
+    sets it again."""
     name = getattr(args, "sched", None)
     if name is None:
         return
@@ -187,6 +190,10 @@ def _apply_sched(args: argparse.Namespace) -> None:
         raise UsageError(f"--sched {name}: {exc}") from None
     except OSError as exc:
         raise UsageError(f"--sched {name}: the kernel refused it: {exc.strerror or exc}") from None
+    if name == "normal":
+        from gaterpc.global_settings import Settings
+
+        Settings.configure("ZMQ_IO_THREAD_BATCH", False)
 
 
 def _add_common(p: argparse.ArgumentParser, logs: bool = True) -> None:

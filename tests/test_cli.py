@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -296,6 +297,29 @@ def test_sched_batch_broker_and_workers_really_run_under_it(procs, short_tmp):
         rc, _, err = stop(proc)
         assert rc == 0, err
     assert "CPU scheduling policy: batch" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux only")
+def test_sched_normal_keeps_the_io_threads_under_the_default_policy(monkeypatch):
+    """``--sched normal`` turns the adaptive I/O-thread policy off (it would move them to batch
+    under contention); no ``--sched`` and ``--sched batch`` leave the setting as it is."""
+    import argparse
+
+    from gaterpc import cli
+    from gaterpc.global_settings import Settings
+    from gaterpc.sched import policy_of, set_policy
+
+    before = policy_of(threading.get_native_id())
+    monkeypatch.setattr(Settings, "ZMQ_IO_THREAD_BATCH", "auto")  # restored after the test
+    cli._apply_sched(argparse.Namespace(sched=None))
+    assert Settings.ZMQ_IO_THREAD_BATCH == "auto"
+    try:
+        cli._apply_sched(argparse.Namespace(sched="batch"))
+        assert Settings.ZMQ_IO_THREAD_BATCH == "auto"  # batch threads are left alone by auto mode
+        cli._apply_sched(argparse.Namespace(sched="normal"))
+        assert Settings.ZMQ_IO_THREAD_BATCH is False
+    finally:
+        set_policy(before)
 
 
 def test_sched_without_the_platform_support_is_a_one_line_usage_error(monkeypatch, capsys, short_tmp):
