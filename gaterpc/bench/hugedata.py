@@ -68,8 +68,10 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
     """One transfer of ``size`` bytes in fresh broker, worker and client processes; the result row.
 
     Per role: ``rss_<role>`` peak RSS (MiB), ``base_<role>`` RSS when the
-    transfer started, ``cpu_<role>`` CPU seconds spent from then to the end
-    (every thread; the client's: of the call alone).
+    transfer started, ``cpu_<role>`` CPU seconds spent on the transfer
+    (every thread; the client's: of the call alone; the broker's and the
+    worker's: from a mark just before the call to a mark just after it, so
+    that neither their start nor their shutdown counts).
     """
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-huge-"))
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
@@ -108,6 +110,12 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
         if call is None or "elapsed" not in call:
             result["error"] = "timeout" if client.poll() is None else "no result"
             return result
+        after: dict[str, dict[str, Any]] = {}
+        for role in ("broker", "worker"):
+            procs[role].send_signal(signal.SIGUSR1)  # the transfer is over: its CPU time ends here
+            row = _json_line(procs[role], deadline)
+            if row is not None:
+                after[role] = row
         last = _json_line(client, deadline) or call
         result.update(ok=call["ok"], elapsed=call["elapsed"], mb_s=size / MiB / call["elapsed"],
                       rss_client=last["rss_mib"], base_client=base["client"]["rss_now_mib"],
@@ -122,7 +130,8 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
                 rows = []
             result[f"rss_{role}"] = rows[-1]["rss_mib"] if rows else None
             result[f"base_{role}"] = base[role].get("rss_now_mib")
-            result[f"cpu_{role}"] = rows[-1]["cpu_s"] - base[role]["cpu_s"] if rows and "cpu_s" in rows[-1] else None
+            end = after.get(role)
+            result[f"cpu_{role}"] = end["cpu_s"] - base[role]["cpu_s"] if end and "cpu_s" in end else None
         return result
     finally:
         for p in procs.values():

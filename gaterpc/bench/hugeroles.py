@@ -7,8 +7,9 @@ compressible text, so that neither codec has it easy.  The client checks the
 size and SHA-256 of what it gets against the worker's ``digest(...)`` (which
 also encodes the payload ahead of the timed call), and prints one JSON line
 with the timing; every role prints its peak RSS, RSS and CPU time on exit,
-and on SIGUSR1 (the broker and the worker) or before the timed call (the
-client) the same figures as the transfer's baseline.
+and on SIGUSR1 (the broker and the worker: before and after the transfer)
+or before the timed call (the client) the same figures, the transfer's
+baseline and end.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
             stop.set_result(None)
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    # SIGUSR1: "the transfer starts now" (the bench's baseline of CPU time and RSS).
+    # SIGUSR1: a mark (the bench's baseline of CPU time and RSS just before the
+    # transfer, and the end of its CPU time just after it).
     loop.add_signal_handler(signal.SIGUSR1, lambda: report(mark=True))
     ctx = Context()
     if role == "broker":
