@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -54,9 +55,36 @@ class Calc(Worker):
 HEARTBEAT = "300"
 
 
-def free_port():
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where outgoing connections get theirs)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port free on ``host`` right now, below the ephemeral range when it can.
+
+    The caller binds it a little later, often in a child process; meanwhile a
+    port of the ephemeral range may become the local end of any outgoing
+    connection on the machine (the suite's other tests make many), while a
+    port below it is only taken by an explicit bind.  At most 200 tries, then
+    any free port.
+    """
+    low, high = 20000, min(32000, _ephemeral_low())
+    rnd = random.SystemRandom()
+    for _ in range(200 if high > low else 0):
+        port = rnd.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
