@@ -175,3 +175,31 @@ def test_gate_call_with_corrupt_hugedata_fails_at_once(session):
 
     session.run(scenario())
     session.run(ep.check())
+
+
+@pytest.mark.parametrize("session", ["gate"], indirect=True)
+def test_a_leave_racing_a_gate_call_fails_the_call_and_is_no_finding(session):
+    """A LEAVE sent right before a ``call_gate`` can reach the gate after the call
+    started: the gate bans us, its connection (and the WHISPER in it) goes, and the
+    call fails at once.  The harness accepts that; a call that hangs is still a finding."""
+    ep = session.endpoint
+    leave = [b"", fuzz.GATE01, b"\x05", b"\xbe\xb2*\xf1"]
+    for _ in range(3):
+        session.case([("reply", [b"GateStreamHugData"]), leave, ("reply", [b"GateStreamHugData"])])
+        session.run(ep.check())  # we joined again and the gate answers
+    assert ep.peer_id in ep.role.gate_cluster.workers
+
+    async def hanging_call():
+        gate = ep.role
+        real = gate.send_whisper_command
+
+        async def silent(*args, **kwargs):  # sends nothing: the call can only time out
+            return None
+        gate.send_whisper_command = silent
+        try:
+            with pytest.raises(fuzz.FuzzFailure, match="no WHISPER"):
+                await ep._gate_call([msg_pack(1)])
+        finally:
+            gate.send_whisper_command = real
+
+    session.run(hanging_call())

@@ -578,11 +578,21 @@ class GateEndpoint(Endpoint):
         if self.peer_id not in gate.gate_cluster.workers:
             return
         call = asyncio.ensure_future(gate.call_gate(self.peer_id, "fuzz", timeout=SYNC_TIMEOUT * 2))
-        req = await recv_until(self.inbox, lambda m: len(m) >= 6 and m[3] == b"\x03" and m[4] == b"Gate"
-                               and m[5] in gate.gate_replies)
+        whisper = asyncio.ensure_future(recv_until(
+            self.inbox, lambda m: len(m) >= 6 and m[3] == b"\x03" and m[4] == b"Gate" and m[5] in gate.gate_replies))
+        await asyncio.wait((call, whisper), return_when=asyncio.FIRST_COMPLETED)
+        if not whisper.done() and self._dropped_during(call):
+            # a LEAVE earlier in the batch reached the gate after the call started:
+            # it banned us, closed its connection (the WHISPER went with it) and
+            # failed the call in flight, as it must
+            whisper.cancel()
+            await asyncio.gather(whisper, return_exceptions=True)
+            return
+        req = await whisper
         if req is None:
             call.cancel()
-            raise FuzzFailure("gate: call_gate sent no WHISPER")
+            ended = f" (the call ended with {call.exception()!r})" if call.done() and not call.cancelled() else ""
+            raise FuzzFailure(f"gate: call_gate sent no WHISPER{ended}")
         rid = req[5]
         head = [b"", GATE01, b"\x03", b"Gate", rid]
         if body:
@@ -609,6 +619,13 @@ class GateEndpoint(Endpoint):
             raise FuzzFailure(f"gate: call_gate ended with {call.exception()!r}")
         if rid in gate.gate_replies or rid in gate._gate_streams:
             raise FuzzFailure("gate: a finished call_gate is still pending")
+
+    def _dropped_during(self, call: asyncio.Future[Any]) -> bool:
+        """True when ``call`` failed (not by timeout) because the gate dropped our peer."""
+        if not call.done() or call.cancelled() or self.peer_id in self.role.gate_cluster.workers:
+            return False
+        exc = call.exception()
+        return exc is not None and not isinstance(exc, (asyncio.TimeoutError, TimeoutError))
 
     async def _sync(self) -> None:
         await self._join()
