@@ -474,3 +474,64 @@ async def test_connect_gate_joins_without_waiting_for_a_heartbeat(tmp_path):
         b.stop()
         await asyncio.sleep(0.1)
         ctx.destroy(linger=0)
+
+
+async def test_a_worker_that_registers_between_our_join_and_the_peers_join_is_announced(tmp_path):
+    """Gate B's JOIN (no services yet) has left; its worker registers; only then does
+    gate A's JOIN register A at B.  B announced the worker to its ready peers only
+    (none then), so A must learn of it when it registers: one UpdateActiveService
+    notice for what changed since B's JOIN.  (docs/GATE.md's first example hit this.)"""
+
+    class HeldJoinGate(Gate):
+        """Registers a peer only once ``release`` is set (the join hook of the original's API)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.release = asyncio.Event()
+
+        async def process_join_command(self, gate_id, active_services):
+            await asyncio.wait_for(self.release.wait(), 10)
+            await super().process_join_command(gate_id, active_services)
+
+    ctx = Context()
+    pa, pb = free_port(), free_port()
+    a = Gate(pa, identity=f"ja-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=20000, multicast=False,
+             gate_bind="127.0.0.1")
+    b = HeldJoinGate(pb, identity=f"jb-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=20000, multicast=False,
+                     gate_bind="127.0.0.1")
+    worker = None
+    try:
+        for g, n in ((a, "a"), (b, "b")):
+            g.bind_frontend(f"ipc://{tmp_path}/{n}-front")
+            g.bind_backend(f"ipc://{tmp_path}/{n}-back")
+            g.run()
+        await a.connect_gate(b.identity, f"tcp://127.0.0.1:{pb}")
+        await b.connect_gate(a.identity, f"tcp://127.0.0.1:{pa}")
+        await until(lambda: b.identity in a.gate_cluster.workers)  # B's JOIN, without services
+        assert a.identity not in b.gate_cluster.workers  # A's JOIN is held at B
+        assert not a.service_reachable("LateEcho")
+        worker = Service(name="LateEcho").create_worker(Echo, f"ipc://{tmp_path}/b-back", context=ctx)
+        worker.node = "b"
+        worker.run()
+        await until(lambda: "LateEcho" in b.services and b.services["LateEcho"].workers)
+        b.release.set()
+        await until(lambda: a.identity in b.gate_cluster.workers)
+        await a.wait_for_service("LateEcho", timeout=5)
+        client = Client(f"ipc://{tmp_path}/a-front", context=ctx)
+        await client.connect()
+        try:
+            got = await asyncio.wait_for(client.LateEcho.echo("hi"), 5)
+            assert got == {"args": ["hi"], "gate": "b"}
+        finally:
+            client.close()
+        # a worker that leaves is announced as before (capacity 0)
+        worker.stop()
+        worker = None
+        await until(lambda: not a.service_reachable("LateEcho"))
+    finally:
+        if worker is not None:
+            worker.stop()
+        a.stop()
+        b.stop()
+        await asyncio.sleep(0.1)
+        ctx.destroy(linger=0)

@@ -184,6 +184,8 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         self._manual_gates = set()
         self._last_invite = {}
         self._last_join = {}
+        # gate id -> the services our last JOIN to it advertised
+        self._join_sent = {}
         self._join_wanted = {}
         self._peer_ids = set()
         self._gate_streams = {}

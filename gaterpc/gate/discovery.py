@@ -127,13 +127,17 @@ class _DiscoveryMixin(_GateBase):
         """
         _send_raw(sock, self._head[GATE_INVITE])
 
-    def _join_payload(self) -> bytes:
+    def _join_services(self) -> dict[str, int]:
+        """What a JOIN advertises: each service hosted here with its capacity (> 0)."""
         services = {}
         for name, svc in self.services.items():
             total = sum(w.max_allowed_request + len(w._inflight) for w in svc.workers.values())
             if total > 0:
                 services[name] = min(total, Settings.MESSAGE_MAX)
-        return msg_pack(services)
+        return services
+
+    def _join_payload(self) -> bytes:
+        return msg_pack(self._join_services())
 
     def _send_join(self, gate_id: bytes, now: float) -> bool:
         """Answer an INVITE with a JOIN on our own connection to the inviter."""
@@ -156,7 +160,8 @@ class _DiscoveryMixin(_GateBase):
     def _join_now(self, gate_id: bytes, gate: Optional[RemoteGate], sock: Optional[zmq.Socket[Any]],
                   now: float) -> bool:
         """Send our JOIN to ``gate_id`` (registered: ``gate``, else the pending ``sock``)."""
-        frames = (*self._head[GATE_JOIN], self._join_payload())
+        services = self._join_services()
+        frames = (*self._head[GATE_JOIN], msg_pack(services))
         if gate is not None:
             if gate._lsock is None:
                 return False
@@ -167,6 +172,7 @@ class _DiscoveryMixin(_GateBase):
             self._want_join(gate_id, now)
             return False
         self._last_join[gate_id] = now
+        self._join_sent[gate_id] = services
         self._join_wanted.pop(gate_id, None)
         return True
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from typing import Any, Optional
+from uuid import uuid4
 
 import zmq
 
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import name2uuid
-from gaterpc.protocol import GATE_HEARTBEAT, GATE_LEAVE
-from gaterpc.serialization import msg_unpack
+from gaterpc.protocol import GATE_HEARTBEAT, GATE_LEAVE, GATE_NOTICE
+from gaterpc.serialization import msg_pack, msg_unpack
 
 from ._typed import ABCService, BusyGateError, LoopSocket, RemoteWorker, ServiceUnAvailableError
 from ._base import _GateBase
@@ -274,7 +275,7 @@ class _PeersMixin(_GateBase):
     def _prune_tables(self, now: float) -> None:
         """Forget bookkeeping of peers that are neither joined, pending nor manual."""
         known = None
-        for table in (self._gate_addrs, self._last_invite, self._last_join):
+        for table in (self._gate_addrs, self._last_invite, self._last_join, self._join_sent):
             if len(table) > len(self.gate_cluster.workers) + len(self.gate_cluster.unready_gates) \
                     + len(self._manual_gates):
                 if known is None:
@@ -296,6 +297,7 @@ class _PeersMixin(_GateBase):
         self._gate_addrs.pop(gate_id, None)
         self._last_invite.pop(gate_id, None)
         self._last_join.pop(gate_id, None)
+        self._join_sent.pop(gate_id, None)
         self._join_wanted.pop(gate_id, None)
         self._peer_ids.discard(gate_id)
         if gate_id != self.identity:
@@ -340,6 +342,7 @@ class _PeersMixin(_GateBase):
         if gate._lsock is not None:
             gate._lsock.send(self._head[GATE_HEARTBEAT])
             gate.last_message_sent_time = now
+            self._correct_stale_join(gate)
         if gate_id in self._join_wanted:
             # it invited us before we had a connection to it: JOIN now, so that it
             # registers us before our first request reaches it
@@ -352,6 +355,30 @@ class _PeersMixin(_GateBase):
         while held:
             self._gate_command(held.popleft()[1], now)
         return gate
+
+    def _correct_stale_join(self, gate: RemoteGate) -> None:
+        """Tell a peer that has just joined what changed here since our JOIN to it.
+
+        Our JOIN may have left before this peer's JOIN registered it here, and
+        a worker that came or went in between was announced to ready peers
+        only: the peer would never learn of it.  One ``UpdateActiveService``
+        notice per service whose capacity differs from what that JOIN said
+        (0 for one that is gone), the notice every gate handles.
+        """
+        sent = self._join_sent.get(gate.identity)
+        lsock = gate._lsock
+        if sent is None or lsock is None:
+            return
+        now_services = self._join_services()
+        if now_services == sent:
+            return
+        head = self._head[GATE_NOTICE]
+        for name in sorted(set(sent) | set(now_services)):
+            capacity = now_services.get(name, 0)
+            if sent.get(name, 0) != capacity:
+                lsock.send((*head, uuid4().bytes, b"UpdateActiveService", msg_pack(name), msg_pack(capacity)))
+        self._join_sent[gate.identity] = now_services
+        gate._sent = True
 
     def _ban(self, gate: RemoteGate, send_leave: bool, reconnect: bool = True, linger: int = 100) -> None:
         """Forget a peer: LEAVE (if asked and it is ready), close, fail its calls."""
