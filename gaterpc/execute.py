@@ -89,6 +89,14 @@ _STREAM_KINDS = (GeneratorType, AsyncGeneratorType, HugeData)
 
 _getrefcount = sys.getrefcount
 
+#: what :meth:`Runner._first_step` returns for a call that cancelled its own task
+_CANCELLED = object()
+
+
+def _cancelled_error() -> asyncio.CancelledError:
+    """The error a caller gets when its call's task was cancelled by the call itself."""
+    return asyncio.CancelledError("the call's task was cancelled")
+
 
 class _Standby:
     """A task waiting to continue the next coroutine call that suspends (before 3.12).
@@ -288,6 +296,16 @@ class Runner:
         task.cancel()
         return True
 
+    def cancel_all(self) -> None:
+        """Cancel every call running in a task, as :meth:`cancel` does (no reply is sent).
+
+        The worker stops, or the time it gave its calls to finish is over:
+        the broker tells their callers.
+        """
+        self.active.clear()
+        for task in list(self.tasks):
+            task.cancel()
+
     def _track(self, client_id: bytes, request_id: bytes, task: asyncio.Future[Any]) -> None:
         self.tasks.add(task)
         self.active[(client_id, request_id)] = task
@@ -313,7 +331,7 @@ class Runner:
                     # eager_start exists from 3.12 on (guarded by _EAGER); mypy checks against 3.10
                     task = asyncio.Task(coro, loop=self.loop, eager_start=True)  # type: ignore[call-arg]
                     if task.done():
-                        self._task_done(client_id, request_id, task)
+                        self._settle(client_id, request_id, task)
                         return
                     self._track(client_id, request_id, task)
                     task.add_done_callback(functools.partial(self._task_done, client_id, request_id))
@@ -324,6 +342,9 @@ class Runner:
                     task = result
                     self._track(client_id, request_id, task)
                     task.add_done_callback(functools.partial(self._task_done, client_id, request_id))
+                    return
+                if result is _CANCELLED:
+                    self.reply_error(client_id, request_id, _cancelled_error(), with_traceback=False)
                     return
             elif kind == KIND_THREAD:
                 fut = self.loop.run_in_executor(
@@ -380,6 +401,10 @@ class Runner:
         try:
             finished, value = coro_step(ctx, coro)
             if finished:
+                if task._must_cancel:  # type: ignore[attr-defined]  # private, not in the stubs
+                    # it cancelled its own task and returned: as with an eager task
+                    # (3.12+), the call ends cancelled, not with what it returned
+                    return True, _CANCELLED
                 return True, value
         finally:
             _leave_task(loop, task)
@@ -414,7 +439,19 @@ class Runner:
         key = (client_id, request_id)
         if active.get(key) is task:
             del active[key]
+        elif task.cancelled():
+            return  # cancelled by :meth:`cancel` / :meth:`cancel_all`: the broker tells the caller
+        self._settle(client_id, request_id, task)
+
+    def _settle(self, client_id: bytes, request_id: bytes, task: asyncio.Future[Any]) -> None:
+        """Reply with what a finished call's task or future ended with.
+
+        A task cancelled by anything but :meth:`cancel` (the call cancelled
+        its own task, or raised ``CancelledError``) is answered with that
+        error, as any other exception: the caller is never left to time out.
+        """
         if task.cancelled():
+            self.reply_error(client_id, request_id, _cancelled_error(), with_traceback=False)
             return
         exc = task.exception()
         if exc is not None:

@@ -454,8 +454,7 @@ class Worker(ABCWorker):
         return delay * random.uniform(0.5, 1.0)
 
     def _cancel_requests(self) -> None:
-        for task in list(self.requests):
-            task.cancel()
+        self._runner.cancel_all()  # as for CANCEL: no replies (the broker tells the callers)
         for task in list(self._hook_tasks):
             task.cancel()
         self._runner.close()  # its idle standby task (see gaterpc.execute)
@@ -622,8 +621,7 @@ class Worker(ABCWorker):
             left = len(self.requests)
             if left:
                 Wlogger.warning("%d request(s) still running after %.1f s: cancelled", left, grace)
-                for task in list(self.requests):
-                    task.cancel()
+                self._runner.cancel_all()  # no replies: the broker tells the callers
             lsock = self._lsock
             if lsock is not None and not lsock.closed and lsock.backlog_size():
                 try:

@@ -356,6 +356,8 @@ async def test_a_task_kept_by_a_first_step_finishes_and_is_not_reused():
 
 
 async def test_a_first_step_that_cancels_its_own_task_does_not_cancel_the_next_call():
+    """As with an eager task (3.12+) on every version: a call that cancels its own task
+    and returns ends cancelled, and its caller gets that error at once (no time-out)."""
     h = Harness()
 
     async def self_cancel():
@@ -368,8 +370,45 @@ async def test_a_first_step_that_cancels_its_own_task_does_not_cancel_the_next_c
 
     await h.call(b"r1", self_cancel)
     await h.call(b"r2", later, 7)
-    assert single(h.replies(b"r1")[0])["result"] == "returned"
+    reply = single((await h.wait_reply(b"r1"))[0])
+    assert reply["result"] is None and reply["exception"][0] == "CancelledError"
     assert single((await h.wait_reply(b"r2"))[0])["result"] == 7
+    h.runner.close()
+
+
+@pytest.mark.parametrize("where", ["first step", "after suspending"])
+async def test_a_call_that_raises_cancelled_error_gets_an_error_reply(where):
+    """CancelledError raised by the call itself (not a CANCEL from the broker) is
+    answered like any other error, on every Python version."""
+    h = Harness()
+
+    async def cancels():
+        if where == "after suspending":
+            await asyncio.sleep(0.01)
+        raise asyncio.CancelledError("from the call")
+
+    await h.call(b"r1", cancels)
+    reply = single((await h.wait_reply(b"r1"))[0])
+    assert reply["result"] is None and reply["exception"][0] == "CancelledError"
+    assert not h.runner.active
+    h.runner.close()
+
+
+async def test_cancel_and_cancel_all_send_no_reply():
+    h = Harness()
+
+    async def slow(x):
+        await asyncio.sleep(5)
+        return x
+
+    for rid in (b"r1", b"r2", b"r3"):
+        await h.call(rid, slow, 1)
+    assert len(h.runner.active) == 3
+    assert h.runner.cancel(b"client", b"r1")
+    h.runner.cancel_all()
+    await asyncio.sleep(0.05)
+    assert not h.runner.active and not h.tasks
+    assert all(not h.replies(rid) for rid in (b"r1", b"r2", b"r3"))
     h.runner.close()
 
 
