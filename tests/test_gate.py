@@ -440,6 +440,47 @@ async def test_wire_datagram_layout(nodes):
     assert int.from_bytes(msg[39:], "big", signed=True) == a.port
 
 
+class TwoGates:
+    """Two gates on one context with ipc frontends/backends in ``tmp_path`` (long heartbeats)."""
+
+    def __init__(self, tmp_path, prefix, heartbeat_ms=20000, b_class=Gate):
+        self.tmp = tmp_path
+        self.ctx = Context()
+        self.pa, self.pb = free_port(), free_port()
+        tag = uuid.uuid4().hex[:6]
+        self.a = Gate(self.pa, identity=f"{prefix}a-{tag}", context=self.ctx, heartbeat=heartbeat_ms,
+                      multicast=False, gate_bind="127.0.0.1")
+        self.b = b_class(self.pb, identity=f"{prefix}b-{tag}", context=self.ctx, heartbeat=heartbeat_ms,
+                         multicast=False, gate_bind="127.0.0.1")
+        self.workers = []
+
+    async def __aenter__(self):
+        for g, n in ((self.a, "a"), (self.b, "b")):
+            g.bind_frontend(f"ipc://{self.tmp}/{n}-front")
+            g.bind_backend(f"ipc://{self.tmp}/{n}-back")
+            g.run()
+        return self
+
+    def worker_on_b(self, service):
+        worker = Service(name=service).create_worker(Echo, f"ipc://{self.tmp}/b-back", context=self.ctx)
+        worker.node = "b"
+        worker.run()
+        self.workers.append(worker)
+        return worker
+
+    async def connect_both_ways(self):
+        await self.a.connect_gate(self.b.identity, f"tcp://127.0.0.1:{self.pb}")
+        await self.b.connect_gate(self.a.identity, f"tcp://127.0.0.1:{self.pa}")
+
+    async def __aexit__(self, *exc):
+        for worker in self.workers:
+            worker.stop()
+        self.a.stop()
+        self.b.stop()
+        await asyncio.sleep(0.1)
+        self.ctx.destroy(linger=0)
+
+
 async def test_connect_gate_joins_without_waiting_for_a_heartbeat(tmp_path):
     """connect_gate on both sides: joined (and the peer's services known) long before one heartbeat.
 
@@ -448,32 +489,27 @@ async def test_connect_gate_joins_without_waiting_for_a_heartbeat(tmp_path):
     after connect_gate make up for it.
     """
     heartbeat_ms = 20000
-    ctx = Context()
-    pa, pb = free_port(), free_port()
-    a = Gate(pa, identity=f"qa-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=heartbeat_ms, multicast=False, gate_bind="127.0.0.1")
-    b = Gate(pb, identity=f"qb-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=heartbeat_ms, multicast=False, gate_bind="127.0.0.1")
-    worker = None
-    try:
-        for g, n in ((a, "a"), (b, "b")):
-            g.bind_frontend(f"ipc://{tmp_path}/{n}-front")
-            g.bind_backend(f"ipc://{tmp_path}/{n}-back")
-            g.run()
-        worker = Service(name="QuickEcho").create_worker(Echo, f"ipc://{tmp_path}/b-back", context=ctx)
-        worker.run()
+    async with TwoGates(tmp_path, "q", heartbeat_ms) as gates:
+        a, b = gates.a, gates.b
+        gates.worker_on_b("QuickEcho")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await a.connect_gate(b.identity, f"tcp://127.0.0.1:{pb}")
-        await b.connect_gate(a.identity, f"tcp://127.0.0.1:{pa}")
+        await gates.connect_both_ways()
         await a.wait_for_service("QuickEcho", timeout=heartbeat_ms / 1000 / 2)
         assert loop.time() - t0 < heartbeat_ms / 1000 / 2
         assert b.identity in a.gate_cluster.workers and a.identity in b.gate_cluster.workers
-    finally:
-        if worker is not None:
-            worker.stop()
-        a.stop()
-        b.stop()
-        await asyncio.sleep(0.1)
-        ctx.destroy(linger=0)
+
+
+class HeldJoinGate(Gate):
+    """Registers a peer only once ``release`` is set (the join hook of the original's API)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.release = asyncio.Event()
+
+    async def process_join_command(self, gate_id, active_services):
+        await asyncio.wait_for(self.release.wait(), 10)
+        await super().process_join_command(gate_id, active_services)
 
 
 async def test_a_worker_that_registers_between_our_join_and_the_peers_join_is_announced(tmp_path):
@@ -481,43 +517,18 @@ async def test_a_worker_that_registers_between_our_join_and_the_peers_join_is_an
     gate A's JOIN register A at B.  B announced the worker to its ready peers only
     (none then), so A must learn of it when it registers: one UpdateActiveService
     notice for what changed since B's JOIN.  (docs/GATE.md's first example hit this.)"""
-
-    class HeldJoinGate(Gate):
-        """Registers a peer only once ``release`` is set (the join hook of the original's API)."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.release = asyncio.Event()
-
-        async def process_join_command(self, gate_id, active_services):
-            await asyncio.wait_for(self.release.wait(), 10)
-            await super().process_join_command(gate_id, active_services)
-
-    ctx = Context()
-    pa, pb = free_port(), free_port()
-    a = Gate(pa, identity=f"ja-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=20000, multicast=False,
-             gate_bind="127.0.0.1")
-    b = HeldJoinGate(pb, identity=f"jb-{uuid.uuid4().hex[:6]}", context=ctx, heartbeat=20000, multicast=False,
-                     gate_bind="127.0.0.1")
-    worker = None
-    try:
-        for g, n in ((a, "a"), (b, "b")):
-            g.bind_frontend(f"ipc://{tmp_path}/{n}-front")
-            g.bind_backend(f"ipc://{tmp_path}/{n}-back")
-            g.run()
-        await a.connect_gate(b.identity, f"tcp://127.0.0.1:{pb}")
-        await b.connect_gate(a.identity, f"tcp://127.0.0.1:{pa}")
+    async with TwoGates(tmp_path, "j", b_class=HeldJoinGate) as gates:
+        a, b = gates.a, gates.b
+        await gates.connect_both_ways()
         await until(lambda: b.identity in a.gate_cluster.workers)  # B's JOIN, without services
         assert a.identity not in b.gate_cluster.workers  # A's JOIN is held at B
         assert not a.service_reachable("LateEcho")
-        worker = Service(name="LateEcho").create_worker(Echo, f"ipc://{tmp_path}/b-back", context=ctx)
-        worker.node = "b"
-        worker.run()
+        worker = gates.worker_on_b("LateEcho")
         await until(lambda: "LateEcho" in b.services and b.services["LateEcho"].workers)
         b.release.set()
         await until(lambda: a.identity in b.gate_cluster.workers)
         await a.wait_for_service("LateEcho", timeout=5)
-        client = Client(f"ipc://{tmp_path}/a-front", context=ctx)
+        client = Client(f"ipc://{tmp_path}/a-front", context=gates.ctx)
         await client.connect()
         try:
             got = await asyncio.wait_for(client.LateEcho.echo("hi"), 5)
@@ -526,12 +537,4 @@ async def test_a_worker_that_registers_between_our_join_and_the_peers_join_is_an
             client.close()
         # a worker that leaves is announced as before (capacity 0)
         worker.stop()
-        worker = None
         await until(lambda: not a.service_reachable("LateEcho"))
-    finally:
-        if worker is not None:
-            worker.stop()
-        a.stop()
-        b.stop()
-        await asyncio.sleep(0.1)
-        ctx.destroy(linger=0)
