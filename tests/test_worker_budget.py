@@ -81,12 +81,35 @@ async def _worker_and_raw_broker(tmp_path):
         ctx.destroy(linger=0)
 
 
-async def _read_all(broker, quiet_ms=800, limit=10_000):
-    """Everything the worker sent until it is quiet for ``quiet_ms`` (bounded)."""
+async def _read_all(broker, finished, timeout=30.0, quiet_ms=300, limit=10_000):
+    """What the worker sends until ``finished(got)`` (bounded by ``timeout`` and ``limit``),
+    then until it is quiet for ``quiet_ms``: anything sent after the end is caught too.
+
+    Waiting for the end rather than for a quiet gap keeps a worker that a loaded
+    machine starves for a moment from looking finished."""
     got = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(got) < limit and not finished(got) and loop.time() < deadline:
+        if await broker.poll(100):
+            got.append(await broker.recv_multipart())
     while len(got) < limit and await broker.poll(quiet_ms):
         got.append(await broker.recv_multipart())
     return got
+
+
+def _replies_to(n):
+    """``finished`` for :func:`_read_all`: ``n`` replies arrived."""
+    return lambda got: sum(1 for m in got if m[3] == b"\x03") >= n
+
+
+def _streams_ended(rids):
+    """``finished`` for :func:`_read_all`: each stream of ``rids`` ended (end or error)."""
+    def finished(got):
+        ended = {m[6] for m in got if m[3] == b"\x03" and len(m) > 8 and m[7] == STREAM_TAG
+                 and m[8] in (STREAM_END, STREAM_EXC)}
+        return set(rids) <= ended
+    return finished
 
 
 async def _until(pred, timeout=10.0):
@@ -111,7 +134,7 @@ async def test_every_refused_reply_becomes_an_error_reply(tmp_path, small_budget
         # the broker does not read: the worker's backlog meets the budget
         assert await _until(lambda: drops_snapshot().get("backlog_budget", 0) > drops0)
         refused = drops_snapshot()["backlog_budget"] - drops0
-        got = await _read_all(broker)
+        got = await _read_all(broker, _replies_to(n))
         replies = [m for m in got if m[3] == b"\x03"]
         by_id: dict[bytes, list[bytes]] = {}
         for m in replies:
@@ -147,7 +170,7 @@ async def test_refused_stream_ends_with_one_error_and_stops(tmp_path, small_budg
         assert await _until(lambda: drops_snapshot().get("backlog_budget", 0) > drops0)
         # the refused streams stop producing
         assert await _until(lambda: not worker._runner.active or len(worker._runner.active) < 4)
-        got = await _read_all(broker)
+        got = await _read_all(broker, _streams_ended(streams))
         bodies: dict[bytes, list[list[bytes]]] = {rid: [] for rid in streams}
         for m in got:
             if m[3] == b"\x03":
