@@ -52,6 +52,21 @@ def pair(tmp_path):
         ctx.term()
 
 
+@pytest.fixture
+def loop_socket():
+    """``make(sock, handler)``: a LoopSocket on the running loop, closed after the test."""
+    made = []
+
+    def make(sock, handler=lambda msgs: None):
+        ls = LoopSocket(asyncio.get_running_loop(), sock, handler)
+        made.append(ls)
+        return ls
+
+    yield make
+    for ls in made:
+        ls.close()
+
+
 def _msgs(n, start=0):
     return [(b"", b"H", b"%d" % i, b"x" * 100) for i in range(start, start + n)]
 
@@ -75,31 +90,24 @@ async def test_send_many_sends_a_burst_in_order(pair):
         lb.close()
 
 
-async def test_what_the_socket_does_not_take_is_queued_behind_by_send(pair):
-    loop = asyncio.get_running_loop()
+async def test_what_the_socket_does_not_take_is_queued_behind_by_send(pair, loop_socket):
     a, b = pair(hwm=5)
     got = []
-    la = LoopSocket(loop, a, lambda msgs: None)
-    lb = None
-    try:
-        msgs = _msgs(2000)
-        n = la.send_many(msgs)
-        assert n < 2000  # the high-water marks stop it (nobody reads yet)
-        for frames in msgs[n:]:
-            assert la.send(frames)
-        assert la.backlog_size() == 2000 - n
-        # With a backlog, send_many takes nothing (order): the caller uses send.
-        assert la.send_many(_msgs(3, 2000)) == 0
-        for frames in _msgs(3, 2000):
-            assert la.send(frames)
-        lb = LoopSocket(loop, b, got.extend)
-        assert await until(lambda: len(got) == 2003)
-        assert [tuple(m) for m in got] == _msgs(2003)
-        assert la.backlog_size() == 0
-    finally:
-        la.close()
-        if lb is not None:
-            lb.close()
+    la = loop_socket(a)
+    msgs = _msgs(2000)
+    n = la.send_many(msgs)
+    assert n < 2000  # the high-water marks stop it (nobody reads yet)
+    for frames in msgs[n:]:
+        assert la.send(frames)
+    assert la.backlog_size() == 2000 - n
+    # With a backlog, send_many takes nothing (order): the caller uses send.
+    assert la.send_many(_msgs(3, 2000)) == 0
+    for frames in _msgs(3, 2000):
+        assert la.send(frames)
+    loop_socket(b, got.extend)
+    assert await until(lambda: len(got) == 2003)
+    assert [tuple(m) for m in got] == _msgs(2003)
+    assert la.backlog_size() == 0
 
 
 async def test_send_many_on_a_closed_or_per_peer_socket_takes_nothing(pair):
@@ -139,26 +147,19 @@ async def test_a_frame_that_is_not_a_buffer_raises_as_send_does(pair):
         la.close()
 
 
-async def test_send_all_sends_the_burst_and_queues_the_rest_in_order(pair):
-    loop = asyncio.get_running_loop()
+async def test_send_all_sends_the_burst_and_queues_the_rest_in_order(pair, loop_socket):
     a, b = pair(hwm=5)
     got = []
-    la = LoopSocket(loop, a, lambda msgs: None)
-    lb = None
-    try:
-        # The peer is connected once a message goes through (a DEALER without one would block).
-        assert await until(lambda: la.send_many([(b"first",)]) == 1)
-        la.send_all(_msgs(2000))  # nobody reads yet: the socket takes a few, the rest waits
-        taken = la.io.tx_msgs - 1
-        assert taken > 0 and la.backlog_size() == 2000 - taken
-        la.send_all(_msgs(3, 2000))  # behind the backlog, in order
-        assert la.io.tx_msgs - 1 == taken
-        lb = LoopSocket(loop, b, got.extend)
-        assert await until(lambda: len(got) == 2004)
-        assert [tuple(m) for m in got[1:]] == _msgs(2003)
-        assert la.backlog_size() == 0
-        la.send_all([])
-    finally:
-        la.close()
-        if lb is not None:
-            lb.close()
+    la = loop_socket(a)
+    # The peer is connected once a message goes through (a DEALER without one would block).
+    assert await until(lambda: la.send_many([(b"first",)]) == 1)
+    la.send_all(_msgs(2000))  # nobody reads yet: the socket takes a few, the rest waits
+    taken = la.io.tx_msgs - 1
+    assert taken > 0 and la.backlog_size() == 2000 - taken
+    la.send_all(_msgs(3, 2000))  # behind the backlog, in order
+    assert la.io.tx_msgs - 1 == taken
+    loop_socket(b, got.extend)
+    assert await until(lambda: len(got) == 2004)
+    assert [tuple(m) for m in got[1:]] == _msgs(2003)
+    assert la.backlog_size() == 0
+    la.send_all([])
