@@ -448,10 +448,10 @@ class TwoGates:
         self.ctx = Context()
         self.pa, self.pb = free_port(), free_port()
         tag = uuid.uuid4().hex[:6]
-        self.a = Gate(self.pa, identity=f"{prefix}a-{tag}", context=self.ctx, heartbeat=heartbeat_ms,
-                      multicast=False, gate_bind="127.0.0.1")
-        self.b = b_class(self.pb, identity=f"{prefix}b-{tag}", context=self.ctx, heartbeat=heartbeat_ms,
-                         multicast=False, gate_bind="127.0.0.1")
+        self.a = Gate(self.pa, multicast=False, gate_bind="127.0.0.1", identity=f"{prefix}a-{tag}",
+                      context=self.ctx, heartbeat=heartbeat_ms)
+        self.b = b_class(self.pb, multicast=False, gate_bind="127.0.0.1", identity=f"{prefix}b-{tag}",
+                         context=self.ctx, heartbeat=heartbeat_ms)
         self.workers = []
 
     async def __aenter__(self):
