@@ -136,9 +136,6 @@ class _DiscoveryMixin(_GateBase):
                 services[name] = min(total, Settings.MESSAGE_MAX)
         return services
 
-    def _join_payload(self) -> bytes:
-        return msg_pack(self._join_services())
-
     def _send_join(self, gate_id: bytes, now: float) -> bool:
         """Answer an INVITE with a JOIN on our own connection to the inviter."""
         cluster = self.gate_cluster
