@@ -68,7 +68,7 @@ from gaterpc.calls import _EMPTY_MAP, _RID, _CallSender, _plain_future_loop
 from gaterpc.helpers import check_socket_addr, name2uuid
 from gaterpc.hugedata import HugeDataReceiver
 from gaterpc.loopio import LoopSocket
-from gaterpc.protocol import KEEPALIVE_ARG, ZERO_COPY_MIN
+from gaterpc.protocol import KEEPALIVE_ARG, OWN_RID_COUNTER_BASE, ZERO_COPY_MIN
 from gaterpc.serialization import msg_pack, msg_unpack
 from gaterpc.streams import StreamReply
 from gaterpc._speedups.reqtable import RequestTable
@@ -182,7 +182,7 @@ class Client(_ReplyHandler, _CallSender):
         # client is registered there (service -> [bucket counts], count, sum)
         self._stat_calls = 0
         self._rid_prefix = secrets.token_bytes(8)
-        self._rid_next = 0
+        self._rid_next = OWN_RID_COUNTER_BASE  # the mark of our ids (gaterpc.protocol)
         self._stat_errors = 0
         self._latency: Optional[dict[str, list[Any]]] = None
         self._huge: dict[bytes, HugeDataReceiver] = {}

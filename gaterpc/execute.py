@@ -52,10 +52,11 @@ from typing import (
 )
 
 from gaterpc.counters import count_drop
+from gaterpc.global_settings import Settings
 from gaterpc.hugedata import HugeData, iter_hugedata_batches
 from gaterpc.loopio import BacklogBudgetError, budget_message
 from gaterpc.protocol import (
-    HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
+    HUGE_END, HUGE_TAG, STREAM_END, STREAM_EXC, STREAM_TAG, error_body, exception_triple, own_request_id,
 )
 from gaterpc._speedups.frames import coro_step, singleton_ok
 from gaterpc.serialization import MsgPackError, msg_pack
@@ -201,6 +202,20 @@ class RunnerOwner(Protocol):
 
     @property
     def process_executor(self) -> Optional[Executor]: ...
+
+
+def _wire_blksize(hd: HugeData, request_id: bytes) -> int:
+    """The chunk size for sending ``hd`` to the caller of ``request_id``; 0 for ``hd.blksize``.
+
+    A client of this implementation takes chunks of any size: when the
+    HugeData's ``blksize`` was left at the original's default of 1000, it gets
+    chunks of ``Settings.HUGE_DATA_NATIVE_SIZEOF`` (fewer messages, the same
+    stream).  Any other caller, and any explicit ``blksize``, gets ``hd.blksize``.
+    """
+    if getattr(hd, "blksize_chosen", True) or not own_request_id(request_id):
+        return 0
+    size = Settings.HUGE_DATA_NATIVE_SIZEOF
+    return size if isinstance(size, int) and size > hd.blksize else 0
 
 
 def collect_interfaces(obj: object) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, TableEntry]]:
@@ -582,7 +597,7 @@ class Runner:
         key = (client_id, request_id)
         try:
             # a piece of compressed output's chunks leave together, one backlog check per piece
-            async for batch in iter_hugedata_batches(hd, self.loop):
+            async for batch in iter_hugedata_batches(hd, self.loop, _wire_blksize(hd, request_id)):
                 if send_tagged is not None:
                     send_tagged(client_id, request_id, HUGE_TAG, batch)
                 else:

@@ -283,6 +283,11 @@ class GlobalSettings(metaclass=_SettingsMeta):
     STREAM_END_TAG: bytes = b"GateStreamEnd"
     STREAM_HUGE_DATA_TAG: bytes = b"GateStreamHugData"
     HUGE_DATA_SIZEOF: int = 1000
+    # Chunk size of a HugeData whose blksize was left at its default when the
+    # caller is a client of this implementation (it takes chunks of any size;
+    # gaterpc.protocol.own_request_id): fewer, larger messages.  0: the
+    # HugeData's blksize for every caller.  An explicit blksize is always kept.
+    HUGE_DATA_NATIVE_SIZEOF: int = 64 * 1024
     HUGE_DATA_COMPRESS_MODULE: str = "gzip"
     HUGE_DATA_COMPRESS_LEVEL: int = 1
     HUGE_DATA_END_TAG: bytes = b"HugeDataEND"

@@ -40,8 +40,12 @@ is produced with ``max_length`` so a decompression bomb never allocates much
 beyond the limit, and the payload is gathered in one buffer handed over
 without a copy.  Chunks of ``blksize`` bytes each travel as one message: the
 original's default of 1000 makes a 16 MiB transfer some 8,000 messages,
-whose per-message cost then dominates; a ``blksize`` of 256 KiB to 1 MiB is
-the fast setting (the receiver, ours or the original's, accepts any).
+whose per-message cost then dominates; a ``blksize`` of 64 KiB to 1 MiB is
+the fast setting (the receiver, ours or the original's, accepts any).  A
+``blksize`` left at its default goes to a client of ours in chunks of
+``Settings.HUGE_DATA_NATIVE_SIZEOF`` (64 KiB): the worker tells such a client
+by its request ids (:func:`gaterpc.protocol.own_request_id`) and passes the
+size to :func:`iter_hugedata_batches`.
 
 Formats: ``gzip`` (the default and the only one the original reads; the
 header is the original's: FLG 0, MTIME, XFL, OS 255), ``bz2``, ``lzma`` (xz),
@@ -90,6 +94,16 @@ _FIRST_PART = 64 * 1024
 #: The first wire chunk holds at least this much (the whole gzip header).
 _HEADER_LEN = 10
 
+
+class _DefaultSize(int):
+    """The default ``blksize`` (1000, the original's): an ``int`` that tells "left at
+    the default" from an explicit 1000 by identity (``HugeData.blksize_chosen``)."""
+
+    __slots__ = ()
+
+
+_DEFAULT_BLKSIZE = _DefaultSize(1000)
+
 from gaterpc.hugecodecs import (  # noqa: F401 (re-exported: the original's names live here)
     _DEFLATE_WINDOW, _GZIP_JOBS, _MAGIC_LEN, BytesLike, CodecName, Compressor, Decompressor, GzipCompressor,
     GzipDecompressor, _could_be_magic, _deflate_block, crc32_combine, detect_format, get_codec,
@@ -110,7 +124,7 @@ class HugeData:
         data: Optional[Buffer] = None,
         compress_module: CodecName = "gzip",
         compress_level: int = 1,
-        blksize: int = 1000,
+        blksize: int = _DEFAULT_BLKSIZE,
         timeout: Optional[float] = 1,
         max_decompressed_size: Optional[int] = None,
     ) -> None:
@@ -119,6 +133,10 @@ class HugeData:
         self.compress_module = compress_module
         self.compress_level = compress_level
         self.blksize = int(blksize) if blksize and blksize > 0 else 1000
+        #: False when ``blksize`` was left at its default: a worker may then send
+        #: larger chunks to a client of this implementation
+        #: (``Settings.HUGE_DATA_NATIVE_SIZEOF``); an explicit size is always kept.
+        self.blksize_chosen = blksize is not _DEFAULT_BLKSIZE
         self.timeout = timeout
         self.max_decompressed_size = (self.DEFAULT_MAX_DECOMPRESSED_SIZE
                                       if max_decompressed_size is None else max_decompressed_size)
@@ -236,17 +254,21 @@ class HugeData:
             for chunk in batch:
                 yield chunk
 
-    async def _compress_batches(self) -> AsyncIterator[List[bytes]]:
-        """The chunks of :meth:`compress`, in lists: those cut from one piece of output at a time (maybe none)."""
+    async def _compress_batches(self, blksize: int = 0) -> AsyncIterator[List[bytes]]:
+        """The chunks of :meth:`compress`, in lists: those cut from one piece of output at a time (maybe none).
+
+        ``blksize``: the chunk size, when not ``self.blksize`` (0).
+        """
+        blksize = blksize or self.blksize
         if self.compress_module == "gzip":
-            async for batch in self._compress_gzip():
+            async for batch in self._compress_gzip(blksize):
                 yield batch
             return
         try:
             compressor = get_codec(self.compress_module).compressor(self.compress_level)
         except Exception as exc:
             raise HugeDataException(exc) from exc
-        cutter = ChunkCutter(self.blksize)
+        cutter = ChunkCutter(blksize)
         running = asyncio.get_running_loop()
         # Pipelined: while the chunks of one piece's output are yielded (and
         # sent), the next piece is compressed in a thread.  One piece is
@@ -257,7 +279,7 @@ class HugeData:
         # parts, the very first one small and inline: the first chunks leave
         # at once instead of after a whole piece's compression, and each
         # later part is compressed while the chunks before it are sent.
-        sliced = self.blksize * 4 <= _PART
+        sliced = blksize * 4 <= _PART
         first = _FIRST_PART if sliced else 0
         try:
             async for piece in self._input():
@@ -285,11 +307,11 @@ class HugeData:
             raise HugeDataException(exc) from exc
         yield [cutter.rest()]
 
-    async def _compress_gzip(self) -> AsyncIterator[List[bytes]]:
+    async def _compress_gzip(self, blksize: int) -> AsyncIterator[List[bytes]]:
         """gzip in blocks compressed in parallel threads; the chunks as :meth:`_compress_batches` yields them."""
         level = self.compress_level
         running = asyncio.get_running_loop()
-        cutter = ChunkCutter(self.blksize)
+        cutter = ChunkCutter(blksize)
         jobs: Deque[asyncio.Future[Tuple[bytes, int, int]]] = deque()
         crc = 0
         size = 0
@@ -419,16 +441,19 @@ async def iter_hugedata_chunks(
 
 
 async def iter_hugedata_batches(
-    hd: HugeData, loop: Optional[asyncio.AbstractEventLoop] = None
+    hd: HugeData, loop: Optional[asyncio.AbstractEventLoop] = None, blksize: int = 0,
 ) -> AsyncIterator[List[bytes]]:
     """The chunks of :func:`iter_hugedata_chunks`, the same ones in the same
     order, in non-empty lists (all that one piece of compressed output made;
     the last list is ``[b""]``): a sender can send a list in one burst, with
     one suspension per list instead of one per chunk.
+
+    ``blksize``: cut chunks of this size instead of ``hd.blksize`` (0: that);
+    a subclass with its own ``compress()`` keeps its chunks.
     """
     head: Optional[bytes] = b""
     if type(hd).compress is HugeData.compress:
-        batches = hd._compress_batches()
+        batches = hd._compress_batches(blksize)
     else:  # a subclass's own compress(): its chunks one by one
         batches = _one_by_one(hd.compress(loop))
     async for batch in batches:

@@ -26,6 +26,7 @@ __all__ = (
     "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
     "KIND_HUGE_CHUNK", "KIND_HUGE_END", "KIND_HUGE_ERROR",
     "REQTABLE_SLACK", "HUGE_UNLIMITED_STEP", "ZERO_COPY_MIN",
+    "OWN_RID_MARK", "OWN_RID_COUNTER_BASE", "own_request_id",
     "exception_triple", "error_body", "ok_body", "ok_body_bytes", "BIN32_MAX",
 )
 
@@ -85,6 +86,20 @@ HUGE_UNLIMITED_STEP = 64 * 1024 * 1024
 #: the roles (broker, worker, client) receive frames of at least this many bytes as
 #: read-only ``memoryview`` objects over libzmq's message (``recv_nocopy_min``).
 ZERO_COPY_MIN = 64 * 1024
+
+#: Bytes 8 and 9 of every request id our clients make.  An id is 16 bytes: 8 random
+#: bytes drawn once per client, then a 64-bit big-endian counter that starts at
+#: ``OWN_RID_COUNTER_BASE``, so its two top bytes are this mark for the first 2**48
+#: calls of a client.  The original's ids are UUID4s, whose byte 8 (the variant) is
+#: always 0x80-0xbf: they never carry the mark.  A worker uses it to tell a client of
+#: this implementation (which takes HugeData chunks of any size) from another one.
+OWN_RID_MARK = b"\x00G"
+OWN_RID_COUNTER_BASE = int.from_bytes(OWN_RID_MARK, "big") << 48
+
+
+def own_request_id(request_id: bytes) -> bool:
+    """True when ``request_id`` was made by a client of this implementation (``OWN_RID_MARK``)."""
+    return len(request_id) == 16 and request_id[8:10] == OWN_RID_MARK
 
 
 def exception_triple(exc: BaseException, with_traceback: bool = True) -> List[str]:
