@@ -319,19 +319,26 @@ def test_raw_sync_is_an_impl_choice():
     assert opts.impl == "raw-sync"
 
 
+@pytest.mark.parametrize("bad", ["abc", "1000,-5", "1e3", "0", ","])
+def test_hugedata_bench_refuses_a_bad_blksize(bad):
+    proc = subprocess.run([sys.executable, "-m", "gaterpc", "bench", "hugedata", "--blksize", bad],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--blksize" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_hugedata_bench_reports_rate_cpu_and_rss(tmp_path):
     """``gaterpc bench hugedata``: one small transfer per codec and blksize, MB/s, CPU and RSS per role."""
     out = tmp_path / "huge.json"
     proc = subprocess.run(
         [sys.executable, "-m", "gaterpc", "bench", "hugedata", "--sizes", "1", "--modules", "lz4,gzip",
-         "--blksize", "1000,262144", "--timeout", "60", "--json", str(out)],
+         "--blksize", "default,262144", "--timeout", "60", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=200,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     rows = json.loads(out.read_text())
     assert [(r["module"], r["blksize"]) for r in rows] == [
-        ("lz4", 1000), ("lz4", 262144), ("gzip", 1000), ("gzip", 262144)]
+        ("lz4", "default"), ("lz4", 262144), ("gzip", "default"), ("gzip", 262144)]
     for r in rows:
         assert r["ok"] is True and r["impl"] == "ours" and r["size_mib"] == 1.0 and r["runs"] == 1
         assert r["mb_s"] == pytest.approx(1.0 / r["elapsed"])

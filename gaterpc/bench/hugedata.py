@@ -14,7 +14,12 @@ during the transfer over the payload size ("growth/size").
     gaterpc bench hugedata                        # ours: gzip and lz4
     gaterpc bench hugedata --vs-original          # plus the original 0.2.11 (gzip)
     gaterpc bench hugedata --sizes 1,16 --json out.json
-    gaterpc bench hugedata --sizes 16 --blksize 1000,1048576 --repeat 3   # the 16 MiB goal scenario
+    gaterpc bench hugedata --sizes 16 --blksize default,1000,1048576 --repeat 3   # the 16 MiB goal scenario
+
+``--blksize default`` (the default) passes no ``blksize``: each
+implementation's own default.  The original's is 1000-byte chunks; ours is
+1000 too, except towards a client of ours, which gets chunks of
+``Settings.HUGE_DATA_NATIVE_SIZEOF`` (64 KiB).
 
 (``python -m gaterpc.bench.hugedata`` takes the same options.)
 """
@@ -77,7 +82,7 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
            "size": size, "module": module, "seed": 7, "blksize": blksize, "timeout": timeout}
     procs: dict[str, subprocess.Popen[str]] = {}
-    result: dict[str, Any] = {"impl": impl, "module": module, "size_mib": size / MiB, "blksize": blksize,
+    result: dict[str, Any] = {"impl": impl, "module": module, "size_mib": size / MiB, "blksize": blksize or "default",
                               "ok": False}
     deadline = time.monotonic() + timeout + 60
     try:
@@ -153,19 +158,33 @@ def growth_ratio(r: dict[str, Any], size: int) -> Optional[float]:
     return max(growth) / (size / MiB) if growth else None
 
 
+def _positive(text: str) -> Optional[int]:
+    try:
+        n = int(text)
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the transfers and print the table; exit status 0 when every run of ours succeeded."""
     ap = argparse.ArgumentParser(prog="gaterpc bench hugedata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,16,128", help="payload sizes in MiB (comma separated)")
     ap.add_argument("--modules", default="gzip,lz4", help="our codecs (comma separated)")
-    ap.add_argument("--blksize", default="1000",
-                    help="chunk sizes the worker's HugeData uses, comma separated (the original's default: 1000)")
+    ap.add_argument("--blksize", default="default",
+                    help="chunk sizes the worker's HugeData uses, comma separated; 'default' passes none "
+                         "(the implementation's default: the original's is 1000; ours is 1000 too, and "
+                         "Settings.HUGE_DATA_NATIVE_SIZEOF for a client of ours)")
     ap.add_argument("--vs-original", action="store_true", help="also run the original 0.2.11 (gzip)")
     ap.add_argument("--original-sizes", default="1,16", help="sizes in MiB for the original (it is slow)")
     ap.add_argument("--repeat", type=int, default=1, help="transfers per row (the row shows the median)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per transfer")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
+    # 0 stands for "default": no blksize passed to HugeData
+    blksizes = [0 if b.strip() == "default" else _positive(b) for b in args.blksize.split(",") if b.strip()]
+    if not blksizes or any(b is None for b in blksizes):
+        ap.error(f"--blksize: comma-separated sizes in bytes (above 0) or 'default', not {args.blksize!r}")
     sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_ROOT))
     runs: list[tuple[str, dict[str, str], str, str]] = [(sys.executable, env, "ours", m)
@@ -180,9 +199,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{'client':>7} {'RSS broker':>10} {'worker':>7} {'client':>7} {'max RSS/size':>12} "
           f"{'growth/size':>11}  status")
     orig_sizes = [int(float(s) * MiB) for s in args.original_sizes.split(",")]
-    blksizes = [int(b) for b in args.blksize.split(",") if b]
     for python, env_, impl, module in runs:
-        for size, blksize in [(s, b) for s in (orig_sizes if impl == "original" else sizes) for b in blksizes]:
+        for size, blksize in [(s, b or 0) for s in (orig_sizes if impl == "original" else sizes) for b in blksizes]:
             runs_ = [run_once(python, env_, impl, module, size, blksize, args.timeout)
                      for _ in range(max(1, args.repeat))]
             # The run with the median MB/s (a failed run counts as the slowest).
@@ -196,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ratio = max(x for x in rss if x) / (size / MiB) if any(rss) else None
             r["max_rss_ratio"] = ratio
             r["max_growth_ratio"] = growth = growth_ratio(r, size)
-            print(f"{impl:9} {module:5} {size / MiB:5.0f} {blksize:8d} {fmt(r.get('mb_s'), '{:8.1f}'):>8} "
+            print(f"{impl:9} {module:5} {size / MiB:5.0f} {blksize or 'default':>8} {fmt(r.get('mb_s'), '{:8.1f}'):>8} "
                   f"{fmt(r.get('elapsed'), '{:7.2f}'):>7} "
                   f"{fmt(cpu[0] and cpu[0] * 1e3, '{:13.0f}'):>13} {fmt(cpu[1] and cpu[1] * 1e3, '{:7.0f}'):>7} "
                   f"{fmt(cpu[2] and cpu[2] * 1e3, '{:7.0f}'):>7} {fmt(rss[0], '{:10.0f}'):>10} "

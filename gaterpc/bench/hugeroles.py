@@ -99,8 +99,10 @@ class Bench(Worker):
         # timed call, so the call times the transfer, not the making of the
         # payload; each piece is released once HugeData has it.
         pieces = PREPARED.pop((size, seed), None) or encoded_pieces(size, seed)[0]
+        # blksize 0: none passed, the implementation's default
+        sized: Dict[str, Any] = {"blksize": blksize} if blksize else {}
         hd = HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG,
-                      compress_module=module, blksize=blksize)
+                      compress_module=module, **sized)
         pieces.reverse()
         while pieces:
             hd.add_data(pieces.pop())
