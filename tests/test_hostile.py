@@ -9,9 +9,10 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from gaterpc.core import AMajordomo, Client, Context, Service, Worker
+from gaterpc.core import Context, Service, Worker
 from gaterpc.exceptions import RemoteException
 from gaterpc.utils import interface, msg_pack
+from local_cluster import local_cluster
 
 JUNK = [
     [b""],
@@ -83,28 +84,12 @@ class Calc(Worker):
 
 @pytest.fixture
 async def setup(tmp_path):
-    ctx = Context()
-    front, back = f"ipc://{tmp_path}/front", f"ipc://{tmp_path}/back"
-    broker = AMajordomo(context=ctx)
-    broker.bind_frontend(front)
-    broker.bind_backend(back)
-    broker.run()
-    worker = Service(name="Calc").create_worker(Calc, back, context=ctx)
-    worker.run()
-    for _ in range(200):
-        if "Calc" in broker.services and broker.services["Calc"].workers:
-            break
-        await asyncio.sleep(0.01)
-    client = Client(front, context=ctx)
-    await client.connect()
-    raw_ctx = zmq.asyncio.Context()
-    yield ctx, raw_ctx, broker, worker, client, front, back
-    client.close()
-    worker.stop()
-    broker.stop()
-    await asyncio.sleep(0.05)
-    raw_ctx.destroy(linger=0)
-    ctx.destroy(linger=0)
+    async with local_cluster(tmp_path, Calc, "Calc") as c:
+        raw_ctx = zmq.asyncio.Context()
+        try:
+            yield c.ctx, raw_ctx, c.broker, c.worker, c.client, c.front, c.back
+        finally:
+            raw_ctx.destroy(linger=0)
 
 
 async def _replies(sock, timeout=0.5):

@@ -19,12 +19,13 @@ import pytest
 import zmq
 
 import gaterpc.hugereceive as receive_mod
-from gaterpc.core import AMajordomo, Client, Context, Service, Worker
+from gaterpc.core import Worker
 from gaterpc.global_settings import Settings
 from gaterpc.hugedata import HugeData
 from gaterpc.protocol import HUGE_END, HUGE_TAG, OWN_RID_MARK, own_request_id
 from gaterpc.serialization import msg_pack, msg_unpack
 from gaterpc.utils import interface
+from local_cluster import local_cluster
 
 N = 600_000  # about 600 KB compressed (random bytes): many 1000-byte chunks, several 64 KiB ones
 
@@ -43,30 +44,8 @@ class Big(Worker):
 
 @pytest.fixture
 async def cluster(tmp_path):
-    ctx = Context()
-    front, back = f"ipc://{tmp_path}/front", f"ipc://{tmp_path}/back"
-    broker = AMajordomo(context=ctx)
-    broker.bind_frontend(front)
-    broker.bind_backend(back)
-    broker.run()
-    worker = Service(name="Big").create_worker(Big, back, context=ctx)
-    worker.run()
-    client = None
-    try:
-        for _ in range(500):
-            if "Big" in broker.services and broker.services["Big"].workers:
-                break
-            await asyncio.sleep(0.01)
-        client = Client(front, context=ctx, reply_timeout=60)
-        await client.connect()
-        yield ctx, front, client
-    finally:
-        if client is not None:
-            client.close()
-        worker.stop()
-        broker.stop()
-        await asyncio.sleep(0.05)
-        ctx.destroy(linger=0)
+    async with local_cluster(tmp_path, Big, "Big", reply_timeout=60) as c:
+        yield c.ctx, c.front, c.client
 
 
 @pytest.fixture

@@ -410,9 +410,10 @@ def test_crc32_combine_matches_zlib():
 
 async def test_large_transfers_over_rpc_back_to_back(tmp_path, submits):
     """Real calls: payloads large enough for the threads on both ends, several per process and per codec."""
-    from gaterpc.core import AMajordomo, Client, Context, Service, Worker
+    from gaterpc.core import Worker
     from gaterpc.global_settings import Settings
     from gaterpc.utils import interface, msg_pack
+    from local_cluster import local_cluster
 
     class Big(Worker):
         @interface
@@ -420,36 +421,14 @@ async def test_large_transfers_over_rpc_back_to_back(tmp_path, submits):
             return HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG, compress_module=module,
                             blksize=blksize, data=msg_pack(random.Random(n).randbytes(n)))
 
-    ctx = Context()
-    front, back = f"ipc://{tmp_path}/front", f"ipc://{tmp_path}/back"
-    broker = AMajordomo(context=ctx)
-    worker = client = None
-    try:
-        broker.bind_frontend(front)
-        broker.bind_backend(back)
-        broker.run()
-        worker = Service(name="Big").create_worker(Big, back, context=ctx)
-        worker.run()
-        for _ in range(500):
-            if "Big" in broker.services and broker.services["Big"].workers:
-                break
-            await asyncio.sleep(0.01)
-        client = Client(front, context=ctx, reply_timeout=60)
-        await client.connect()
+    async with local_cluster(tmp_path, Big, "Big", reply_timeout=60) as c:
+        client = c.client
         for module, blksize in (("gzip", 1000), ("lz4", 1000), ("gzip", 1 << 20), ("lz4", 1 << 20), ("gzip", 1 << 20)):
             n = 2_500_000 + blksize % 7
             got = await asyncio.wait_for(client.Big.blob(n, module, blksize), 120)
             assert got == random.Random(n).randbytes(n), (module, blksize)
         assert len(client.replies) == 0 and not client._huge
         assert submits  # the client decompressed in its thread
-    finally:
-        if client is not None:
-            client.close()
-        if worker is not None:
-            worker.stop()
-        broker.stop()
-        await asyncio.sleep(0.05)
-        ctx.destroy(linger=0)
 
 
 # -- streaming decode (the client's receivers: decode=True) ------------------------------------
