@@ -601,9 +601,10 @@ def test_finish_and_finish_decoded_are_kept_apart(backend):
 async def test_undecodable_result_fails_the_call_and_the_client_goes_on(tmp_path):
     """Over RPC: a result that is not msgpack fails its call with MsgUnpackError (mid-stream, found
     by the decoding thread); the same client then gets the next HugeData results right."""
-    from gaterpc.core import AMajordomo, Client, Context, Service, Worker
+    from gaterpc.core import Worker
     from gaterpc.global_settings import Settings
     from gaterpc.utils import interface
+    from local_cluster import local_cluster
 
     class Bad(Worker):
         @interface
@@ -614,22 +615,8 @@ async def test_undecodable_result_fails_the_call_and_the_client_goes_on(tmp_path
             return HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG, compress_module=module,
                             blksize=blksize, data=data)
 
-    ctx = Context()
-    front, back = f"ipc://{tmp_path}/front", f"ipc://{tmp_path}/back"
-    broker = AMajordomo(context=ctx)
-    worker = client = None
-    try:
-        broker.bind_frontend(front)
-        broker.bind_backend(back)
-        broker.run()
-        worker = Service(name="Bad").create_worker(Bad, back, context=ctx)
-        worker.run()
-        for _ in range(500):
-            if "Bad" in broker.services and broker.services["Bad"].workers:
-                break
-            await asyncio.sleep(0.01)
-        client = Client(front, context=ctx, reply_timeout=60)
-        await client.connect()
+    async with local_cluster(tmp_path, Bad, "Bad", reply_timeout=60) as c:
+        client = c.client
         for module in ("lz4", "gzip"):
             n = 2_000_000
             with pytest.raises(MsgUnpackError, match="unpack failed"):
@@ -649,14 +636,6 @@ async def test_undecodable_result_fails_the_call_and_the_client_goes_on(tmp_path
                 break
             await asyncio.sleep(0.01)
         assert not client.replies
-    finally:
-        if client is not None:
-            client.close()
-        if worker is not None:
-            worker.stop()
-        broker.stop()
-        await asyncio.sleep(0.05)
-        ctx.destroy(linger=0)
 
 
 # -- the sender's chunks in batches ----------------------------------------------------------------
