@@ -36,10 +36,13 @@ def payload(n: int) -> bytes:
 
 class Big(Worker):
     @interface
-    async def blob(self, n, module, blksize=None):
+    async def blob(self, n, module, blksize=None, later=None):
         sized = {} if blksize is None else {"blksize": blksize}
-        return HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG, compress_module=module,
-                        data=msg_pack(payload(n)), **sized)
+        hd = HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG, compress_module=module,
+                      data=msg_pack(payload(n)), **sized)
+        if later is not None:
+            hd.blksize = later  # set after construction: chosen too
+        return hd
 
 
 @pytest.fixture
@@ -78,6 +81,12 @@ async def test_an_explicit_blksize_is_kept_for_our_client(cluster, fed, module):
     assert await cli.Big.blob(N, module, 1000) == payload(N)
     data = [s for s in fed if s]
     assert max(data) == 1000 and len(data) > N // 1000
+
+
+async def test_a_blksize_set_after_construction_is_kept(cluster, fed):
+    _, _, cli = cluster
+    assert await cli.Big.blob(N, "lz4", None, 5000) == payload(N)
+    assert max(fed) == 5000
 
 
 async def test_native_size_zero_keeps_blksize_for_every_client(cluster, fed, monkeypatch):
