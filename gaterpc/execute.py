@@ -215,7 +215,7 @@ def _wire_blksize(hd: HugeData, request_id: bytes) -> int:
     if getattr(hd, "blksize_chosen", True) or hd.blksize != 1000 or not own_request_id(request_id):
         return 0  # (a blksize set after construction counts as chosen too)
     size = Settings.HUGE_DATA_NATIVE_SIZEOF
-    return size if isinstance(size, int) and size > hd.blksize else 0
+    return size if size > hd.blksize else 0  # (validated when set: an int, 0 = off)
 
 
 def collect_interfaces(obj: object) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, TableEntry]]:

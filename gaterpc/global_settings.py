@@ -108,6 +108,15 @@ def _int_process(settings: "GlobalSettings", value: Any) -> int:
     return cast(int, TypeValidator(int)(value))
 
 
+def _chunk_size_process(settings: "GlobalSettings", value: Any) -> int:
+    """A chunk size in bytes, 0 for "off": an ``int`` (not a ``bool``) of at least 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a chunk size is an int (bytes; 0: off), not {value!r}")
+    if value < 0:
+        raise ValueError(f"a chunk size is at least 0 (0: off), not {value}")
+    return value
+
+
 def _dict_process(settings: "GlobalSettings", value: Any) -> dict[str, str]:
     return cast("dict[str, str]", TypeValidator(dict)(value))
 
@@ -287,7 +296,7 @@ class GlobalSettings(metaclass=_SettingsMeta):
     # caller is a client of this implementation (it takes chunks of any size;
     # gaterpc.protocol.own_request_id): fewer, larger messages.  0: the
     # HugeData's blksize for every caller.  An explicit blksize is always kept.
-    HUGE_DATA_NATIVE_SIZEOF: int = 64 * 1024
+    HUGE_DATA_NATIVE_SIZEOF: LazyAttribute[int] = LazyAttribute(raw=64 * 1024, process=_chunk_size_process)
     HUGE_DATA_COMPRESS_MODULE: str = "gzip"
     HUGE_DATA_COMPRESS_LEVEL: int = 1
     HUGE_DATA_END_TAG: bytes = b"HugeDataEND"

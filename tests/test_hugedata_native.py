@@ -96,6 +96,17 @@ async def test_native_size_zero_keeps_blksize_for_every_client(cluster, fed, mon
     assert max(fed) == 1000
 
 
+@pytest.mark.parametrize("bad, error", [("big", TypeError), (True, TypeError), (65536.0, TypeError),
+                                        (-1, ValueError)])
+def test_a_bad_native_size_is_refused_and_the_setting_kept(bad, error):
+    before = Settings.HUGE_DATA_NATIVE_SIZEOF
+    with pytest.raises(error, match="chunk size"):
+        Settings.configure("HUGE_DATA_NATIVE_SIZEOF", bad)
+    assert Settings.HUGE_DATA_NATIVE_SIZEOF == before == 64 * 1024
+    Settings.configure("HUGE_DATA_NATIVE_SIZEOF", 1 << 20)
+    assert Settings.HUGE_DATA_NATIVE_SIZEOF == 1 << 20
+
+
 async def test_our_clients_ids_carry_the_mark(cluster):
     _, _, cli = cluster
     calls = [asyncio.ensure_future(cli.Big.blob(10, "gzip")) for _ in range(50)]
