@@ -212,8 +212,8 @@ def _wire_blksize(hd: HugeData, request_id: bytes) -> int:
     chunks of ``Settings.HUGE_DATA_NATIVE_SIZEOF`` (fewer messages, the same
     stream).  Any other caller, and any explicit ``blksize``, gets ``hd.blksize``.
     """
-    if getattr(hd, "blksize_chosen", True) or hd.blksize != 1000 or not own_request_id(request_id):
-        return 0  # (a blksize set after construction counts as chosen too)
+    if getattr(hd, "blksize_chosen", True) or not own_request_id(request_id):
+        return 0
     size = Settings.HUGE_DATA_NATIVE_SIZEOF
     return size if size > hd.blksize else 0  # (validated when set: an int, 0 = off)
 

@@ -133,10 +133,7 @@ class HugeData:
         self.compress_module = compress_module
         self.compress_level = compress_level
         self.blksize = int(blksize) if blksize and blksize > 0 else 1000
-        #: False when ``blksize`` was left at its default: a worker may then send
-        #: larger chunks to a client of this implementation
-        #: (``Settings.HUGE_DATA_NATIVE_SIZEOF``); an explicit size is always kept.
-        self.blksize_chosen = blksize is not _DEFAULT_BLKSIZE
+        self._blksize_passed = blksize is not _DEFAULT_BLKSIZE
         self.timeout = timeout
         self.max_decompressed_size = (self.DEFAULT_MAX_DECOMPRESSED_SIZE
                                       if max_decompressed_size is None else max_decompressed_size)
@@ -163,6 +160,13 @@ class HugeData:
             self._pipe_event: Optional[asyncio.Event] = None
             self._pipe_loop: Optional[asyncio.AbstractEventLoop] = None
             self._pipe_thread: Optional[int] = None
+
+    @property
+    def blksize_chosen(self) -> bool:
+        """False while ``blksize`` is the default one (not passed, not set since): a
+        worker may then send larger chunks to a client of this implementation
+        (``Settings.HUGE_DATA_NATIVE_SIZEOF``); a chosen size is always kept."""
+        return self._blksize_passed or self.blksize != _DEFAULT_BLKSIZE
 
     @classmethod
     def get_process_executor(cls) -> ProcessPoolExecutor:

@@ -116,6 +116,15 @@ async def test_our_clients_ids_carry_the_mark(cluster):
     assert await asyncio.gather(*calls) == [payload(10)] * 50
 
 
+def test_blksize_chosen_tells_a_passed_or_later_set_size_from_the_default():
+    end, exc = Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG
+    hd = HugeData(end, exc)
+    assert hd.blksize == 1000 and not hd.blksize_chosen
+    assert HugeData(end, exc, blksize=1000).blksize_chosen  # the same size, but passed
+    hd.blksize = 5000
+    assert hd.blksize_chosen
+
+
 def test_the_originals_ids_never_carry_the_mark():
     # UUID4: byte 8 holds the variant bits (0x80-0xbf), never the mark's 0x00
     assert not any(own_request_id(uuid.uuid4().bytes) for _ in range(20_000))
