@@ -155,10 +155,45 @@ def test_bench_loops_like_for_like_and_limit_row(tmp_path):
     assert proc.stderr.count("100%") >= 5, proc.stderr
 
 
-def test_limit_row_rejects_stream_mode(tmp_path):
-    proc, _ = run_bench(tmp_path, "-n", "10", "--vs-limit", "--mode", "stream", timeout=60)
-    assert proc.returncode == 2
-    assert "limit row" in proc.stderr
+@pytest.mark.parametrize("flag", ["--vs-limit", "--vs-floor"])
+def test_limit_and_floor_rows_reject_stream_mode(tmp_path, flag):
+    proc, report = run_bench(tmp_path, "-n", "10", flag, "--mode", "stream", timeout=60)
+    assert proc.returncode == 2 and report is None
+    assert "limit and floor rows need" in proc.stderr
+
+
+def test_floor_row_rejects_the_gate_layout(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "10", "--vs-floor", "--layout", "gate", timeout=60)
+    assert proc.returncode == 2 and report is None
+    assert "--layout gate runs our roles only" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_floor_row_beside_the_limit_with_fan_out(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "3000", "--vs-limit", "--vs-floor", "--clients", "2",
+                             "--workers", "2", "--vs-1x1", "--loop", "asyncio")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by = {(r["impl"], r["loop"]): r for r in report["results"]}
+    assert set(by) == {("ours", "asyncio"), ("ours@1x1", "asyncio"), ("limit", None), ("limit@1x1", None),
+                       ("floor", None), ("floor@1x1", None)}
+    for (impl, _), res in by.items():
+        assert res["ok"] and res["completed"] == 3000, res
+        roles = [p["role"] for p in res["processes"]]
+        wide = not impl.endswith("@1x1")
+        assert roles == (["broker", "worker1", "worker2", "client1", "client2"] if wide
+                         else ["broker", "worker", "client"])
+        if impl.startswith("floor"):
+            # the broker and the worker are Python loops: they spend CPU on every message
+            assert {p["loop"] for p in res["processes"]} == {"none (Python loops)"}
+            assert all(p["impl"] == "floor" for p in res["processes"])
+    ratios = report["ratios"]
+    floor, limit, ours = by[("floor", None)], by[("limit", None)], by[("ours", "asyncio")]
+    assert ratios["floor as % of the limit (calls/s)"] == pytest.approx(
+        floor["calls_per_s"] / limit["calls_per_s"])
+    assert ratios["ours on asyncio as % of the floor (calls/s)"] == pytest.approx(
+        ours["calls_per_s"] / floor["calls_per_s"])
+    assert "floor 2x2 as % of what its 1x1 CPU cost allows on" in " ".join(ratios)
+    assert "floor " in proc.stdout and "none (Python loops)" in proc.stdout
 
 
 @pytest.mark.slow

@@ -431,7 +431,7 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
         return run_gate_spill(opts)
     impls = [opts.impl]
     for flag, name in ((opts.vs_original, "original"), (opts.vs_raw, "raw"), (opts.vs_limit, "limit"),
-                       (opts.vs_direct, "direct"), (opts.vs_metrics, "metrics")):
+                       (opts.vs_floor, "floor"), (opts.vs_direct, "direct"), (opts.vs_metrics, "metrics")):
         if flag and name not in impls:
             impls.append(name)
     if opts.vs_raw and opts.mode == "latency" and "raw-sync" not in impls:
@@ -455,7 +455,7 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
             except OriginalEnvError as exc:
                 results.append({"impl": impl, "ok": False, "failure": str(exc)})
                 continue
-        variants = [impl, impl + ONE_BY_ONE] if opts.vs_1x1 and impl in ("ours", "limit") else [impl]
+        variants = [impl, impl + ONE_BY_ONE] if opts.vs_1x1 and impl in ("ours", "limit", "floor") else [impl]
         for name in variants:
             for loop in ([None] if impl in LOOPLESS else loops):
                 plan.extend((name, loop, sched) for sched in scheds)
@@ -484,7 +484,14 @@ def _ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]], impls: list
     ratios: dict[str, Any] = {}
     base_impl = opts.impl
     limit = by_key.get(("limit", None))
+    floor = by_key.get(("floor", None))
     raw_sync = by_key.get(("raw-sync", None))
+    if limit is not None and floor is not None:
+        name = f"{prefix}floor as % of the limit (calls/s)"
+        if floor.get("calls_per_s") and limit.get("calls_per_s"):
+            ratios[name] = floor["calls_per_s"] / limit["calls_per_s"]
+        else:
+            ratios[name] = "n/a (a run failed)"
     for loop in loops:
         base = by_key.get((base_impl, loop))
         if base is None or base_impl in LOOPLESS:
@@ -504,6 +511,12 @@ def _ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]], impls: list
             name = f"{prefix}{base_impl} on {loop} as % of the limit (calls/s)"
             if base.get("calls_per_s") and limit.get("calls_per_s"):
                 ratios[name] = base["calls_per_s"] / limit["calls_per_s"]
+            else:
+                ratios[name] = "n/a (a run failed)"
+        if floor is not None:
+            name = f"{prefix}{base_impl} on {loop} as % of the floor (calls/s)"
+            if base.get("calls_per_s") and floor.get("calls_per_s"):
+                ratios[name] = base["calls_per_s"] / floor["calls_per_s"]
             else:
                 ratios[name] = "n/a (a run failed)"
         if raw_sync is not None:

@@ -14,6 +14,15 @@ What is left when every role does nothing but move frames through libzmq:
 
 No msgpack, no request ids, no bookkeeping: what gaterpc reaches as a
 percentage of this row is the share of the machine left to the RPC layer.
+
+The "floor" row (``--vs-floor``; config key ``"floor": true``) is the same
+client with the broker and the worker as Python loops over the same compiled
+batch I/O: the broker drains up to 256 messages from one socket and sends
+them on to the other (ROUTER -> DEALER, round robin, and back), the worker
+sends every message it drains straight back.  Still no RPC work: the gap
+between the limit and the floor is what the Python interpreter costs per
+message, and the gap between the floor and gaterpc is what the RPC work
+(msgpack, request ids, routing decisions, futures, the event loop) costs.
 Speaks the harness protocol of :mod:`gaterpc.bench.roles` (``ready`` / ``go``
 / ``result`` JSON lines).
 """
@@ -45,9 +54,54 @@ def _socket(ctx: zmq.Context[Any], kind: int) -> zmq.Socket[bytes]:
     return sock
 
 
-def _info(role: str) -> Dict[str, Any]:
-    return {"ready": role, "impl": "limit", "version": zmq.zmq_version(), "loop": "none (libzmq loops)",
+def _info(role: str, impl: str = "limit") -> Dict[str, Any]:
+    loop = "none (libzmq loops)" if impl == "limit" else "none (Python loops)"
+    return {"ready": role, "impl": impl, "version": zmq.zmq_version(), "loop": loop,
             "pid": os.getpid(), "compiled_io": USE_C}
+
+
+def _send_all(io: ZSocketIO, msgs: List[List[bytes]]) -> None:
+    """Send every message of ``msgs`` in order, waiting for room if the socket would block."""
+    sent = io.send_many(msgs)
+    while sent < len(msgs):
+        io.socket.poll(100, zmq.POLLOUT)
+        sent += io.send_many(msgs[sent:])
+
+
+def run_python_broker(ctx: zmq.Context[Any], cfg: Dict[str, Any]) -> None:
+    """The floor's broker: a Python loop forwarding ROUTER -> DEALER (round robin) and back, in batches."""
+    front = _socket(ctx, zmq.ROUTER)
+    front.bind(cfg["front"])
+    back = _socket(ctx, zmq.DEALER)
+    back.bind(cfg["back"])
+    fio, bio = ZSocketIO(front), ZSocketIO(back)
+    poller = zmq.Poller()
+    poller.register(front, zmq.POLLIN)
+    poller.register(back, zmq.POLLIN)
+    emit(_info("broker", "floor"))
+    while True:  # runs until the harness ends the process
+        requests = fio.recv_batch(256)
+        if requests:
+            _send_all(bio, requests)
+        replies = bio.recv_batch(256)
+        if replies:
+            _send_all(fio, replies)
+        if not requests and not replies:
+            poller.poll(1000)
+
+
+def run_python_worker(ctx: zmq.Context[Any], cfg: Dict[str, Any]) -> None:
+    """The floor's worker: a Python loop sending every message straight back, in batches."""
+    sock = _socket(ctx, zmq.DEALER)
+    sock.connect(cfg["back"])
+    io = ZSocketIO(sock)
+    emit(_info("worker", "floor"))
+    while True:  # runs until the harness ends the process
+        msgs = io.recv_batch(256)
+        if msgs:
+            _send_all(io, msgs)
+        else:
+            sock.poll(1000)
 
 
 def _percentile(values: List[float], q: float) -> Optional[float]:
@@ -73,7 +127,7 @@ def run_client(ctx: zmq.Context[Any], cfg: Dict[str, Any]) -> None:
             break
         if time.monotonic() > deadline:
             raise SystemExit("limit client: no echo from the broker/worker chain")
-    emit(_info("client"))
+    emit(_info("client", "floor" if cfg.get("floor") else "limit"))
     if sys.stdin.readline().strip() != "go":
         return
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -125,7 +179,11 @@ def main(argv: list[str]) -> None:
         raise SystemExit("the limit row has no stream mode")
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        if role == "broker":
+        if role == "broker" and cfg.get("floor"):
+            run_python_broker(ctx, cfg)
+        elif role == "worker" and cfg.get("floor"):
+            run_python_worker(ctx, cfg)
+        elif role == "broker":
             front = _socket(ctx, zmq.ROUTER)
             front.bind(cfg["front"])
             back = _socket(ctx, zmq.DEALER)

@@ -317,9 +317,11 @@ def _command(impl: str, role: str, cfg: dict[str, Any], opts: argparse.Namespace
         if impl == "raw-sync":  # the same program, its synchronous roles
             cfg_json = json.dumps(dict(cfg, sync=True, uvloop=False), separators=(",", ":"))
         return [sys.executable, "-m", "gaterpc.bench.raw", role, cfg_json], env, str(tmp)
-    if impl == "limit":
+    if impl in ("limit", "floor"):
         env["PYTHONPATH"] = str(_package_root())
-        env.pop("GATERPC_NO_EXTENSIONS", None)  # the limit always uses the compiled batch I/O
+        env.pop("GATERPC_NO_EXTENSIONS", None)  # the limit and the floor always use the compiled batch I/O
+        if impl == "floor":  # the same program, broker and worker as Python loops
+            cfg_json = json.dumps(dict(cfg, floor=True), separators=(",", ":"))
         return [sys.executable, "-m", "gaterpc.bench.limit", role, cfg_json], env, str(tmp)
     if impl == "original":
         # A directory holding only the role script: the original never sees our package.

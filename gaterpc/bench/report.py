@@ -9,9 +9,9 @@ from gaterpc.sched import available as sched_available
 
 # gate-spill: one slow local worker behind gate A, four idle ones behind gate B
 LAYOUTS = ("3proc", "2proc", "inproc", "gate", "gate-spill")
-IMPLS = ("ours", "original", "raw", "raw-sync", "limit")  # plus "direct"/"metrics": ours, run another way
+IMPLS = ("ours", "original", "raw", "raw-sync", "limit", "floor")  # plus "direct"/"metrics": ours, run another way
 #: implementations that run without an event loop (one row, not one per --loop)
-LOOPLESS = ("limit", "raw-sync")
+LOOPLESS = ("limit", "floor", "raw-sync")
 LOOPS = ("asyncio", "uvloop")
 #: CPU scheduling policies of the role processes (``--sched``; ``both`` runs each in turn)
 SCHEDS = ("normal", "batch")
@@ -184,6 +184,10 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
     p.add_argument("--vs-limit", action="store_true",
                    help="also run the limit row: the same three processes as libzmq loops doing no RPC "
                         "work (C proxy broker, C reflector worker, compiled batch-I/O client)")
+    p.add_argument("--vs-floor", action="store_true",
+                   help="also run the floor row: the limit's client, with the broker and the worker as "
+                        "Python loops over the same compiled batch I/O, doing no RPC work (what moving the "
+                        "messages costs in Python, before any RPC work)")
     p.add_argument("--vs-1x1", dest="vs_1x1", action="store_true",
                    help="with --clients/--workers above 1: also run each implementation as one client and "
                         "one worker in the same invocation, and report how close the fan-out comes to what "
@@ -215,7 +219,8 @@ def _resolve(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if opts.n is None:
         # the spill-over layout runs slow (5 ms) workers: a smaller default keeps it to seconds
         opts.n = 10_000 if opts.mode == "latency" else 2_000 if opts.layout == "gate-spill" else 100_000
-    if opts.layout == "gate" and (opts.impl != "ours" or opts.vs_original or opts.vs_raw or opts.vs_limit):
+    if opts.layout == "gate" and (opts.impl != "ours" or opts.vs_original or opts.vs_raw or opts.vs_limit
+                                  or opts.vs_floor):
         parser.error("--layout gate runs our roles only (add --vs-direct for the direct comparison)")
     if opts.vs_direct and opts.layout != "gate":
         parser.error("--vs-direct goes with --layout gate")
@@ -234,7 +239,7 @@ def _resolve(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if opts.mode in ("latency", "stream", "hol"):
         opts.window = 1
     if opts.mode in ("queue", "hol") and (opts.layout != "3proc" or opts.impl != "ours" or opts.vs_original
-                                 or opts.vs_raw or opts.vs_limit):
+                                 or opts.vs_raw or opts.vs_limit or opts.vs_floor):
         parser.error("--mode queue and --mode hol run our roles only, in the 3proc layout")
     if opts.loop is None and opts.uvloop is not None:
         opts.loop = "uvloop" if opts.uvloop else "asyncio"
@@ -245,8 +250,9 @@ def _resolve(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         except ImportError:
             opts.loop = "asyncio"
     opts.uvloop = opts.loop == "uvloop"
-    if (opts.vs_limit or opts.impl == "limit") and (opts.layout != "3proc" or opts.mode == "stream"):
-        parser.error("the limit row needs --layout 3proc and a throughput or latency mode")
+    if (opts.vs_limit or opts.vs_floor or opts.impl in ("limit", "floor")) \
+            and (opts.layout != "3proc" or opts.mode == "stream"):
+        parser.error("the limit and floor rows need --layout 3proc and a throughput or latency mode")
     if opts.sched != "normal" and not sched_available("batch"):
         parser.error("--sched batch needs the SCHED_BATCH scheduling policy (Linux)")
     if opts.sched == "both" and opts.layout == "gate-spill":
