@@ -168,6 +168,25 @@ def test_floor_row_rejects_the_gate_layout(tmp_path):
     assert "--layout gate runs our roles only" in proc.stderr
 
 
+def test_limit_frames_needs_a_limit_or_floor_row(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "10", "--limit-frames", "protocol", timeout=60)
+    assert proc.returncode == 2 and report is None
+    assert "--limit-frames goes with the limit or floor row" in proc.stderr
+
+
+def test_limit_and_floor_rows_with_the_protocols_frames(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "2000", "--impl", "limit", "--vs-floor", "--limit-frames",
+                             "protocol")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert report["config"]["limit_frames"] == "protocol" and "limit-frames=protocol" in proc.stdout
+    by = {r["impl"]: r for r in report["results"]}
+    assert set(by) == {"limit", "floor"}
+    # a reply counts only when it comes back with all 7 frames and its counter
+    assert all(r["ok"] and r["completed"] == 2000 and r["errors"] == 0 for r in by.values())
+    assert report["ratios"]["floor as % of the limit (calls/s)"] == pytest.approx(
+        by["floor"]["calls_per_s"] / by["limit"]["calls_per_s"])
+
+
 @pytest.mark.slow
 def test_bench_floor_row_beside_the_limit_with_fan_out(tmp_path):
     proc, report = run_bench(tmp_path, "-n", "3000", "--vs-limit", "--vs-floor", "--clients", "2",

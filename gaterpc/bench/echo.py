@@ -100,6 +100,7 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         "queued": 1000 * workers if opts.mode == "hol" else 0,
         "metrics": getattr(opts, "metrics", None),
         "io_threads": getattr(opts, "io_threads", "default"),
+        "frames": getattr(opts, "limit_frames", "short"),
     }
     if opts.hwm is not None:
         cfg["hwm"] = opts.hwm
@@ -469,7 +470,7 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
     if len(scheds) > 1:
         ratios.update(_sched_ratios(plan, results, opts.mode))
     config = {k: getattr(opts, k) for k in ("n", "window", "payload", "interface", "loop", "backend",
-                                             "metrics", "io_threads", "workers", "clients", "layout", "transport", "mode",
+                                             "metrics", "io_threads", "limit_frames", "workers", "clients", "layout", "transport", "mode",
                                              "repeat", "timeout", "sched")}
     config["uvloop"] = opts.loop
     config["python"] = sys.version.split()[0]

@@ -23,6 +23,11 @@ sends every message it drains straight back.  Still no RPC work: the gap
 between the limit and the floor is what the Python interpreter costs per
 message, and the gap between the floor and gaterpc is what the RPC work
 (msgpack, request ids, routing decisions, futures, the event loop) costs.
+
+Both rows send short messages by default (delimiter, counter, body).  With
+``--limit-frames protocol`` (config key ``"frames": "protocol"``) the client
+sends the seven frames of a gaterpc echo request instead, and gets them back:
+libzmq's cost per frame is then the protocol's, as in gaterpc's own rows.
 Speaks the harness protocol of :mod:`gaterpc.bench.roles` (``ready`` / ``go``
 / ``result`` JSON lines).
 """
@@ -118,6 +123,13 @@ def run_client(ctx: zmq.Context[Any], cfg: Dict[str, Any]) -> None:
     io = ZSocketIO(sock)
     # Same sizes as the echo request/reply bodies (about 40 bytes of msgpack + a 16-byte id).
     body = b"\x92\xabhello world" + b"\x00" * (int(cfg.get("payload") or 0) + 3)
+    # The counter travels in frame ``at``; "protocol" frames are those of a gaterpc echo
+    # request (delimiter, header, service, 16-byte request id, function, args, kwargs).
+    if cfg.get("frames") == "protocol":
+        head, tail, at, pad = [b"", b"MDPC01", b"GateRPC"], [b"\xa4echo", body, b"\x80"], 3, bytes(12)
+    else:
+        head, tail, at, pad = [b""], [body], 1, b""
+    width = len(head) + 1 + len(tail)
     # Wait until the path is up: one message through the whole chain.
     deadline = time.monotonic() + float(cfg["timeout"])
     while True:
@@ -141,7 +153,7 @@ def run_client(ctx: zmq.Context[Any], cfg: Dict[str, Any]) -> None:
     while done < n:
         while sent < n and sent - done < window:
             sent_at[sent] = perf()
-            if not io.send([b"", sent.to_bytes(4, "little"), body]):
+            if not io.send(head + [sent.to_bytes(4, "little") + pad] + tail):
                 break
             sent += 1
         if sent == n and time_send_all is None:
@@ -154,8 +166,8 @@ def run_client(ctx: zmq.Context[Any], cfg: Dict[str, Any]) -> None:
             continue
         now = perf()
         for msg in msgs:
-            if len(msg) == 3:
-                samples.append(now - sent_at[int.from_bytes(msg[1], "little")])
+            if len(msg) == width:
+                samples.append(now - sent_at[int.from_bytes(msg[at][:4], "little")])
                 done += 1
     total = perf() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)

@@ -52,7 +52,8 @@ def format_report(report: dict[str, Any]) -> str:
                f"interface={cfg['interface']} loop={cfg['loop']} backend={cfg['backend']}"
                f"{'' if cfg.get('backend_active') in (None, cfg['backend']) else ' (active: ' + cfg['backend_active'] + ')'} "
                f"workers={cfg['workers']} clients={cfg.get('clients', 1)} repeat={cfg['repeat']} "
-               f"sched={cfg.get('sched', 'normal')}")
+               f"sched={cfg.get('sched', 'normal')}"
+               f"{' limit-frames=' + cfg['limit_frames'] if cfg.get('limit_frames', 'short') != 'short' else ''}")
     rate_name = "items/s" if cfg["mode"] == "stream" else "calls/s"
     header = (f"{'impl':<9} {'loop':<8} {'sched':<6} {rate_name:>9} {'send all s':>10} {'total s':>8} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'p99.9 ms':>9} {'CPU us/call':>11} {'status':>8}")
@@ -188,6 +189,10 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                    help="also run the floor row: the limit's client, with the broker and the worker as "
                         "Python loops over the same compiled batch I/O, doing no RPC work (what moving the "
                         "messages costs in Python, before any RPC work)")
+    p.add_argument("--limit-frames", dest="limit_frames", choices=("short", "protocol"), default="short",
+                   help="the messages of the limit and floor rows: short (3 frames: delimiter, counter, "
+                        "body; the default) or protocol (the 7 frames of a gaterpc echo request, each way: "
+                        "what libzmq alone costs for the protocol's frame count)")
     p.add_argument("--vs-1x1", dest="vs_1x1", action="store_true",
                    help="with --clients/--workers above 1: also run each implementation as one client and "
                         "one worker in the same invocation, and report how close the fan-out comes to what "
@@ -253,6 +258,8 @@ def _resolve(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if (opts.vs_limit or opts.vs_floor or opts.impl in ("limit", "floor")) \
             and (opts.layout != "3proc" or opts.mode == "stream"):
         parser.error("the limit and floor rows need --layout 3proc and a throughput or latency mode")
+    if opts.limit_frames != "short" and not (opts.vs_limit or opts.vs_floor or opts.impl in ("limit", "floor")):
+        parser.error("--limit-frames goes with the limit or floor row (--vs-limit, --vs-floor)")
     if opts.sched != "normal" and not sched_available("batch"):
         parser.error("--sched batch needs the SCHED_BATCH scheduling policy (Linux)")
     if opts.sched == "both" and opts.layout == "gate-spill":
