@@ -487,12 +487,15 @@ def _ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]], impls: list
     limit = by_key.get(("limit", None))
     floor = by_key.get(("floor", None))
     raw_sync = by_key.get(("raw-sync", None))
-    if limit is not None and floor is not None:
-        name = f"{prefix}floor as % of the limit (calls/s)"
-        if floor.get("calls_per_s") and limit.get("calls_per_s"):
-            ratios[name] = floor["calls_per_s"] / limit["calls_per_s"]
+
+    def rate_ratio(name: str, num: dict[str, Any], den: dict[str, Any]) -> None:
+        if num.get("calls_per_s") and den.get("calls_per_s"):
+            ratios[name] = num["calls_per_s"] / den["calls_per_s"]
         else:
             ratios[name] = "n/a (a run failed)"
+
+    if limit is not None and floor is not None:
+        rate_ratio(f"{prefix}floor as % of the limit (calls/s)", floor, limit)
     for loop in loops:
         base = by_key.get((base_impl, loop))
         if base is None or base_impl in LOOPLESS:
@@ -503,23 +506,10 @@ def _ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]], impls: list
             other = by_key.get((impl, loop))
             if other is None or other.get("skipped"):
                 continue
-            name = f"{prefix}{base_impl} / {impl} on {loop} (calls/s)"
-            if base.get("calls_per_s") and other.get("calls_per_s"):
-                ratios[name] = base["calls_per_s"] / other["calls_per_s"]
-            else:
-                ratios[name] = "n/a (a run failed)"
-        if limit is not None:
-            name = f"{prefix}{base_impl} on {loop} as % of the limit (calls/s)"
-            if base.get("calls_per_s") and limit.get("calls_per_s"):
-                ratios[name] = base["calls_per_s"] / limit["calls_per_s"]
-            else:
-                ratios[name] = "n/a (a run failed)"
-        if floor is not None:
-            name = f"{prefix}{base_impl} on {loop} as % of the floor (calls/s)"
-            if base.get("calls_per_s") and floor.get("calls_per_s"):
-                ratios[name] = base["calls_per_s"] / floor["calls_per_s"]
-            else:
-                ratios[name] = "n/a (a run failed)"
+            rate_ratio(f"{prefix}{base_impl} / {impl} on {loop} (calls/s)", base, other)
+        for bound_name, bound in (("limit", limit), ("floor", floor)):
+            if bound is not None:
+                rate_ratio(f"{prefix}{base_impl} on {loop} as % of the {bound_name} (calls/s)", base, bound)
         if raw_sync is not None:
             # below 1.00x: a sequential call through us is faster than through raw blocking pyzmq
             name = f"{prefix}{base_impl} on {loop} / raw-sync (p50 latency)"
