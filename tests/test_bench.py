@@ -187,6 +187,24 @@ def test_limit_and_floor_rows_with_the_protocols_frames(tmp_path):
         by["floor"]["calls_per_s"] / by["limit"]["calls_per_s"])
 
 
+def test_limit_frames_both_runs_each_row_with_either_message(tmp_path):
+    proc, report = run_bench(tmp_path, "-n", "2000", "--vs-limit", "--vs-floor", "--limit-frames", "both",
+                             "--loop", "asyncio")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by = {r["impl"]: r for r in report["results"]}
+    assert set(by) == {"ours", "limit", "limit:7f", "floor", "floor:7f"}
+    assert all(r["ok"] and r["completed"] == 2000 for r in by.values())
+    assert [p["role"] for p in by["floor:7f"]["processes"]] == ["broker", "worker", "client"]
+    ratios = report["ratios"]
+    assert ratios["floor:7f as % of the limit:7f (calls/s)"] == pytest.approx(
+        by["floor:7f"]["calls_per_s"] / by["limit:7f"]["calls_per_s"])
+    assert ratios["ours on asyncio as % of the limit:7f (calls/s)"] == pytest.approx(
+        by["ours"]["calls_per_s"] / by["limit:7f"]["calls_per_s"])
+    assert {"floor as % of the limit (calls/s)", "ours on asyncio as % of the limit (calls/s)",
+            "ours on asyncio as % of the floor (calls/s)",
+            "ours on asyncio as % of the floor:7f (calls/s)"} <= set(ratios)
+
+
 @pytest.mark.slow
 def test_bench_floor_row_beside_the_limit_with_fan_out(tmp_path):
     proc, report = run_bench(tmp_path, "-n", "3000", "--vs-limit", "--vs-floor", "--clients", "2",

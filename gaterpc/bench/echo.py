@@ -319,6 +319,11 @@ def run_interleaved(plan: list[PlanKey], opts: argparse.Namespace) -> list[dict[
             if impl.endswith(ONE_BY_ONE):  # the same implementation, one client and one worker
                 impl = impl[:-len(ONE_BY_ONE)]
                 o.clients = o.workers = 1
+            if impl.endswith(PROTOCOL_FRAMES):  # the limit or floor row with the protocol's frames
+                impl = impl[:-len(PROTOCOL_FRAMES)]
+                o.limit_frames = "protocol"
+            elif impl in ("limit", "floor") and o.limit_frames == "both":
+                o.limit_frames = "short"
             try:
                 runs[key].append(run_once(impl, o, r))
             except (BenchError, OSError) as exc:
@@ -333,6 +338,9 @@ def run_interleaved(plan: list[PlanKey], opts: argparse.Namespace) -> list[dict[
 
 
 ONE_BY_ONE = "@1x1"
+#: suffix of the limit and floor rows run with the seven frames of a gaterpc request
+#: (``--limit-frames both``), beside the same rows with their own short messages
+PROTOCOL_FRAMES = ":7f"
 
 
 def usable_cores() -> int:
@@ -456,7 +464,11 @@ def run_benchmark(opts: argparse.Namespace) -> dict[str, Any]:
             except OriginalEnvError as exc:
                 results.append({"impl": impl, "ok": False, "failure": str(exc)})
                 continue
-        variants = [impl, impl + ONE_BY_ONE] if opts.vs_1x1 and impl in ("ours", "limit", "floor") else [impl]
+        variants = [impl]
+        if impl in ("limit", "floor") and opts.limit_frames == "both":
+            variants.append(impl + PROTOCOL_FRAMES)
+        if opts.vs_1x1 and impl in ("ours", "limit", "floor"):
+            variants += [name + ONE_BY_ONE for name in variants]
         for name in variants:
             for loop in ([None] if impl in LOOPLESS else loops):
                 plan.extend((name, loop, sched) for sched in scheds)
@@ -486,6 +498,9 @@ def _ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]], impls: list
     base_impl = opts.impl
     limit = by_key.get(("limit", None))
     floor = by_key.get(("floor", None))
+    # the same rows with the protocol's frames (--limit-frames both), or None
+    limit7 = by_key.get(("limit" + PROTOCOL_FRAMES, None))
+    floor7 = by_key.get(("floor" + PROTOCOL_FRAMES, None))
     raw_sync = by_key.get(("raw-sync", None))
 
     def rate_ratio(name: str, num: dict[str, Any], den: dict[str, Any]) -> None:
@@ -496,6 +511,8 @@ def _ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]], impls: list
 
     if limit is not None and floor is not None:
         rate_ratio(f"{prefix}floor as % of the limit (calls/s)", floor, limit)
+    if limit7 is not None and floor7 is not None:
+        rate_ratio(f"{prefix}floor{PROTOCOL_FRAMES} as % of the limit{PROTOCOL_FRAMES} (calls/s)", floor7, limit7)
     for loop in loops:
         base = by_key.get((base_impl, loop))
         if base is None or base_impl in LOOPLESS:
@@ -507,7 +524,8 @@ def _ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]], impls: list
             if other is None or other.get("skipped"):
                 continue
             rate_ratio(f"{prefix}{base_impl} / {impl} on {loop} (calls/s)", base, other)
-        for bound_name, bound in (("limit", limit), ("floor", floor)):
+        for bound_name, bound in (("limit", limit), ("floor", floor), ("limit" + PROTOCOL_FRAMES, limit7),
+                                  ("floor" + PROTOCOL_FRAMES, floor7)):
             if bound is not None:
                 rate_ratio(f"{prefix}{base_impl} on {loop} as % of the {bound_name} (calls/s)", base, bound)
         if raw_sync is not None:

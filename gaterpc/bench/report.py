@@ -189,10 +189,12 @@ def build_parser(prog: str = "gaterpc bench") -> argparse.ArgumentParser:
                    help="also run the floor row: the limit's client, with the broker and the worker as "
                         "Python loops over the same compiled batch I/O, doing no RPC work (what moving the "
                         "messages costs in Python, before any RPC work)")
-    p.add_argument("--limit-frames", dest="limit_frames", choices=("short", "protocol"), default="short",
+    p.add_argument("--limit-frames", dest="limit_frames", choices=("short", "protocol", "both"),
+                   default="short",
                    help="the messages of the limit and floor rows: short (3 frames: delimiter, counter, "
-                        "body; the default) or protocol (the 7 frames of a gaterpc echo request, each way: "
-                        "what libzmq alone costs for the protocol's frame count)")
+                        "body; the default), protocol (the 7 frames of a gaterpc echo request, each way: "
+                        "what libzmq alone costs for the protocol's frame count) or both (each row twice, "
+                        "the protocol's named limit:7f and floor:7f)")
     p.add_argument("--vs-1x1", dest="vs_1x1", action="store_true",
                    help="with --clients/--workers above 1: also run each implementation as one client and "
                         "one worker in the same invocation, and report how close the fan-out comes to what "
