@@ -20,7 +20,9 @@ RUN_FIELDS = (
     "time_total_s", "latency_p50_ms", "latency_p99_ms", "latency_p999_ms", "completed", "errors",
     "mismatches", "cpu_s_total", "cpu_us_per_call", "processes",
 )
-PROCESS_FIELDS = ("role", "pid", "cpu_s", "peak_rss_mib", "loop")
+PROCESS_FIELDS = ("role", "pid", "cpu_s", "wait_s", "peak_rss_mib", "loop")
+#: the kernel keeps per-thread run-queue statistics (``wait_s`` is None without them)
+HAS_SCHEDSTAT = Path(f"/proc/self/task/{os.getpid()}/schedstat").exists()
 EXPECTED_ROLES = {
     "3proc": ["broker", "worker", "client"],
     "2proc": ["broker+worker", "client"],
@@ -59,7 +61,12 @@ def check_report(proc, report, impl: str, layout: str, n: int = N):
             assert field in p, field
         assert p["peak_rss_mib"] > 0
         assert p["cpu_s"] is not None and p["cpu_s"] >= 0
+        if HAS_SCHEDSTAT:
+            assert isinstance(p["wait_s"], float) and p["wait_s"] >= 0
+        else:
+            assert p["wait_s"] is None
     assert impl in proc.stdout  # the table
+    assert "waited s" in proc.stdout
     return res
 
 
@@ -519,3 +526,33 @@ def test_harness_fails_a_role_whose_threads_left_the_policy(tmp_path):
 def test_sched_is_checked_at_parse_time(tmp_path):
     proc, _ = run_bench(tmp_path, "-n", "10", "--sched", "fifo", timeout=60)
     assert proc.returncode == 2 and "--sched" in proc.stderr
+
+
+@pytest.mark.skipif(not HAS_SCHEDSTAT, reason="this kernel keeps no per-thread run-queue statistics")
+def test_proc_wait_grows_while_busy_processes_outnumber_the_cores():
+    from gaterpc.bench.echo import usable_cores
+    from gaterpc.bench.procs import _proc_wait
+
+    # One more busy process than there are cores (3 s each): together they must wait for one.
+    # Each prints when its loop is over, then stays alive until its stdin closes.
+    spin = "import sys, time\nend = time.monotonic() + 3\nwhile time.monotonic() < end:\n    pass\n" \
+           "sys.stdout.write('done')\nsys.stdout.flush()\nsys.stdin.readline()\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            for _ in range(usable_cores() + 1)]
+    try:
+        before = [_proc_wait(h.pid) for h in hogs]
+        assert all(isinstance(w, float) and w >= 0 for w in before)
+        for h in hogs:
+            assert h.stdout.read(4) == b"done"
+        after = [_proc_wait(h.pid) for h in hogs]
+        assert all(isinstance(a, float) for a in after)
+        assert sum(a - b for a, b in zip(after, before)) > 0
+    finally:
+        for h in hogs:  # ended by pid
+            if h.poll() is None:
+                h.kill()
+            h.wait(timeout=10)
+            h.stdin.close()
+            h.stdout.close()
+    # a process that is gone gives no figure rather than a wrong one
+    assert all(_proc_wait(h.pid) is None for h in hogs)

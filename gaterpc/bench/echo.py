@@ -161,6 +161,7 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         for c in children:  # every thread of every role runs under the policy asked for
             c.check_sched()
         cpu0 = {c.pid: c.cpu() for c in children}
+        wait0 = {c.pid: c.waited() for c in children}
         rss0 = {c.pid: c.rss_kib() for c in children}
         t0 = time.monotonic()
         for client in clients:
@@ -177,6 +178,7 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
                 clear()
         wall = time.monotonic() - t0
         cpu1 = {c.pid: c.cpu() for c in children}
+        wait1 = {c.pid: c.waited() for c in children}
         rss1 = {c.pid: c.rss_kib() for c in children}
         hwm = {c.pid: c.hwm_kib() for c in children}
         for c in children:  # again: threads started during the run inherit it too
@@ -192,8 +194,11 @@ def run_once(impl: str, opts: argparse.Namespace, run_index: int = 0) -> dict[st
         c0, c1 = cpu0[c.pid], cpu1[c.pid]
         cpu = None if c0 is None or c1 is None else c1 - c0
         cpu_total += cpu or 0.0
+        w0, w1 = wait0[c.pid], wait1[c.pid]
         processes.append({
             "role": c.role, "pid": c.pid, "cpu_s": cpu,
+            # time its threads were ready to run but waited for a core (a starved role shows here)
+            "wait_s": None if w0 is None or w1 is None else max(0.0, w1 - w0),
             "peak_rss_mib": _mib(hwm[c.pid]), "rss_before_mib": _mib(rss0[c.pid]),
             "rss_after_mib": _mib(rss1[c.pid]),
             "loop": c.info.get("loop"), "impl": c.info.get("impl"), "version": c.info.get("version"),

@@ -2,11 +2,12 @@
 
 A :class:`Child` is one role process started with its own process group; the
 JSON lines it prints on stdout arrive in ``Child.lines``.  The harness reads
-its CPU time (``/proc/<pid>/stat``) and RSS (``/proc/<pid>/status``) and ends
+its CPU time (``/proc/<pid>/stat``), the time its threads waited for a core
+(``/proc/<pid>/task/*/schedstat``) and RSS (``/proc/<pid>/status``) and ends
 it with SIGTERM, then SIGKILL after a grace period (:func:`stop_all`).  Also
 here: the endpoints of a run and the command line of each role of each
 implementation (ours, the original 0.2.11, the raw asyncio and raw synchronous
-baselines, the limit).
+baselines, the limit and the floor).
 Used by the echo benchmark (``echo.py``) and the soak (``soak.py``).
 """
 
@@ -49,6 +50,25 @@ def _proc_cpu(pid: int) -> float | None:
         return None
     fields = data[data.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _proc_wait(pid: int) -> float | None:
+    """Seconds the threads of a live process have spent ready to run but waiting for a core
+    (the second field of ``/proc/<pid>/task/<tid>/schedstat``, summed over the threads that
+    exist now; None where the kernel does not keep these statistics)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total, seen = 0, False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+            seen = True
+        except (OSError, ValueError, IndexError):  # ended meanwhile, or no schedstat
+            continue
+    return total / 1e9 if seen else None
 
 
 def _proc_status_kib(pid: int, field: str) -> int | None:
@@ -201,6 +221,9 @@ class Child:
 
     def cpu(self) -> float | None:
         return _proc_cpu(self.pid)
+
+    def waited(self) -> float | None:
+        return _proc_wait(self.pid)
 
     def rss_kib(self) -> int | None:
         return _proc_status_kib(self.pid, "VmRSS:")

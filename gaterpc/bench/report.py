@@ -94,14 +94,16 @@ def format_report(report: dict[str, Any]) -> str:
                        f"{res['fairness']:.2f}; per client calls/s: {rates}")
     out.append("")
     # sched: the policy the harness read from every thread of the process while it ran
-    out.append(f"{'impl':<9} {'process':<22} {'CPU s':>7} {'CPU us/call':>11} {'peak RSS MiB':>12}  "
-               f"{'sched':<6}  loop")
+    # waited s: how long its threads were ready to run but waited for a core (run queue)
+    out.append(f"{'impl':<9} {'process':<22} {'CPU s':>7} {'CPU us/call':>11} {'waited s':>8} "
+               f"{'peak RSS MiB':>12}  {'sched':<6}  loop")
     for res in report["results"]:
         done = res.get("completed") or 0
         for p in res.get("processes", []):
             per_call = p["cpu_s"] / done * 1e6 if done and p.get("cpu_s") is not None else None
             out.append(f"{res['impl']:<9} {p['role']:<22} {_fmt(p['cpu_s'], '.2f'):>7} "
-                       f"{_fmt(per_call, ',.1f'):>11} {_fmt(p['peak_rss_mib'], '.1f'):>12}  "
+                       f"{_fmt(per_call, ',.1f'):>11} {_fmt(p.get('wait_s'), '.2f'):>8} "
+                       f"{_fmt(p['peak_rss_mib'], '.1f'):>12}  "
                        f"{p.get('sched') or '-':<6}  {p.get('loop') or '-'}")
     for res in report["results"]:
         if not res.get("ok"):
