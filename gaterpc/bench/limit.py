@@ -30,6 +30,7 @@ sends the seven frames of a gaterpc echo request instead, and gets them back:
 libzmq's cost per frame is then the protocol's, as in gaterpc's own rows.
 ``--limit-frames both`` runs each row both ways in one invocation, the
 protocol's rows named ``limit:7f`` and ``floor:7f``.
+
 Speaks the harness protocol of :mod:`gaterpc.bench.roles` (``ready`` / ``go``
 / ``result`` JSON lines).
 """
