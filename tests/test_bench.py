@@ -436,6 +436,34 @@ def test_hugedata_bench_reports_rate_cpu_and_rss(tmp_path):
 
 
 @pytest.mark.slow
+def test_hugedata_bench_several_transfers_per_set_of_processes(tmp_path):
+    """--per-process 3: three transfers in turn in one set of processes, each timed and checked."""
+    out = tmp_path / "huge.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gaterpc", "bench", "hugedata", "--sizes", "1", "--modules", "lz4",
+         "--per-process", "3", "--timeout", "60", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=200,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    (r,) = json.loads(out.read_text())
+    # every transfer came back whole (the client checks size and SHA-256 of each payload)
+    assert r["ok"] is True and r["per_process"] == 3 and r["runs"] == 3
+    assert len(r["mb_s_runs"]) == 3 and all(x and x > 0 for x in r["mb_s_runs"])
+    assert len(r["mb_s_first"]) == 1 and r["mb_s_first"][0] in r["mb_s_runs"]
+    assert r["transfer"] in (0, 1, 2) and r["mb_s"] == sorted(r["mb_s_runs"])[1]
+    for role in ("broker", "worker", "client"):
+        assert r[f"rss_{role}"] >= r[f"base_{role}"] - 1.0 and r[f"base_{role}"] > 0
+        assert r[f"cpu_{role}"] is not None and r[f"cpu_{role}"] > 0
+    assert "makes 3 transfers in turn" in proc.stdout
+
+
+def test_hugedata_bench_refuses_a_bad_per_process():
+    proc = subprocess.run([sys.executable, "-m", "gaterpc", "bench", "hugedata", "--per-process", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--per-process" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
 def test_bench_vs_metrics_runs_both_rows(tmp_path):
     """--vs-metrics: the same run with every role serving metrics, scraped by another process."""
     proc, report = run_bench(tmp_path, "-n", "3000", "--vs-metrics", "--metrics", "0.2", "--loop", "asyncio")

@@ -4,7 +4,12 @@ For each payload size (default 1, 16 and 128 MiB; half random, half
 compressible) and each codec, one transfer runs in fresh processes, so that
 each process's peak RSS belongs to that transfer alone (and so that the
 original, which hangs on a second HugeData transfer in a process, can be
-measured too).  Reports per row: MB/s (payload MiB per second of the call),
+measured too).  ``--per-process K`` makes K transfers one after the
+other in each set of our processes instead (three 16 MiB transfers in one
+set of processes is the shape of the HugeData performance goal): the later
+ones run in processes that have made one already, as in a long-running
+service, and the peak RSS then shows whether a transfer gives its memory
+back.  Reports per row: MB/s (payload MiB per second of the call),
 the CPU milliseconds each process spent on the transfer (every thread; a
 figure much less sensitive to a loaded machine than MB/s), each process's
 peak RSS, the largest peak RSS over the payload size ("max RSS/size", the
@@ -15,6 +20,7 @@ during the transfer over the payload size ("growth/size").
     gaterpc bench hugedata --vs-original          # plus the original 0.2.11 (gzip)
     gaterpc bench hugedata --sizes 1,16 --json out.json
     gaterpc bench hugedata --sizes 16 --blksize default,1000,1048576 --repeat 3   # the 16 MiB goal scenario
+    gaterpc bench hugedata --sizes 16 --modules lz4 --per-process 3 --repeat 3  # 16 MiB x3 per set of processes
 
 ``--blksize default`` (the default) passes no ``blksize``: each
 implementation's own default.  The original's is 1000-byte chunks; ours is
@@ -69,21 +75,33 @@ def _json_line(proc: subprocess.Popen[str], deadline: float) -> Optional[dict[st
 
 
 def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int, blksize: int,
-             timeout: float) -> dict[str, Any]:
-    """One transfer of ``size`` bytes in fresh broker, worker and client processes; the result row.
+             timeout: float, transfers: int = 1) -> list[dict[str, Any]]:
+    """``transfers`` transfers of ``size`` bytes, one after the other, in fresh broker,
+    worker and client processes; one result row per transfer (fewer when one fails:
+    the failed one is the last).
 
-    Per role: ``rss_<role>`` peak RSS (MiB), ``base_<role>`` RSS when the
-    transfer started, ``cpu_<role>`` CPU seconds spent on the transfer
-    (every thread; the client's: of the call alone; the broker's and the
-    worker's: from a mark just before the call to a mark just after it, so
-    that neither their start nor their shutdown counts).
+    Per role: ``rss_<role>`` peak RSS (MiB) over the whole run, ``base_<role>``
+    RSS when the first transfer started (so growth over several transfers
+    shows memory a transfer did not give back), ``cpu_<role>`` CPU seconds
+    spent on that transfer (every thread; the client's: of the call alone;
+    the broker's and the worker's: from a mark just before the call to a
+    mark just after it, so that neither their start nor their shutdown
+    counts).  ``transfer`` is the row's index in the run (0: the first, in
+    processes that have done nothing yet).
     """
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-huge-"))
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
-           "size": size, "module": module, "seed": 7, "blksize": blksize, "timeout": timeout}
+           "size": size, "module": module, "seed": 7, "blksize": blksize, "timeout": timeout,
+           "transfers": transfers}
     procs: dict[str, subprocess.Popen[str]] = {}
-    result: dict[str, Any] = {"impl": impl, "module": module, "size_mib": size / MiB, "blksize": blksize or "default",
-                              "ok": False}
+    rows: list[dict[str, Any]] = []
+
+    def new_row(index: int) -> dict[str, Any]:
+        row = {"impl": impl, "module": module, "size_mib": size / MiB, "blksize": blksize or "default",
+               "ok": False, "transfer": index, "per_process": transfers}
+        rows.append(row)
+        return row
+
     deadline = time.monotonic() + timeout + 60
     try:
         for role in ("broker", "worker"):
@@ -96,48 +114,61 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
         client = subprocess.Popen([str(python), str(ROLES), "client", json.dumps(cfg)], stdout=subprocess.PIPE,
                                   stdin=subprocess.PIPE, text=True, env=env, cwd=str(tmp), start_new_session=True)
         procs["client"] = client
-        mark = _json_line(client, deadline)
-        if mark is None:
-            result["error"] = "the client did not start"
-            return result
-        base: dict[str, dict[str, Any]] = {"client": mark}
-        for role in ("broker", "worker"):
-            procs[role].send_signal(signal.SIGUSR1)
-            row = _json_line(procs[role], deadline)
-            if row is None:
-                result["error"] = f"no baseline from the {role}"
-                return result
-            base[role] = row
         assert client.stdin is not None
-        client.stdin.write("go\n")
-        client.stdin.flush()
-        call = _json_line(client, time.monotonic() + timeout + 30)
-        if call is None or "elapsed" not in call:
-            result["error"] = "timeout" if client.poll() is None else "no result"
-            return result
-        after: dict[str, dict[str, Any]] = {}
-        for role in ("broker", "worker"):
-            procs[role].send_signal(signal.SIGUSR1)  # the transfer is over: its CPU time ends here
-            row = _json_line(procs[role], deadline)
-            if row is not None:
-                after[role] = row
-        last = _json_line(client, deadline) or call
-        result.update(ok=call["ok"], elapsed=call["elapsed"], mb_s=size / MiB / call["elapsed"],
-                      rss_client=last["rss_mib"], base_client=base["client"]["rss_now_mib"],
-                      cpu_client=call.get("call_cpu_s"))
-        for role in ("broker", "worker"):
-            p = procs[role]
-            p.terminate()
-            try:
-                tail, _ = p.communicate(timeout=10)
-                rows = [json.loads(x) for x in tail.splitlines() if x.startswith("{")]
-            except subprocess.TimeoutExpired:
-                rows = []
-            result[f"rss_{role}"] = rows[-1]["rss_mib"] if rows else None
-            result[f"base_{role}"] = base[role].get("rss_now_mib")
-            end = after.get(role)
-            result[f"cpu_{role}"] = end["cpu_s"] - base[role]["cpu_s"] if end and "cpu_s" in end else None
-        return result
+        first: dict[str, dict[str, Any]] = {}
+        for index in range(transfers):
+            result = new_row(index)
+            deadline = time.monotonic() + timeout + 60
+            mark = _json_line(client, deadline)
+            if mark is None:
+                result["error"] = "the client did not start" if index == 0 else "no mark from the client"
+                break
+            base: dict[str, dict[str, Any]] = {"client": mark}
+            for role in ("broker", "worker"):
+                procs[role].send_signal(signal.SIGUSR1)
+                row = _json_line(procs[role], deadline)
+                if row is None:
+                    result["error"] = f"no baseline from the {role}"
+                    break
+                base[role] = row
+            if len(base) < 3:
+                break
+            first = first or base
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            call = _json_line(client, time.monotonic() + timeout + 30)
+            if call is None or "elapsed" not in call:
+                result["error"] = "timeout" if client.poll() is None else "no result"
+                break
+            for role in ("broker", "worker"):
+                procs[role].send_signal(signal.SIGUSR1)  # the transfer is over: its CPU time ends here
+                row = _json_line(procs[role], deadline)
+                end = row or {}
+                result[f"cpu_{role}"] = end["cpu_s"] - base[role]["cpu_s"] if "cpu_s" in end else None
+            result.update(ok=call["ok"], elapsed=call["elapsed"], mb_s=size / MiB / call["elapsed"],
+                          rss_client=call["rss_mib"], cpu_client=call.get("call_cpu_s"))
+            if not call["ok"]:
+                break
+        if first:
+            # the client's figures on exit, once it made every call (else its latest report)
+            done = len(rows) == transfers and all(r["ok"] for r in rows)
+            last = _json_line(client, deadline) if done else None
+            peaks: dict[str, Any] = {"client": last["rss_mib"] if last else max((r.get("rss_client") or 0.0 for r in rows),
+                                                                default=None)}
+            for role in ("broker", "worker"):
+                p = procs[role]
+                p.terminate()
+                try:
+                    tail, _ = p.communicate(timeout=10)
+                    lines = [json.loads(x) for x in tail.splitlines() if x.startswith("{")]
+                except subprocess.TimeoutExpired:
+                    lines = []
+                peaks[role] = lines[-1]["rss_mib"] if lines else None
+            for result in rows:
+                for role in ROLE_NAMES:
+                    result[f"rss_{role}"] = peaks[role]
+                    result[f"base_{role}"] = first[role].get("rss_now_mib")
+        return rows
     finally:
         for p in procs.values():
             # Each role runs in its own session: kill the group, pool children included.
@@ -177,7 +208,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "Settings.HUGE_DATA_NATIVE_SIZEOF for a client of ours)")
     ap.add_argument("--vs-original", action="store_true", help="also run the original 0.2.11 (gzip)")
     ap.add_argument("--original-sizes", default="1,16", help="sizes in MiB for the original (it is slow)")
-    ap.add_argument("--repeat", type=int, default=1, help="transfers per row (the row shows the median)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="sets of fresh processes per row (the row shows the median transfer)")
+    ap.add_argument("--per-process", type=int, default=1, metavar="K",
+                    help="transfers one after the other in each set of processes (ours only: the "
+                         "original hangs on a second transfer in a process and always makes one)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per transfer")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
@@ -185,6 +220,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     blksizes = [0 if b.strip() == "default" else _positive(b) for b in args.blksize.split(",") if b.strip()]
     if not blksizes or any(b is None for b in blksizes):
         ap.error(f"--blksize: comma-separated sizes in bytes (above 0) or 'default', not {args.blksize!r}")
+    if args.per_process < 1:
+        ap.error(f"--per-process: at least 1, not {args.per_process}")
     sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_ROOT))
     runs: list[tuple[str, dict[str, str], str, str]] = [(sys.executable, env, "ours", m)
@@ -195,19 +232,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         orig_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         runs.append((str(ensure_original_env()), orig_env, "original", "gzip"))
     results: list[dict[str, Any]] = []
+    if args.per_process > 1:
+        print(f"each set of processes makes {args.per_process} transfers in turn (the original: 1); "
+              "a row is the median of all transfers, CPU ms that transfer's, RSS the peak over "
+              "the set and growth/size from before its first transfer")
     print(f"{'impl':9} {'codec':5} {'MiB':>5} {'blksize':>8} {'MB/s':>8} {'s':>7} {'CPU ms broker':>13} {'worker':>7} "
           f"{'client':>7} {'RSS broker':>10} {'worker':>7} {'client':>7} {'max RSS/size':>12} "
           f"{'growth/size':>11}  status")
     orig_sizes = [int(float(s) * MiB) for s in args.original_sizes.split(",")]
     for python, env_, impl, module in runs:
         for size, blksize in [(s, b or 0) for s in (orig_sizes if impl == "original" else sizes) for b in blksizes]:
-            runs_ = [run_once(python, env_, impl, module, size, blksize, args.timeout)
-                     for _ in range(max(1, args.repeat))]
-            # The run with the median MB/s (a failed run counts as the slowest).
+            per_process = 1 if impl == "original" else args.per_process
+            runs_ = [row for _ in range(max(1, args.repeat))
+                     for row in run_once(python, env_, impl, module, size, blksize, args.timeout, per_process)]
+            # The transfer with the median MB/s (a failed one counts as the slowest; a set of
+            # processes stops at its first failed transfer).
             runs_.sort(key=lambda x: x.get("mb_s") or 0.0 if x["ok"] else -1.0)
             r = runs_[(len(runs_) - 1) // 2] if all(x["ok"] for x in runs_) else runs_[0]
             r["runs"] = len(runs_)
             r["mb_s_runs"] = [x.get("mb_s") for x in runs_]
+            # the first transfer of each set of processes (``transfer`` 0) and the later ones
+            r["mb_s_first"] = [x.get("mb_s") for x in runs_ if x.get("transfer") == 0]
             results.append(r)
             rss = [r.get(f"rss_{role}") for role in ROLE_NAMES]
             cpu = [r.get(f"cpu_{role}") for role in ROLE_NAMES]
