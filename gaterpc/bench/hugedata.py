@@ -87,7 +87,8 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
     the broker's and the worker's: from a mark just before the call to a
     mark just after it, so that neither their start nor their shutdown
     counts).  ``transfer`` is the row's index in the run (0: the first, in
-    processes that have done nothing yet).
+    processes that have done nothing yet); ``peak_client_so_far`` is the
+    client's peak RSS once that transfer ended.
     """
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-huge-"))
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
@@ -146,7 +147,7 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
                 end = row or {}
                 result[f"cpu_{role}"] = end["cpu_s"] - base[role]["cpu_s"] if "cpu_s" in end else None
             result.update(ok=call["ok"], elapsed=call["elapsed"], mb_s=size / MiB / call["elapsed"],
-                          rss_client=call["rss_mib"], cpu_client=call.get("call_cpu_s"))
+                          rss_client=call["rss_mib"], peak_client_so_far=call["rss_mib"], cpu_client=call.get("call_cpu_s"))
             if not call["ok"]:
                 break
         if first:
