@@ -79,7 +79,11 @@ class HugeDataReceiver:
     each to a worker thread, which decompresses it while later chunks arrive
     (zlib, bz2, lzma and lz4 release the GIL); :meth:`finish` waits for the
     last segments.  At most ``MAX_QUEUED`` compressed bytes wait for the
-    thread: a feed beyond that waits for it, so memory stays bounded.  An
+    thread: a feed beyond that waits for it, so this queue stays bounded.
+    (While it waits, the chunks that keep arriving wait in the client's
+    ZeroMQ socket, up to its high-water mark in messages,
+    ``Settings.ZMQ_SOCK``: a decoder that falls behind holds up to the
+    whole compressed transfer there.)  An
     error found by the thread (corrupt stream, size limit) is raised by the
     next ``feed`` or by ``finish``.  ``pipelined=False`` decompresses each
     chunk in ``feed``.  At most ``INLINE_OUTPUT`` decompressed bytes are

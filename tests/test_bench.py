@@ -425,13 +425,16 @@ def test_hugedata_bench_reports_rate_cpu_and_rss(tmp_path):
             # peak vs an earlier current RSS: the kernel counts RSS per thread, so allow a few pages
             assert r[f"rss_{role}"] >= r[f"base_{role}"] - 1.0 and r[f"base_{role}"] > 0
             assert r[f"cpu_{role}"] is not None and r[f"cpu_{role}"] >= 0
+            assert isinstance(r[f"faults_{role}"], int) and r[f"faults_{role}"] >= 0
+        # the client's result is fresh memory: its first touches are page faults
+        assert r["faults_client"] > 0
         # every role did its part (the broker's and the worker's CPU time are taken
         # between a mark before the call and one after it)
         assert r["cpu_worker"] > 0 and r["cpu_client"] > 0 and r["cpu_broker"] > 0
         assert r["max_growth_ratio"] == pytest.approx(max(r[f"rss_{x}"] - r[f"base_{x}"]
                                                           for x in ("broker", "worker", "client")))
     table = proc.stdout.splitlines()
-    assert "CPU ms broker" in table[0] and "growth/size" in table[0]
+    assert "CPU ms broker" in table[0] and "growth/size" in table[0] and "faults k b/w/c" in table[0]
     assert sum(1 for line in table if line.startswith("ours") and line.rstrip().endswith("ok")) == 4
 
 
@@ -454,6 +457,7 @@ def test_hugedata_bench_several_transfers_per_set_of_processes(tmp_path):
     for role in ("broker", "worker", "client"):
         assert r[f"rss_{role}"] >= r[f"base_{role}"] - 1.0 and r[f"base_{role}"] > 0
         assert r[f"cpu_{role}"] is not None and r[f"cpu_{role}"] > 0
+        assert isinstance(r[f"faults_{role}"], int) and r[f"faults_{role}"] >= 0
     assert "makes 3 transfers in turn" in proc.stdout
 
 

@@ -13,8 +13,11 @@ back.  Reports per row: MB/s (payload MiB per second of the call),
 the CPU milliseconds each process spent on the transfer (every thread; a
 figure much less sensitive to a loaded machine than MB/s), each process's
 peak RSS, the largest peak RSS over the payload size ("max RSS/size", the
-~40 MiB interpreter included) and the largest growth of a process's RSS
-during the transfer over the payload size ("growth/size").
+~40 MiB interpreter included), the largest growth of a process's RSS
+during the transfer over the payload size ("growth/size") and each
+process's minor page faults during the transfer, in thousands ("faults k
+b/w/c": broker, worker, client; each is a first touch of a fresh 4 KiB page,
+a cost the kernel pays in system time).
 
     gaterpc bench hugedata                        # ours: gzip and lz4
     gaterpc bench hugedata --vs-original          # plus the original 0.2.11 (gzip)
@@ -86,7 +89,8 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
     spent on that transfer (every thread; the client's: of the call alone;
     the broker's and the worker's: from a mark just before the call to a
     mark just after it, so that neither their start nor their shutdown
-    counts).  ``transfer`` is the row's index in the run (0: the first, in
+    counts), ``faults_<role>`` the minor page faults over the same span (each
+    first touch of a fresh page of memory).  ``transfer`` is the row's index in the run (0: the first, in
     processes that have done nothing yet); ``peak_client_so_far`` is the
     client's peak RSS once that transfer ended.
     """
@@ -146,8 +150,11 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
                 row = _json_line(procs[role], deadline)
                 end = row or {}
                 result[f"cpu_{role}"] = end["cpu_s"] - base[role]["cpu_s"] if "cpu_s" in end else None
+                result[f"faults_{role}"] = (end["minflt"] - base[role]["minflt"]
+                                            if "minflt" in end and "minflt" in base[role] else None)
             result.update(ok=call["ok"], elapsed=call["elapsed"], mb_s=size / MiB / call["elapsed"],
-                          rss_client=call["rss_mib"], peak_client_so_far=call["rss_mib"], cpu_client=call.get("call_cpu_s"))
+                          rss_client=call["rss_mib"], peak_client_so_far=call["rss_mib"], cpu_client=call.get("call_cpu_s"),
+                          faults_client=call.get("call_minflt"))
             if not call["ok"]:
                 break
         if first:
@@ -239,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "the set and growth/size from before its first transfer")
     print(f"{'impl':9} {'codec':5} {'MiB':>5} {'blksize':>8} {'MB/s':>8} {'s':>7} {'CPU ms broker':>13} {'worker':>7} "
           f"{'client':>7} {'RSS broker':>10} {'worker':>7} {'client':>7} {'max RSS/size':>12} "
-          f"{'growth/size':>11}  status")
+          f"{'growth/size':>11} {'faults k b/w/c':>16}  status")
     orig_sizes = [int(float(s) * MiB) for s in args.original_sizes.split(",")]
     for python, env_, impl, module in runs:
         for size, blksize in [(s, b or 0) for s in (orig_sizes if impl == "original" else sizes) for b in blksizes]:
@@ -265,11 +272,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{fmt(cpu[0] and cpu[0] * 1e3, '{:13.0f}'):>13} {fmt(cpu[1] and cpu[1] * 1e3, '{:7.0f}'):>7} "
                   f"{fmt(cpu[2] and cpu[2] * 1e3, '{:7.0f}'):>7} {fmt(rss[0], '{:10.0f}'):>10} "
                   f"{fmt(rss[1], '{:7.0f}'):>7} {fmt(rss[2], '{:7.0f}'):>7} {fmt(ratio, '{:12.2f}'):>12} "
-                  f"{fmt(growth, '{:11.2f}'):>11}  "
+                  f"{fmt(growth, '{:11.2f}'):>11} {faults_column(r):>16}  "
                   f"{'ok' if r['ok'] else 'FAILED ' + r.get('error', 'bad payload')}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0 if all(r["ok"] for r in results if r["impl"] == "ours") else 1
+
+
+def faults_column(r: dict[str, Any]) -> str:
+    """Each role's minor page faults during the transfer, in thousands: ``broker/worker/client``."""
+    return "/".join(fmt(r.get(f"faults_{role}") and r[f"faults_{role}"] / 1000, "{:.1f}")
+                    if r.get(f"faults_{role}") != 0 else "0" for role in ROLE_NAMES)
 
 
 def fmt(value: Optional[float], spec: str) -> str:

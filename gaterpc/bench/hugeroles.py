@@ -6,7 +6,8 @@ HugeData of ``msg_pack(payload)``; the payload is half random bytes, half
 compressible text, so that neither codec has it easy.  The client checks the
 size and SHA-256 of what it gets against the worker's ``digest(...)`` (which
 also encodes the payload ahead of the timed call), and prints one JSON line
-with the timing; every role prints its peak RSS, RSS and CPU time on exit,
+with the timing; every role prints its peak RSS, RSS, CPU time and minor
+page faults on exit,
 and on SIGUSR1 (the broker and the worker: before and after the transfer)
 or before the timed call (the client) the same figures, the transfer's
 baseline and end.  With ``"transfers": K`` in the configuration the client
@@ -138,9 +139,14 @@ def cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def page_faults() -> int:
+    """Minor page faults of this process so far (every thread): first touches of fresh memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def report(**fields: Any) -> None:
-    """One JSON line on stdout: the fields plus peak RSS, current RSS and CPU time."""
-    fields.update(rss_mib=peak_rss_mib(), rss_now_mib=rss_mib(), cpu_s=cpu_s())
+    """One JSON line on stdout: the fields plus peak RSS, current RSS, CPU time and page faults."""
+    fields.update(rss_mib=peak_rss_mib(), rss_now_mib=rss_mib(), cpu_s=cpu_s(), minflt=page_faults())
     print(json.dumps(fields), flush=True)
 
 
@@ -205,17 +211,18 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
             # The bench marks the other roles, then says "go" on stdin.
             report(mark=True)
             await loop.run_in_executor(None, sys.stdin.readline)
-            cpu0 = cpu_s()
+            cpu0, faults0 = cpu_s(), page_faults()
             t0 = time.perf_counter()
             pieces = await cli.knock("Bench", "huge", size, cfg["module"], seed + i, cfg["blksize"])
             elapsed = time.perf_counter() - t0
             call_cpu = cpu_s() - cpu0  # the call alone, not the check below
+            call_faults = page_faults() - faults0
             digest = hashlib.sha256()
             for piece in pieces:
                 digest.update(piece)
             ok = sum(map(len, pieces)) == size and digest.hexdigest() == expected
             del pieces
-            report(elapsed=elapsed, ok=ok, call_cpu_s=call_cpu)
+            report(elapsed=elapsed, ok=ok, call_cpu_s=call_cpu, call_minflt=call_faults)
             if not ok:
                 break
         cli.close()
