@@ -124,6 +124,10 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
         for index in range(transfers):
             result = new_row(index)
             deadline = time.monotonic() + timeout + 60
+            if index:
+                # the last transfer's end is marked: the client may prepare the next one
+                client.stdin.write("next\n")
+                client.stdin.flush()
             mark = _json_line(client, deadline)
             if mark is None:
                 result["error"] = "the client did not start" if index == 0 else "no mark from the client"

@@ -12,7 +12,8 @@ and on SIGUSR1 (the broker and the worker: before and after the transfer)
 or before the timed call (the client) the same figures, the transfer's
 baseline and end.  With ``"transfers": K`` in the configuration the client
 makes K such calls in turn (payload seeds ``seed`` to ``seed + K - 1``),
-each preceded by its mark and a "go".
+each preceded by its mark and a "go", and each after the first by a "next"
+(the bench has marked the end of the one before).
 """
 
 from __future__ import annotations
@@ -207,6 +208,10 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
         # ``transfers`` calls one after the other in these processes (the
         # original hangs on a second HugeData transfer: the bench asks it for one).
         for i in range(int(cfg.get("transfers", 1))):
+            if i:
+                # The bench marks the end of the last transfer first ("next"): the
+                # worker's work for this one's payload must not count in the last one.
+                await loop.run_in_executor(None, sys.stdin.readline)
             expected = await cli.knock("Bench", "digest", size, seed + i)
             # The bench marks the other roles, then says "go" on stdin.
             report(mark=True)
