@@ -458,6 +458,14 @@ def test_hugedata_bench_several_transfers_per_set_of_processes(tmp_path):
         assert r[f"rss_{role}"] >= r[f"base_{role}"] - 1.0 and r[f"base_{role}"] > 0
         assert r[f"cpu_{role}"] is not None and r[f"cpu_{role}"] > 0
         assert isinstance(r[f"faults_{role}"], int) and r[f"faults_{role}"] >= 0
+    # every transfer in the order run: the first in fresh processes, each with the client's
+    # RSS before it and its peak after it
+    assert [t["transfer"] for t in r["transfers"]] == [0, 1, 2]
+    assert sorted(t["mb_s"] for t in r["transfers"]) == sorted(r["mb_s_runs"])
+    for t in r["transfers"]:
+        assert t["ok"] is True and t["faults_client"] >= 0
+        assert 0 < t["rss_client_before"] <= t["peak_client_so_far"] + 1.0
+    assert r["transfers"][0]["rss_client_before"] == pytest.approx(r["base_client"])
     assert "makes 3 transfers in turn" in proc.stdout
 
 

@@ -52,6 +52,9 @@ HERE = Path(__file__).resolve().parent
 PACKAGE_ROOT = HERE.parent.parent
 ROLES = HERE / "hugeroles.py"
 ROLE_NAMES = ("broker", "worker", "client")
+#: What ``--json`` keeps of every transfer (besides the median row).
+TRANSFER_FIELDS = ("transfer", "ok", "mb_s", "cpu_broker", "cpu_worker", "cpu_client", "faults_broker",
+                   "faults_worker", "faults_client", "rss_client_before", "peak_client_so_far")
 MiB = 1024 * 1024
 
 
@@ -91,8 +94,9 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
     mark just after it, so that neither their start nor their shutdown
     counts), ``faults_<role>`` the minor page faults over the same span (each
     first touch of a fresh page of memory).  ``transfer`` is the row's index in the run (0: the first, in
-    processes that have done nothing yet); ``peak_client_so_far`` is the
-    client's peak RSS once that transfer ended.
+    processes that have done nothing yet); ``rss_client_before`` is the
+    client's RSS just before it (after the last one's result was dropped),
+    ``peak_client_so_far`` its peak RSS once it ended.
     """
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-huge-"))
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
@@ -133,6 +137,7 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
                 result["error"] = "the client did not start" if index == 0 else "no mark from the client"
                 break
             base: dict[str, dict[str, Any]] = {"client": mark}
+            result["rss_client_before"] = mark.get("rss_now_mib")
             for role in ("broker", "worker"):
                 procs[role].send_signal(signal.SIGUSR1)
                 row = _json_line(procs[role], deadline)
@@ -257,6 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             per_process = 1 if impl == "original" else args.per_process
             runs_ = [row for _ in range(max(1, args.repeat))
                      for row in run_once(python, env_, impl, module, size, blksize, args.timeout, per_process)]
+            order = list(runs_)
             # The transfer with the median MB/s (a failed one counts as the slowest; a set of
             # processes stops at its first failed transfer).
             runs_.sort(key=lambda x: x.get("mb_s") or 0.0 if x["ok"] else -1.0)
@@ -265,6 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             r["mb_s_runs"] = [x.get("mb_s") for x in runs_]
             # the first transfer of each set of processes (``transfer`` 0) and the later ones
             r["mb_s_first"] = [x.get("mb_s") for x in runs_ if x.get("transfer") == 0]
+            # every transfer, in the order run (sets of processes one after the other)
+            r["transfers"] = [{k: x.get(k) for k in TRANSFER_FIELDS} for x in order]
             results.append(r)
             rss = [r.get(f"rss_{role}") for role in ROLE_NAMES]
             cpu = [r.get(f"cpu_{role}") for role in ROLE_NAMES]
