@@ -405,27 +405,37 @@ def test_hugedata_bench_refuses_a_bad_blksize(bad):
     assert proc.returncode == 2 and "--blksize" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
-def test_hugedata_bench_reports_rate_cpu_and_rss(tmp_path):
-    """``gaterpc bench hugedata``: one small transfer per codec and blksize, MB/s, CPU and RSS per role."""
+def run_hugedata_bench(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list]:
+    """``gaterpc bench hugedata --sizes 1 --timeout 60 ARGS --json FILE``: the process and the rows."""
     out = tmp_path / "huge.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "gaterpc", "bench", "hugedata", "--sizes", "1", "--modules", "lz4,gzip",
-         "--blksize", "default,262144", "--timeout", "60", "--json", str(out)],
+        [sys.executable, "-m", "gaterpc", "bench", "hugedata", "--sizes", "1", "--timeout", "60", *args,
+         "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=200,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    rows = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def check_role_figures(r: dict) -> None:
+    """Each role's peak RSS, CPU time and page faults are there and make sense."""
+    for role in ("broker", "worker", "client"):
+        # peak vs an earlier current RSS: the kernel counts RSS per thread, so allow a few pages
+        assert r[f"rss_{role}"] >= r[f"base_{role}"] - 1.0 and r[f"base_{role}"] > 0
+        assert r[f"cpu_{role}"] is not None and r[f"cpu_{role}"] >= 0
+        assert isinstance(r[f"faults_{role}"], int) and r[f"faults_{role}"] >= 0
+
+
+@pytest.mark.slow
+def test_hugedata_bench_reports_rate_cpu_and_rss(tmp_path):
+    """``gaterpc bench hugedata``: one small transfer per codec and blksize, MB/s, CPU and RSS per role."""
+    proc, rows = run_hugedata_bench(tmp_path, "--modules", "lz4,gzip", "--blksize", "default,262144")
     assert [(r["module"], r["blksize"]) for r in rows] == [
         ("lz4", "default"), ("lz4", 262144), ("gzip", "default"), ("gzip", 262144)]
     for r in rows:
         assert r["ok"] is True and r["impl"] == "ours" and r["size_mib"] == 1.0 and r["runs"] == 1
         assert r["mb_s"] == pytest.approx(1.0 / r["elapsed"])
-        for role in ("broker", "worker", "client"):
-            # peak vs an earlier current RSS: the kernel counts RSS per thread, so allow a few pages
-            assert r[f"rss_{role}"] >= r[f"base_{role}"] - 1.0 and r[f"base_{role}"] > 0
-            assert r[f"cpu_{role}"] is not None and r[f"cpu_{role}"] >= 0
-            assert isinstance(r[f"faults_{role}"], int) and r[f"faults_{role}"] >= 0
+        check_role_figures(r)
         # the client's result is fresh memory: its first touches are page faults
         assert r["faults_client"] > 0
         # every role did its part (the broker's and the worker's CPU time are taken
@@ -441,23 +451,14 @@ def test_hugedata_bench_reports_rate_cpu_and_rss(tmp_path):
 @pytest.mark.slow
 def test_hugedata_bench_several_transfers_per_set_of_processes(tmp_path):
     """--per-process 3: three transfers in turn in one set of processes, each timed and checked."""
-    out = tmp_path / "huge.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "gaterpc", "bench", "hugedata", "--sizes", "1", "--modules", "lz4",
-         "--per-process", "3", "--timeout", "60", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=200,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    (r,) = json.loads(out.read_text())
+    proc, (r,) = run_hugedata_bench(tmp_path, "--modules", "lz4", "--per-process", "3")
     # every transfer came back whole (the client checks size and SHA-256 of each payload)
     assert r["ok"] is True and r["per_process"] == 3 and r["runs"] == 3
     assert len(r["mb_s_runs"]) == 3 and all(x and x > 0 for x in r["mb_s_runs"])
     assert len(r["mb_s_first"]) == 1 and r["mb_s_first"][0] in r["mb_s_runs"]
     assert r["transfer"] in (0, 1, 2) and r["mb_s"] == sorted(r["mb_s_runs"])[1]
-    for role in ("broker", "worker", "client"):
-        assert r[f"rss_{role}"] >= r[f"base_{role}"] - 1.0 and r[f"base_{role}"] > 0
-        assert r[f"cpu_{role}"] is not None and r[f"cpu_{role}"] > 0
-        assert isinstance(r[f"faults_{role}"], int) and r[f"faults_{role}"] >= 0
+    check_role_figures(r)
+    assert r["cpu_broker"] > 0 and r["cpu_worker"] > 0 and r["cpu_client"] > 0
     # every transfer in the order run: the first in fresh processes, each with the client's
     # RSS before it and its peak after it
     assert [t["transfer"] for t in r["transfers"]] == [0, 1, 2]
