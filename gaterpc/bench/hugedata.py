@@ -93,8 +93,9 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
     the broker's and the worker's: from a mark just before the call to a
     mark just after it, so that neither their start nor their shutdown
     counts), ``faults_<role>`` the minor page faults over the same span (each
-    first touch of a fresh page of memory).  ``transfer`` is the row's index in the run (0: the first, in
-    processes that have done nothing yet); ``rss_client_before`` is the
+    first touch of a fresh page of memory).  ``transfer`` is the row's index
+    in the run (0: the first, in processes that have done nothing yet);
+    ``rss_client_before`` is the
     client's RSS just before it (after the last one's result was dropped),
     ``peak_client_so_far`` its peak RSS once it ended.
     """
@@ -162,16 +163,16 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
                 result[f"faults_{role}"] = (end["minflt"] - base[role]["minflt"]
                                             if "minflt" in end and "minflt" in base[role] else None)
             result.update(ok=call["ok"], elapsed=call["elapsed"], mb_s=size / MiB / call["elapsed"],
-                          rss_client=call["rss_mib"], peak_client_so_far=call["rss_mib"], cpu_client=call.get("call_cpu_s"),
-                          faults_client=call.get("call_minflt"))
+                          rss_client=call["rss_mib"], peak_client_so_far=call["rss_mib"],
+                          cpu_client=call.get("call_cpu_s"), faults_client=call.get("call_minflt"))
             if not call["ok"]:
                 break
         if first:
             # the client's figures on exit, once it made every call (else its latest report)
             done = len(rows) == transfers and all(r["ok"] for r in rows)
             last = _json_line(client, deadline) if done else None
-            peaks: dict[str, Any] = {"client": last["rss_mib"] if last else max((r.get("rss_client") or 0.0 for r in rows),
-                                                                default=None)}
+            latest = max((r.get("rss_client") or 0.0 for r in rows), default=None)
+            peaks: dict[str, Any] = {"client": last["rss_mib"] if last else latest}
             for role in ("broker", "worker"):
                 p = procs[role]
                 p.terminate()
