@@ -95,9 +95,9 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
     counts), ``faults_<role>`` the minor page faults over the same span (each
     first touch of a fresh page of memory).  ``transfer`` is the row's index
     in the run (0: the first, in processes that have done nothing yet);
-    ``rss_client_before`` is the
-    client's RSS just before it (after the last one's result was dropped),
-    ``peak_client_so_far`` its peak RSS once it ended.
+    ``rss_client_before`` is the client's RSS just before it (after the
+    last one's result was dropped), ``peak_client_so_far`` its peak RSS
+    once it ended.
     """
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-huge-"))
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
