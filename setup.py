@@ -7,6 +7,8 @@ needs no change here).  Environment variables read at build time:
   wheel is ``py3-none-any``.
 * ``GATERPC_DEBUG_BUILD=1`` -- development build: Cython annotate, profiling
   and line tracing, bounds checks back on, C compiled with ``-O0 -g``.
+* ``GATERPC_BUILD_JOBS=N`` -- Cython and the C compiler run N at a time
+  (default: one per core, at most 8; ``build_ext -j N`` also sets the latter).
 
 A failed compile is an error; there is deliberately no silent fallback to a
 pure install (request one with ``GATERPC_NO_EXTENSIONS=1``).
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext as _build_ext
 
 HERE = Path(__file__).resolve().parent
 SPEEDUPS = Path("gaterpc") / "_speedups"
@@ -78,7 +81,25 @@ def _extensions() -> list:
         # Regenerate the C on every build: never ship C from another Cython.
         force=True,
         quiet=not DEBUG_BUILD,
+        nthreads=_jobs(),
     )
+
+
+def _jobs() -> int:
+    """Compilers run at once: ``GATERPC_BUILD_JOBS``, else one per core (at most 8)."""
+    env = os.environ.get("GATERPC_BUILD_JOBS", "")
+    if env:
+        return max(1, int(env))
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+class build_ext(_build_ext):
+    """``build_ext`` that compiles the extension modules in parallel unless ``-j`` says otherwise."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = _jobs()
 
 
 def _banner(text: str) -> None:
@@ -93,4 +114,4 @@ else:
     _banner("Accelerated build" + (" (debug: annotate, linetrace, -O0 -g)" if DEBUG_BUILD else ""))
     ext_modules = _extensions()
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})
