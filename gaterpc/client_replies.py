@@ -2,7 +2,11 @@
 
 Replies arrive in batches from the client socket's event-loop callback and
 resolve their futures there (no task per reply).  Frames are described in
-``docs/PROTOCOL.md`` ("Reply body").
+``docs/PROTOCOL.md`` ("Reply body").  While a HugeData transfer comes in, the
+client tells the worker how far its receiver got (``CREDIT_HEADER``
+messages, ``Settings.HUGE_DATA_WINDOW``; docs/PROTOCOL.md, "HugeData flow
+control"): one message each time the receiver's thread finished a segment
+and the previous one was sent, so a few dozen per 8 MiB of compressed data.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from gaterpc.counters import count_drop
 from gaterpc.exceptions import RemoteException
 from gaterpc.global_settings import Settings
 from gaterpc.hugedata import INLINE_OUTPUT, HugeDataReceiver
+from gaterpc.loopio import BacklogBudgetError
 from gaterpc.protocol import (
-    HUGE_END, HUGE_TAG, KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_STREAM_END, KIND_STREAM_ERROR,
+    CREDIT_HEADER, HUGE_END, HUGE_TAG, KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_STREAM_END, KIND_STREAM_ERROR,
     KIND_STREAM_ITEM, STREAM_END,
 )
 from gaterpc._speedups.frames import reply_kind
@@ -24,6 +29,7 @@ from gaterpc.serialization import MsgUnpackError, msg_unpack
 from gaterpc.streams import StreamReply
 
 if TYPE_CHECKING:
+    from gaterpc.loopio import LoopSocket
     from gaterpc._speedups.reqtable import RequestTable
 
 __all__ = ("INLINE_DECODE_MAX", "_ReplyHandler", "_remote_error")
@@ -68,6 +74,7 @@ class _ReplyHandler:
     replies: dict[bytes, asyncio.Future[Any]]
     stream_reply_maxsize: int
     reply_timeout: float
+    _lsock: Optional[LoopSocket]
 
     def _on_messages(self, msgs: Sequence[Sequence[bytes]]) -> None:
         loop = self._loop
@@ -134,11 +141,12 @@ class _ReplyHandler:
                         count_drop("client_unknown_reply")
                     continue
                 try:
-                    self._on_multi(request_id, fut, msg[4:])
+                    self._on_multi(request_id, fut, msg[4:], msg[2])
                 except Exception as exc:  # corrupt stream or HugeData
                     self._fail(request_id, exc)
 
-    def _on_multi(self, request_id: bytes, fut: asyncio.Future[Any], body: Sequence[bytes]) -> None:
+    def _on_multi(self, request_id: bytes, fut: asyncio.Future[Any], body: Sequence[bytes],
+                  service: bytes = b"") -> None:
         """A reply of several frames: a stream item/end/error or a HugeData chunk/end/error.
 
         The body is classified by :func:`gaterpc._speedups.frames.reply_kind`,
@@ -177,6 +185,9 @@ class _ReplyHandler:
                     return
                 receiver = self._huge[request_id] = HugeDataReceiver(
                     default_module=Settings.HUGE_DATA_COMPRESS_MODULE, decode=True)
+                if service and k == KIND_HUGE_CHUNK and Settings.HUGE_DATA_WINDOW:
+                    receiver.on_progress = functools.partial(
+                        loop.call_soon_threadsafe, self._send_credit, bytes(service), request_id)
             if k == KIND_HUGE_END:
                 del self._huge[request_id]  # the receiver is finished below, not closed by _forget
                 self._forget(request_id)
@@ -213,6 +224,25 @@ class _ReplyHandler:
             count_drop("client_malformed_reply")
             self._fail(request_id, MsgUnpackError(
                 f"malformed reply: {len(body)} frames that are neither a stream nor a HugeData reply"))
+
+    def _send_credit(self, service: bytes, request_id: bytes) -> None:
+        """Tell the worker how many compressed bytes of ``request_id`` the receiver processed.
+
+        ``[b"", CREDIT_HEADER, service, request_id, 8-byte count]``: our broker
+        passes it to the worker the request is in flight at, which keeps at most
+        ``Settings.HUGE_DATA_WINDOW`` bytes beyond it on their way; the
+        original broker drops it (its header is not ``MDPC01``).
+        """
+        receiver = self._huge.get(request_id)
+        if receiver is None:
+            return
+        n = receiver.take_progress()
+        lsock = self._lsock
+        if lsock is not None and not lsock.closed:
+            try:
+                lsock.send((b"", CREDIT_HEADER, service, request_id, n.to_bytes(8, "big")))
+            except BacklogBudgetError:
+                count_drop("client_credit_over_budget")  # the worker goes on after its wait
 
     def _forget(self, request_id: bytes) -> None:
         """Drop every trace of a request (reply, stream, HugeData receiver)."""

@@ -51,7 +51,7 @@ from typing import (
     Set, Tuple, Union,
 )
 
-from gaterpc.counters import count_drop
+from gaterpc.counters import count_drop, count_event
 from gaterpc.global_settings import Settings
 from gaterpc.hugedata import HugeData, iter_hugedata_batches
 from gaterpc.loopio import BacklogBudgetError, budget_message
@@ -218,6 +218,22 @@ def _wire_blksize(hd: HugeData, request_id: bytes) -> int:
     return size if size > hd.blksize else 0  # (validated when set: an int, 0 = off)
 
 
+class _Credit:
+    """Flow control of one HugeData transfer to a client of ours (:meth:`Runner.credit`).
+
+    ``acked``: compressed bytes the client says it processed; ``active``:
+    a credit came, so more will (the path carries them); ``waiter``: the
+    future the transfer waits on while its window is full.
+    """
+
+    __slots__ = ("acked", "active", "waiter")
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.active = False
+        self.waiter: Optional[asyncio.Future[None]] = None
+
+
 def collect_interfaces(obj: object) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, TableEntry]]:
     """``(interfaces, table)`` of an object's public ``@interface`` methods.
 
@@ -295,6 +311,8 @@ class Runner:
         self._standby: Optional[_Standby] = None
         # streams and HugeData transfers whose caller was already given the budget's error
         self._refused: Set[Tuple[bytes, bytes]] = set()
+        # (client_id, request_id) -> flow control of a HugeData transfer to a client of ours
+        self._credits: Dict[Tuple[bytes, bytes], _Credit] = {}
 
     def cancel(self, client_id: bytes, request_id: bytes) -> bool:
         """Stop the request ``(client_id, request_id)`` if it runs in a task (True if it did).
@@ -310,6 +328,50 @@ class Runner:
         self.tasks.discard(task)
         task.cancel()
         return True
+
+    def credit(self, client_id: bytes, request_id: bytes, value: bytes) -> None:
+        """A CREDIT: the caller of a HugeData transfer has processed ``value`` compressed bytes.
+
+        ``value`` is 8 bytes, big-endian.  From the first credit on, the
+        transfer keeps at most ``Settings.HUGE_DATA_WINDOW`` bytes beyond the
+        latest one on their way (see :meth:`_send_hugedata`).  A credit for
+        no transfer under way is ignored.
+        """
+        c = self._credits.get((bytes(client_id), bytes(request_id)))
+        if c is None or len(value) != 8:
+            return
+        n = int.from_bytes(value, "big")
+        if n > c.acked:
+            c.acked = n
+        c.active = True
+        w = c.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _wait_credit(self, c: _Credit, sent: int, window: int) -> None:
+        """Wait until no more than ``window`` of the ``sent`` bytes lack a credit.
+
+        A transfer that gets no credit for ``Settings.TIMEOUT`` seconds goes on
+        without flow control (counted as the event ``hugedata_credit_timeout``):
+        a lost credit must not stall it; a vanished caller is cancelled anyway.
+        """
+        loop = self.loop
+        deadline = loop.time() + Settings.TIMEOUT
+        while c.active and sent - c.acked > window:
+            left = deadline - loop.time()
+            if left <= 0:
+                c.active = False
+                count_event("hugedata_credit_timeout")
+                logger.warning("HugeData transfer: no credit from its caller for %ss, going on without flow "
+                               "control", Settings.TIMEOUT)
+                return
+            c.waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(c.waiter, left)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                c.waiter = None
 
     def cancel_all(self) -> None:
         """Cancel every call running in a task, as :meth:`cancel` does (no reply is sent).
@@ -595,9 +657,22 @@ class Runner:
         send_tagged = self.send_tagged
         refused = self._refused
         key = (client_id, request_id)
+        # Flow control (docs/PROTOCOL.md, "HugeData flow control"): only a client of ours
+        # sends credits, and only through a broker of ours; until the first one comes
+        # the transfer runs as it always did.
+        window = Settings.HUGE_DATA_WINDOW if own_request_id(request_id) else 0
+        c: Optional[_Credit] = None
+        if window:
+            c = self._credits[key] = _Credit()
+        sent = 0
         try:
             # a piece of compressed output's chunks leave together, one backlog check per piece
             async for batch in iter_hugedata_batches(hd, self.loop, _wire_blksize(hd, request_id)):
+                if c is not None:
+                    if c.active and sent - c.acked > window:
+                        await self._wait_credit(c, sent, window)
+                    for chunk in batch:
+                        sent += len(chunk)
                 if send_tagged is not None:
                     send_tagged(client_id, request_id, HUGE_TAG, batch)
                 else:
@@ -618,6 +693,8 @@ class Runner:
             return
         finally:
             refused.discard(key)
+            if c is not None:
+                self._credits.pop(key, None)
             try:
                 hd.destroy()
             except Exception:

@@ -117,6 +117,19 @@ def _chunk_size_process(settings: "GlobalSettings", value: Any) -> int:
     return value
 
 
+#: The smallest HugeData flow-control window (the client credits whole 256 KiB segments).
+MIN_HUGE_WINDOW = 1024 * 1024
+
+
+def _window_process(settings: "GlobalSettings", value: Any) -> int:
+    """A HugeData window in bytes: 0 (off) or an ``int`` of at least ``MIN_HUGE_WINDOW``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"HUGE_DATA_WINDOW is an int (bytes; 0: off), not {value!r}")
+    if value and value < MIN_HUGE_WINDOW:
+        raise ValueError(f"HUGE_DATA_WINDOW is 0 (off) or at least {MIN_HUGE_WINDOW} bytes, not {value}")
+    return value
+
+
 def _dict_process(settings: "GlobalSettings", value: Any) -> dict[str, str]:
     return cast("dict[str, str]", TypeValidator(dict)(value))
 
@@ -297,6 +310,11 @@ class GlobalSettings(metaclass=_SettingsMeta):
     # gaterpc.protocol.own_request_id): fewer, larger messages.  0: the
     # HugeData's blksize for every caller.  An explicit blksize is always kept.
     HUGE_DATA_NATIVE_SIZEOF: LazyAttribute[int] = LazyAttribute(raw=64 * 1024, process=_chunk_size_process)
+    # HugeData flow control between our roles: a worker sends at most this many
+    # compressed bytes beyond what the client says it has processed (CREDIT
+    # messages, docs/PROTOCOL.md "HugeData flow control").  On a client, 0 sends
+    # no credits; on a worker, 0 ignores them.  At least 1 MiB when not 0.
+    HUGE_DATA_WINDOW: LazyAttribute[int] = LazyAttribute(raw=4 * 1024 * 1024, process=_window_process)
     HUGE_DATA_COMPRESS_MODULE: str = "gzip"
     HUGE_DATA_COMPRESS_LEVEL: int = 1
     HUGE_DATA_END_TAG: bytes = b"HugeDataEND"

@@ -29,7 +29,9 @@ decompressing overlap:
   once and the next small ones in 16 KiB groups, then compressed chunks are
   gathered into 256 KiB segments, decompressed in a thread while later
   chunks arrive; at most 2 MiB of compressed input waits for the thread (later chunks
-  wait in the client's socket meanwhile).  A client's receiver
+  wait in the client's socket meanwhile; between our roles the worker sends at most
+  ``Settings.HUGE_DATA_WINDOW`` beyond what the receiver has processed: flow control,
+  docs/PROTOCOL.md).  A client's receiver
   (``decode=True``) also decodes the msgpack result there, as the
   decompressed pieces come (streaming decode): the decompressed payload
   never exists whole next to the decoded result (:mod:`gaterpc.hugedecode`).

@@ -22,7 +22,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Deque, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Deque, Optional, cast
 
 from gaterpc.exceptions import BadGzip, HugeDataException
 from gaterpc.hugecodecs import _MAGIC_LEN, BytesLike, CodecName, Decompressor, _could_be_magic, detect_format, get_codec
@@ -82,8 +82,9 @@ class HugeDataReceiver:
     thread: a feed beyond that waits for it, so this queue stays bounded.
     (While it waits, the chunks that keep arriving wait in the client's
     ZeroMQ socket, up to its high-water mark in messages,
-    ``Settings.ZMQ_SOCK``: a decoder that falls behind holds up to the
-    whole compressed transfer there.)  An
+    ``Settings.ZMQ_SOCK``: without flow control, a decoder that falls
+    behind holds up to the whole compressed transfer there; with it, at
+    most ``Settings.HUGE_DATA_WINDOW`` bytes; see ``on_progress`` below.)  An
     error found by the thread (corrupt stream, size limit) is raised by the
     next ``feed`` or by ``finish``.  ``pipelined=False`` decompresses each
     chunk in ``feed``.  At most ``INLINE_OUTPUT`` decompressed bytes are
@@ -94,6 +95,14 @@ class HugeDataReceiver:
     decoded with msgpack as they come, in the same thread, and
     :meth:`finish_decoded` returns the value (:class:`StreamDecoder`); a
     decode error is raised as early as a decompression error.
+
+    Progress, for flow control: :attr:`processed` counts the compressed
+    bytes decompressed so far (in :meth:`feed` or in the thread).  With
+    ``on_progress`` set, the receiver calls it, from whichever thread made
+    the progress, when :attr:`processed` grew and no earlier call is still
+    unanswered; :meth:`take_progress` answers it (and gives the count).  The
+    client turns that into CREDIT messages to the worker (docs/PROTOCOL.md,
+    "HugeData flow control").
     """
 
     #: Compressed bytes gathered before a segment goes to the thread.
@@ -128,6 +137,24 @@ class HugeDataReceiver:
         self._running = False
         self._error: Optional[BaseException] = None
         self._cond: Optional[threading.Condition] = None
+        #: Compressed bytes decompressed so far.
+        self.processed = 0
+        #: Called (from any thread) when ``processed`` grew; see the class docstring.
+        self.on_progress: Optional[Callable[[], object]] = None
+        self._progress_due = False
+
+    def _advance(self, n: int) -> None:
+        """``n`` more compressed bytes were decompressed: count them, tell ``on_progress`` once."""
+        self.processed += n
+        cb = self.on_progress
+        if cb is not None and not self._progress_due:
+            self._progress_due = True
+            cb()
+
+    def take_progress(self) -> int:
+        """Answer an ``on_progress`` call: the next growth calls it again.  Returns :attr:`processed`."""
+        self._progress_due = False
+        return self.processed
 
     def _start(self, head: bytes) -> None:
         name = detect_format(head) or self.default_module
@@ -155,6 +182,7 @@ class HugeDataReceiver:
             first = True
         if not self._pipelined:
             self._decompress(chunk)
+            self._advance(len(cast(BytesLike, chunk)))
             return
         if self._inline_left > 0:
             # The first SEGMENT bytes are decompressed here: a corrupt or
@@ -173,7 +201,9 @@ class HugeDataReceiver:
                             return
                         self._pending = bytearray()
                         chunk = pending
-                if self._decompress(chunk, INLINE_OUTPUT):
+                done = self._decompress(chunk, INLINE_OUTPUT)
+                self._advance(len(cast(BytesLike, chunk)))
+                if done:
                     return
                 self._inline_left = 0
                 self._submit(b"")  # the decompressor holds more output: the thread takes it out
@@ -229,6 +259,8 @@ class HugeDataReceiver:
                 cond.notify_all()
             try:
                 self._decompress(segment)
+                if segment:
+                    self._advance(len(segment))
             except BaseException as exc:
                 with cond:
                     self._error = exc
@@ -379,6 +411,7 @@ class HugeDataReceiver:
     def close(self) -> None:
         """Drop the buffers (idempotent); a running thread job stops after its segment."""
         self._closed = True
+        self.on_progress = None
         cond = self._cond
         if cond is not None:
             with cond:

@@ -18,7 +18,7 @@ import traceback
 from typing import Any, Callable, List
 
 __all__ = (
-    "EMPTY", "READY", "REQUEST", "REPLY", "HEARTBEAT", "DISCONNECT", "CANCEL",
+    "EMPTY", "READY", "REQUEST", "REPLY", "HEARTBEAT", "DISCONNECT", "CANCEL", "CREDIT", "CREDIT_HEADER",
     "STREAM_TAG", "STREAM_END", "STREAM_EXC", "HUGE_TAG", "HUGE_END", "HUGE_EXC",
     "GATE_NOTICE", "GATE_INVITE", "GATE_JOIN", "GATE_WHISPER", "GATE_HEARTBEAT", "GATE_LEAVE",
     "KEEPALIVE_ARG", "KEEPALIVE_OK", "KEEPALIVE_BAD",
@@ -40,6 +40,15 @@ DISCONNECT = b"\x05"
 #: -- stop producing for that request (its client vanished or cannot keep up).
 #: The original 0.2.x worker ignores command bytes it does not know.
 CANCEL = b"\x06"
+#: Addition (broker -> worker): ``[worker, '', MDPW01, 07, client_id, '', request_id, credit]``
+#: -- the caller of that HugeData transfer has processed ``credit`` compressed bytes
+#: (8 bytes, big-endian).  Forwarded from a client's ``CREDIT_HEADER`` message to the
+#: worker the request is in flight at; an original worker ignores it, like CANCEL.
+CREDIT = b"\x07"
+#: Addition (client -> broker): ``[client, '', CREDIT_HEADER, service, request_id, credit]``.
+#: Our clients send it while they receive a HugeData transfer (flow control).  The
+#: original broker drops every message whose header is not ``MDPC01``, silently.
+CREDIT_HEADER = b"MDPC01-credit"
 
 STREAM_TAG = b"GateStreamGenerator"
 STREAM_END = b"GateStreamEnd"

@@ -17,7 +17,10 @@ with a DISCONNECT so that in-flight callers learn at once; ``close()`` shuts
 down only executors the worker created itself.  Our broker may send CANCEL
 (``06``) for a request whose caller vanished or cannot keep up: the worker
 cancels that request's task (coroutine, stream, HugeData transfer) and sends
-nothing more for it.
+nothing more for it.  It may send CREDIT (``07``) for a HugeData transfer to
+a client of ours: the transfer then keeps at most
+``Settings.HUGE_DATA_WINDOW`` bytes beyond the client's progress on their
+way (:meth:`gaterpc.execute.Runner.credit`).
 
 Reconnection (also a difference): a worker whose broker goes silent for
 heartbeat x liveness, or that gets a plain DISCONNECT from the broker (broker
@@ -50,7 +53,7 @@ from gaterpc.execute import Runner, collect_interfaces
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, interface, name2uuid, to_bytes
 from gaterpc.loopio import LoopSocket
-from gaterpc.protocol import CANCEL, DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST, ZERO_COPY_MIN
+from gaterpc.protocol import CANCEL, CREDIT, DISCONNECT, HEARTBEAT, READY, REPLY, REQUEST, ZERO_COPY_MIN
 from gaterpc.wire import decode_request
 
 if TYPE_CHECKING:
@@ -557,6 +560,10 @@ class Worker(ABCWorker):
                 # [CANCEL, client_id, '', request_id]: our broker says the caller is gone
                 if len(msg) == 6 and not msg[4]:
                     self._runner.cancel(msg[3], msg[5])
+            elif command == CREDIT:
+                # [CREDIT, client_id, '', request_id, credit]: HugeData flow control
+                if len(msg) == 7 and not msg[4]:
+                    self._runner.credit(msg[3], msg[5], msg[6])
             elif command == DISCONNECT:
                 final = len(msg) > 3
                 if final:

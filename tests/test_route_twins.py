@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from gaterpc import counters
 from gaterpc.bookkeeping import RemoteWorker
 from gaterpc.protocol import (
-    DISCONNECT, HEARTBEAT, HUGE_END, HUGE_TAG, READY, REPLY, REQUEST, STREAM_END, STREAM_EXC, STREAM_TAG,
+    CREDIT_HEADER, DISCONNECT, HEARTBEAT, HUGE_END, HUGE_TAG, READY, REPLY, REQUEST, STREAM_END, STREAM_EXC, STREAM_TAG,
 )
 from gaterpc.worker import Service
 
@@ -89,6 +89,9 @@ class FakeBroker:
 
     def _route_request(self, msg, service_b):
         self._record("route_request", list(msg), service_b)
+
+    def _client_credit(self, msg):
+        self._record("client_credit", list(msg))
 
     def _backend_command(self, worker_id, command, frames, now):
         self._record("command", worker_id, command, list(frames), now)
@@ -174,6 +177,8 @@ def test_requests_are_routed_round_robin_and_the_rest_goes_to_the_broker(twins):
         [b"c4", b"", C_HDR, b"echo"],       # malformed: dropped, counted
         [b"c4", b"x", C_HDR, b"echo", b"r9", b"f"],
         [b"c4", b"", b"MDPC02", b"echo", b"r9", b"f"],
+        [b"c6", b"", CREDIT_HEADER, b"echo", b"r1", bytes(8)],  # a HugeData credit: to the broker
+        [b"c6", b"", CREDIT_HEADER, b"echo", b"r1"],            # a frame short: malformed
         req(b"c5", b"one", b"r10", b"f"),
     ]
     py, c = run_both(twins, SPEC, lambda mod, b: mod.route_requests(b, [list(m) for m in batch]))
@@ -182,7 +187,9 @@ def test_requests_are_routed_round_robin_and_the_rest_goes_to_the_broker(twins):
     assert [s[0] for s in sends] == [b"w1", b"w2", b"w1", b"w4"]
     assert sends[0] == [b"w1", b"", W_HDR, REQUEST, b"c1", b"", b"r1", b"f", b"a"]
     assert [e[2] for e in py["log"] if e[0] == "route_request"] == [b"echo", b"idle", b"nope", INTERNAL, b"one"]
-    assert py["drops"] == {"frontend_malformed": 3}
+    assert py["drops"] == {"frontend_malformed": 4}
+    assert [e[1] for e in py["log"] if e[0] == "client_credit"] == [[b"c6", b"", CREDIT_HEADER, b"echo", b"r1",
+                                                                    bytes(8)]]
     assert py[b"w1"][:3] == (0, False, {b"r1": b"c1", b"r3": b"c2"})
     assert py["echo"][2] == 3  # stat_requests of the routed ones (the slow path counts the rest)
 

@@ -18,12 +18,13 @@ from zmq import ZMQError
 
 from gaterpc._speedups cimport _wire as W
 from gaterpc.counters import count_drop
-from gaterpc.protocol import REPLY as _PY_REPLY, REQUEST as _PY_REQUEST
+from gaterpc.protocol import CREDIT_HEADER as _PY_CREDIT_HEADER, REPLY as _PY_REPLY, REQUEST as _PY_REQUEST
 
 __all__ = ("route_requests", "route_replies", "take", "give_back")
 
 cdef bytes _REPLY = _PY_REPLY
 cdef bytes _REQUEST = _PY_REQUEST
+cdef bytes _CREDIT_HEADER = _PY_CREDIT_HEADER
 cdef bytes _EMPTY = b""
 cdef bytes _STREAM_TAG = <bytes>W.STREAM_TAG
 cdef bytes _STREAM_END = <bytes>W.STREAM_END
@@ -169,7 +170,13 @@ def route_requests(broker, msgs):
     for msg in msgs:
         n = len(msg)
         if n < 5 or not _is_empty(msg[1]) or not _eq(msg[2], header):
-            count_drop("frontend_malformed")  # names no request: nobody to answer
+            if n == 6 and _is_empty(msg[1]) and _eq(msg[2], _CREDIT_HEADER):
+                try:
+                    broker._client_credit(msg)  # HugeData flow control (rare: not a request)
+                except Exception:
+                    broker._count_error(msg, True)
+            else:
+                count_drop("frontend_malformed")  # names no request: nobody to answer
             continue
         try:
             service_b = msg[3]

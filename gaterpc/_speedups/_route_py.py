@@ -21,7 +21,8 @@ overridden and no ZAP checker is plugged in:
   in ``worker._partial`` (for the error the caller gets if the worker dies).
 
 Everything else goes to the broker's own (Python) methods, one message at a
-time, exactly as if the fast path did not exist: ``broker._route_request``
+time, exactly as if the fast path did not exist: ``broker._client_credit``
+(a client's HugeData credit, ``CREDIT_HEADER``), ``broker._route_request``
 (internal service, unknown service, no capacity: the request waits, the
 Gate's hooks), ``broker._backend_command`` (READY, HEARTBEAT, DISCONNECT),
 ``broker._unknown_worker``, ``broker._on_reply`` (replies to the broker
@@ -41,7 +42,7 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from gaterpc.counters import count_drop
-from gaterpc.protocol import HUGE_END, HUGE_TAG, REPLY, REQUEST, STREAM_END, STREAM_TAG
+from gaterpc.protocol import CREDIT_HEADER, HUGE_END, HUGE_TAG, REPLY, REQUEST, STREAM_END, STREAM_TAG
 
 __all__ = ("route_requests", "route_replies", "take", "give_back")
 
@@ -78,7 +79,13 @@ def route_requests(broker: Any, msgs: List[List[bytes]]) -> None:
     lback = broker._lback
     for msg in msgs:
         if len(msg) < 5 or msg[1] or msg[2] != header:
-            count_drop("frontend_malformed")  # names no request: nobody to answer
+            if len(msg) == 6 and not msg[1] and msg[2] == CREDIT_HEADER:
+                try:
+                    broker._client_credit(msg)  # HugeData flow control (rare: not a request)
+                except Exception:
+                    broker._count_error(msg, True)
+            else:
+                count_drop("frontend_malformed")  # names no request: nobody to answer
             continue
         try:
             service_b = msg[3]

@@ -38,7 +38,9 @@ is forgotten -- its backlog and waiting requests are dropped, its in-flight
 requests released and cancelled at their workers with CANCEL (``06``, which
 the original worker ignores); a reply that would exceed the process-wide
 backlog budget ends its request with an error naming the budget (see
-:mod:`gaterpc.loopio`).  Every drop is counted (:mod:`gaterpc.counters`).
+:mod:`gaterpc.loopio`); a client's HugeData credit (``MDPC01-credit``) goes
+to the worker of that request as CREDIT (``07``, ignored by the original
+worker; docs/PROTOCOL.md, "HugeData flow control").  Every drop is counted (:mod:`gaterpc.counters`).
 
 A subclass written for the original may override its hooks
 (``process_messages_from_frontend``, ``ban_worker``, ``reply_frontend``,

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from gaterpc.counters import count_drop
+from gaterpc.counters import count_drop, count_event
 from gaterpc.exceptions import BusyWorkerError
 from gaterpc.global_settings import Settings
 from gaterpc.loopio import BacklogBudgetError, budget_message
-from gaterpc.protocol import HUGE_TAG, REQUEST, STREAM_EXC, STREAM_TAG, error_body, exception_triple
+from gaterpc.protocol import (
+    CREDIT, CREDIT_HEADER, HUGE_TAG, REQUEST, STREAM_EXC, STREAM_TAG, error_body, exception_triple,
+)
 from gaterpc.serialization import msg_pack
 from gaterpc.wire import BadRequest
 from gaterpc._speedups.route import route_requests
@@ -54,7 +56,13 @@ class BrokerFrontend(BrokerBackend):
         header = self._mdp_client
         for msg in msgs:
             if len(msg) < 5 or msg[1] or msg[2] != header:
-                count_drop("frontend_malformed")  # names no request: nobody to answer
+                if len(msg) == 6 and not msg[1] and msg[2] == CREDIT_HEADER:
+                    try:
+                        self._client_credit(msg)  # no ZAP frames: it only reaches the client's own requests
+                    except Exception:
+                        self._count_error(msg, True)
+                else:
+                    count_drop("frontend_malformed")  # names no request: nobody to answer
                 continue
             try:
                 if self._hook_zap:
@@ -63,6 +71,34 @@ class BrokerFrontend(BrokerBackend):
                     checker.frontend(msg)
             except Exception:
                 self._count_error(msg, True)
+
+    def _client_credit(self, msg: list[bytes]) -> None:
+        """``[client, '', CREDIT_HEADER, service, request_id, credit]``: pass it to the worker.
+
+        HugeData flow control (docs/PROTOCOL.md, "HugeData flow control"): the
+        worker that has ``request_id`` of this very client in flight gets
+        ``[worker, '', MDPW01, CREDIT, client, '', request_id, credit]``.  A
+        credit that is not 8 bytes is malformed (a drop, counted).  A credit
+        for a request that is not in flight here is normal -- the last ones
+        of a transfer arrive after its end, and a gate forwards the transfer
+        itself, not its credits -- and only counted, as the event
+        ``hugedata_credit_unmatched``.  Cost: one look at each worker of the
+        service, a few dozen times per transfer.
+        """
+        client_id, service_b, request_id, credit = msg[0], bytes(msg[3]), bytes(msg[4]), bytes(msg[5])
+        if len(credit) != 8:
+            count_drop("frontend_malformed")
+            return
+        svc = self._services_b.get(service_b)
+        lback = self._lback
+        if svc is not None and lback is not None:
+            for w in svc.workers.values():
+                if w._inflight.get(request_id) == client_id:
+                    if w.ready:
+                        lback.send((w.identity, b"", self._mdp_worker, CREDIT, client_id, b"", request_id,
+                                    credit))
+                    return
+        count_event("hugedata_credit_unmatched")
 
     def _route_request(self, msg: list[bytes], service_b: bytes) -> None:
         """Route ``msg`` = ``[client, '', header, service, request_id, *body]``.
