@@ -470,6 +470,27 @@ def test_hugedata_bench_several_transfers_per_set_of_processes(tmp_path):
     assert "makes 3 transfers in turn" in proc.stdout
 
 
+@pytest.mark.slow
+def test_hugedata_bench_flow_control_off_and_on_with_a_busy_client(tmp_path):
+    """--window 0,1048576 --client-stall: a row per window, each transfer whole despite the stall."""
+    proc, rows = run_hugedata_bench(tmp_path, "--modules", "lz4", "--window", "0,1048576",
+                                    "--client-stall", "0.2")
+    assert [r["window"] for r in rows] == [0, 1048576]
+    for r in rows:
+        assert r["ok"] is True
+        check_role_figures(r)
+        assert r["elapsed"] >= 0.2  # the client's loop was blocked for 0.2 s inside the call
+    lines = [line.split() for line in proc.stdout.splitlines() if line.startswith("ours")]
+    assert [line[4] for line in lines] == ["off", "1048576"]
+
+
+@pytest.mark.parametrize("bad", ["-1", "1000", "x", ""])
+def test_hugedata_bench_refuses_a_bad_window(bad):
+    proc = subprocess.run([sys.executable, "-m", "gaterpc", "bench", "hugedata", "--window", bad],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--window" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_hugedata_bench_refuses_a_bad_per_process():
     proc = subprocess.run([sys.executable, "-m", "gaterpc", "bench", "hugedata", "--per-process", "0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)

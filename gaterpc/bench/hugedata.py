@@ -24,11 +24,14 @@ a cost the kernel pays in system time).
     gaterpc bench hugedata --sizes 1,16 --json out.json
     gaterpc bench hugedata --sizes 16 --blksize default,1000,1048576 --repeat 3   # the 16 MiB goal scenario
     gaterpc bench hugedata --sizes 16 --modules lz4 --per-process 3 --repeat 3  # 16 MiB x3 per set of processes
+    gaterpc bench hugedata --sizes 16 --modules lz4 --window 0,default     # flow control off, then on
+    gaterpc bench hugedata --sizes 128 --modules lz4 --window 0,default --client-stall 1  # a busy client
 
 ``--blksize default`` (the default) passes no ``blksize``: each
 implementation's own default.  The original's is 1000-byte chunks; ours is
 1000 too, except towards a client of ours, which gets chunks of
-``Settings.HUGE_DATA_NATIVE_SIZEOF`` (64 KiB).
+``Settings.HUGE_DATA_NATIVE_SIZEOF`` (64 KiB).  ``--window`` sets
+``Settings.HUGE_DATA_WINDOW`` (HugeData flow control) in every role of ours.
 
 (``python -m gaterpc.bench.hugedata`` takes the same options.)
 """
@@ -46,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from gaterpc.global_settings import MIN_HUGE_WINDOW
 
 HERE = Path(__file__).resolve().parent
 # The directory holding the ``gaterpc`` package: the roles' PYTHONPATH for our runs.
@@ -81,7 +86,8 @@ def _json_line(proc: subprocess.Popen[str], deadline: float) -> Optional[dict[st
 
 
 def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int, blksize: int,
-             timeout: float, transfers: int = 1) -> list[dict[str, Any]]:
+             timeout: float, transfers: int = 1, window: Optional[int] = None,
+             stall: float = 0.0) -> list[dict[str, Any]]:
     """``transfers`` transfers of ``size`` bytes, one after the other, in fresh broker,
     worker and client processes; one result row per transfer (fewer when one fails:
     the failed one is the last).
@@ -97,17 +103,24 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
     in the run (0: the first, in processes that have done nothing yet);
     ``rss_client_before`` is the client's RSS just before it (after the
     last one's result was dropped), ``peak_client_so_far`` its peak RSS
-    once it ended.
+    once it ended.  ``window`` (ours only): ``Settings.HUGE_DATA_WINDOW`` in
+    every role, ``None`` for its default.  ``stall``: the client's event loop
+    is blocked for that many seconds from 10 ms into each call.
     """
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-huge-"))
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
            "size": size, "module": module, "seed": 7, "blksize": blksize, "timeout": timeout,
            "transfers": transfers}
+    if window is not None:
+        cfg["window"] = window
+    if stall:
+        cfg["stall"] = stall
     procs: dict[str, subprocess.Popen[str]] = {}
     rows: list[dict[str, Any]] = []
 
     def new_row(index: int) -> dict[str, Any]:
         row = {"impl": impl, "module": module, "size_mib": size / MiB, "blksize": blksize or "default",
+               "window": "default" if window is None else window,
                "ok": False, "transfer": index, "per_process": transfers}
         rows.append(row)
         return row
@@ -224,6 +237,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="chunk sizes the worker's HugeData uses, comma separated; 'default' passes none "
                          "(the implementation's default: the original's is 1000; ours is 1000 too, and "
                          "Settings.HUGE_DATA_NATIVE_SIZEOF for a client of ours)")
+    ap.add_argument("--window", default="default",
+                    help="HugeData flow-control windows (Settings.HUGE_DATA_WINDOW, bytes) in every "
+                         "role of ours, comma separated; 0 turns flow control off, 'default' keeps "
+                         "the setting's default")
+    ap.add_argument("--client-stall", type=float, default=0.0, metavar="SECONDS",
+                    help="block the client's event loop for SECONDS from 10 ms into each call (a client "
+                         "busy elsewhere): what piles up meanwhile shows in the client's RSS")
     ap.add_argument("--vs-original", action="store_true", help="also run the original 0.2.11 (gzip)")
     ap.add_argument("--original-sizes", default="1,16", help="sizes in MiB for the original (it is slow)")
     ap.add_argument("--repeat", type=int, default=1,
@@ -238,6 +258,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     blksizes = [0 if b.strip() == "default" else _positive(b) for b in args.blksize.split(",") if b.strip()]
     if not blksizes or any(b is None for b in blksizes):
         ap.error(f"--blksize: comma-separated sizes in bytes (above 0) or 'default', not {args.blksize!r}")
+    windows: list[Optional[int]] = []
+    for w in (x.strip() for x in args.window.split(",") if x.strip()):
+        value = None if w == "default" else (0 if w == "0" else _positive(w))
+        if w != "default" and (value is None or 0 < value < MIN_HUGE_WINDOW):
+            ap.error(f"--window: comma-separated sizes in bytes (0: off, else at least {MIN_HUGE_WINDOW}) "
+                     f"or 'default', not {args.window!r}")
+        windows.append(value)
+    if not 0 <= args.client_stall <= 60:
+        ap.error(f"--client-stall: 0 to 60 seconds, not {args.client_stall}")
+    if not windows:
+        ap.error(f"--window: comma-separated sizes in bytes or 'default', not {args.window!r}")
     if args.per_process < 1:
         ap.error(f"--per-process: at least 1, not {args.per_process}")
     sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
@@ -254,15 +285,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"each set of processes makes {args.per_process} transfers in turn (the original: 1); "
               "a row is the median of all transfers, CPU ms that transfer's, RSS the peak over "
               "the set and growth/size from before its first transfer")
-    print(f"{'impl':9} {'codec':5} {'MiB':>5} {'blksize':>8} {'MB/s':>8} {'s':>7} {'CPU ms broker':>13} {'worker':>7} "
+    print(f"{'impl':9} {'codec':5} {'MiB':>5} {'blksize':>8} {'window':>8} {'MB/s':>8} {'s':>7} {'CPU ms broker':>13} {'worker':>7} "
           f"{'client':>7} {'RSS broker':>10} {'worker':>7} {'client':>7} {'max RSS/size':>12} "
           f"{'growth/size':>11} {'faults k b/w/c':>16}  status")
     orig_sizes = [int(float(s) * MiB) for s in args.original_sizes.split(",")]
     for python, env_, impl, module in runs:
-        for size, blksize in [(s, b or 0) for s in (orig_sizes if impl == "original" else sizes) for b in blksizes]:
+        combos = [(s, b or 0, w) for s in (orig_sizes if impl == "original" else sizes) for b in blksizes
+                  for w in (windows if impl == "ours" else [None])]
+        for size, blksize, window in combos:
             per_process = 1 if impl == "original" else args.per_process
             runs_ = [row for _ in range(max(1, args.repeat))
-                     for row in run_once(python, env_, impl, module, size, blksize, args.timeout, per_process)]
+                     for row in run_once(python, env_, impl, module, size, blksize, args.timeout, per_process,
+                                         window, args.client_stall)]
             order = list(runs_)
             # The transfer with the median MB/s (a failed one counts as the slowest; a set of
             # processes stops at its first failed transfer).
@@ -280,7 +314,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ratio = max(x for x in rss if x) / (size / MiB) if any(rss) else None
             r["max_rss_ratio"] = ratio
             r["max_growth_ratio"] = growth = growth_ratio(r, size)
-            print(f"{impl:9} {module:5} {size / MiB:5.0f} {blksize or 'default':>8} {fmt(r.get('mb_s'), '{:8.1f}'):>8} "
+            wcol = "default" if window is None else window or "off"
+            print(f"{impl:9} {module:5} {size / MiB:5.0f} {blksize or 'default':>8} {wcol:>8} "
+                  f"{fmt(r.get('mb_s'), '{:8.1f}'):>8} "
                   f"{fmt(r.get('elapsed'), '{:7.2f}'):>7} "
                   f"{fmt(cpu[0] and cpu[0] * 1e3, '{:13.0f}'):>13} {fmt(cpu[1] and cpu[1] * 1e3, '{:7.0f}'):>7} "
                   f"{fmt(cpu[2] and cpu[2] * 1e3, '{:7.0f}'):>7} {fmt(rss[0], '{:10.0f}'):>10} "

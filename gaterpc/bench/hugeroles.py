@@ -161,6 +161,8 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
             pass
     Settings.configure("BASE_PATH", Path(cfg["base_path"]))
     Settings.configure("LOGGING", QUIET)
+    if "window" in cfg:  # ours only: HugeData flow control
+        Settings.configure("HUGE_DATA_WINDOW", int(cfg["window"]))
     Settings.setup()
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
@@ -218,6 +220,10 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
             await loop.run_in_executor(None, sys.stdin.readline)
             cpu0, faults0 = cpu_s(), page_faults()
             t0 = time.perf_counter()
+            stall = float(cfg.get("stall", 0))
+            if stall:
+                # a client busy elsewhere: its event loop blocked while the transfer comes
+                loop.call_later(0.01, time.sleep, stall)
             pieces = await cli.knock("Bench", "huge", size, cfg["module"], seed + i, cfg["blksize"])
             elapsed = time.perf_counter() - t0
             call_cpu = cpu_s() - cpu0  # the call alone, not the check below
