@@ -44,6 +44,9 @@ def _run(cmd, require=False, **kw):
     if require:
         env["GATERPC_REQUIRE_EXTENSIONS"] = "1"
     env.pop("PYTHONPATH", None)
+    # One compiler at a time: this build runs beside other test files (xdist), and
+    # a compiler per core would crowd their sockets and timers on a 2-core machine.
+    env["GATERPC_BUILD_JOBS"] = "1"
     return subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env, **kw)
 
 

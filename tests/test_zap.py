@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import socket
 
 import pytest
 import zmq
 
+from gaterpc import counters, execute
 from gaterpc.core import AMajordomo, AsyncZAPService, Client, Context, Service, Worker
 from gaterpc.exceptions import RemoteException
+from gaterpc.global_settings import Settings
+from gaterpc.hugedata import HugeData
+from gaterpc.serialization import msg_pack
 from gaterpc.utils import interface
 
 pytestmark = pytest.mark.timeout(30)
@@ -35,6 +40,11 @@ class Echo(Worker):
     async def echo(self, *args):
         self.calls.append(args)
         return list(args)
+
+    @interface
+    async def huge(self, n):
+        return HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG, compress_module="lz4",
+                        data=msg_pack(random.Random(n).randbytes(n)))
 
 
 class CountingZAP(AsyncZAPService):
@@ -190,6 +200,25 @@ async def test_plain_calls_work_and_zap_frames_follow_the_wire_spec(env):
     client_reqs = [m for m in env.zap.seen if m[5] == c.identity]
     assert len(client_reqs) == 1  # connect() made it; the call used the cache
     assert client_reqs[0][3][16:17] == b"-" and len(client_reqs[0][3]) == 33
+
+
+async def test_hugedata_credits_reach_the_worker_through_a_zap_broker(env, monkeypatch):
+    # A client's credits carry no ZAP frames: they only name its own requests in flight.
+    credits = []
+    credit = execute.Runner.credit
+
+    def spy(self, client_id, request_id, value):
+        credits.append(int.from_bytes(value, "big"))
+        return credit(self, client_id, request_id, value)
+
+    monkeypatch.setattr(execute.Runner, "credit", spy)
+    await plain_env(env)
+    errors = counters.drops_snapshot().get("broker_error", 0)
+    c = env.client(reply_timeout=10.0)
+    n = 4 * 1024 * 1024
+    assert await c.Echo.huge(n) == random.Random(n).randbytes(n)
+    assert credits and credits == sorted(credits) and max(credits) > n // 2, credits[:5]
+    assert counters.drops_snapshot().get("broker_error", 0) == errors
 
 
 async def test_second_call_does_not_reach_the_zap_service(env):
