@@ -21,8 +21,8 @@ from gaterpc.global_settings import Settings
 from gaterpc.hugedata import INLINE_OUTPUT, HugeDataReceiver
 from gaterpc.loopio import BacklogBudgetError
 from gaterpc.protocol import (
-    CREDIT_HEADER, HUGE_END, HUGE_TAG, KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_STREAM_END, KIND_STREAM_ERROR,
-    KIND_STREAM_ITEM, STREAM_END,
+    CREDIT_HEADER, HUGE_END, HUGE_TAG, KIND_HUGE_CHUNK, KIND_HUGE_END, KIND_HUGE_ERROR, KIND_STREAM_END,
+    KIND_STREAM_ERROR, KIND_STREAM_ITEM, STREAM_END,
 )
 from gaterpc._speedups.frames import reply_kind
 from gaterpc.serialization import MsgUnpackError, msg_unpack

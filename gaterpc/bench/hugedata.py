@@ -285,7 +285,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"each set of processes makes {args.per_process} transfers in turn (the original: 1); "
               "a row is the median of all transfers, CPU ms that transfer's, RSS the peak over "
               "the set and growth/size from before its first transfer")
-    print(f"{'impl':9} {'codec':5} {'MiB':>5} {'blksize':>8} {'window':>8} {'MB/s':>8} {'s':>7} {'CPU ms broker':>13} {'worker':>7} "
+    print(f"{'impl':9} {'codec':5} {'MiB':>5} {'blksize':>8} {'window':>8} {'MB/s':>8} {'s':>7} "
+          f"{'CPU ms broker':>13} {'worker':>7} "
           f"{'client':>7} {'RSS broker':>10} {'worker':>7} {'client':>7} {'max RSS/size':>12} "
           f"{'growth/size':>11} {'faults k b/w/c':>16}  status")
     orig_sizes = [int(float(s) * MiB) for s in args.original_sizes.split(",")]
