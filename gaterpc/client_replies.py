@@ -5,8 +5,9 @@ resolve their futures there (no task per reply).  Frames are described in
 ``docs/PROTOCOL.md`` ("Reply body").  While a HugeData transfer comes in, the
 client tells the worker how far its receiver got (``CREDIT_HEADER``
 messages, ``Settings.HUGE_DATA_WINDOW``; docs/PROTOCOL.md, "HugeData flow
-control"): one message each time the receiver's thread finished a segment
-and the previous one was sent, so a few dozen per 8 MiB of compressed data.
+control"): one message when the first chunk arrives, then one each time the
+receiver's thread finished a segment and the previous one was sent, so a
+few dozen per 8 MiB of compressed data.
 """
 
 from __future__ import annotations
@@ -186,8 +187,12 @@ class _ReplyHandler:
                 receiver = self._huge[request_id] = HugeDataReceiver(
                     default_module=Settings.HUGE_DATA_COMPRESS_MODULE, decode=True)
                 if service and k == KIND_HUGE_CHUNK and Settings.HUGE_DATA_WINDOW:
+                    service = bytes(service)
                     receiver.on_progress = functools.partial(
-                        loop.call_soon_threadsafe, self._send_credit, bytes(service), request_id)
+                        loop.call_soon_threadsafe, self._send_credit, service, request_id)
+                    # A first credit (0 bytes) at once, before this chunk is even fed: the
+                    # worker holds to its window from now on, whatever keeps us busy next.
+                    self._send_credit(service, request_id)
             if k == KIND_HUGE_END:
                 del self._huge[request_id]  # the receiver is finished below, not closed by _forget
                 self._forget(request_id)

@@ -257,3 +257,69 @@ def test_the_window_setting_is_checked():
         assert Settings.HUGE_DATA_WINDOW == 4 * MIB
     finally:
         Settings.configure("HUGE_DATA_WINDOW", before)
+
+
+async def test_our_client_credits_at_once_then_as_it_decompresses(tmp_path):
+    """The client's side of the wire, against a bare ROUTER playing the broker.
+
+    The first credit (0) leaves as soon as the first chunk arrives, before
+    the client decompresses anything (so a client that is busy from then on
+    still holds the worker to its window); later credits rise with what its
+    receiver decompressed.
+    """
+    from gaterpc.core import Client, Context
+
+    ctx = Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    front = f"ipc://{tmp_path}/front"
+    router.bind(front)
+    client = Client(front, context=ctx, reply_timeout=10)
+    hdr = Settings.MDP_CLIENT
+    data = msg_pack(payload(N))
+    stream = lz4.frame.compress(data)
+    chunks = [stream[i:i + 65536] for i in range(0, len(stream), 65536)]
+
+    async def recv(timeout: float = 10.0) -> list:
+        return await asyncio.wait_for(router.recv_multipart(), timeout)
+
+    try:
+        connecting = asyncio.ensure_future(client.connect())
+        for _ in range(20):  # bounded: the client asks the internal service for the list first
+            req = await recv()
+            if req[3] == b"Gate":
+                await router.send_multipart([req[0], b"", hdr, b"Gate", req[4],
+                                             msg_pack({"result": ["Big", "Gate"], "exception": None})])
+                break
+        await asyncio.wait_for(connecting, 10)
+        call = asyncio.ensure_future(client.knock("Big", "blob", N))
+        req = await recv()
+        cid, rid = req[0], req[4]
+        assert req[2] == hdr and req[3] == b"Big"
+        await router.send_multipart([cid, b"", hdr, b"Big", rid, HUGE_TAG, chunks[0]])
+        first = await recv()
+        assert first == [cid, b"", CREDIT_HEADER, b"Big", rid, bytes(8)]
+        # Then, like a worker holding to its window: 1 MiB more at a time, each time
+        # waiting for a credit of all but the receiver's last partial segment.
+        credits = [0]
+        sent = len(chunks[0])
+        for i in range(1, len(chunks), 16):
+            for chunk in chunks[i:i + 16]:
+                await router.send_multipart([cid, b"", hdr, b"Big", rid, HUGE_TAG, chunk])
+                sent += len(chunk)
+            for _ in range(1000):  # bounded: the credits for that MiB
+                msg = await recv()
+                assert msg[:5] == [cid, b"", CREDIT_HEADER, b"Big", rid], msg[:5]
+                credits.append(int.from_bytes(msg[5], "big"))
+                if credits[-1] >= sent - 256 * 1024:
+                    break
+            assert credits[-1] >= sent - 256 * 1024, (credits[-1], sent)
+        assert credits == sorted(credits) and credits[-1] <= len(stream), credits
+        await router.send_multipart([cid, b"", hdr, b"Big", rid, HUGE_TAG, b""])
+        await router.send_multipart([cid, b"", hdr, b"Big", rid, HUGE_TAG, HUGE_END])
+        assert await asyncio.wait_for(call, 30) == payload(N)
+    finally:
+        client.close()
+        router.close(linger=0)
+        await asyncio.sleep(0.05)
+        ctx.destroy(linger=0)

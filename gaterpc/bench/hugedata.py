@@ -104,8 +104,9 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
     ``rss_client_before`` is the client's RSS just before it (after the
     last one's result was dropped), ``peak_client_so_far`` its peak RSS
     once it ended.  ``window`` (ours only): ``Settings.HUGE_DATA_WINDOW`` in
-    every role, ``None`` for its default.  ``stall``: the client's event loop
-    is blocked for that many seconds from 10 ms into each call.
+    every role, ``None`` for its default.  ``stall`` (ours only): the client's
+    event loop is blocked for that many seconds when the first chunk of each
+    transfer arrives.
     """
     tmp = Path(tempfile.mkdtemp(prefix="gaterpc-huge-"))
     cfg = {"base_path": str(tmp), "front": f"ipc://{tmp}/front", "back": f"ipc://{tmp}/back",
@@ -113,7 +114,7 @@ def run_once(python: str, env: dict[str, str], impl: str, module: str, size: int
            "transfers": transfers}
     if window is not None:
         cfg["window"] = window
-    if stall:
+    if stall and impl == "ours":
         cfg["stall"] = stall
     procs: dict[str, subprocess.Popen[str]] = {}
     rows: list[dict[str, Any]] = []
@@ -242,8 +243,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "role of ours, comma separated; 0 turns flow control off, 'default' keeps "
                          "the setting's default")
     ap.add_argument("--client-stall", type=float, default=0.0, metavar="SECONDS",
-                    help="block the client's event loop for SECONDS from 10 ms into each call (a client "
-                         "busy elsewhere): what piles up meanwhile shows in the client's RSS")
+                    help="ours only: block the client's event loop for SECONDS when the first chunk of each "
+                         "transfer arrives (a client busy elsewhere): what piles up meanwhile shows in the "
+                         "client's RSS")
     ap.add_argument("--vs-original", action="store_true", help="also run the original 0.2.11 (gzip)")
     ap.add_argument("--original-sizes", default="1,16", help="sizes in MiB for the original (it is slow)")
     ap.add_argument("--repeat", type=int, default=1,

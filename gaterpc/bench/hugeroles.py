@@ -151,6 +151,24 @@ def report(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
+def _stall_at_first_chunk(stall: float) -> List[bool]:
+    """Make the client busy elsewhere: the first HugeData chunk received after the
+    returned flag is set blocks the event loop for ``stall`` seconds (ours only)."""
+    from gaterpc import hugereceive
+
+    armed = [False]
+    feed = hugereceive.HugeDataReceiver.feed
+
+    def stalling_feed(self: Any, chunk: Any) -> None:
+        if armed[0]:
+            armed[0] = False
+            time.sleep(stall)
+        feed(self, chunk)
+
+    hugereceive.HugeDataReceiver.feed = stalling_feed  # type: ignore[method-assign]
+    return armed
+
+
 async def main(role: str, cfg: Dict[str, Any]) -> None:
     # Codec modules are imported up front, as in a long-running process: the
     # one transfer measured here should not pay a first import.
@@ -207,6 +225,7 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
             cli.close()
             cli = Client(cfg["front"], context=ctx, reply_timeout=cfg["timeout"])
         size, seed = cfg["size"], cfg["seed"]
+        stall_armed = _stall_at_first_chunk(float(cfg["stall"])) if cfg.get("stall") else None
         # ``transfers`` calls one after the other in these processes (the
         # original hangs on a second HugeData transfer: the bench asks it for one).
         for i in range(int(cfg.get("transfers", 1))):
@@ -220,10 +239,8 @@ async def main(role: str, cfg: Dict[str, Any]) -> None:
             await loop.run_in_executor(None, sys.stdin.readline)
             cpu0, faults0 = cpu_s(), page_faults()
             t0 = time.perf_counter()
-            stall = float(cfg.get("stall", 0))
-            if stall:
-                # a client busy elsewhere: its event loop blocked while the transfer comes
-                loop.call_later(0.01, time.sleep, stall)
+            if stall_armed is not None:
+                stall_armed[0] = True  # the first chunk of this transfer blocks the loop
             pieces = await cli.knock("Bench", "huge", size, cfg["module"], seed + i, cfg["blksize"])
             elapsed = time.perf_counter() - t0
             call_cpu = cpu_s() - cpu0  # the call alone, not the check below
