@@ -134,6 +134,9 @@ class _ReplyHandler:
                         except Exception as exc:  # corrupt stream or payload
                             self._fail(request_id, exc)
                             continue
+                        if receiver.progress_due:
+                            # credit now, not after this whole batch (see _send_credit)
+                            self._send_credit(bytes(msg[2]), request_id)
                         self._table.add(request_id, None, loop.time() + self.reply_timeout)
                         continue
                 fut = replies.get(request_id)
@@ -192,7 +195,7 @@ class _ReplyHandler:
                         loop.call_soon_threadsafe, self._send_credit, service, request_id)
                     # A first credit (0 bytes) at once, before this chunk is even fed: the
                     # worker holds to its window from now on, whatever keeps us busy next.
-                    self._send_credit(service, request_id)
+                    self._send_credit(service, request_id, True)
             if k == KIND_HUGE_END:
                 del self._huge[request_id]  # the receiver is finished below, not closed by _forget
                 self._forget(request_id)
@@ -230,16 +233,23 @@ class _ReplyHandler:
             self._fail(request_id, MsgUnpackError(
                 f"malformed reply: {len(body)} frames that are neither a stream nor a HugeData reply"))
 
-    def _send_credit(self, service: bytes, request_id: bytes) -> None:
+    def _send_credit(self, service: bytes, request_id: bytes, first: bool = False) -> None:
         """Tell the worker how many compressed bytes of ``request_id`` the receiver processed.
 
         ``[b"", CREDIT_HEADER, service, request_id, 8-byte count]``: our broker
         passes it to the worker the request is in flight at, which keeps at most
         ``Settings.HUGE_DATA_WINDOW`` bytes beyond it on their way; the
         original broker drops it (its header is not ``MDPC01``).
+
+        Called when the receiver reports progress (from its thread, through
+        ``call_soon_threadsafe``: the loop may be idle, waiting for chunks the
+        worker holds back) and, sooner, right after a chunk is fed while
+        progress is due (a batch of chunks takes a while, and the receiver's
+        thread has moved on meanwhile).  Whichever comes first sends; the other
+        finds nothing due.  ``first``: the credit of 0 that opens a transfer.
         """
         receiver = self._huge.get(request_id)
-        if receiver is None:
+        if receiver is None or not (first or receiver.progress_due):
             return
         n = receiver.take_progress()
         lsock = self._lsock

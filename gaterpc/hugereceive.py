@@ -141,19 +141,20 @@ class HugeDataReceiver:
         self.processed = 0
         #: Called (from any thread) when ``processed`` grew; see the class docstring.
         self.on_progress: Optional[Callable[[], object]] = None
-        self._progress_due = False
+        #: True from an ``on_progress`` call until :meth:`take_progress` answers it.
+        self.progress_due = False
 
     def _advance(self, n: int) -> None:
         """``n`` more compressed bytes were decompressed: count them, tell ``on_progress`` once."""
         self.processed += n
         cb = self.on_progress
-        if cb is not None and not self._progress_due:
-            self._progress_due = True
+        if cb is not None and not self.progress_due:
+            self.progress_due = True
             cb()
 
     def take_progress(self) -> int:
         """Answer an ``on_progress`` call: the next growth calls it again.  Returns :attr:`processed`."""
-        self._progress_due = False
+        self.progress_due = False
         return self.processed
 
     def _start(self, head: bytes) -> None:
