@@ -314,7 +314,7 @@ class GlobalSettings(metaclass=_SettingsMeta):
     # compressed bytes beyond what the client says it has processed (CREDIT
     # messages, docs/PROTOCOL.md "HugeData flow control").  On a client, 0 sends
     # no credits; on a worker, 0 ignores them.  At least 1 MiB when not 0.
-    HUGE_DATA_WINDOW: LazyAttribute[int] = LazyAttribute(raw=8 * 1024 * 1024, process=_window_process)
+    HUGE_DATA_WINDOW: LazyAttribute[int] = LazyAttribute(raw=4 * 1024 * 1024, process=_window_process)
     HUGE_DATA_COMPRESS_MODULE: str = "gzip"
     HUGE_DATA_COMPRESS_LEVEL: int = 1
     HUGE_DATA_END_TAG: bytes = b"HugeDataEND"
