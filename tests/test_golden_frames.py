@@ -23,6 +23,7 @@ import zmq.asyncio
 from gaterpc.core import AMajordomo, Client, Context, Service, Worker
 from gaterpc.exceptions import RemoteException
 from gaterpc.global_settings import Settings
+from gaterpc.protocol import CREDIT_HEADER
 from gaterpc.utils import HugeData, interface, msg_pack, name2uuid
 
 # Messages captured from the original 0.2.x on loopback (tests/data/captured_frames.json;
@@ -331,8 +332,15 @@ async def test_client_frames_match_capture(zctx, tmp_path):
     ctx = Context()
     cli = Client(front, identity="capture-client", context=ctx, heartbeat=300)
 
+    credits = []
+
     async def answer(i_req, i_replies):
         got = await recv(broker)
+        for _ in range(100):  # bounded: HugeData credits, our extension, are not in the capture
+            if got[2] != CREDIT_HEADER:
+                break
+            credits.append(got)
+            got = await recv(broker)
         assert_matches(got, i_req)
         rid = got[4]
         for i in i_replies:
@@ -340,6 +348,7 @@ async def test_client_frames_match_capture(zctx, tmp_path):
             frames[0] = CLIENT_ID
             frames[4] = rid
             await broker.send_multipart(frames)
+        return rid
 
     try:
         connect = asyncio.ensure_future(cli.connect())
@@ -362,7 +371,7 @@ async def test_client_frames_match_capture(zctx, tmp_path):
         assert str(info.value).startswith("\n  RemoteTraceback (ValueError):\n  ValueError('boom!')\n  ")
 
         call = asyncio.ensure_future(cli.GateRPC.huge())
-        await answer(24, [29, 30, 31])
+        huge_rid = await answer(24, [29, 30, 31])
         assert await call == {"payload": "x" * 64, "n": 3}
 
         call = asyncio.ensure_future(cli.GateRPC.agen_boom(2))
@@ -377,6 +386,12 @@ async def test_client_frames_match_capture(zctx, tmp_path):
         await answer(61, [62])
         await asyncio.sleep(0.05)
         assert len(cli.replies) == 0
+        # The HugeData reply made the client credit it (docs/PROTOCOL.md, "HugeData
+        # flow control"): 0 as its first chunk came, then what it had decompressed.
+        assert credits and all(c[1:5] == [b"", CREDIT_HEADER, b"GateRPC", huge_rid] and len(c) == 6
+                               for c in credits), credits
+        values = [int.from_bytes(c[5], "big") for c in credits]
+        assert values[0] == 0 and values == sorted(values), values
     finally:
         cli.close()
         await asyncio.sleep(0.05)

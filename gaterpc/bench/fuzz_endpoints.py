@@ -424,7 +424,8 @@ class ClientEndpoint(Endpoint):
                         reply_timeout=SYNC_TIMEOUT * 2)
         self._stack.append(client.close)
         connecting = asyncio.ensure_future(client.connect())
-        req = await recv_until(self.router, lambda m: len(m) >= 5 and m[3] == b"Gate")
+        # (requests only: the client also sends HugeData credits, header MDPC01-credit)
+        req = await recv_until(self.router, lambda m: len(m) >= 5 and m[2] == MDPC and m[3] == b"Gate")
         if req is None:
             connecting.cancel()
             raise RuntimeError("the client did not ask for the services")
@@ -439,7 +440,8 @@ class ClientEndpoint(Endpoint):
         self._n += 1
         n = self._n
         call: asyncio.Future[Any] = asyncio.ensure_future(getattr(self.role, CLIENT_SERVICE).f(n))
-        req = await recv_until(self.router, lambda m: len(m) >= 5 and m[3] == CLIENT_SERVICE.encode())
+        req = await recv_until(self.router, lambda m: len(m) >= 5 and m[2] == MDPC
+                               and m[3] == CLIENT_SERVICE.encode())
         if req is None:
             call.cancel()
             raise FuzzFailure("client: the call was not sent")
