@@ -104,6 +104,13 @@ class RawCaller:
             self.chunks.append(frames[5])
             self.received += len(frames[5])
 
+    async def credit_the_first_chunk(self, n: int, quiet: float) -> None:
+        """Call for ``n`` bytes, credit the first chunk once, then read until ``quiet``."""
+        await self.call(n)
+        await self.read(quiet=10.0, count=1)
+        await self.credit(self.received)
+        await self.read(quiet=quiet)
+
     def value(self):
         return msg_unpack(lz4.frame.decompress(b"".join(self.chunks)))
 
@@ -114,11 +121,8 @@ class RawCaller:
 async def test_after_a_credit_the_worker_stops_at_the_window_and_goes_on_with_the_next(cluster):
     raw = RawCaller(cluster.ctx, cluster.front)
     try:
-        await raw.call(N)
         # the first chunk, then a credit for it: the path carries credits
-        await raw.read(quiet=10.0, count=1)
-        await raw.credit(raw.received)
-        await raw.read(quiet=0.5)
+        await raw.credit_the_first_chunk(N, quiet=0.5)
         first_stop = raw.received
         assert not raw.ended
         assert first_stop <= WINDOW + 2 * PIECE, first_stop
@@ -154,10 +158,7 @@ async def test_a_worker_with_the_window_off_ignores_credits(cluster, monkeypatch
     monkeypatch.setattr(Settings, "HUGE_DATA_WINDOW", 0)
     raw = RawCaller(cluster.ctx, cluster.front)
     try:
-        await raw.call(N)
-        await raw.read(quiet=10.0, count=1)
-        await raw.credit(raw.received)
-        await raw.read(quiet=2.0)
+        await raw.credit_the_first_chunk(N, quiet=2.0)
         assert raw.ended and raw.value() == payload(N)
     finally:
         raw.close()
@@ -168,10 +169,8 @@ async def test_credits_that_stop_coming_do_not_stall_the_transfer(cluster, monke
     before = counters.events_snapshot().get("hugedata_credit_timeout", 0)
     raw = RawCaller(cluster.ctx, cluster.front)
     try:
-        await raw.call(N)
-        await raw.read(quiet=10.0, count=1)
-        await raw.credit(raw.received)  # one credit, then none: after TIMEOUT the worker goes on
-        await raw.read(quiet=3.0)
+        # one credit, then none: after TIMEOUT the worker goes on
+        await raw.credit_the_first_chunk(N, quiet=3.0)
         assert raw.ended and raw.value() == payload(N)
         assert counters.events_snapshot().get("hugedata_credit_timeout", 0) == before + 1
     finally:
