@@ -20,7 +20,7 @@ from typing import Any, Callable, List
 __all__ = (
     "EMPTY", "READY", "REQUEST", "REPLY", "HEARTBEAT", "DISCONNECT", "CANCEL", "CREDIT", "CREDIT_HEADER",
     "STREAM_TAG", "STREAM_END", "STREAM_EXC", "HUGE_TAG", "HUGE_END", "HUGE_EXC",
-    "GATE_NOTICE", "GATE_INVITE", "GATE_JOIN", "GATE_WHISPER", "GATE_HEARTBEAT", "GATE_LEAVE",
+    "GATE_NOTICE", "GATE_INVITE", "GATE_JOIN", "GATE_WHISPER", "GATE_HEARTBEAT", "GATE_LEAVE", "GATE_CREDIT",
     "KEEPALIVE_ARG", "KEEPALIVE_OK", "KEEPALIVE_BAD",
     "SINGLE_HEAD", "SINGLE_OK_TAIL", "SINGLE_ERR_MID",
     "KIND_INVALID", "KIND_SINGLE", "KIND_STREAM_ITEM", "KIND_STREAM_END", "KIND_STREAM_ERROR",
@@ -63,6 +63,11 @@ GATE_JOIN = b"\x02"
 GATE_WHISPER = b"\x03"
 GATE_HEARTBEAT = b"\x04"
 GATE_LEAVE = b"\x05"
+#: Addition (gate -> peer gate): ``['', GATE01, 06, *zap, service, request_id, credit]``
+#: -- a client's HugeData credit (see ``CREDIT``) for a request this gate forwarded to
+#: that peer; the peer passes it to its worker as CREDIT.  The original gate drops
+#: command bytes it does not know before it looks at anything else, silently.
+GATE_CREDIT = b"\x06"
 
 KEEPALIVE_ARG = b"heartbeat"
 KEEPALIVE_OK = b"200"

@@ -101,8 +101,8 @@ class Node:
         self.clients = []
         self.stopped = False
 
-    async def add_worker(self, service="Echo", capacity=None):
-        w = Service(name=service).create_worker(Echo, self.back, context=self.ctx,
+    async def add_worker(self, service="Echo", capacity=None, cls=None):
+        w = Service(name=service).create_worker(cls or Echo, self.back, context=self.ctx,
                                                 workers_heartbeat=self.heartbeat,
                                                 max_allowed_request=capacity, **self.zap_args)
         w.node = self.name

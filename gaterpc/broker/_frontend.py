@@ -77,18 +77,27 @@ class BrokerFrontend(BrokerBackend):
 
         HugeData flow control (docs/PROTOCOL.md, "HugeData flow control"): the
         worker that has ``request_id`` of this very client in flight gets
-        ``[worker, '', MDPW01, CREDIT, client, '', request_id, credit]``.  A
-        credit that is not 8 bytes is malformed (a drop, counted).  A credit
-        for a request that is not in flight here is normal -- the last ones
-        of a transfer arrive after its end, and a gate forwards the transfer
-        itself, not its credits -- and only counted, as the event
-        ``hugedata_credit_unmatched``.  Cost: one look at each worker of the
-        service, a few dozen times per transfer.
+        ``[worker, '', MDPW01, CREDIT, client, '', request_id, credit]``; a
+        gate passes the credit of a request it forwarded on to that peer
+        (:meth:`_credit_onward`).  A credit that is not 8 bytes is malformed
+        (a drop, counted).  A credit for a request that is not in flight here
+        is normal -- the last ones of a transfer arrive after its end -- and
+        only counted, as the event ``hugedata_credit_unmatched``.  Cost: one
+        look at each worker of the service, a few dozen times per transfer.
         """
         client_id, service_b, request_id, credit = msg[0], bytes(msg[3]), bytes(msg[4]), bytes(msg[5])
         if len(credit) != 8:
             count_drop("frontend_malformed")
             return
+        if not self._credit_worker(client_id, service_b, request_id, credit) \
+                and not self._credit_onward(client_id, service_b, request_id, credit):
+            count_event("hugedata_credit_unmatched")
+
+    def _credit_worker(self, client_id: bytes, service_b: bytes, request_id: bytes, credit: bytes) -> bool:
+        """Send CREDIT to the local worker that has ``request_id`` of ``client_id`` in flight.
+
+        False when no worker of the service has it.
+        """
         svc = self._services_b.get(service_b)
         lback = self._lback
         if svc is not None and lback is not None:
@@ -97,8 +106,16 @@ class BrokerFrontend(BrokerBackend):
                     if w.ready:
                         lback.send((w.identity, b"", self._mdp_worker, CREDIT, client_id, b"", request_id,
                                     credit))
-                    return
-        count_event("hugedata_credit_unmatched")
+                    return True
+        return False
+
+    def _credit_onward(self, client_id: bytes, service_b: bytes, request_id: bytes, credit: bytes) -> bool:
+        """A credit for a request no local worker has: a broker has nowhere else to look.
+
+        :class:`gaterpc.gate.Gate` overrides this to pass the credit to the
+        peer gate it forwarded the request to.
+        """
+        return False
 
     def _route_request(self, msg: list[bytes], service_b: bytes) -> None:
         """Route ``msg`` = ``[client, '', header, service, request_id, *body]``.

@@ -100,7 +100,7 @@ from gaterpc.broker import AMajordomo  # noqa: F401 (reachable from gaterpc.gate
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import check_socket_addr, to_bytes
 from gaterpc.protocol import (
-    GATE_HEARTBEAT, GATE_INVITE, GATE_JOIN, GATE_LEAVE, GATE_NOTICE, GATE_WHISPER,
+    GATE_CREDIT, GATE_HEARTBEAT, GATE_INVITE, GATE_JOIN, GATE_LEAVE, GATE_NOTICE, GATE_WHISPER,
 )
 from gaterpc.worker import RemoteWorker
 
@@ -222,8 +222,9 @@ class Gate(_ServiceMixin, _ForwardingMixin, _CommandsMixin, _DiscoveryMixin, _Pe
         head = (b"", self._gate_member)
         zap = self._gate_zap_frames_bytes
         self._head = {cmd: (*head, cmd, *zap) for cmd in (
-            GATE_NOTICE, GATE_INVITE, GATE_JOIN, GATE_WHISPER, GATE_HEARTBEAT, GATE_LEAVE)}
+            GATE_NOTICE, GATE_INVITE, GATE_JOIN, GATE_WHISPER, GATE_HEARTBEAT, GATE_LEAVE, GATE_CREDIT)}
         self._whisper_head = list(self._head[GATE_WHISPER])
+        self._credit_head = list(self._head[GATE_CREDIT])
 
     def _gate_endpoint(self) -> str:
         host = str(self.gate_bind)

@@ -78,6 +78,7 @@ class _GateBase(AMajordomo):
     _gate_member: bytes
     _head: dict[bytes, tuple[bytes, ...]]
     _whisper_head: list[bytes]
+    _credit_head: list[bytes]
     _pending: dict[bytes, list[Any]]
     _warned: set[str]
     _early: dict[bytes, deque[tuple[float, Frames]]]

@@ -4,7 +4,8 @@ Every message a peer sends arrives on the gate's ROUTER as
 ``[peer id, '', GATE01, command, *zap, ...]``.  The batch callback checks the
 envelope (and the ZAP frames when a ZAP checker is set), then dispatches by
 command: WHISPER (a request or a reply, see :mod:`gaterpc.gate.forwarding`),
-NOTICE, INVITE, JOIN, HEARTBEAT and LEAVE.  A WHISPER/NOTICE from a peer
+NOTICE, INVITE, JOIN, HEARTBEAT, LEAVE and our CREDIT (a client's HugeData
+credit that a peer passes on, ignored by the original gate).  A WHISPER/NOTICE from a peer
 that has not joined yet is held (bounded) until it does.  Every message that
 is dropped is counted, and a caller it names gets an error reply.
 
@@ -19,11 +20,11 @@ from typing import Any, Optional
 
 import zmq
 
-from gaterpc.counters import count_drop
+from gaterpc.counters import count_drop, count_event
 from gaterpc.global_settings import Settings
 from gaterpc.helpers import to_bytes
 from gaterpc.protocol import (
-    GATE_HEARTBEAT, GATE_INVITE, GATE_JOIN, GATE_LEAVE, GATE_NOTICE, GATE_WHISPER,
+    GATE_CREDIT, GATE_HEARTBEAT, GATE_INVITE, GATE_JOIN, GATE_LEAVE, GATE_NOTICE, GATE_WHISPER,
 )
 from gaterpc.serialization import msg_pack, msg_unpack
 
@@ -206,6 +207,27 @@ class _CommandsMixin(_GateBase):
             if gate is not None:
                 gate.ready = False
                 self._now_ban(gate, False)
+        elif command == GATE_CREDIT:
+            self._on_peer_credit(gate, msg, now)
+
+    def _on_peer_credit(self, gate: Optional[RemoteGate], msg: Frames, now: float) -> None:
+        """``[peer id, '', GATE01, GATE_CREDIT, service, request_id, credit]`` (ZAP frames removed).
+
+        A client's HugeData credit for a request the peer forwarded to us: the
+        local worker that has it in flight for that peer gets CREDIT.  From a
+        peer that is not registered and ready, or not 8 bytes: dropped
+        (counted).  For a request not in flight here (the transfer ended):
+        the event ``hugedata_credit_unmatched``.
+        """
+        if gate is None or not gate.ready:
+            count_drop("gate_credit_from_unknown_peer")
+            return
+        if len(msg) != 7 or len(msg[6]) != 8:
+            count_drop("gate_malformed")
+            return
+        self._delay_ban(gate, now)
+        if not self._credit_worker(gate.identity, bytes(msg[4]), bytes(msg[5]), bytes(msg[6])):
+            count_event("hugedata_credit_unmatched")
 
     async def process_messages_from_gate(self, messages: Frames) -> None:
         """Handle one gate-socket message (as received: ``[peer id, '', GATE01, command, ...]``).

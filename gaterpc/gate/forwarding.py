@@ -241,6 +241,25 @@ class _ForwardingMixin(_GateBase):
             count_drop("gate_forward_no_socket")
             self._reply_error(requester, service_b, request_id, GateUnAvailableError())
 
+    def _credit_onward(self, client_id: bytes, service_b: bytes, request_id: bytes, credit: bytes) -> bool:
+        """A client's HugeData credit for a request this gate forwarded: pass it to that peer.
+
+        ``['', GATE01, GATE_CREDIT, *zap, service, request_id, credit]`` on the
+        peer's DEALER; a gate of ours hands it to its worker as CREDIT
+        (:meth:`_on_peer_credit`), the original drops the unknown command.  It
+        does not count as traffic that stands in for a HEARTBEAT (an original
+        peer renews nothing on it).  One look at each peer, a few dozen times
+        per transfer.  False when no peer has the request from this client.
+        """
+        for gate in self.gate_cluster.workers.values():
+            fwd = gate._inflight.get(request_id)
+            if fwd is not None and fwd.requester == client_id:
+                lsock = gate._lsock
+                if lsock is not None and gate.ready:
+                    lsock.send([*self._credit_head, service_b, request_id, credit])
+                return True
+        return False
+
     # -- spill-over: local requests that waited too long go to peers with capacity ----
 
     def _request_waiting(self, svc: Any) -> None:

@@ -26,6 +26,7 @@ import asyncio
 import inspect
 import json
 import os
+import random
 import signal
 import sys
 import uuid
@@ -63,6 +64,13 @@ def make_worker_class(node_name):
         @interface
         async def fail(self):
             raise KeyError("missing")
+
+        @interface
+        async def blob(self, n):
+            # HugeData (gzip, each implementation's chunks) of n reproducible random bytes
+            from gaterpc.utils import HugeData
+            return HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG,
+                            data=msg_pack(random.Random(n).randbytes(n)))
 
     return NodeWorker
 

@@ -10,6 +10,7 @@ both frontends over ``ipc://`` (unix sockets work across namespaces).
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -70,6 +71,12 @@ async def test_mixed_gates_forward_both_ways(lab, ipc_dir, procs, original_pytho
         with pytest.raises(RemoteException) as info:
             await c_ours.OrigSvc.fail()
         assert "KeyError" in str(info.value)
+        # HugeData from the original's worker through both gates: our client credits its
+        # progress to our gate, which passes the credits on to the original gate; that gate
+        # must drop them unseen (GATE_CREDIT is not one of its commands) and serve on
+        n = 600_000
+        assert await c_ours.OrigSvc.blob(n) == random.Random(n).randbytes(n)
+        assert await c_ours.OrigSvc.where() == orig_name
 
         # heartbeats keep the pair joined well past three liveness windows
         await asyncio.sleep(HB * 3 * 3 / 1000)
