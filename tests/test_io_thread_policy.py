@@ -341,3 +341,39 @@ def test_a_prefix_of_the_users_own_is_reported(mode: object, prefix: int, warned
     assert bool(hits) is warned, handler.messages
     if warned:
         assert "ZMQ_IO_THREAD_BATCH" in hits[0] and "9" in hits[0]
+
+
+def test_the_second_window_of_a_busy_spell_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first busy window only gives a starting point: the next sample comes after
+    ``FIRST``, and from then on after ``INTERVAL``; the decision uses the short window."""
+    waits: list[float] = []
+    steps: list[int] = []
+
+    class Stop:
+        def wait(self, timeout: float) -> bool:  # records the wait, never sleeps; ends the loop
+            waits.append(timeout)
+            return len(waits) > 4
+
+        def set(self) -> None:
+            pass
+
+    class Clock:  # every window busy: the process's CPU time grows with the wall clock
+        now = 0
+
+        def monotonic_ns(self) -> int:
+            self.now += W
+            return self.now
+
+        def process_time_ns(self) -> int:
+            return self.now
+
+    ctl = iosched.Controller(os.SCHED_BATCH)
+    ctl._stop = Stop()  # type: ignore[assignment]
+    monkeypatch.setattr(iosched, "time", Clock())
+    monkeypatch.setattr(ctl, "alive", lambda: True)
+    monkeypatch.setattr(ctl, "sample", lambda: (len(waits), {}, {}))
+    monkeypatch.setattr(ctl, "step", lambda before, after, active=None: steps.append(after[0]))
+    ctl._run()
+    assert waits[:3] == [iosched.INTERVAL, iosched.FIRST, iosched.INTERVAL], waits
+    assert steps and steps[0] == 2  # the first decision is made at the end of the short window
+    assert iosched.FIRST < iosched.INTERVAL
