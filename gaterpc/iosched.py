@@ -20,9 +20,10 @@ its cores with more work than they can take: its I/O threads go to
 ``SCHED_BATCH``.  After ``CALM`` windows in a row below ``LEAVE`` (0.5), or
 quiet (running and waiting together under ``BUSY`` of the window; a thread
 starved of cores runs little but waits long, which is contention, not
-quiet), they return to the default policy.  The first busy window of a
-process only gives a starting point, so the second is short (``FIRST``):
-the decision comes about 0.12 s after the load begins, not 0.2.  Measured on
+quiet), they return to the default policy.  The starting point of the
+first window is sampled when the controller starts, so a process that gets
+busy is judged at the end of its first busy window (within 0.1 s of the
+load), not its second.  Measured on
 two 2-core VMs: 8 clients and 4 workers through one broker wait 2 to 5
 times as long as they run; one client, broker and worker at full speed
 (1,000 calls in flight) 0.7 to 1.3 times, the client least (all three gain
@@ -62,8 +63,6 @@ _IO_NAME = f"{PREFIX}/ZMQbg/IO/"
 
 #: seconds between two samples
 INTERVAL = 0.1
-#: seconds between the first two samples of a busy spell (the first only gives a starting point)
-FIRST = 0.02
 #: a window counts as quiet when the measured threads ran and waited for less than this
 #: share of it together
 BUSY = 0.05
@@ -262,12 +261,15 @@ class Controller:
         # its waiting tells that from quiet.  Idle windows add nothing to what a
         # sample counts, so a sample taken before them still serves as the start of
         # the window that follows them.
-        before: Optional[tuple[int, dict[int, tuple[int, int]], dict[int, str]]] = None
+        # The starting point of the first busy window is taken now, so that a process
+        # that gets busy is judged at the end of its first busy window, not its second.
+        try:
+            before: Optional[tuple[int, dict[int, tuple[int, int]], dict[int, str]]] = self.sample()
+        except Exception:
+            before = None
         t0, cpu0 = time.monotonic_ns(), time.process_time_ns()
         active = 0  # ns of not-idle windows since ``before``
-        wait = INTERVAL
-        while not self._stop.wait(wait):
-            wait = INTERVAL
+        while not self._stop.wait(INTERVAL):
             with _lock:  # watch() either sees done, or adds its context before this check
                 if not self.alive():
                     self.done = True
@@ -283,10 +285,6 @@ class Controller:
                 after = self.sample()
                 if before is not None:
                     self.step(before, after, active)
-                elif not self.batch:
-                    # The load has just begun: the first window only gave a starting
-                    # point, so decide after a short one instead of a whole INTERVAL.
-                    wait = FIRST
                 before, active = after, 0
             except Exception:  # never take the process down for a scheduling hint
                 logger.debug("I/O thread policy step failed", exc_info=True)

@@ -343,16 +343,16 @@ def test_a_prefix_of_the_users_own_is_reported(mode: object, prefix: int, warned
         assert "ZMQ_IO_THREAD_BATCH" in hits[0] and "9" in hits[0]
 
 
-def test_the_second_window_of_a_busy_spell_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first busy window only gives a starting point: the next sample comes after
-    ``FIRST``, and from then on after ``INTERVAL``; the decision uses the short window."""
+def test_the_first_busy_window_is_judged_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The starting point is sampled when the controller starts, so the first busy
+    window of a process is judged when it ends, not only used as a starting point."""
     waits: list[float] = []
-    steps: list[int] = []
+    steps: list[tuple[int, int]] = []
 
     class Stop:
         def wait(self, timeout: float) -> bool:  # records the wait, never sleeps; ends the loop
             waits.append(timeout)
-            return len(waits) > 4
+            return len(waits) > 3
 
         def set(self) -> None:
             pass
@@ -372,8 +372,8 @@ def test_the_second_window_of_a_busy_spell_is_short(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(iosched, "time", Clock())
     monkeypatch.setattr(ctl, "alive", lambda: True)
     monkeypatch.setattr(ctl, "sample", lambda: (len(waits), {}, {}))
-    monkeypatch.setattr(ctl, "step", lambda before, after, active=None: steps.append(after[0]))
+    monkeypatch.setattr(ctl, "step", lambda before, after, active=None: steps.append((before[0], after[0])))
     ctl._run()
-    assert waits[:3] == [iosched.INTERVAL, iosched.FIRST, iosched.INTERVAL], waits
-    assert steps and steps[0] == 2  # the first decision is made at the end of the short window
-    assert iosched.FIRST < iosched.INTERVAL
+    assert waits == [iosched.INTERVAL] * 4, waits
+    # judged at the end of the first window, from the sample taken at the start
+    assert steps[:2] == [(0, 1), (1, 2)], steps
