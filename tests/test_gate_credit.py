@@ -20,36 +20,12 @@ import zmq
 
 import gaterpc.hugereceive as receive_mod
 from gaterpc import counters
-from gaterpc.core import Worker
 from gaterpc.global_settings import Settings
-from gaterpc.hugedata import HugeData
 from gaterpc.protocol import GATE_CREDIT, OWN_RID_MARK
-from gaterpc.serialization import msg_pack
-from gaterpc.utils import interface
 
 from test_gate import join, nodes, until  # noqa: F401 (fixture)
-
-MIB = 1024 * 1024
-N = 8 * MIB  # random bytes: lz4 leaves them at about their size
-WINDOW = MIB
-#: beyond the window: a part of a piece in one go plus a segment being processed
-SLACK = 512 * 1024
-
-
-def payload(n: int) -> bytes:
-    return random.Random(n).randbytes(n)
-
-
-class Big(Worker):
-    @interface
-    async def blob(self, n):
-        return HugeData(Settings.HUGE_DATA_END_TAG, Settings.HUGE_DATA_EXCEPT_TAG, compress_module="lz4",
-                        data=msg_pack(payload(n)))
-
-
-@pytest.fixture
-def window(monkeypatch):
-    monkeypatch.setattr(Settings, "HUGE_DATA_WINDOW", WINDOW)
+# the worker, payload, window and slack of the flow-control tests without gates
+from test_hugedata_credit import N, SLACK, WINDOW, Big, payload, window  # noqa: F401 (fixture)
 
 
 async def test_credits_cross_the_gates_and_bound_the_backlog(nodes, window, monkeypatch):
