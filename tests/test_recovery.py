@@ -212,9 +212,13 @@ async def test_worker_killed_mid_hugedata(procs, ctx, tmp_path):
     cli = await fresh_client(ctx, front)
     call = asyncio.ensure_future(cli.Echo.slow_huge(1000, 0.05))
     assert (await readline(worker, 10)).strip() == "HUGE-SENDING"
-    await asyncio.sleep(0.2)  # chunks reach the client
-    procs.kill(worker)
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not any(r.processed for r in cli._huge.values()):  # chunks reached the client
+        assert loop.time() < deadline, "no HugeData chunk reached the client"
+        await asyncio.sleep(0.01)
+    assert not call.done()
+    procs.kill(worker)
     killed_at = loop.time()
     with pytest.raises(RemoteException) as info:
         await asyncio.wait_for(call, 2 * HB + SLACK)

@@ -16,6 +16,8 @@ import os
 import signal
 import sys
 
+import msgpack
+
 from gaterpc.core import AMajordomo, Context, Service, Worker
 from gaterpc.global_settings import Settings
 from gaterpc.utils import HugeData, interface
@@ -49,8 +51,11 @@ class Echo(Worker):
                       compress_module="gzip", timeout=delay * 4)
 
         async def feed():
+            # The payload is a valid msgpack value (an array of ``pieces`` bins), so the
+            # client decodes the chunks that reach it without error until the transfer breaks.
+            hd.add_data(b"\xdd" + pieces.to_bytes(4, "big"))
             for i in range(pieces):
-                hd.add_data(os.urandom(256 * 1024))  # incompressible: chunks leave at once
+                hd.add_data(msgpack.packb(os.urandom(256 * 1024)))  # incompressible: chunks leave at once
                 if i == 3:
                     print("HUGE-SENDING", flush=True)
                 await asyncio.sleep(delay)
