@@ -214,14 +214,17 @@ def test_limit_frames_both_runs_each_row_with_either_message(tmp_path):
 
 @pytest.mark.slow
 def test_bench_floor_row_beside_the_limit_with_fan_out(tmp_path):
-    proc, report = run_bench(tmp_path, "-n", "3000", "--vs-limit", "--vs-floor", "--clients", "2",
+    # 20,000 calls: the limit and floor rows' 1x1 runs then last long enough to show CPU time
+    # in clock ticks (10 ms each); with 3,000 they take about 10 ms and may show none
+    n = 20000
+    proc, report = run_bench(tmp_path, "-n", str(n), "--vs-limit", "--vs-floor", "--clients", "2",
                              "--workers", "2", "--vs-1x1", "--loop", "asyncio")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     by = {(r["impl"], r["loop"]): r for r in report["results"]}
     assert set(by) == {("ours", "asyncio"), ("ours@1x1", "asyncio"), ("limit", None), ("limit@1x1", None),
                        ("floor", None), ("floor@1x1", None)}
     for (impl, _), res in by.items():
-        assert res["ok"] and res["completed"] == 3000, res
+        assert res["ok"] and res["completed"] == n, res
         roles = [p["role"] for p in res["processes"]]
         wide = not impl.endswith("@1x1")
         assert roles == (["broker", "worker1", "worker2", "client1", "client2"] if wide
@@ -236,7 +239,10 @@ def test_bench_floor_row_beside_the_limit_with_fan_out(tmp_path):
         floor["calls_per_s"] / limit["calls_per_s"])
     assert ratios["ours on asyncio as % of the floor (calls/s)"] == pytest.approx(
         ours["calls_per_s"] / floor["calls_per_s"])
-    assert "floor 2x2 as % of what its 1x1 CPU cost allows on" in " ".join(ratios)
+    from gaterpc.bench.echo import usable_cores
+    share = ratios[f"floor 2x2 as % of what its 1x1 CPU cost allows on {usable_cores()} cores"]
+    assert share == pytest.approx(floor["calls_per_s"] * by[("floor@1x1", None)]["cpu_us_per_call"]
+                                  / (usable_cores() * 1e6))
     assert "floor " in proc.stdout and "none (Python loops)" in proc.stdout
 
 
@@ -255,7 +261,7 @@ def test_bench_several_clients_report_fairness(tmp_path):
 
 @pytest.mark.slow
 def test_bench_fan_out_against_one_by_one_in_the_same_run(tmp_path):
-    proc, report = run_bench(tmp_path, "-n", "2000", "--clients", "2", "--workers", "2", "--vs-1x1",
+    proc, report = run_bench(tmp_path, "-n", "5000", "--clients", "2", "--workers", "2", "--vs-1x1",
                              "--loop", "asyncio")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     by = {r["impl"]: r for r in report["results"]}
@@ -264,7 +270,7 @@ def test_bench_fan_out_against_one_by_one_in_the_same_run(tmp_path):
                                                            "client2"]
     assert [p["role"] for p in by["ours@1x1"]["processes"]] == ["broker", "worker", "client"]
     for res in by.values():
-        assert res["ok"] and res["completed"] == 2000 and res["errors"] == 0 and res["mismatches"] == 0
+        assert res["ok"] and res["completed"] == 5000 and res["errors"] == 0 and res["mismatches"] == 0
     wide, one = by["ours"], by["ours@1x1"]
     ratios = report["ratios"]
     from gaterpc.bench.echo import usable_cores
@@ -278,6 +284,29 @@ def test_bench_fan_out_against_one_by_one_in_the_same_run(tmp_path):
     busy = ratios[f"ours 2x2 on asyncio: cores kept busy, as % of {cores}"]
     assert busy == pytest.approx(wide["calls_per_s"] * wide["cpu_us_per_call"] / (cores * 1e6))
     assert "what its 1x1 CPU cost allows" in proc.stdout
+
+
+def test_scale_ratios_name_a_1x1_run_too_short_for_its_cpu_time():
+    """A 1x1 run whose CPU time stayed under one clock tick: its calls/s ratio is given, the
+    CPU-based share is "n/a" with the reason (not "a run failed"), and nothing divides by zero."""
+    import argparse
+    from gaterpc.bench.echo import _scale_ratios, usable_cores
+    cores = usable_cores()
+    run = {"ok": True, "calls_per_s": 100000.0, "cpu_us_per_call": 8.0}
+    by_key = {("limit", None): dict(run, calls_per_s=150000.0),
+              ("limit@1x1", None): dict(run, cpu_us_per_call=None),
+              ("ours", "asyncio"): dict(run, calls_per_s=60000.0, cpu_us_per_call=30.0),
+              ("ours@1x1", "asyncio"): dict(run, calls_per_s=50000.0, cpu_us_per_call=20.0)}
+    out = _scale_ratios(by_key, argparse.Namespace(clients=2, workers=2))
+    assert out["limit 2x2 / 1x1 (calls/s)"] == pytest.approx(1.5)
+    share = out[f"limit 2x2 as % of what its 1x1 CPU cost allows on {cores} cores"]
+    assert isinstance(share, str) and "clock tick" in share and "raise -n" in share
+    assert "limit 2x2 / 1x1 (CPU us per call)" not in out
+    assert out[f"ours 2x2 on asyncio as % of what its 1x1 CPU cost allows on {cores} cores"] == \
+        pytest.approx(60000.0 * 20.0 / (cores * 1e6))
+    by_key[("ours@1x1", "asyncio")]["ok"] = False
+    assert _scale_ratios(by_key, argparse.Namespace(clients=2, workers=2))[
+        "ours 2x2 / 1x1 on asyncio"] == "n/a (a run failed)"
 
 
 @pytest.mark.parametrize("args", [("--vs-1x1",), ("--vs-1x1", "--clients", "2", "--mode", "latency"),

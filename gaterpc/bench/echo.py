@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any, Callable, Optional
 
 from gaterpc.bench.procs import (
-    BenchError, Child, _active_backend, _command, _endpoints, _free_port, _package_root, stop_all,
+    CLK_TCK, BenchError, Child, _active_backend, _command, _endpoints, _free_port, _package_root, stop_all,
 )
 from gaterpc.bench.report import LOOPLESS, LOOPS, SCHEDS, _ms, _resolve, build_parser, format_report
 from gaterpc.sched import available as sched_available
@@ -375,10 +375,15 @@ def _scale_ratios(by_key: dict[tuple[str, Optional[str]], dict[str, Any]],
         wide = by_key.get((impl, loop))
         where = f" on {loop}" if loop else ""
         if wide is None or not (wide.get("ok") and one.get("ok") and wide.get("calls_per_s")
-                                and one.get("calls_per_s") and one.get("cpu_us_per_call")):
+                                and one.get("calls_per_s")):
             out[f"{impl} {shape} / 1x1{where}"] = "n/a (a run failed)"
             continue
         out[f"{impl} {shape} / 1x1{where} (calls/s)"] = wide["calls_per_s"] / one["calls_per_s"]
+        if not one.get("cpu_us_per_call"):
+            # CPU time is read in clock ticks: a run this short may show none at all
+            out[f"{impl} {shape}{where} as % of what its 1x1 CPU cost allows on {cores} cores"] = (
+                f"n/a (the 1x1 run's CPU time is below the {1000 / CLK_TCK:g} ms clock tick; raise -n)")
+            continue
         if wide.get("cpu_us_per_call"):
             out[f"{impl} {shape} / 1x1{where} (CPU us per call)"] = wide["cpu_us_per_call"] / one["cpu_us_per_call"]
         if wide.get("cpu_us_per_call"):
