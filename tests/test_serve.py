@@ -59,6 +59,15 @@ async def wait_registered(broker, n=1):
     raise AssertionError("the worker never registered")
 
 
+async def wait_running(worker, n):
+    """Until ``n`` requests run at ``worker`` (else fail after 10 s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len(worker.requests) < n:
+        assert loop.time() < deadline, f"{len(worker.requests)} of {n} calls reached the worker"
+        await asyncio.sleep(0.01)
+
+
 async def test_stop_event_drains_calls_then_stops_everything(lab):
     ctx, broker, worker, client = lab
     stop = asyncio.Event()
@@ -66,7 +75,7 @@ async def test_stop_event_drains_calls_then_stops_everything(lab):
     await wait_registered(broker)
     await client.connect()
     calls = [asyncio.create_task(client.Slow.slow(0.5)) for _ in range(3)]
-    await asyncio.sleep(0.2)  # the calls are in flight
+    await wait_running(worker, 3)
     stop.set()
     await asyncio.sleep(0.05)
     # a call that arrives while the worker drains is refused at once, with the reason
@@ -85,7 +94,7 @@ async def test_grace_expiry_cancels_and_the_caller_still_gets_an_answer(lab):
     await wait_registered(broker)
     await client.connect()
     call = asyncio.create_task(client.Slow.slow(30))
-    await asyncio.sleep(0.2)
+    await wait_running(worker, 1)
     left = await asyncio.wait_for(worker.shutdown(grace=0.3), 10)
     assert left == 1
     # DISCONNECT made the broker fail the call at once (not after 30 s)
