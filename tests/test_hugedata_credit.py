@@ -215,9 +215,19 @@ async def test_our_client_keeps_its_backlog_within_the_window(cluster, monkeypat
     backlog: list[int] = []
     runner = cluster.worker._runner
     send_tagged = runner.send_tagged
+    # bytes the worker sent before it saw the first credit (it sends as always until then),
+    # and, from then on, the most it had sent beyond the latest credit
+    before_first = [0]
+    beyond: list[int] = []
 
     def counting(client_id, request_id, tag, batch):
-        sent[0] += sum(map(len, batch))
+        size = sum(map(len, batch))
+        sent[0] += size
+        c = runner._credits.get((bytes(client_id), bytes(request_id)))
+        if c is not None and c.active:
+            beyond.append(sent[0] - c.acked - size)
+        else:
+            before_first[0] = sent[0]
         return send_tagged(client_id, request_id, tag, batch)
 
     decompress = receive_mod.HugeDataReceiver._decompress
@@ -232,8 +242,11 @@ async def test_our_client_keeps_its_backlog_within_the_window(cluster, monkeypat
     monkeypatch.setattr(runner, "send_tagged", counting)
     monkeypatch.setattr(receive_mod.HugeDataReceiver, "_decompress", slow_decompress)
     assert await cluster.client.Big.blob(N) == payload(N)
+    # once the first credit came, the worker sent a piece only while at most a window was
+    # uncredited; before it, it sent as always (a loaded machine delays that credit)
+    assert beyond and max(beyond) <= WINDOW, (max(beyond), before_first[0])
     with_credits = max(backlog)
-    assert with_credits <= WINDOW + SLACK, with_credits
+    assert with_credits <= max(WINDOW, before_first[0]) + SLACK, (with_credits, before_first[0])
 
     backlog.clear()
     sent[0] = 0
