@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 
 import pytest
 import zmq
 
-import gaterpc.hugereceive as receive_mod
 from gaterpc import counters
 from gaterpc.global_settings import Settings
 from gaterpc.protocol import GATE_CREDIT, OWN_RID_MARK
 
 from test_gate import join, nodes, until  # noqa: F401 (fixture)
 # the worker, payload, window and slack of the flow-control tests without gates
-from test_hugedata_credit import N, SLACK, WINDOW, Big, payload, window  # noqa: F401 (fixture)
+from test_hugedata_credit import N, SLACK, WINDOW, Big, FlowProbe, payload, window  # noqa: F401 (fixture)
 
 
 async def test_credits_cross_the_gates_and_bound_the_backlog(nodes, window, monkeypatch):
@@ -36,30 +34,14 @@ async def test_credits_cross_the_gates_and_bound_the_backlog(nodes, window, monk
 
     runner = worker._runner
     credits: list[tuple[bytes, int]] = []
-    sent = [0]
-    backlog: list[int] = []
-    credit, send_tagged = runner.credit, runner.send_tagged
+    credit = runner.credit
 
     def recording(client_id, request_id, value):
         credits.append((bytes(client_id), int.from_bytes(value, "big")))
         return credit(client_id, request_id, value)
 
-    def counting(client_id, request_id, tag, batch):
-        sent[0] += sum(map(len, batch))
-        return send_tagged(client_id, request_id, tag, batch)
-
-    decompress = receive_mod.HugeDataReceiver._decompress
-
-    def slow_decompress(self, data, *args, **kwargs):
-        if threading.current_thread() is not threading.main_thread():
-            time.sleep(0.01)  # far slower than the sender
-        done = decompress(self, data, *args, **kwargs)
-        backlog.append(sent[0] - self.processed - len(data))
-        return done
-
     monkeypatch.setattr(runner, "credit", recording)
-    monkeypatch.setattr(runner, "send_tagged", counting)
-    monkeypatch.setattr(receive_mod.HugeDataReceiver, "_decompress", slow_decompress)
+    probe = FlowProbe(runner, monkeypatch)
 
     assert await client.Big.blob(N) == payload(N)
     # the worker behind gate B got the credits, as coming from gate A (its caller there)
@@ -67,18 +49,16 @@ async def test_credits_cross_the_gates_and_bound_the_backlog(nodes, window, monk
     assert {cid for cid, _ in credits} == {a.gate.identity}
     values = [v for _, v in credits]
     assert values[0] == 0 and values == sorted(values) and values[-1] > N // 2, values
-    with_credits = max(backlog)
-    assert with_credits <= WINDOW + SLACK, with_credits
+    with_credits = probe.check_window()
     await until(lambda: not a.peer(b)._inflight)
 
     # the same transfer with the client sending no credits: more is on its way
     credits.clear()
-    backlog.clear()
-    sent[0] = 0
+    probe.reset()
     monkeypatch.setattr(Settings, "HUGE_DATA_WINDOW", 0)
     assert await client.Big.blob(N) == payload(N)
     assert credits == []
-    assert max(backlog) > WINDOW + SLACK, (with_credits, max(backlog))
+    assert max(probe.backlog) > WINDOW + SLACK, (with_credits, max(probe.backlog))
 
 
 async def _counted(snapshot, name, before, timeout=5.0):

@@ -44,6 +44,61 @@ def payload(n: int) -> bytes:
     return random.Random(n).randbytes(n)
 
 
+class FlowProbe:
+    """A worker's HugeData sends and a slow client decoder, watched for flow control.
+
+    Wraps the worker runner's ``send_tagged`` to count the compressed bytes
+    it sends, and slows every receiver's decompression in its thread (about
+    25 MB/s for 256 KiB segments: far slower than the sender).  ``backlog``:
+    at each decompression, what was sent and not yet processed by the client.
+    ``before_first``: bytes sent before the worker saw the first credit (it
+    sends as always until then; a loaded machine delays that credit);
+    ``beyond``: from the first credit on, what was sent beyond the latest
+    credit before each send.
+    """
+
+    def __init__(self, runner, monkeypatch):
+        self.runner = runner
+        self.reset()
+        send_tagged = runner.send_tagged
+        decompress = receive_mod.HugeDataReceiver._decompress
+
+        def counting(client_id, request_id, tag, batch):
+            size = sum(map(len, batch))
+            self.sent += size
+            c = runner._credits.get((bytes(client_id), bytes(request_id)))
+            if c is not None and c.active:
+                self.beyond.append(self.sent - c.acked - size)
+            else:
+                self.before_first = self.sent
+            return send_tagged(client_id, request_id, tag, batch)
+
+        def slow_decompress(receiver, data, *args, **kwargs):
+            if threading.current_thread() is not threading.main_thread():
+                time.sleep(0.01)
+            done = decompress(receiver, data, *args, **kwargs)
+            self.backlog.append(self.sent - receiver.processed - len(data))
+            return done
+
+        monkeypatch.setattr(runner, "send_tagged", counting)
+        monkeypatch.setattr(receive_mod.HugeDataReceiver, "_decompress", slow_decompress)
+
+    def reset(self) -> None:
+        self.sent = 0
+        self.before_first = 0
+        self.backlog: list[int] = []
+        self.beyond: list[int] = []
+
+    def check_window(self) -> int:
+        """Assert the window held; return the largest backlog."""
+        # once the first credit came, the worker sent a piece only while at most a window was uncredited
+        assert self.beyond and max(self.beyond) <= WINDOW, (max(self.beyond or [0]), self.before_first)
+        worst = max(self.backlog)
+        assert worst <= max(WINDOW, self.before_first) + SLACK, (worst, self.before_first)
+        return worst
+
+
+
 class Big(Worker):
     @interface
     async def blob(self, n):
@@ -211,48 +266,14 @@ async def test_our_client_keeps_its_backlog_within_the_window(cluster, monkeypat
     so the worker too); with the worker in its own process, up to the whole
     transfer (``gaterpc bench hugedata --window``).
     """
-    sent = [0]
-    backlog: list[int] = []
-    runner = cluster.worker._runner
-    send_tagged = runner.send_tagged
-    # bytes the worker sent before it saw the first credit (it sends as always until then),
-    # and, from then on, the most it had sent beyond the latest credit
-    before_first = [0]
-    beyond: list[int] = []
-
-    def counting(client_id, request_id, tag, batch):
-        size = sum(map(len, batch))
-        sent[0] += size
-        c = runner._credits.get((bytes(client_id), bytes(request_id)))
-        if c is not None and c.active:
-            beyond.append(sent[0] - c.acked - size)
-        else:
-            before_first[0] = sent[0]
-        return send_tagged(client_id, request_id, tag, batch)
-
-    decompress = receive_mod.HugeDataReceiver._decompress
-
-    def slow_decompress(self, data, *a, **k):
-        if threading.current_thread() is not threading.main_thread():
-            time.sleep(0.01)  # about 25 MB/s for 256 KiB segments: far slower than the sender
-        done = decompress(self, data, *a, **k)
-        backlog.append(sent[0] - self.processed - len(data))
-        return done
-
-    monkeypatch.setattr(runner, "send_tagged", counting)
-    monkeypatch.setattr(receive_mod.HugeDataReceiver, "_decompress", slow_decompress)
+    probe = FlowProbe(cluster.worker._runner, monkeypatch)
     assert await cluster.client.Big.blob(N) == payload(N)
-    # once the first credit came, the worker sent a piece only while at most a window was
-    # uncredited; before it, it sent as always (a loaded machine delays that credit)
-    assert beyond and max(beyond) <= WINDOW, (max(beyond), before_first[0])
-    with_credits = max(backlog)
-    assert with_credits <= max(WINDOW, before_first[0]) + SLACK, (with_credits, before_first[0])
+    with_credits = probe.check_window()
 
-    backlog.clear()
-    sent[0] = 0
+    probe.reset()
     monkeypatch.setattr(Settings, "HUGE_DATA_WINDOW", 0)  # the client sends no credits
     assert await cluster.client.Big.blob(N) == payload(N)
-    without = max(backlog)
+    without = max(probe.backlog)
     assert without > WINDOW + SLACK, (with_credits, without)
 
 
