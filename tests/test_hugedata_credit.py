@@ -58,7 +58,6 @@ class FlowProbe:
     """
 
     def __init__(self, runner, monkeypatch):
-        self.runner = runner
         self.reset()
         send_tagged = runner.send_tagged
         decompress = receive_mod.HugeDataReceiver._decompress
@@ -96,7 +95,6 @@ class FlowProbe:
         worst = max(self.backlog)
         assert worst <= max(WINDOW, self.before_first) + SLACK, (worst, self.before_first)
         return worst
-
 
 
 class Big(Worker):
